@@ -1,0 +1,439 @@
+//! JSON bodies of every HTTP endpoint, user-facing and internal.
+//!
+//! User-facing request bodies are the original system's, unchanged
+//! (`{"transaction": {"read_set": [1], "write_set": {"2": 22}, "time_stamp": 17}}`); responses keep
+//! the original's keys and add what a user needs. Internal messages always carry the sender's term.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// An account number. Always non-negative.
+pub type Account = i64;
+/// A balance. May be negative.
+pub type Balance = i64;
+/// A commit or read timestamp: nanoseconds since the Unix epoch on the leader's hybrid logical clock.
+pub type Timestamp = i64;
+/// A position in the recovery log. The first entry is 1; 0 means "nothing applied".
+pub type Lsn = i64;
+/// A leadership term. Messages from a lower term are rejected.
+pub type Term = i64;
+
+/// Largest request body an agent accepts, in bytes. Far above any sensible transaction, small
+/// enough that a hostile client cannot make an agent buffer much.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest read set or write set of one transaction. Bounds the time a commit holds its locks.
+pub const MAX_SET_LEN: usize = 1_000;
+/// Largest page of `GET /replication_log/`.
+pub const MAX_LOG_PAGE: i64 = 10_000;
+/// Default page of `GET /replication_log/`.
+pub const DEFAULT_LOG_PAGE: i64 = 1_000;
+
+/// The `transaction` object of `/read/` and `/commit/` as it arrives on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionBody {
+    #[serde(default)]
+    pub read_set: Vec<Account>,
+    /// JSON object keys are strings; serde parses them into [`Account`] here, at the edge.
+    #[serde(default)]
+    pub write_set: BTreeMap<Account, Balance>,
+    /// The read timestamp (`timestamp` of the read answer). Required when `read_set` is not empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_stamp: Option<Timestamp>,
+    /// Makes a commit idempotent: committing the same id again returns the first outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn_id: Option<Uuid>,
+}
+
+/// `POST /read/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRequest {
+    pub transaction: TransactionBody,
+    /// On a replica: wait (bounded) until the replica has applied at least this LSN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_lsn: Option<Lsn>,
+}
+
+/// `POST /commit/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    pub transaction: TransactionBody,
+}
+
+/// Why a request body was refused (HTTP 400). The message is for a human.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidTransaction(pub String);
+
+/// A read request after validation: a non-empty set of valid accounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidRead {
+    pub accounts: BTreeSet<Account>,
+    pub min_lsn: Option<Lsn>,
+}
+
+/// A commit request after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidCommit {
+    pub read_set: BTreeSet<Account>,
+    pub write_set: BTreeMap<Account, Balance>,
+    /// Present whenever `read_set` is not empty.
+    pub read_ts: Option<Timestamp>,
+    pub txn_id: Option<Uuid>,
+}
+
+fn check_accounts<'a>(
+    what: &str,
+    accounts: impl ExactSizeIterator<Item = &'a Account>,
+) -> Result<(), InvalidTransaction> {
+    if accounts.len() > MAX_SET_LEN {
+        return Err(InvalidTransaction(format!(
+            "{what} has {} accounts; at most {MAX_SET_LEN} are allowed",
+            accounts.len()
+        )));
+    }
+    for &account in accounts {
+        if account < 0 {
+            return Err(InvalidTransaction(format!(
+                "account {account} in {what} is negative; account numbers are 0 or more"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl ReadRequest {
+    pub fn validate(self) -> Result<ValidRead, InvalidTransaction> {
+        let t = self.transaction;
+        if !t.write_set.is_empty() {
+            return Err(InvalidTransaction(
+                "a read takes no write_set; send writes to /commit/".into(),
+            ));
+        }
+        if t.read_set.is_empty() {
+            return Err(InvalidTransaction(
+                "read_set is empty: name at least one account to read".into(),
+            ));
+        }
+        check_accounts("read_set", t.read_set.iter())?;
+        if let Some(lsn) = self.min_lsn {
+            if lsn < 0 {
+                return Err(InvalidTransaction(format!("min_lsn {lsn} is negative")));
+            }
+        }
+        Ok(ValidRead {
+            accounts: t.read_set.into_iter().collect(),
+            min_lsn: self.min_lsn,
+        })
+    }
+}
+
+impl CommitRequest {
+    pub fn validate(self) -> Result<ValidCommit, InvalidTransaction> {
+        let t = self.transaction;
+        if t.read_set.is_empty() && t.write_set.is_empty() {
+            return Err(InvalidTransaction(
+                "the transaction is empty: give a read_set, a write_set or both".into(),
+            ));
+        }
+        check_accounts("read_set", t.read_set.iter())?;
+        check_accounts("write_set", t.write_set.keys())?;
+        if !t.read_set.is_empty() && t.time_stamp.is_none() {
+            return Err(InvalidTransaction(
+                "time_stamp is missing: a commit with a read_set must carry the timestamp its read returned".into(),
+            ));
+        }
+        if let Some(ts) = t.time_stamp {
+            if ts < 0 {
+                return Err(InvalidTransaction(format!("time_stamp {ts} is negative")));
+            }
+        }
+        Ok(ValidCommit {
+            read_set: t.read_set.into_iter().collect(),
+            write_set: t.write_set,
+            read_ts: t.time_stamp,
+            txn_id: t.txn_id,
+        })
+    }
+}
+
+/// One row of `bank_balance` as a read returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRow {
+    pub account_number: Account,
+    pub balance: Balance,
+    pub created_at: Option<Timestamp>,
+    pub updated_at: Option<Timestamp>,
+}
+
+/// The role of an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Leader,
+    Replica,
+    /// Stopped by the `/down_leader/` drill, or recovering: serves nothing but status.
+    Down,
+}
+
+/// Answer of `POST /read/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadResponse {
+    /// Always `"success"` (failures are HTTP errors with an [`ErrorBody`]).
+    pub read_status: String,
+    /// The rows that exist, in account order (accounts never written are absent).
+    pub data: Vec<AccountRow>,
+    /// The read timestamp: pass it back as `time_stamp` when committing.
+    pub timestamp: Timestamp,
+    /// Account to balance; an account never written is absent.
+    pub values: BTreeMap<Account, Balance>,
+    /// The snapshot is exactly the effect of the log up to this LSN.
+    pub lsn: Lsn,
+    /// Which node answered, and in which role.
+    pub node: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Outcome {
+    Commit,
+    Abort,
+}
+
+/// Why a transaction was aborted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbortReason {
+    /// A read key was written after the read timestamp.
+    StaleRead,
+    /// A read key is being written by a transaction still in flight.
+    KeyLocked,
+    /// A member refused or could not be reached during PREPARE; nothing was applied.
+    ReplicationFailed,
+}
+
+impl AbortReason {
+    pub fn explain(self) -> &'static str {
+        match self {
+            AbortReason::StaleRead => {
+                "an account in the read set was written after the read timestamp"
+            }
+            AbortReason::KeyLocked => {
+                "an account in the read set is being written by a transaction still in flight"
+            }
+            AbortReason::ReplicationFailed => {
+                "a member of the cluster refused or did not answer the PREPARE; nothing was applied"
+            }
+        }
+    }
+}
+
+/// Answer of `POST /commit/` (HTTP 200 for COMMIT, 409 or 503 for ABORT).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitResponse {
+    pub commit: Outcome,
+    pub txn_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_ts: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<Lsn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<AbortReason>,
+    /// The conflicting account, when one account caused the abort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Account>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable machine-readable code: `bad_request`, `not_leader`, `stale_term`, `unavailable`,
+    /// `not_found`, `internal`.
+    pub error: String,
+    /// What went wrong, for a human.
+    pub message: String,
+    /// On `not_leader`: the leader's address (`host:port`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// On `stale_term`: the receiver's current term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<Term>,
+}
+
+/// One entry of the recovery log: one committed transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub lsn: Lsn,
+    pub term: Term,
+    pub txn_id: Uuid,
+    pub commit_ts: Timestamp,
+    pub read_set: Vec<Account>,
+    pub write_set: BTreeMap<Account, Balance>,
+}
+
+/// `GET /replication_log/?after=N&limit=M`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    pub entries: Vec<LogEntry>,
+    /// The node's applied LSN when the page was read.
+    pub applied_lsn: Lsn,
+    /// True when entries after the last one returned exist.
+    pub more: bool,
+}
+
+/// `POST /internal/prepare`: phase one for a batch of consecutive log entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareRequest {
+    pub term: Term,
+    /// The LSN the receiver must have applied: the leader's last committed entry before this batch.
+    pub prev_lsn: Lsn,
+    /// Non-empty, consecutive LSNs starting at `prev_lsn + 1`.
+    pub entries: Vec<LogEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Vote {
+    Yes,
+    No,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareResponse {
+    pub vote: Vote,
+    pub term: Term,
+    pub applied_lsn: Lsn,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Decision {
+    Commit,
+    Abort,
+}
+
+/// `POST /internal/decide`: phase two for the batch whose last entry is `last_lsn`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecideRequest {
+    pub term: Term,
+    pub last_lsn: Lsn,
+    pub decision: Decision,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecideResponse {
+    pub term: Term,
+    pub applied_lsn: Lsn,
+}
+
+/// Where a node stands on a batch (`GET /internal/batch_state?last_lsn=N`), for in-doubt resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    /// The node's log holds the batch's last entry.
+    Committed,
+    /// The node holds the batch prepared, undecided.
+    Prepared,
+    /// Neither: the node never prepared it, or rolled it back.
+    Absent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchStateResponse {
+    pub term: Term,
+    pub last_lsn: Lsn,
+    pub state: BatchState,
+}
+
+/// `GET /status` of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub node_id: String,
+    /// This agent's address as peers reach it.
+    pub address: String,
+    pub role: Role,
+    pub term: Term,
+    /// The leader's address, when known.
+    pub leader: Option<String>,
+    pub applied_lsn: Lsn,
+    /// Highest commit timestamp applied here.
+    pub last_commit_ts: Timestamp,
+    /// Addresses of the members in sync (the leader included), in configured order.
+    pub members: Vec<String>,
+    /// Last LSN of a batch this node holds prepared and undecided, if any.
+    pub prepared_batch: Option<Lsn>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(json: &str) -> Result<ValidCommit, String> {
+        let req: CommitRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        req.validate().map_err(|e| e.0)
+    }
+
+    #[test]
+    fn original_commit_body_parses_with_string_keys() {
+        let c = commit(
+            r#"{"transaction": {"read_set": [1], "write_set": {"2": 22}, "time_stamp": 5}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.write_set, BTreeMap::from([(2, 22)]));
+        assert_eq!(c.read_set, BTreeSet::from([1]));
+        assert_eq!(c.read_ts, Some(5));
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_with_a_reason() {
+        for (body, expect) in [
+            (
+                r#"{"transaction": {"read_set": [1], "write_set": {}}}"#,
+                "time_stamp is missing",
+            ),
+            (
+                r#"{"transaction": {"read_set": [], "write_set": {}}}"#,
+                "empty",
+            ),
+            (r#"{"transaction": {"write_set": {"x": 1}}}"#, "invalid"),
+            (r#"{"transaction": {"write_set": {"1": 1.5}}}"#, "invalid"),
+            (
+                r#"{"transaction": {"write_set": {"1": 99999999999999999999}}}"#,
+                "invalid",
+            ),
+            (r#"{"transaction": {"write_set": {"-1": 1}}}"#, "negative"),
+            (
+                r#"{"transaction": {"write_set": {"1": 1}, "bogus": 1}}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"transaction": {"read_set": ["1"], "time_stamp": 1}}"#,
+                "invalid type",
+            ),
+        ] {
+            let err = commit(body).unwrap_err();
+            assert!(err.contains(expect), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn oversized_write_set_is_refused() {
+        let ws: BTreeMap<Account, Balance> = (0..=MAX_SET_LEN as i64).map(|k| (k, 1)).collect();
+        let req = CommitRequest {
+            transaction: TransactionBody {
+                write_set: ws,
+                ..Default::default()
+            },
+        };
+        assert!(req.validate().unwrap_err().0.contains("at most"));
+    }
+}

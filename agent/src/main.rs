@@ -1,1 +1,103 @@
-fn main() {}
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use agent::node::{Node, NodeConfig};
+use agent::store::{Store, DEFAULT_POOL_SIZE};
+
+/// An agent of the replication middleware: serves reads and commits for one PostgreSQL server
+/// and replicates every commit to the other agents with two-phase commit.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// This node's name, shown in answers and logs.
+    #[arg(long, env = "AGENT_NODE_ID", default_value = "node0")]
+    node_id: String,
+    /// Address to listen on.
+    #[arg(long, env = "AGENT_LISTEN", default_value = "127.0.0.1:8000")]
+    listen: String,
+    /// This agent's address as the other agents reach it (default: --listen).
+    #[arg(long, env = "AGENT_ADVERTISE")]
+    advertise: Option<String>,
+    /// The local PostgreSQL server.
+    #[arg(
+        long,
+        env = "AGENT_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// Every agent's address in configured order, this one included (comma-separated).
+    #[arg(
+        long,
+        env = "AGENT_MEMBERS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:8000,127.0.0.1:8001,127.0.0.1:8002"
+    )]
+    members: Vec<String>,
+    /// The leader's address (fixed at start-up).
+    #[arg(long, env = "AGENT_LEADER", default_value = "127.0.0.1:8000")]
+    leader: String,
+    /// Timeout of every call to another agent, in milliseconds.
+    #[arg(long, env = "AGENT_PEER_TIMEOUT_MS", default_value_t = 2000)]
+    peer_timeout_ms: u64,
+    /// Connections to PostgreSQL.
+    #[arg(long, env = "AGENT_DB_POOL", default_value_t = DEFAULT_POOL_SIZE)]
+    db_pool: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let address = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| args.listen.clone());
+    if !args.members.contains(&address) {
+        anyhow::bail!(
+            "--members ({}) must include this agent's own address {address}",
+            args.members.join(",")
+        );
+    }
+    if !args.members.contains(&args.leader) {
+        anyhow::bail!(
+            "--leader {} is not one of --members ({})",
+            args.leader,
+            args.members.join(",")
+        );
+    }
+    let store = Store::connect(&args.database_url, args.db_pool)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {}", args.database_url))?;
+    store.init_schema().await.context("creating the tables")?;
+    let cfg = NodeConfig {
+        node_id: args.node_id,
+        address,
+        members: args.members,
+        leader: args.leader,
+        peer_timeout: Duration::from_millis(args.peer_timeout_ms),
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {} (is the port taken?)", args.listen))?;
+    let node = Node::start(cfg, store).await.context("starting the node")?;
+    tracing::info!(listen = %args.listen, "agent serving");
+    // Small request/response pairs: without TCP_NODELAY, Nagle's algorithm and delayed ACKs
+    // add tens of milliseconds to every internal round trip.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, agent::api::router(node))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -292,6 +292,9 @@ pub struct LogPage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrepareRequest {
     pub term: Term,
+    /// The leader's round number, increasing within a term: a late PREPARE from an earlier
+    /// round can then be told from a current one.
+    pub round: u64,
     /// The LSN the receiver must have applied: the leader's last committed entry before this batch.
     pub prev_lsn: Lsn,
     /// Non-empty, consecutive LSNs starting at `prev_lsn + 1`.

@@ -1,0 +1,238 @@
+//! The HTTP edge: parse into typed values, call the node, map the result. Handlers stay thin.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use protocol::{
+    CommitRequest, CommitResponse, DecideRequest, LogPage, Lsn, Outcome, PrepareRequest,
+    ReadRequest, DEFAULT_LOG_PAGE, MAX_BODY_BYTES, MAX_LOG_PAGE,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::node::Node;
+use crate::two_phase::TxnOutcome;
+
+/// Internal messages carry whole batches: up to `MAX_BATCH` transactions of up to
+/// `MAX_SET_LEN` writes each.
+pub const MAX_INTERNAL_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+pub fn router(node: Arc<Node>) -> Router {
+    let internal = Router::new()
+        .route("/internal/prepare", post(prepare))
+        .route("/internal/decide", post(decide))
+        .route("/internal/batch_state", get(batch_state))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            MAX_INTERNAL_BODY_BYTES,
+        ));
+    Router::new()
+        .route("/read/", post(read))
+        .route("/commit/", post(commit))
+        .route("/status", get(status))
+        .route("/health", get(health))
+        .route("/replication_log/", get(replication_log))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .merge(internal)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::Internal("a handler panicked".into()).into_response()
+        }))
+        .with_state(node)
+}
+
+/// A JSON body, accepted whatever the `Content-Type` (the original's users send it both ways),
+/// with every rejection turned into a 400 that says what is wrong.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BadRequest(format!(
+                    "the request body is larger than the limit of {MAX_BODY_BYTES} bytes"
+                ))
+            } else {
+                ApiError::BadRequest(format!(
+                    "could not read the request body: {}",
+                    rejection.body_text()
+                ))
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Query parameters, with rejections turned into a 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))
+    }
+}
+
+async fn read(
+    State(node): State<Arc<Node>>,
+    ApiJson(req): ApiJson<ReadRequest>,
+) -> Result<Response, ApiError> {
+    let read = req.validate().map_err(|e| ApiError::BadRequest(e.0))?;
+    Ok(Json(node.read(read).await?).into_response())
+}
+
+async fn commit(
+    State(node): State<Arc<Node>>,
+    ApiJson(req): ApiJson<CommitRequest>,
+) -> Result<Response, ApiError> {
+    let txn = req.validate().map_err(|e| ApiError::BadRequest(e.0))?;
+    let Some(leader) = node.leader() else {
+        return Err(ApiError::NotLeader {
+            leader: Some(node.cfg.leader.clone()),
+        });
+    };
+    let (txn_id, outcome) = leader.commit(txn, &node).await?;
+    Ok(commit_response(txn_id, outcome))
+}
+
+fn commit_response(txn_id: Uuid, outcome: TxnOutcome) -> Response {
+    match outcome {
+        TxnOutcome::Committed { lsn, commit_ts } => Json(CommitResponse {
+            commit: Outcome::Commit,
+            txn_id,
+            commit_ts: Some(commit_ts),
+            lsn: Some(lsn),
+            reason: None,
+            key: None,
+            message: None,
+        })
+        .into_response(),
+        TxnOutcome::Aborted {
+            reason,
+            key,
+            message,
+        } => {
+            let status = match reason {
+                protocol::AbortReason::ReplicationFailed => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::CONFLICT,
+            };
+            let body = CommitResponse {
+                commit: Outcome::Abort,
+                txn_id,
+                commit_ts: None,
+                lsn: None,
+                reason: Some(reason),
+                key,
+                message: Some(message),
+            };
+            (status, Json(body)).into_response()
+        }
+    }
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Response {
+    Json(node.status().await).into_response()
+}
+
+async fn health(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    node.store.ping().await.map_err(ApiError::unavailable)?;
+    Ok(Json(serde_json::json!({"status": "ok", "role": node.role()})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    #[serde(default)]
+    after: Lsn,
+    limit: Option<i64>,
+}
+
+async fn replication_log(
+    State(node): State<Arc<Node>>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_LOG_PAGE);
+    if !(1..=MAX_LOG_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LOG_PAGE}, got {limit}"
+        )));
+    }
+    if q.after < 0 {
+        return Err(ApiError::BadRequest(format!(
+            "after must be 0 or more, got {}",
+            q.after
+        )));
+    }
+    let applied_lsn = node.applied().0;
+    // One more than asked tells whether another page follows.
+    let mut entries = node
+        .store
+        .log_page(q.after, limit + 1)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let more = entries.len() as i64 > limit;
+    entries.truncate(limit as usize);
+    Ok(Json(LogPage {
+        entries,
+        applied_lsn,
+        more,
+    })
+    .into_response())
+}
+
+async fn prepare(
+    State(node): State<Arc<Node>>,
+    ApiJson(req): ApiJson<PrepareRequest>,
+) -> Result<Response, ApiError> {
+    Ok(Json(node.prepare(&req).await?).into_response())
+}
+
+async fn decide(
+    State(node): State<Arc<Node>>,
+    ApiJson(req): ApiJson<DecideRequest>,
+) -> Result<Response, ApiError> {
+    Ok(Json(node.decide(&req).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct BatchQuery {
+    last_lsn: Lsn,
+    last_txn: Uuid,
+}
+
+async fn batch_state(
+    State(node): State<Arc<Node>>,
+    ApiQuery(q): ApiQuery<BatchQuery>,
+) -> Result<Response, ApiError> {
+    Ok(Json(node.batch_state(q.last_lsn, q.last_txn).await?).into_response())
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no such endpoint: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let body = protocol::ErrorBody {
+        error: "method_not_allowed".into(),
+        message: format!("{method} is not allowed on {}", uri.path()),
+        leader: None,
+        term: None,
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}

@@ -1,0 +1,87 @@
+//! The one error type of the HTTP edge: each variant maps to a status code and a JSON
+//! [`ErrorBody`]. Internal details are logged, never shown to the caller.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use protocol::{ErrorBody, Term};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed input (400): the message says what is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// This agent is not the leader (421).
+    #[error("this agent is not the leader")]
+    NotLeader { leader: Option<String> },
+    /// An internal message from a lower term (409).
+    #[error("stale term: this agent is in term {0}")]
+    StaleTerm(Term),
+    /// A request that contradicts this node's state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The node cannot serve the request now (503); retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A bug or a broken dependency (500); the detail goes to the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+
+    pub fn unavailable(e: impl std::fmt::Display) -> ApiError {
+        ApiError::Unavailable(format!("this node cannot reach its database: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, leader, term) = match &self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", None, None),
+            ApiError::NotLeader { leader } => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "not_leader",
+                leader.clone(),
+                None,
+            ),
+            ApiError::StaleTerm(term) => (StatusCode::CONFLICT, "stale_term", None, Some(*term)),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None, None),
+            ApiError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, None)
+            }
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None, None),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None, None),
+        };
+        let message = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                "internal error; the agent's log has the details".to_string()
+            }
+            ApiError::NotLeader {
+                leader: Some(leader),
+            } => {
+                format!("this agent is not the leader; send commits to {leader}")
+            }
+            ApiError::NotLeader { leader: None } => {
+                "this agent is not the leader and no leader is known".into()
+            }
+            other => other.to_string(),
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: code.into(),
+                message,
+                leader,
+                term,
+            }),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,264 @@
+//! The participant's side of the modified two-phase commit: pure decision rules, no I/O.
+//!
+//! Every member (the leader included) holds at most one batch prepared at a time, because the
+//! leader runs one round at a time and answers its clients only after every member has durably
+//! decided. The rules:
+//! - A message from a lower term is refused; a higher term is adopted.
+//! - A member votes YES only if it has applied exactly the leader's predecessor LSN (`prev_lsn`):
+//!   it then holds every earlier entry, so batches are applied strictly in LSN order.
+//! - A pending batch is superseded by a PREPARE from a later round (same or higher term) whose
+//!   `prev_lsn` is this member's applied LSN: the leader's committed log ends there, so the
+//!   pending batch was aborted (its ABORT was lost or arrived before a late PREPARE).
+//! - A PREPARE from an earlier round than the pending batch is stale and refused.
+
+use protocol::{Decision, Lsn, Term};
+use uuid::Uuid;
+
+/// Identifies one round of the leader: later rounds compare greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RoundId {
+    pub term: Term,
+    pub round: u64,
+}
+
+/// A batch this member holds prepared in PostgreSQL and has not decided yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingBatch {
+    pub id: RoundId,
+    pub last_lsn: Lsn,
+    /// Transaction id of the batch's last entry: names the batch across restarts.
+    pub last_txn: Uuid,
+}
+
+impl PendingBatch {
+    /// The PostgreSQL global transaction id: `rmw-<last lsn>-<term>-<last txn id>`.
+    pub fn gid(&self) -> String {
+        format!("rmw-{}-{}-{}", self.last_lsn, self.id.term, self.last_txn)
+    }
+
+    /// Parses a gid made by [`PendingBatch::gid`]; the round is unknown after a restart (0).
+    pub fn from_gid(gid: &str) -> Option<PendingBatch> {
+        let rest = gid.strip_prefix("rmw-")?;
+        let mut parts = rest.splitn(3, '-');
+        let last_lsn = parts.next()?.parse().ok()?;
+        let term = parts.next()?.parse().ok()?;
+        let last_txn = parts.next()?.parse().ok()?;
+        Some(PendingBatch {
+            id: RoundId { term, round: 0 },
+            last_lsn,
+            last_txn,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantState {
+    pub term: Term,
+    pub applied_lsn: Lsn,
+    pub pending: Option<PendingBatch>,
+}
+
+/// What to do with a PREPARE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepareStep {
+    /// Prepare the batch (after rolling back `supersede`, if given).
+    Prepare { supersede: Option<PendingBatch> },
+    /// The very same batch is already prepared: vote YES again.
+    AlreadyPrepared,
+    /// Vote NO, for this reason.
+    Refuse(String),
+    /// The sender's term is lower than ours.
+    StaleTerm(Term),
+}
+
+/// What to do with a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecideStep {
+    CommitPending,
+    RollbackPending,
+    /// Nothing pending matches and nothing needs doing (a repeated decision, or an ABORT of a
+    /// batch never prepared here).
+    AlreadyDone,
+    /// A COMMIT for a batch this member neither holds nor has applied: it cannot happen when
+    /// the protocol is followed, and is reported loudly.
+    Unknown(String),
+    StaleTerm(Term),
+}
+
+impl ParticipantState {
+    pub fn on_prepare(
+        &mut self,
+        id: RoundId,
+        prev_lsn: Lsn,
+        last_lsn: Lsn,
+        last_txn: Uuid,
+    ) -> PrepareStep {
+        if id.term < self.term {
+            return PrepareStep::StaleTerm(self.term);
+        }
+        self.term = id.term;
+        if let Some(p) = &self.pending {
+            if p.last_txn == last_txn && p.last_lsn == last_lsn {
+                return PrepareStep::AlreadyPrepared;
+            }
+            if id < p.id {
+                return PrepareStep::Refuse(format!(
+                    "stale PREPARE from round {:?}; round {:?} is pending",
+                    id, p.id
+                ));
+            }
+        }
+        if prev_lsn != self.applied_lsn {
+            return PrepareStep::Refuse(format!(
+                "out of order: this member has applied LSN {}, the batch follows LSN {prev_lsn}",
+                self.applied_lsn
+            ));
+        }
+        PrepareStep::Prepare {
+            supersede: self.pending.clone(),
+        }
+    }
+
+    pub fn on_decide(&mut self, term: Term, last_lsn: Lsn, decision: Decision) -> DecideStep {
+        if term < self.term {
+            return DecideStep::StaleTerm(self.term);
+        }
+        self.term = term;
+        match (&self.pending, decision) {
+            (Some(p), Decision::Commit) if p.last_lsn == last_lsn => DecideStep::CommitPending,
+            (Some(p), Decision::Abort) if p.last_lsn == last_lsn => DecideStep::RollbackPending,
+            (_, Decision::Commit) if self.applied_lsn >= last_lsn => DecideStep::AlreadyDone,
+            (_, Decision::Abort) => DecideStep::AlreadyDone,
+            (_, Decision::Commit) => DecideStep::Unknown(format!(
+                "COMMIT for the batch ending at LSN {last_lsn}, which this member neither holds prepared nor has applied (applied LSN {})",
+                self.applied_lsn
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+    fn round(term: Term, round: u64) -> RoundId {
+        RoundId { term, round }
+    }
+    fn fresh() -> ParticipantState {
+        ParticipantState {
+            term: 1,
+            applied_lsn: 10,
+            pending: None,
+        }
+    }
+
+    #[test]
+    fn gid_round_trips() {
+        let p = PendingBatch {
+            id: round(3, 0),
+            last_lsn: 42,
+            last_txn: txn(7),
+        };
+        assert_eq!(PendingBatch::from_gid(&p.gid()), Some(p));
+        assert_eq!(PendingBatch::from_gid("other-1"), None);
+    }
+
+    #[test]
+    fn votes_yes_only_after_its_predecessor() {
+        let mut s = fresh();
+        assert_eq!(
+            s.on_prepare(round(1, 5), 10, 12, txn(1)),
+            PrepareStep::Prepare { supersede: None }
+        );
+        assert!(matches!(
+            s.on_prepare(round(1, 5), 11, 12, txn(1)),
+            PrepareStep::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn a_lower_term_is_fenced_off() {
+        let mut s = ParticipantState { term: 4, ..fresh() };
+        assert_eq!(
+            s.on_prepare(round(3, 9), 10, 11, txn(1)),
+            PrepareStep::StaleTerm(4)
+        );
+        assert_eq!(
+            s.on_decide(3, 11, Decision::Commit),
+            DecideStep::StaleTerm(4)
+        );
+    }
+
+    #[test]
+    fn a_repeated_prepare_is_answered_again() {
+        let mut s = fresh();
+        s.pending = Some(PendingBatch {
+            id: round(1, 5),
+            last_lsn: 12,
+            last_txn: txn(1),
+        });
+        assert_eq!(
+            s.on_prepare(round(1, 5), 10, 12, txn(1)),
+            PrepareStep::AlreadyPrepared
+        );
+    }
+
+    #[test]
+    fn a_later_round_supersedes_an_undecided_batch() {
+        let mut s = fresh();
+        let old = PendingBatch {
+            id: round(1, 5),
+            last_lsn: 12,
+            last_txn: txn(1),
+        };
+        s.pending = Some(old.clone());
+        assert_eq!(
+            s.on_prepare(round(1, 6), 10, 11, txn(2)),
+            PrepareStep::Prepare {
+                supersede: Some(old)
+            }
+        );
+    }
+
+    #[test]
+    fn a_late_prepare_from_an_earlier_round_is_refused() {
+        let mut s = fresh();
+        s.pending = Some(PendingBatch {
+            id: round(1, 6),
+            last_lsn: 11,
+            last_txn: txn(2),
+        });
+        assert!(matches!(
+            s.on_prepare(round(1, 5), 10, 12, txn(1)),
+            PrepareStep::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn decisions_are_idempotent() {
+        let mut s = fresh();
+        s.pending = Some(PendingBatch {
+            id: round(1, 5),
+            last_lsn: 12,
+            last_txn: txn(1),
+        });
+        assert_eq!(
+            s.on_decide(1, 12, Decision::Commit),
+            DecideStep::CommitPending
+        );
+        s.pending = None;
+        s.applied_lsn = 12;
+        assert_eq!(
+            s.on_decide(1, 12, Decision::Commit),
+            DecideStep::AlreadyDone
+        );
+        assert_eq!(s.on_decide(1, 13, Decision::Abort), DecideStep::AlreadyDone);
+        assert!(matches!(
+            s.on_decide(1, 13, Decision::Commit),
+            DecideStep::Unknown(_)
+        ));
+    }
+}

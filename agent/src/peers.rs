@@ -1,0 +1,139 @@
+//! HTTP calls from this agent to the other agents: keep-alive connections, a timeout on every
+//! call, typed answers.
+
+use std::time::Duration;
+
+use protocol::{
+    BatchStateResponse, DecideRequest, DecideResponse, ErrorBody, Lsn, PrepareRequest,
+    PrepareResponse, Term,
+};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// A peer that takes longer than this to answer an internal call is treated as not answering.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connecting to a live peer on a LAN takes well under this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("{peer} did not answer: {source}")]
+    Unreachable {
+        peer: String,
+        source: reqwest::Error,
+    },
+    #[error("{peer} is in term {term}, higher than ours")]
+    StaleTerm { peer: String, term: Term },
+    #[error("{peer} answered {status}: {message}")]
+    Refused {
+        peer: String,
+        status: StatusCode,
+        message: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct Peers {
+    http: reqwest::Client,
+}
+
+impl Peers {
+    pub fn new(timeout: Duration) -> Result<Peers, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Peers { http })
+    }
+
+    pub async fn prepare(
+        &self,
+        peer: &str,
+        req: &PrepareRequest,
+    ) -> Result<PrepareResponse, PeerError> {
+        self.post(peer, "/internal/prepare", req).await
+    }
+
+    pub async fn decide(
+        &self,
+        peer: &str,
+        req: &DecideRequest,
+    ) -> Result<DecideResponse, PeerError> {
+        self.post(peer, "/internal/decide", req).await
+    }
+
+    pub async fn batch_state(
+        &self,
+        peer: &str,
+        last_lsn: Lsn,
+        last_txn: Uuid,
+    ) -> Result<BatchStateResponse, PeerError> {
+        let url =
+            format!("http://{peer}/internal/batch_state?last_lsn={last_lsn}&last_txn={last_txn}");
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|source| unreachable(peer, source))?;
+        decode(peer, resp).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        peer: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T, PeerError> {
+        let resp = self
+            .http
+            .post(format!("http://{peer}{path}"))
+            .json(body)
+            .send()
+            .await
+            .map_err(|source| unreachable(peer, source))?;
+        decode(peer, resp).await
+    }
+}
+
+fn unreachable(peer: &str, source: reqwest::Error) -> PeerError {
+    PeerError::Unreachable {
+        peer: peer.to_string(),
+        source,
+    }
+}
+
+async fn decode<T: DeserializeOwned>(peer: &str, resp: reqwest::Response) -> Result<T, PeerError> {
+    let status = resp.status();
+    if status.is_success() {
+        return resp
+            .json()
+            .await
+            .map_err(|source| unreachable(peer, source));
+    }
+    let body: Option<ErrorBody> = resp.json().await.ok();
+    match body {
+        Some(ErrorBody {
+            error,
+            term: Some(term),
+            ..
+        }) if error == "stale_term" => Err(PeerError::StaleTerm {
+            peer: peer.to_string(),
+            term,
+        }),
+        Some(body) => Err(PeerError::Refused {
+            peer: peer.to_string(),
+            status,
+            message: body.message,
+        }),
+        None => Err(PeerError::Refused {
+            peer: peer.to_string(),
+            status,
+            message: "no JSON body".into(),
+        }),
+    }
+}

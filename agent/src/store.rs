@@ -1,0 +1,307 @@
+//! Everything the agent asks of its PostgreSQL server.
+//!
+//! Invariants kept here:
+//! - A batch's data writes and its recovery-log entries are one PostgreSQL transaction, prepared
+//!   with `PREPARE TRANSACTION` (durable across crashes) and then committed or rolled back, so the
+//!   table is always exactly the effect of the log.
+//! - Every read is one SQL statement, hence one snapshot: the balances it returns are exactly the
+//!   effect of the log up to the LSN it returns with them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use protocol::{Account, AccountRow, Balance, LogEntry, Lsn, Timestamp};
+use serde_json::json;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, Executor, PgPool, Row};
+use uuid::Uuid;
+
+use crate::participant::PendingBatch;
+
+/// Connections to the local PostgreSQL. Enough for the commit path (one at a time) plus reads.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
+
+#[derive(Debug, thiserror::Error)]
+#[error("PostgreSQL: {0}")]
+pub struct StoreError(#[from] sqlx::Error);
+
+/// A consistent read: rows plus the log position they reflect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub rows: Vec<AccountRow>,
+    pub lsn: Lsn,
+    pub commit_ts: Timestamp,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS bank_balance (
+    account_number BIGINT PRIMARY KEY,
+    balance BIGINT NOT NULL,
+    created_at BIGINT,
+    updated_at BIGINT
+);
+CREATE TABLE IF NOT EXISTS recovery_log (
+    lsn BIGINT PRIMARY KEY,
+    term BIGINT NOT NULL,
+    txn_id UUID NOT NULL UNIQUE,
+    commit_ts BIGINT NOT NULL,
+    read_set JSONB NOT NULL,
+    write_set JSONB NOT NULL
+);
+"#;
+
+impl Store {
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Store, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    /// Creates the tables if absent, and checks that two-phase commit is enabled.
+    pub async fn init_schema(&self) -> Result<(), anyhow::Error> {
+        let mut conn = self.pool.acquire().await?;
+        // Several agents may share one server in tests; serialise DDL per database.
+        conn.execute("SELECT pg_advisory_lock(7478)").await?;
+        let created = conn.execute(SCHEMA).await;
+        conn.execute("SELECT pg_advisory_unlock(7478)").await?;
+        created?;
+        let max: String = sqlx::query_scalar("SHOW max_prepared_transactions")
+            .fetch_one(&mut *conn)
+            .await?;
+        if max.parse::<i64>().unwrap_or(0) < 2 {
+            anyhow::bail!(
+                "PostgreSQL has max_prepared_transactions = {max}; the agent needs PREPARE TRANSACTION: \
+                 set max_prepared_transactions to 64 in postgresql.conf and restart PostgreSQL"
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Reads `accounts` and the last applied log position in one statement (one snapshot).
+    pub async fn read(&self, accounts: &[Account]) -> Result<Snapshot, StoreError> {
+        let rows = sqlx::query(
+            "WITH last AS (SELECT lsn, commit_ts FROM recovery_log ORDER BY lsn DESC LIMIT 1) \
+             SELECT b.account_number, b.balance, b.created_at, b.updated_at, l.lsn, l.commit_ts \
+             FROM (SELECT 1) AS one \
+             LEFT JOIN last AS l ON true \
+             LEFT JOIN bank_balance AS b ON b.account_number = ANY($1) \
+             ORDER BY b.account_number",
+        )
+        .bind(accounts)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut snapshot = Snapshot {
+            rows: Vec::new(),
+            lsn: 0,
+            commit_ts: 0,
+        };
+        for row in rows {
+            snapshot.lsn = row.try_get::<Option<i64>, _>("lsn")?.unwrap_or(0);
+            snapshot.commit_ts = row.try_get::<Option<i64>, _>("commit_ts")?.unwrap_or(0);
+            if let Some(account_number) = row.try_get::<Option<i64>, _>("account_number")? {
+                snapshot.rows.push(AccountRow {
+                    account_number,
+                    balance: row.try_get("balance")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                });
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// The last applied LSN and its commit timestamp (0, 0 for an empty log).
+    pub async fn applied(&self) -> Result<(Lsn, Timestamp), StoreError> {
+        let snapshot = self.read(&[]).await?;
+        Ok((snapshot.lsn, snapshot.commit_ts))
+    }
+
+    /// `updated_at` of every account: what the leader's validator needs in memory.
+    pub async fn write_timestamps(&self) -> Result<HashMap<Account, Timestamp>, StoreError> {
+        let rows: Vec<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT account_number, updated_at FROM bank_balance")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, ts)| ts.map(|ts| (k, ts)))
+            .collect())
+    }
+
+    /// Phase one: apply `entries` and log them in one transaction, and prepare it as `batch`.
+    pub async fn prepare(
+        &self,
+        batch: &PendingBatch,
+        entries: &[LogEntry],
+    ) -> Result<(), StoreError> {
+        let log = serde_json::Value::Array(
+            entries
+                .iter()
+                .map(|e| {
+                    json!({"lsn": e.lsn, "term": e.term, "txn_id": e.txn_id, "commit_ts": e.commit_ts,
+                           "read_set": e.read_set, "write_set": e.write_set})
+                })
+                .collect(),
+        );
+        let writes = serde_json::Value::Array(
+            net_writes(entries)
+                .into_iter()
+                .map(|(k, (balance, created_at, updated_at))| {
+                    json!({"account_number": k, "balance": balance, "created_at": created_at, "updated_at": updated_at})
+                })
+                .collect(),
+        );
+        let mut conn = self.pool.acquire().await?;
+        conn.execute("BEGIN").await?;
+        let applied = async {
+            sqlx::query(
+                "INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set) \
+                 SELECT e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set \
+                 FROM jsonb_to_recordset($1) AS e(lsn bigint, term bigint, txn_id uuid, commit_ts bigint, read_set jsonb, write_set jsonb)",
+            )
+            .bind(sqlx::types::Json(&log))
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO bank_balance (account_number, balance, created_at, updated_at) \
+                 SELECT w.account_number, w.balance, w.created_at, w.updated_at \
+                 FROM jsonb_to_recordset($1) AS w(account_number bigint, balance bigint, created_at bigint, updated_at bigint) \
+                 ON CONFLICT (account_number) DO UPDATE SET balance = EXCLUDED.balance, updated_at = EXCLUDED.updated_at",
+            )
+            .bind(sqlx::types::Json(&writes))
+            .execute(&mut *conn)
+            .await?;
+            // The gid is made of numbers and a UUID only: safe to inline.
+            conn.execute(format!("PREPARE TRANSACTION '{}'", batch.gid()).as_str()).await?;
+            Ok::<(), sqlx::Error>(())
+        }
+        .await;
+        if let Err(e) = applied {
+            if conn.execute("ROLLBACK").await.is_err() {
+                // A connection in an unknown state must not go back to the pool.
+                let _ = conn.detach().close().await;
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    pub async fn commit_prepared(&self, batch: &PendingBatch) -> Result<(), StoreError> {
+        self.pool
+            .execute(format!("COMMIT PREPARED '{}'", batch.gid()).as_str())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn rollback_prepared(&self, batch: &PendingBatch) -> Result<(), StoreError> {
+        self.pool
+            .execute(format!("ROLLBACK PREPARED '{}'", batch.gid()).as_str())
+            .await?;
+        Ok(())
+    }
+
+    /// Batches prepared in this database and not yet decided (normally at most one).
+    pub async fn prepared_batches(&self) -> Result<Vec<PendingBatch>, StoreError> {
+        let gids: Vec<String> = sqlx::query_scalar(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'rmw-%' ORDER BY prepared",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(gids
+            .iter()
+            .filter_map(|g| PendingBatch::from_gid(g))
+            .collect())
+    }
+
+    pub async fn has_txn(&self, txn_id: Uuid) -> Result<bool, StoreError> {
+        Ok(self.find_txn(txn_id).await?.is_some())
+    }
+
+    /// The log entry of a committed transaction.
+    pub async fn find_txn(&self, txn_id: Uuid) -> Result<Option<LogEntry>, StoreError> {
+        let row = sqlx::query(
+            "SELECT lsn, term, txn_id, commit_ts, read_set, write_set FROM recovery_log WHERE txn_id = $1",
+        )
+        .bind(txn_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| log_entry(&r)).transpose()
+    }
+
+    /// Up to `limit` log entries after `after`, in LSN order.
+    pub async fn log_page(&self, after: Lsn, limit: i64) -> Result<Vec<LogEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT lsn, term, txn_id, commit_ts, read_set, write_set FROM recovery_log \
+             WHERE lsn > $1 ORDER BY lsn LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(log_entry).collect()
+    }
+}
+
+fn log_entry(row: &sqlx::postgres::PgRow) -> Result<LogEntry, StoreError> {
+    let read_set: sqlx::types::Json<Vec<Account>> = row.try_get("read_set")?;
+    let write_set: sqlx::types::Json<BTreeMap<Account, Balance>> = row.try_get("write_set")?;
+    Ok(LogEntry {
+        lsn: row.try_get("lsn")?,
+        term: row.try_get("term")?,
+        txn_id: row.try_get("txn_id")?,
+        commit_ts: row.try_get("commit_ts")?,
+        read_set: read_set.0,
+        write_set: write_set.0,
+    })
+}
+
+/// The net effect of applying `entries` in LSN order, per account: (balance, created_at if the
+/// row is new, updated_at). Collapsing lets one upsert statement apply a whole batch even when
+/// two entries write the same account.
+fn net_writes(entries: &[LogEntry]) -> BTreeMap<Account, (Balance, Timestamp, Timestamp)> {
+    let mut net = BTreeMap::new();
+    for entry in entries {
+        for (&account, &balance) in &entry.write_set {
+            net.entry(account)
+                .and_modify(|w: &mut (Balance, Timestamp, Timestamp)| {
+                    w.0 = balance;
+                    w.2 = entry.commit_ts;
+                })
+                .or_insert((balance, entry.commit_ts, entry.commit_ts));
+        }
+    }
+    net
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_entries_win_and_the_first_write_creates() {
+        let entry = |lsn, ts, writes: &[(i64, i64)]| LogEntry {
+            lsn,
+            term: 1,
+            txn_id: Uuid::from_u128(lsn as u128),
+            commit_ts: ts,
+            read_set: vec![],
+            write_set: writes.iter().copied().collect(),
+        };
+        let net = net_writes(&[entry(1, 10, &[(1, 5), (2, 6)]), entry(2, 20, &[(1, 7)])]);
+        assert_eq!(net[&1], (7, 10, 20));
+        assert_eq!(net[&2], (6, 10, 10));
+    }
+}

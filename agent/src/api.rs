@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::{
-    CommitRequest, CommitResponse, DecideRequest, LogPage, Lsn, Outcome, PrepareRequest,
-    ReadRequest, DEFAULT_LOG_PAGE, MAX_BODY_BYTES, MAX_LOG_PAGE,
+    ClusterConfig, CommitRequest, CommitResponse, DecideRequest, LogPage, Lsn, Outcome, PauseRequest, PrepareRequest,
+    ReadRequest, RecoverRequest, DEFAULT_LOG_PAGE, MAX_BODY_BYTES, MAX_LOG_PAGE,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -30,15 +30,20 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/internal/prepare", post(prepare))
         .route("/internal/decide", post(decide))
         .route("/internal/batch_state", get(batch_state))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            MAX_INTERNAL_BODY_BYTES,
-        ));
+        .route("/internal/fence", post(fence))
+        .route("/internal/promote", post(promote))
+        .route("/internal/config", post(config))
+        .route("/internal/pause", post(pause))
+        .route("/internal/recover", post(recover))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_INTERNAL_BODY_BYTES));
     Router::new()
         .route("/read/", post(read))
         .route("/commit/", post(commit))
         .route("/status", get(status))
         .route("/health", get(health))
         .route("/replication_log/", get(replication_log))
+        .route("/down_leader/", get(down_leader))
+        .route("/up_node/", get(up_node))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(internal)
         .fallback(not_found)
@@ -59,19 +64,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::BadRequest(format!(
-                    "the request body is larger than the limit of {MAX_BODY_BYTES} bytes"
-                ))
+                ApiError::BadRequest(format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"))
             } else {
-                ApiError::BadRequest(format!(
-                    "could not read the request body: {}",
-                    rejection.body_text()
-                ))
+                ApiError::BadRequest(format!("could not read the request body: {}", rejection.body_text()))
             }
         })?;
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
     }
 }
 
@@ -89,26 +87,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-async fn read(
-    State(node): State<Arc<Node>>,
-    ApiJson(req): ApiJson<ReadRequest>,
-) -> Result<Response, ApiError> {
+async fn read(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ReadRequest>) -> Result<Response, ApiError> {
     let read = req.validate().map_err(|e| ApiError::BadRequest(e.0))?;
     Ok(Json(node.read(read).await?).into_response())
 }
 
-async fn commit(
-    State(node): State<Arc<Node>>,
-    ApiJson(req): ApiJson<CommitRequest>,
-) -> Result<Response, ApiError> {
+async fn commit(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<CommitRequest>) -> Result<Response, ApiError> {
     let txn = req.validate().map_err(|e| ApiError::BadRequest(e.0))?;
+    node.check_serving()?;
     let Some(leader) = node.leader() else {
-        return Err(ApiError::NotLeader {
-            leader: Some(node.cfg.leader.clone()),
-        });
+        return Err(node.not_leader());
     };
     let (txn_id, outcome) = leader.commit(txn, &node).await?;
-    Ok(commit_response(txn_id, outcome))
+    match outcome {
+        TxnOutcome::NotApplied => Err(node.not_leader()),
+        TxnOutcome::Unknown { message } => Err(ApiError::Unavailable(format!("transaction {txn_id}: {message}"))),
+        outcome => Ok(commit_response(txn_id, outcome)),
+    }
 }
 
 fn commit_response(txn_id: Uuid, outcome: TxnOutcome) -> Response {
@@ -123,11 +118,10 @@ fn commit_response(txn_id: Uuid, outcome: TxnOutcome) -> Response {
             message: None,
         })
         .into_response(),
-        TxnOutcome::Aborted {
-            reason,
-            key,
-            message,
-        } => {
+        TxnOutcome::NotApplied | TxnOutcome::Unknown { .. } => {
+            ApiError::Internal("undecided outcome reached the response".into()).into_response()
+        }
+        TxnOutcome::Aborted { reason, key, message } => {
             let status = match reason {
                 protocol::AbortReason::ReplicationFailed => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::CONFLICT,
@@ -151,6 +145,7 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn health(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    node.check_serving()?;
     node.store.ping().await.map_err(ApiError::unavailable)?;
     Ok(Json(serde_json::json!({"status": "ok", "role": node.role()})).into_response())
 }
@@ -163,50 +158,27 @@ struct LogQuery {
     limit: Option<i64>,
 }
 
-async fn replication_log(
-    State(node): State<Arc<Node>>,
-    ApiQuery(q): ApiQuery<LogQuery>,
-) -> Result<Response, ApiError> {
+async fn replication_log(State(node): State<Arc<Node>>, ApiQuery(q): ApiQuery<LogQuery>) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_LOG_PAGE);
     if !(1..=MAX_LOG_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_LOG_PAGE}, got {limit}"
-        )));
+        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LOG_PAGE}, got {limit}")));
     }
     if q.after < 0 {
-        return Err(ApiError::BadRequest(format!(
-            "after must be 0 or more, got {}",
-            q.after
-        )));
+        return Err(ApiError::BadRequest(format!("after must be 0 or more, got {}", q.after)));
     }
     let applied_lsn = node.applied().0;
     // One more than asked tells whether another page follows.
-    let mut entries = node
-        .store
-        .log_page(q.after, limit + 1)
-        .await
-        .map_err(ApiError::unavailable)?;
+    let mut entries = node.store.log_page(q.after, limit + 1).await.map_err(ApiError::unavailable)?;
     let more = entries.len() as i64 > limit;
     entries.truncate(limit as usize);
-    Ok(Json(LogPage {
-        entries,
-        applied_lsn,
-        more,
-    })
-    .into_response())
+    Ok(Json(LogPage { entries, applied_lsn, more }).into_response())
 }
 
-async fn prepare(
-    State(node): State<Arc<Node>>,
-    ApiJson(req): ApiJson<PrepareRequest>,
-) -> Result<Response, ApiError> {
+async fn prepare(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<PrepareRequest>) -> Result<Response, ApiError> {
     Ok(Json(node.prepare(&req).await?).into_response())
 }
 
-async fn decide(
-    State(node): State<Arc<Node>>,
-    ApiJson(req): ApiJson<DecideRequest>,
-) -> Result<Response, ApiError> {
+async fn decide(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<DecideRequest>) -> Result<Response, ApiError> {
     Ok(Json(node.decide(&req).await?).into_response())
 }
 
@@ -216,11 +188,44 @@ struct BatchQuery {
     last_txn: Uuid,
 }
 
-async fn batch_state(
-    State(node): State<Arc<Node>>,
-    ApiQuery(q): ApiQuery<BatchQuery>,
-) -> Result<Response, ApiError> {
+async fn batch_state(State(node): State<Arc<Node>>, ApiQuery(q): ApiQuery<BatchQuery>) -> Result<Response, ApiError> {
     Ok(Json(node.batch_state(q.last_lsn, q.last_txn).await?).into_response())
+}
+
+async fn fence(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConfig>) -> Result<Response, ApiError> {
+    node.check_serving()?;
+    Ok(Json(node.fence(&req).await?).into_response())
+}
+
+async fn promote(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConfig>) -> Result<Response, ApiError> {
+    node.check_serving()?;
+    Ok(Json(node.promote(req).await?).into_response())
+}
+
+async fn config(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConfig>) -> Result<Response, ApiError> {
+    node.check_serving()?;
+    Ok(Json(node.apply_config(&req).await?).into_response())
+}
+
+async fn pause(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<PauseRequest>) -> Result<Response, ApiError> {
+    node.check_serving()?;
+    Ok(Json(node.pause(&req).await?).into_response())
+}
+
+async fn recover(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<RecoverRequest>) -> Result<Response, ApiError> {
+    Ok(Json(node.recover(&req).await?).into_response())
+}
+
+async fn down_leader(State(node): State<Arc<Node>>) -> Response {
+    let answer = node.down_leader().await;
+    let status = if answer.changed { StatusCode::OK } else { StatusCode::CONFLICT };
+    (status, Json(answer)).into_response()
+}
+
+async fn up_node(State(node): State<Arc<Node>>) -> Response {
+    let answer = node.up_node().await;
+    let status = if answer.changed { StatusCode::OK } else { StatusCode::CONFLICT };
+    (status, Json(answer)).into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -44,17 +44,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, leader, term) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", None, None),
-            ApiError::NotLeader { leader } => (
-                StatusCode::MISDIRECTED_REQUEST,
-                "not_leader",
-                leader.clone(),
-                None,
-            ),
+            ApiError::NotLeader { leader } => (StatusCode::MISDIRECTED_REQUEST, "not_leader", leader.clone(), None),
             ApiError::StaleTerm(term) => (StatusCode::CONFLICT, "stale_term", None, Some(*term)),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None, None),
-            ApiError::Unavailable(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, None)
-            }
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None, None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None, None),
         };
@@ -63,25 +56,12 @@ impl IntoResponse for ApiError {
                 tracing::error!(%detail, "internal error");
                 "internal error; the agent's log has the details".to_string()
             }
-            ApiError::NotLeader {
-                leader: Some(leader),
-            } => {
+            ApiError::NotLeader { leader: Some(leader) } => {
                 format!("this agent is not the leader; send commits to {leader}")
             }
-            ApiError::NotLeader { leader: None } => {
-                "this agent is not the leader and no leader is known".into()
-            }
+            ApiError::NotLeader { leader: None } => "this agent is not the leader and no leader is known".into(),
             other => other.to_string(),
         };
-        (
-            status,
-            Json(ErrorBody {
-                error: code.into(),
-                message,
-                leader,
-                term,
-            }),
-        )
-            .into_response()
+        (status, Json(ErrorBody { error: code.into(), message, leader, term })).into_response()
     }
 }

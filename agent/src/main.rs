@@ -5,6 +5,7 @@ use clap::Parser;
 
 use agent::node::{Node, NodeConfig};
 use agent::store::{Store, DEFAULT_POOL_SIZE};
+use protocol::ClusterConfig;
 
 /// An agent of the replication middleware: serves reads and commits for one PostgreSQL server
 /// and replicates every commit to the other agents with two-phase commit.
@@ -21,11 +22,7 @@ struct Args {
     #[arg(long, env = "AGENT_ADVERTISE")]
     advertise: Option<String>,
     /// The local PostgreSQL server.
-    #[arg(
-        long,
-        env = "AGENT_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
+    #[arg(long, env = "AGENT_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     database_url: String,
     /// Every agent's address in configured order, this one included (comma-separated).
     #[arg(
@@ -35,9 +32,15 @@ struct Args {
         default_value = "127.0.0.1:8000,127.0.0.1:8001,127.0.0.1:8002"
     )]
     members: Vec<String>,
-    /// The leader's address (fixed at start-up).
+    /// The first leader's address. Without --supervisor it stays the leader; with one, it
+    /// leads until the supervisor elects another. A configuration stored by an earlier run
+    /// (term, leader, members) takes precedence.
     #[arg(long, env = "AGENT_LEADER", default_value = "127.0.0.1:8000")]
     leader: String,
+    /// The supervisor's address (`host:port`). The leader asks it to remove members it cannot
+    /// reach; without it the leader is fixed and an unreachable member blocks commits.
+    #[arg(long, env = "AGENT_SUPERVISOR")]
+    supervisor: Option<String>,
     /// Timeout of every call to another agent, in milliseconds.
     #[arg(long, env = "AGENT_PEER_TIMEOUT_MS", default_value_t = 2000)]
     peer_timeout_ms: u64,
@@ -49,27 +52,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    let address = args
-        .advertise
-        .clone()
-        .unwrap_or_else(|| args.listen.clone());
+    let address = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
     if !args.members.contains(&address) {
-        anyhow::bail!(
-            "--members ({}) must include this agent's own address {address}",
-            args.members.join(",")
-        );
+        anyhow::bail!("--members ({}) must include this agent's own address {address}", args.members.join(","));
     }
     if !args.members.contains(&args.leader) {
-        anyhow::bail!(
-            "--leader {} is not one of --members ({})",
-            args.leader,
-            args.members.join(",")
-        );
+        anyhow::bail!("--leader {} is not one of --members ({})", args.leader, args.members.join(","));
     }
     let store = Store::connect(&args.database_url, args.db_pool)
         .await
@@ -78,8 +69,8 @@ async fn main() -> anyhow::Result<()> {
     let cfg = NodeConfig {
         node_id: args.node_id,
         address,
-        members: args.members,
-        leader: args.leader,
+        initial: ClusterConfig { term: 1, version: 1, leader: Some(args.leader), members: args.members },
+        supervisor: args.supervisor,
         peer_timeout: Duration::from_millis(args.peer_timeout_ms),
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -1,14 +1,20 @@
-//! One agent: its PostgreSQL, its participant state, and (on the leader) the coordinator.
+//! One agent: its PostgreSQL, its participant state, its view of the cluster, and (when it is
+//! the leader) the coordinator.
 //!
-//! The participant side of two-phase commit runs here under one async mutex per node, held only
-//! across *local* PostgreSQL calls, never across a network call.
+//! Invariants kept here:
+//! - The participant state sits under one async mutex per node, held only across *local*
+//!   PostgreSQL calls, never across a network call.
+//! - The term only grows, and is durable before it is acted on: a fence or a message from a
+//!   higher term is persisted first, so a restarted agent never votes for a deposed leader.
+//! - A leader object exists only for the term it was promoted in; seeing a higher term deposes it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as SyncMutex, Weak};
 use std::time::Duration;
 
 use protocol::{
-    AgentStatus, BatchState, BatchStateResponse, DecideRequest, DecideResponse, Lsn,
-    PrepareRequest, PrepareResponse, ReadResponse, Role, Term, Timestamp, ValidRead, Vote,
+    AgentStatus, BatchState, BatchStateResponse, ClusterConfig, DecideRequest, DecideResponse, Decision, DrillResponse,
+    FailureReport, FenceResponse, Lsn, PauseRequest, PauseResponse, PendingInfo, PrepareRequest, PrepareResponse,
+    PromoteResponse, ReadResponse, RecoverRequest, RecoverResponse, Role, Term, Timestamp, ValidRead, Vote,
 };
 use tokio::sync::{watch, Mutex};
 use uuid::Uuid;
@@ -21,18 +27,29 @@ use crate::store::Store;
 use crate::two_phase::Leader;
 
 /// How long a read waits for an in-flight write of one of its accounts to finish, or for a
-/// replica to reach `min_lsn`, before giving up with 503.
+/// node to reach `min_lsn`, before giving up with 503.
 pub const READ_WAIT: Duration = Duration::from_secs(5);
+/// Page size when a recovering node fetches the leader's log.
+pub const RECOVERY_PAGE: i64 = 5_000;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub node_id: String,
     /// This agent's address as its peers reach it.
     pub address: String,
-    /// Every agent's address, in configured order, this one included.
-    pub members: Vec<String>,
-    pub leader: String,
+    /// The configuration to start from when none is stored (first start).
+    pub initial: ClusterConfig,
+    /// The supervisor's address; without one the leader is fixed.
+    pub supervisor: Option<String>,
     pub peer_timeout: Duration,
+}
+
+/// What this node believes about the cluster.
+struct View {
+    config: ClusterConfig,
+    /// Set by the `/down_leader/` drill.
+    down: bool,
+    leader: Option<Arc<Leader>>,
 }
 
 pub struct Node {
@@ -42,12 +59,13 @@ pub struct Node {
     participant: Mutex<ParticipantState>,
     /// (applied LSN, its commit timestamp), published after every local commit.
     applied: watch::Sender<(Lsn, Timestamp)>,
-    leader: Option<Arc<Leader>>,
+    view: SyncMutex<View>,
+    me: Weak<Node>,
 }
 
 impl Node {
-    /// Opens the node: restores its participant state from PostgreSQL and, on the leader,
-    /// resolves a batch it left prepared and starts the commit pipeline.
+    /// Opens the node: restores its participant state and configuration from PostgreSQL and,
+    /// if the configuration names it leader, resolves what it left prepared and starts leading.
     pub async fn start(cfg: NodeConfig, store: Store) -> anyhow::Result<Arc<Node>> {
         let peers = Peers::new(cfg.peer_timeout)?;
         let (lsn, ts) = store.applied().await?;
@@ -55,87 +73,155 @@ impl Node {
         if prepared.len() > 1 {
             tracing::error!(
                 count = prepared.len(),
-                "more than one prepared batch found; resolving the newest, rolling back the others"
+                "more than one prepared batch found; keeping the newest, rolling back the others"
             );
         }
         let pending = prepared.pop();
         for stale in prepared {
             store.rollback_prepared(&stale).await?;
         }
-        let term = pending.as_ref().map_or(1, |p| p.id.term).max(1);
-        let participant = ParticipantState {
-            term,
-            applied_lsn: lsn,
-            pending,
+        let config = match store.load_config().await? {
+            Some(stored) if !cfg.initial.is_newer_than(&stored) => stored,
+            _ => {
+                store.save_config(&cfg.initial).await?;
+                cfg.initial.clone()
+            }
         };
-        let is_leader = cfg.address == cfg.leader;
+        let term = config.term.max(pending.as_ref().map_or(0, |p| p.id.term));
+        let participant = ParticipantState { term, applied_lsn: lsn, pending };
         let (applied, _) = watch::channel((lsn, ts));
-        let node = Arc::new_cyclic(|weak| Node {
-            leader: is_leader.then(|| Leader::new(weak.clone(), term)),
+        let node = Arc::new_cyclic(|me| Node {
             cfg,
             store,
             peers,
             participant: Mutex::new(participant),
             applied,
+            view: SyncMutex::new(View { config: config.clone(), down: false, leader: None }),
+            me: me.clone(),
         });
-        if let Some(leader) = &node.leader {
-            node.resolve_in_doubt().await?;
-            let (lsn, ts) = *node.applied.borrow();
-            leader.start(node.store.write_timestamps().await?, ts, lsn);
+        if config.leader.as_deref() == Some(node.cfg.address.as_str()) {
+            node.promote(config).await.map_err(|e| anyhow::anyhow!("resuming as leader: {e}"))?;
         }
-        tracing::info!(node = %node.cfg.node_id, role = ?node.role(), applied_lsn = lsn, "node ready");
+        tracing::info!(node = %node.cfg.node_id, role = ?node.role(), term, applied_lsn = lsn, "node ready");
         Ok(node)
     }
 
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        // The view is replaced whole under the lock; a panic cannot leave it half-written.
+        self.view.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn config(&self) -> ClusterConfig {
+        self.view().config.clone()
+    }
+
     pub fn role(&self) -> Role {
-        if self.leader.is_some() {
+        let view = self.view();
+        if view.down {
+            Role::Down
+        } else if view.leader.is_some() {
             Role::Leader
-        } else {
+        } else if view.config.members.contains(&self.cfg.address) {
             Role::Replica
+        } else {
+            Role::Standby
         }
     }
 
-    pub fn leader(&self) -> Option<&Arc<Leader>> {
-        self.leader.as_ref()
+    /// The coordinator, if this node leads and serves.
+    pub fn leader(&self) -> Option<Arc<Leader>> {
+        let view = self.view();
+        if view.down {
+            None
+        } else {
+            view.leader.clone()
+        }
+    }
+
+    /// Refuses anything but status while the drill holds this node down.
+    pub fn check_serving(&self) -> Result<(), ApiError> {
+        if self.view().down {
+            return Err(ApiError::Unavailable(
+                "this node is down (the /down_leader/ drill); GET /up_node/ brings it back".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The answer for a commit sent to a node that cannot take it.
+    pub fn not_leader(&self) -> ApiError {
+        match self.view().config.leader.clone() {
+            Some(leader) if leader != self.cfg.address => ApiError::NotLeader { leader: Some(leader) },
+            _ => ApiError::Unavailable("no leader at the moment (an election is in progress); retry shortly".into()),
+        }
     }
 
     pub fn applied(&self) -> (Lsn, Timestamp) {
         *self.applied.borrow()
     }
 
-    pub fn replicas(&self) -> impl Iterator<Item = &String> {
-        self.cfg
-            .members
-            .iter()
-            .filter(move |m| **m != self.cfg.address)
+    fn publish_applied(&self, lsn: Lsn, ts: Timestamp) {
+        self.applied.send_replace((lsn, ts));
     }
 
-    pub async fn term(&self) -> Term {
-        self.participant.lock().await.term
+    /// The members other than this node, in configured order.
+    pub fn replicas(&self) -> Vec<String> {
+        self.view().config.members.iter().filter(|m| **m != self.cfg.address).cloned().collect()
+    }
+
+    /// Adopts `config` if it is newer than ours, durably; deposes a leader of a lower term.
+    async fn adopt(&self, state: &mut ParticipantState, config: &ClusterConfig) -> Result<(), ApiError> {
+        let current = self.config();
+        if config.term < state.term || (config.term == current.term && config.version < current.version) {
+            return Ok(());
+        }
+        self.store.save_config(config).await.map_err(ApiError::internal)?;
+        state.term = state.term.max(config.term);
+        let deposed = {
+            let mut view = self.view();
+            view.config = config.clone();
+            match &view.leader {
+                Some(leader)
+                    if leader.term() < config.term || config.leader.as_deref() != Some(self.cfg.address.as_str()) =>
+                {
+                    view.leader.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some(leader) = deposed {
+            tracing::warn!(old_term = leader.term(), new_term = config.term, "deposed: no longer the leader");
+            leader.depose();
+        }
+        if let Some(leader) = self.leader() {
+            leader.resume();
+        }
+        Ok(())
+    }
+
+    /// A message from a higher term than ours: persist the term before acting on it.
+    async fn adopt_term(&self, state: &mut ParticipantState, term: Term) -> Result<(), ApiError> {
+        if term > state.term {
+            let mut config = self.config();
+            config.term = term;
+            config.leader = None;
+            self.adopt(state, &config).await?;
+        }
+        Ok(())
     }
 
     /// Phase one on this member.
     pub async fn prepare(&self, req: &PrepareRequest) -> Result<PrepareResponse, ApiError> {
         let (Some(first), Some(last)) = (req.entries.first(), req.entries.last()) else {
-            return Err(ApiError::BadRequest(
-                "a PREPARE must carry at least one entry".into(),
-            ));
+            return Err(ApiError::BadRequest("a PREPARE must carry at least one entry".into()));
         };
-        let consecutive = req
-            .entries
-            .iter()
-            .enumerate()
-            .all(|(i, e)| e.lsn == req.prev_lsn + 1 + i as Lsn);
+        let consecutive = req.entries.iter().enumerate().all(|(i, e)| e.lsn == req.prev_lsn + 1 + i as Lsn);
         if first.lsn != req.prev_lsn + 1 || !consecutive {
-            return Err(ApiError::BadRequest(
-                "PREPARE entries must have consecutive LSNs after prev_lsn".into(),
-            ));
+            return Err(ApiError::BadRequest("PREPARE entries must have consecutive LSNs after prev_lsn".into()));
         }
-        let id = RoundId {
-            term: req.term,
-            round: req.round,
-        };
+        let id = RoundId { term: req.term, round: req.round };
         let mut state = self.participant.lock().await;
+        self.adopt_term(&mut state, req.term).await?;
         let vote = |state: &ParticipantState, vote, reason| PrepareResponse {
             vote,
             term: state.term,
@@ -153,19 +239,11 @@ impl Node {
                 if let Some(old) = supersede {
                     tracing::info!(gid = %old.gid(), "rolling back a batch superseded by a later round");
                     if let Err(e) = self.store.rollback_prepared(&old).await {
-                        return Ok(vote(
-                            &state,
-                            Vote::No,
-                            Some(format!("could not roll back {}: {e}", old.gid())),
-                        ));
+                        return Ok(vote(&state, Vote::No, Some(format!("could not roll back {}: {e}", old.gid()))));
                     }
                     state.pending = None;
                 }
-                let batch = PendingBatch {
-                    id,
-                    last_lsn: last.lsn,
-                    last_txn: last.txn_id,
-                };
+                let batch = PendingBatch { id, last_lsn: last.lsn, last_txn: last.txn_id };
                 match self.store.prepare(&batch, &req.entries).await {
                     Ok(()) => {
                         state.pending = Some(batch);
@@ -173,11 +251,7 @@ impl Node {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "PREPARE failed in PostgreSQL; voting NO");
-                        Ok(vote(
-                            &state,
-                            Vote::No,
-                            Some(format!("PostgreSQL refused the batch: {e}")),
-                        ))
+                        Ok(vote(&state, Vote::No, Some(format!("PostgreSQL refused the batch: {e}"))))
                     }
                 }
             }
@@ -187,141 +261,368 @@ impl Node {
     /// Phase two on this member.
     pub async fn decide(&self, req: &DecideRequest) -> Result<DecideResponse, ApiError> {
         let mut state = self.participant.lock().await;
-        let step = state.on_decide(req.term, req.last_lsn, req.decision);
+        self.adopt_term(&mut state, req.term).await?;
+        self.decide_locked(&mut state, req).await?;
+        Ok(DecideResponse { term: state.term, applied_lsn: state.applied_lsn })
+    }
+
+    async fn decide_locked(&self, state: &mut ParticipantState, req: &DecideRequest) -> Result<(), ApiError> {
+        let step = state.on_decide(req.term, req.last_lsn, req.last_txn, req.decision);
         match step {
-            DecideStep::StaleTerm(term) => return Err(ApiError::StaleTerm(term)),
-            DecideStep::AlreadyDone => {}
+            DecideStep::StaleTerm(term) => Err(ApiError::StaleTerm(term)),
+            DecideStep::AlreadyDone => Ok(()),
             DecideStep::Unknown(message) => {
                 tracing::error!(%message, "protocol violation");
-                return Err(ApiError::Conflict(message));
+                Err(ApiError::Conflict(message))
             }
             DecideStep::CommitPending | DecideStep::RollbackPending => {
                 let Some(batch) = state.pending.clone() else {
-                    return Err(ApiError::Internal(
-                        "decision step without a pending batch".into(),
-                    ));
+                    return Err(ApiError::Internal("decision step without a pending batch".into()));
                 };
                 if step == DecideStep::CommitPending {
-                    if let Err(e) = self.store.commit_prepared(&batch).await {
-                        // The COMMIT may have landed before the connection failed: the log says.
-                        if !self.store.has_txn(batch.last_txn).await.unwrap_or(false) {
-                            return Err(ApiError::internal(e));
-                        }
-                    }
-                    state.pending = None;
-                    state.applied_lsn = batch.last_lsn;
-                    let ts = match self.store.applied().await {
-                        Ok((_, ts)) => ts,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not read the last commit timestamp back");
-                            self.applied().1
-                        }
-                    };
-                    self.applied.send_replace((batch.last_lsn, ts));
-                } else if let Err(e) = self.store.rollback_prepared(&batch).await {
-                    if self
-                        .store
-                        .prepared_batches()
-                        .await
-                        .map_err(ApiError::internal)?
-                        .iter()
-                        .any(|p| p.gid() == batch.gid())
-                    {
-                        return Err(ApiError::internal(e));
-                    }
+                    self.commit_pending(state, &batch).await
+                } else {
+                    self.rollback_pending(state, &batch).await
                 }
-                state.pending = None;
             }
         }
-        Ok(DecideResponse {
-            term: state.term,
-            applied_lsn: state.applied_lsn,
-        })
+    }
+
+    async fn commit_pending(&self, state: &mut ParticipantState, batch: &PendingBatch) -> Result<(), ApiError> {
+        if let Err(e) = self.store.commit_prepared(batch).await {
+            // The COMMIT may have landed before the connection failed: the log says.
+            if !self.store.has_txn(batch.last_txn).await.unwrap_or(false) {
+                return Err(ApiError::internal(e));
+            }
+        }
+        state.pending = None;
+        state.applied_lsn = batch.last_lsn;
+        let ts = match self.store.applied().await {
+            Ok((_, ts)) => ts,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the last commit timestamp back");
+                self.applied().1
+            }
+        };
+        self.publish_applied(batch.last_lsn, ts);
+        Ok(())
+    }
+
+    async fn rollback_pending(&self, state: &mut ParticipantState, batch: &PendingBatch) -> Result<(), ApiError> {
+        if let Err(e) = self.store.rollback_prepared(batch).await {
+            let still_there = self.store.prepared_batches().await.map_err(ApiError::internal)?;
+            if still_there.iter().any(|p| p.gid() == batch.gid()) {
+                return Err(ApiError::internal(e));
+            }
+        }
+        state.pending = None;
+        Ok(())
     }
 
     /// Where this member stands on the batch ending with `last_txn`.
-    pub async fn batch_state(
-        &self,
-        last_lsn: Lsn,
-        last_txn: Uuid,
-    ) -> Result<BatchStateResponse, ApiError> {
+    pub async fn batch_state(&self, last_lsn: Lsn, last_txn: Uuid) -> Result<BatchStateResponse, ApiError> {
         let state = self.participant.lock().await;
-        let batch_state = if self
-            .store
-            .has_txn(last_txn)
-            .await
-            .map_err(ApiError::internal)?
-        {
+        Ok(BatchStateResponse { term: state.term, last_lsn, state: self.batch_state_locked(&state, last_txn).await? })
+    }
+
+    async fn batch_state_locked(&self, state: &ParticipantState, last_txn: Uuid) -> Result<BatchState, ApiError> {
+        Ok(if self.store.has_txn(last_txn).await.map_err(ApiError::internal)? {
             BatchState::Committed
-        } else if state
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.last_txn == last_txn)
-        {
+        } else if state.pending.as_ref().is_some_and(|p| p.last_txn == last_txn) {
             BatchState::Prepared
         } else {
             BatchState::Absent
-        };
-        Ok(BatchStateResponse {
-            term: state.term,
-            last_lsn,
-            state: batch_state,
         })
     }
 
-    /// A leader that restarts with a batch prepared asks every member where it stands and
-    /// decides it by the in-doubt rules before taking new transactions.
-    async fn resolve_in_doubt(&self) -> anyhow::Result<()> {
-        let Some(pending) = self.participant.lock().await.pending.clone() else {
-            return Ok(());
-        };
-        let mut states = vec![BatchState::Prepared];
-        for peer in self.replicas() {
-            match self
-                .peers
-                .batch_state(peer, pending.last_lsn, pending.last_txn)
-                .await
-            {
-                Ok(answer) => states.push(answer.state),
+    /// `POST /internal/fence`: adopt a newer term and configuration (deposing ourselves if we
+    /// led an older term) and report where we stand.
+    pub async fn fence(&self, config: &ClusterConfig) -> Result<FenceResponse, ApiError> {
+        let mut state = self.participant.lock().await;
+        if config.term < state.term {
+            return Err(ApiError::StaleTerm(state.term));
+        }
+        self.adopt(&mut state, config).await?;
+        Ok(FenceResponse {
+            node_id: self.cfg.node_id.clone(),
+            term: state.term,
+            role: self.role(),
+            applied_lsn: state.applied_lsn,
+            pending: state.pending.as_ref().map(PendingBatch::info),
+        })
+    }
+
+    /// `POST /internal/config`: a membership change in the current term (also ends a pause).
+    pub async fn apply_config(&self, config: &ClusterConfig) -> Result<AgentStatus, ApiError> {
+        {
+            let mut state = self.participant.lock().await;
+            if config.term < state.term {
+                return Err(ApiError::StaleTerm(state.term));
+            }
+            self.adopt(&mut state, config).await?;
+        }
+        Ok(self.status().await)
+    }
+
+    /// `POST /internal/promote`: become the leader of `config.term`. Resolves every in-doubt
+    /// batch among the members (DESIGN 5) before taking new transactions.
+    pub async fn promote(&self, config: ClusterConfig) -> Result<PromoteResponse, ApiError> {
+        if config.leader.as_deref() != Some(self.cfg.address.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "this configuration names {:?} leader, not this agent",
+                config.leader
+            )));
+        }
+        let mut state = self.participant.lock().await;
+        if config.term < state.term {
+            return Err(ApiError::StaleTerm(state.term));
+        }
+        if let Some(leader) = self.leader() {
+            if leader.term() == config.term {
+                return Ok(PromoteResponse {
+                    term: config.term,
+                    applied_lsn: state.applied_lsn,
+                    in_doubt_committed: 0,
+                    in_doubt_aborted: 0,
+                });
+            }
+        }
+        self.adopt(&mut state, &config).await?;
+        let (committed, aborted) = self.resolve_in_doubt(&mut state, &config).await?;
+        let (lsn, ts) = self.applied();
+        let last_write = self.store.write_timestamps().await.map_err(ApiError::unavailable)?;
+        let leader = Leader::new(self.me.clone(), config.term);
+        leader.start(last_write, ts, lsn);
+        self.view().leader = Some(leader);
+        tracing::info!(term = config.term, applied_lsn = lsn, committed, aborted, "promoted to leader");
+        Ok(PromoteResponse {
+            term: config.term,
+            applied_lsn: lsn,
+            in_doubt_committed: committed,
+            in_doubt_aborted: aborted,
+        })
+    }
+
+    /// Decides every batch that this node or another live member holds prepared, by asking
+    /// every live member where it stands. Returns (committed, aborted).
+    async fn resolve_in_doubt(
+        &self,
+        state: &mut ParticipantState,
+        config: &ClusterConfig,
+    ) -> Result<(u32, u32), ApiError> {
+        let others: Vec<&String> = config.members.iter().filter(|m| **m != self.cfg.address).collect();
+        let mut batches: Vec<PendingInfo> = state.pending.iter().map(PendingBatch::info).collect();
+        for peer in &others {
+            match self.peers.status(peer).await {
+                Ok(status) => batches.extend(status.prepared_batch),
                 Err(e) => {
-                    tracing::warn!(%peer, error = %e, "member unreachable while resolving an in-doubt batch")
+                    tracing::warn!(%peer, error = %e, "member unreachable while looking for in-doubt batches")
                 }
             }
         }
-        let resolution = resolve(&states);
-        tracing::warn!(gid = %pending.gid(), ?states, ?resolution, "resolved an in-doubt batch");
-        let decision = match resolution {
-            Resolution::Commit => protocol::Decision::Commit,
-            Resolution::Abort => protocol::Decision::Abort,
-        };
-        let req = DecideRequest {
-            term: pending.id.term,
-            last_lsn: pending.last_lsn,
-            decision,
-        };
-        self.decide(&req)
-            .await
-            .map_err(|e| anyhow::anyhow!("deciding the in-doubt batch locally: {e}"))?;
-        for peer in self.replicas() {
-            if let Err(e) = self.peers.decide(peer, &req).await {
-                tracing::warn!(%peer, error = %e, "could not tell a member the in-doubt decision; it will learn from the next PREPARE");
+        batches.sort_by_key(|b| b.last_txn);
+        batches.dedup_by_key(|b| b.last_txn);
+        let (mut committed, mut aborted) = (0, 0);
+        for batch in batches {
+            let mut states = vec![self.batch_state_locked(state, batch.last_txn).await?];
+            for peer in &others {
+                match self.peers.batch_state(peer, batch.last_lsn, batch.last_txn).await {
+                    Ok(answer) => states.push(answer.state),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "member unreachable while resolving an in-doubt batch")
+                    }
+                }
+            }
+            let decision = match resolve(&states) {
+                Resolution::Commit => Decision::Commit,
+                Resolution::Abort => Decision::Abort,
+            };
+            tracing::warn!(last_lsn = batch.last_lsn, last_txn = %batch.last_txn, ?states, ?decision, "resolved an in-doubt batch");
+            let req = DecideRequest { term: config.term, last_lsn: batch.last_lsn, last_txn: batch.last_txn, decision };
+            self.decide_locked(state, &req).await?;
+            for peer in &others {
+                if let Err(e) = self.peers.decide(peer, &req).await {
+                    tracing::warn!(%peer, error = %e, "could not tell a member an in-doubt decision; it will be caught by its next PREPARE or its recovery");
+                }
+            }
+            match decision {
+                Decision::Commit => committed += 1,
+                Decision::Abort => aborted += 1,
             }
         }
-        Ok(())
+        Ok((committed, aborted))
+    }
+
+    /// `POST /internal/pause` on the leader.
+    pub async fn pause(&self, req: &PauseRequest) -> Result<PauseResponse, ApiError> {
+        let Some(leader) = self.leader() else {
+            return Err(self.not_leader());
+        };
+        if leader.term() != req.term {
+            return Err(ApiError::StaleTerm(leader.term()));
+        }
+        leader.pause(Duration::from_millis(req.max_ms)).await;
+        Ok(PauseResponse { applied_lsn: self.applied().0 })
+    }
+
+    /// `POST /internal/recover`: a node outside the member set catches up from the leader's
+    /// log (DESIGN 6). Safe to call again; the supervisor calls it once in bulk and once more
+    /// for the tail while the leader pauses.
+    pub async fn recover(&self, req: &RecoverRequest) -> Result<RecoverResponse, ApiError> {
+        self.check_serving()?;
+        if self.leader().is_some() {
+            return Err(ApiError::Conflict("the leader does not recover from another node".into()));
+        }
+        let mut state = self.participant.lock().await;
+        if req.term < state.term {
+            return Err(ApiError::StaleTerm(state.term));
+        }
+        self.adopt_term(&mut state, req.term).await?;
+        let leader = &req.leader;
+        let unreachable =
+            |e: crate::peers::PeerError| ApiError::Unavailable(format!("recovery could not reach the leader: {e}"));
+
+        // 1. Our own prepared batch: its outcome is whatever the leader's log says.
+        let mut resolved_pending = None;
+        if let Some(pending) = state.pending.clone() {
+            let answer =
+                self.peers.batch_state(leader, pending.last_lsn, pending.last_txn).await.map_err(unreachable)?;
+            let decision = match answer.state {
+                BatchState::Committed => Decision::Commit,
+                BatchState::Absent => Decision::Abort,
+                BatchState::Prepared => {
+                    return Err(ApiError::Unavailable(
+                        "the leader still has this node's prepared batch in flight; retry".into(),
+                    ))
+                }
+            };
+            if decision == Decision::Commit {
+                self.commit_pending(&mut state, &pending).await?;
+            } else {
+                self.rollback_pending(&mut state, &pending).await?;
+            }
+            tracing::info!(gid = %pending.gid(), ?decision, "recovery resolved this node's prepared batch");
+            resolved_pending = Some(decision);
+        }
+
+        // 2. Our log must be a prefix of the leader's.
+        let mut after = state.applied_lsn;
+        if after > 0 {
+            let page = self.peers.log_page(leader, after - 1, 1).await.map_err(unreachable)?;
+            let ours = self.store.entry_at(after).await.map_err(ApiError::internal)?;
+            let theirs = page.entries.first();
+            if ours.as_ref().map(|e| e.txn_id) != theirs.map(|e| e.txn_id) {
+                tracing::error!(applied_lsn = after, ours = ?ours.map(|e| e.txn_id), theirs = ?theirs.map(|e| e.txn_id),
+                    "DIVERGED: this node's log differs from the leader's; refusing to merge");
+                return Err(ApiError::Conflict(format!(
+                    "diverged: this node's log entry at LSN {after} differs from the leader's; the node must be rebuilt, not merged"
+                )));
+            }
+        }
+
+        // 3. Apply the leader's log after our applied LSN, page by page, in LSN order.
+        let mut entries_applied = 0u64;
+        loop {
+            let page = self.peers.log_page(leader, after, RECOVERY_PAGE).await.map_err(unreachable)?;
+            let Some(last) = page.entries.last() else {
+                break;
+            };
+            let (last_lsn, last_ts) = (last.lsn, last.commit_ts);
+            let dense = page.entries.iter().enumerate().all(|(i, e)| e.lsn == after + 1 + i as Lsn);
+            if !dense {
+                return Err(ApiError::Conflict(format!("the leader's log page after LSN {after} is not dense")));
+            }
+            self.store.apply_committed(&page.entries).await.map_err(ApiError::internal)?;
+            entries_applied += page.entries.len() as u64;
+            state.applied_lsn = last_lsn;
+            self.publish_applied(last_lsn, last_ts);
+            after = last_lsn;
+            if !page.more {
+                break;
+            }
+        }
+        Ok(RecoverResponse { applied_lsn: state.applied_lsn, entries_applied, resolved_pending })
+    }
+
+    /// The leader could not reach `member`: ask the supervisor to remove it. Returns the new
+    /// configuration when it did; the leader never drops a member on its own.
+    pub async fn report_failure(&self, term: Term, member: &str, reason: &str) -> Option<ClusterConfig> {
+        let supervisor = self.cfg.supervisor.as_ref()?;
+        let report = FailureReport { term, member: member.to_string(), reason: reason.to_string() };
+        match self.peers.report_failure(supervisor, &report).await {
+            Ok(config) => {
+                let mut state = self.participant.lock().await;
+                if let Err(e) = self.adopt(&mut state, &config).await {
+                    tracing::error!(error = %e, "could not store the configuration the supervisor sent");
+                    return None;
+                }
+                Some(config)
+            }
+            Err(e) => {
+                tracing::warn!(%member, error = %e, "the supervisor did not remove the member");
+                None
+            }
+        }
+    }
+
+    /// `GET /down_leader/`: the drill. The leader stops serving; the supervisor then fails over.
+    pub async fn down_leader(&self) -> DrillResponse {
+        let (changed, message, leader) = {
+            let mut view = self.view();
+            if view.down {
+                (false, "this node is already down; GET /up_node/ brings it back".to_string(), None)
+            } else if view.leader.is_none() {
+                let leader = view.config.leader.clone().unwrap_or_else(|| "unknown".into());
+                (false, format!("this node is not the leader, so nothing was done; the leader is {leader}"), None)
+            } else {
+                view.down = true;
+                (
+                    true,
+                    "the leader stopped serving; the supervisor will elect a new one".to_string(),
+                    view.leader.take(),
+                )
+            }
+        };
+        if let Some(leader) = leader {
+            leader.depose();
+        }
+        tracing::warn!(changed, "drill: down_leader");
+        DrillResponse { node_id: self.cfg.node_id.clone(), role: self.role(), changed, message }
+    }
+
+    /// `GET /up_node/`: brings a downed node back as a standby; the supervisor then recovers it.
+    pub async fn up_node(&self) -> DrillResponse {
+        let changed = std::mem::replace(&mut self.view().down, false);
+        if changed {
+            // It was the leader when it went down; it now rejoins as an ordinary node.
+            let mut state = self.participant.lock().await;
+            let mut config = self.config();
+            if config.leader.as_deref() == Some(self.cfg.address.as_str()) {
+                config.leader = None;
+            }
+            config.members.retain(|m| *m != self.cfg.address);
+            let _ = self.adopt(&mut state, &config).await;
+        }
+        let message = if changed {
+            "this node is up again as a standby; the supervisor will recover it and add it back to the members"
+        } else {
+            "this node was not down, so nothing was done"
+        };
+        tracing::warn!(changed, "drill: up_node");
+        DrillResponse { node_id: self.cfg.node_id.clone(), role: self.role(), changed, message: message.into() }
     }
 
     /// A consistent read of `read.accounts` (DESIGN 3): on the leader it first waits for
     /// in-flight writes of those accounts; on any node it can wait for `min_lsn`.
     pub async fn read(&self, read: ValidRead) -> Result<ReadResponse, ApiError> {
+        self.check_serving()?;
         let deadline = tokio::time::Instant::now() + READ_WAIT;
-        if let Some(leader) = &self.leader {
+        if let Some(leader) = self.leader() {
             leader.wait_unlocked(&read.accounts, deadline).await?;
         }
         if let Some(min_lsn) = read.min_lsn {
             let mut applied = self.applied.subscribe();
-            let reached =
-                tokio::time::timeout_at(deadline, applied.wait_for(|(lsn, _)| *lsn >= min_lsn))
-                    .await;
+            let reached = tokio::time::timeout_at(deadline, applied.wait_for(|(lsn, _)| *lsn >= min_lsn)).await;
             if !matches!(reached, Ok(Ok(_))) {
                 return Err(ApiError::Unavailable(format!(
                     "this node has applied LSN {} and did not reach min_lsn {min_lsn} within {} s",
@@ -331,18 +632,10 @@ impl Node {
             }
         }
         let accounts: Vec<i64> = read.accounts.iter().copied().collect();
-        let snapshot = self
-            .store
-            .read(&accounts)
-            .await
-            .map_err(ApiError::unavailable)?;
+        let snapshot = self.store.read(&accounts).await.map_err(ApiError::unavailable)?;
         Ok(ReadResponse {
             read_status: "success".into(),
-            values: snapshot
-                .rows
-                .iter()
-                .map(|r| (r.account_number, r.balance))
-                .collect(),
+            values: snapshot.rows.iter().map(|r| (r.account_number, r.balance)).collect(),
             data: snapshot.rows,
             timestamp: snapshot.commit_ts,
             lsn: snapshot.lsn,
@@ -354,16 +647,19 @@ impl Node {
     pub async fn status(&self) -> AgentStatus {
         let state = self.participant.lock().await;
         let (applied_lsn, last_commit_ts) = self.applied();
+        let config = self.config();
         AgentStatus {
             node_id: self.cfg.node_id.clone(),
             address: self.cfg.address.clone(),
             role: self.role(),
             term: state.term,
-            leader: Some(self.cfg.leader.clone()),
+            leader: config.leader,
             applied_lsn,
             last_commit_ts,
-            members: self.cfg.members.clone(),
-            prepared_batch: state.pending.as_ref().map(|p| p.last_lsn),
+            members: config.members,
+            prepared_batch: state.pending.as_ref().map(PendingBatch::info),
+            config_version: config.version,
+            supervisor: self.cfg.supervisor.clone(),
         }
     }
 }

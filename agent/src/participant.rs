@@ -31,6 +31,10 @@ pub struct PendingBatch {
 }
 
 impl PendingBatch {
+    pub fn info(&self) -> protocol::PendingInfo {
+        protocol::PendingInfo { last_lsn: self.last_lsn, last_txn: self.last_txn, term: self.id.term }
+    }
+
     /// The PostgreSQL global transaction id: `rmw-<last lsn>-<term>-<last txn id>`.
     pub fn gid(&self) -> String {
         format!("rmw-{}-{}-{}", self.last_lsn, self.id.term, self.last_txn)
@@ -43,11 +47,7 @@ impl PendingBatch {
         let last_lsn = parts.next()?.parse().ok()?;
         let term = parts.next()?.parse().ok()?;
         let last_txn = parts.next()?.parse().ok()?;
-        Some(PendingBatch {
-            id: RoundId { term, round: 0 },
-            last_lsn,
-            last_txn,
-        })
+        Some(PendingBatch { id: RoundId { term, round: 0 }, last_lsn, last_txn })
     }
 }
 
@@ -86,13 +86,7 @@ pub enum DecideStep {
 }
 
 impl ParticipantState {
-    pub fn on_prepare(
-        &mut self,
-        id: RoundId,
-        prev_lsn: Lsn,
-        last_lsn: Lsn,
-        last_txn: Uuid,
-    ) -> PrepareStep {
+    pub fn on_prepare(&mut self, id: RoundId, prev_lsn: Lsn, last_lsn: Lsn, last_txn: Uuid) -> PrepareStep {
         if id.term < self.term {
             return PrepareStep::StaleTerm(self.term);
         }
@@ -102,10 +96,7 @@ impl ParticipantState {
                 return PrepareStep::AlreadyPrepared;
             }
             if id < p.id {
-                return PrepareStep::Refuse(format!(
-                    "stale PREPARE from round {:?}; round {:?} is pending",
-                    id, p.id
-                ));
+                return PrepareStep::Refuse(format!("stale PREPARE from round {:?}; round {:?} is pending", id, p.id));
             }
         }
         if prev_lsn != self.applied_lsn {
@@ -114,19 +105,18 @@ impl ParticipantState {
                 self.applied_lsn
             ));
         }
-        PrepareStep::Prepare {
-            supersede: self.pending.clone(),
-        }
+        PrepareStep::Prepare { supersede: self.pending.clone() }
     }
 
-    pub fn on_decide(&mut self, term: Term, last_lsn: Lsn, decision: Decision) -> DecideStep {
+    pub fn on_decide(&mut self, term: Term, last_lsn: Lsn, last_txn: Uuid, decision: Decision) -> DecideStep {
         if term < self.term {
             return DecideStep::StaleTerm(self.term);
         }
         self.term = term;
+        let holds = |p: &PendingBatch| p.last_lsn == last_lsn && p.last_txn == last_txn;
         match (&self.pending, decision) {
-            (Some(p), Decision::Commit) if p.last_lsn == last_lsn => DecideStep::CommitPending,
-            (Some(p), Decision::Abort) if p.last_lsn == last_lsn => DecideStep::RollbackPending,
+            (Some(p), Decision::Commit) if holds(p) => DecideStep::CommitPending,
+            (Some(p), Decision::Abort) if holds(p) => DecideStep::RollbackPending,
             (_, Decision::Commit) if self.applied_lsn >= last_lsn => DecideStep::AlreadyDone,
             (_, Decision::Abort) => DecideStep::AlreadyDone,
             (_, Decision::Commit) => DecideStep::Unknown(format!(
@@ -148,20 +138,12 @@ mod tests {
         RoundId { term, round }
     }
     fn fresh() -> ParticipantState {
-        ParticipantState {
-            term: 1,
-            applied_lsn: 10,
-            pending: None,
-        }
+        ParticipantState { term: 1, applied_lsn: 10, pending: None }
     }
 
     #[test]
     fn gid_round_trips() {
-        let p = PendingBatch {
-            id: round(3, 0),
-            last_lsn: 42,
-            last_txn: txn(7),
-        };
+        let p = PendingBatch { id: round(3, 0), last_lsn: 42, last_txn: txn(7) };
         assert_eq!(PendingBatch::from_gid(&p.gid()), Some(p));
         assert_eq!(PendingBatch::from_gid("other-1"), None);
     }
@@ -169,96 +151,56 @@ mod tests {
     #[test]
     fn votes_yes_only_after_its_predecessor() {
         let mut s = fresh();
-        assert_eq!(
-            s.on_prepare(round(1, 5), 10, 12, txn(1)),
-            PrepareStep::Prepare { supersede: None }
-        );
-        assert!(matches!(
-            s.on_prepare(round(1, 5), 11, 12, txn(1)),
-            PrepareStep::Refuse(_)
-        ));
+        assert_eq!(s.on_prepare(round(1, 5), 10, 12, txn(1)), PrepareStep::Prepare { supersede: None });
+        assert!(matches!(s.on_prepare(round(1, 5), 11, 12, txn(1)), PrepareStep::Refuse(_)));
     }
 
     #[test]
     fn a_lower_term_is_fenced_off() {
         let mut s = ParticipantState { term: 4, ..fresh() };
-        assert_eq!(
-            s.on_prepare(round(3, 9), 10, 11, txn(1)),
-            PrepareStep::StaleTerm(4)
-        );
-        assert_eq!(
-            s.on_decide(3, 11, Decision::Commit),
-            DecideStep::StaleTerm(4)
-        );
+        assert_eq!(s.on_prepare(round(3, 9), 10, 11, txn(1)), PrepareStep::StaleTerm(4));
+        assert_eq!(s.on_decide(3, 11, txn(1), Decision::Commit), DecideStep::StaleTerm(4));
     }
 
     #[test]
     fn a_repeated_prepare_is_answered_again() {
         let mut s = fresh();
-        s.pending = Some(PendingBatch {
-            id: round(1, 5),
-            last_lsn: 12,
-            last_txn: txn(1),
-        });
-        assert_eq!(
-            s.on_prepare(round(1, 5), 10, 12, txn(1)),
-            PrepareStep::AlreadyPrepared
-        );
+        s.pending = Some(PendingBatch { id: round(1, 5), last_lsn: 12, last_txn: txn(1) });
+        assert_eq!(s.on_prepare(round(1, 5), 10, 12, txn(1)), PrepareStep::AlreadyPrepared);
     }
 
     #[test]
     fn a_later_round_supersedes_an_undecided_batch() {
         let mut s = fresh();
-        let old = PendingBatch {
-            id: round(1, 5),
-            last_lsn: 12,
-            last_txn: txn(1),
-        };
+        let old = PendingBatch { id: round(1, 5), last_lsn: 12, last_txn: txn(1) };
         s.pending = Some(old.clone());
-        assert_eq!(
-            s.on_prepare(round(1, 6), 10, 11, txn(2)),
-            PrepareStep::Prepare {
-                supersede: Some(old)
-            }
-        );
+        assert_eq!(s.on_prepare(round(1, 6), 10, 11, txn(2)), PrepareStep::Prepare { supersede: Some(old) });
     }
 
     #[test]
     fn a_late_prepare_from_an_earlier_round_is_refused() {
         let mut s = fresh();
-        s.pending = Some(PendingBatch {
-            id: round(1, 6),
-            last_lsn: 11,
-            last_txn: txn(2),
-        });
-        assert!(matches!(
-            s.on_prepare(round(1, 5), 10, 12, txn(1)),
-            PrepareStep::Refuse(_)
-        ));
+        s.pending = Some(PendingBatch { id: round(1, 6), last_lsn: 11, last_txn: txn(2) });
+        assert!(matches!(s.on_prepare(round(1, 5), 10, 12, txn(1)), PrepareStep::Refuse(_)));
     }
 
     #[test]
     fn decisions_are_idempotent() {
         let mut s = fresh();
-        s.pending = Some(PendingBatch {
-            id: round(1, 5),
-            last_lsn: 12,
-            last_txn: txn(1),
-        });
-        assert_eq!(
-            s.on_decide(1, 12, Decision::Commit),
-            DecideStep::CommitPending
-        );
+        s.pending = Some(PendingBatch { id: round(1, 5), last_lsn: 12, last_txn: txn(1) });
+        assert_eq!(s.on_decide(1, 12, txn(1), Decision::Commit), DecideStep::CommitPending);
         s.pending = None;
         s.applied_lsn = 12;
-        assert_eq!(
-            s.on_decide(1, 12, Decision::Commit),
-            DecideStep::AlreadyDone
-        );
-        assert_eq!(s.on_decide(1, 13, Decision::Abort), DecideStep::AlreadyDone);
-        assert!(matches!(
-            s.on_decide(1, 13, Decision::Commit),
-            DecideStep::Unknown(_)
-        ));
+        assert_eq!(s.on_decide(1, 12, txn(1), Decision::Commit), DecideStep::AlreadyDone);
+        assert_eq!(s.on_decide(1, 13, txn(2), Decision::Abort), DecideStep::AlreadyDone);
+        assert!(matches!(s.on_decide(1, 13, txn(2), Decision::Commit), DecideStep::Unknown(_)));
+    }
+
+    #[test]
+    fn a_decision_for_another_batch_with_the_same_lsn_leaves_the_pending_one() {
+        let mut s = fresh();
+        s.pending = Some(PendingBatch { id: round(1, 5), last_lsn: 12, last_txn: txn(1) });
+        assert_eq!(s.on_decide(1, 12, txn(9), Decision::Abort), DecideStep::AlreadyDone);
+        assert!(s.pending.is_some());
     }
 }

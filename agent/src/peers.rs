@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use protocol::{
-    BatchStateResponse, DecideRequest, DecideResponse, ErrorBody, Lsn, PrepareRequest,
-    PrepareResponse, Term,
+    AgentStatus, BatchStateResponse, ClusterConfig, DecideRequest, DecideResponse, ErrorBody, FailureReport, LogPage,
+    Lsn, PrepareRequest, PrepareResponse, Term,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -20,18 +20,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     #[error("{peer} did not answer: {source}")]
-    Unreachable {
-        peer: String,
-        source: reqwest::Error,
-    },
+    Unreachable { peer: String, source: reqwest::Error },
     #[error("{peer} is in term {term}, higher than ours")]
     StaleTerm { peer: String, term: Term },
     #[error("{peer} answered {status}: {message}")]
-    Refused {
-        peer: String,
-        status: StatusCode,
-        message: String,
-    },
+    Refused { peer: String, status: StatusCode, message: String },
 }
 
 #[derive(Clone)]
@@ -50,19 +43,11 @@ impl Peers {
         Ok(Peers { http })
     }
 
-    pub async fn prepare(
-        &self,
-        peer: &str,
-        req: &PrepareRequest,
-    ) -> Result<PrepareResponse, PeerError> {
+    pub async fn prepare(&self, peer: &str, req: &PrepareRequest) -> Result<PrepareResponse, PeerError> {
         self.post(peer, "/internal/prepare", req).await
     }
 
-    pub async fn decide(
-        &self,
-        peer: &str,
-        req: &DecideRequest,
-    ) -> Result<DecideResponse, PeerError> {
+    pub async fn decide(&self, peer: &str, req: &DecideRequest) -> Result<DecideResponse, PeerError> {
         self.post(peer, "/internal/decide", req).await
     }
 
@@ -72,23 +57,31 @@ impl Peers {
         last_lsn: Lsn,
         last_txn: Uuid,
     ) -> Result<BatchStateResponse, PeerError> {
-        let url =
-            format!("http://{peer}/internal/batch_state?last_lsn={last_lsn}&last_txn={last_txn}");
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|source| unreachable(peer, source))?;
+        let url = format!("http://{peer}/internal/batch_state?last_lsn={last_lsn}&last_txn={last_txn}");
+        let resp = self.http.get(url).send().await.map_err(|source| unreachable(peer, source))?;
         decode(peer, resp).await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        peer: &str,
-        path: &str,
-        body: &B,
-    ) -> Result<T, PeerError> {
+    pub async fn status(&self, peer: &str) -> Result<AgentStatus, PeerError> {
+        self.get(peer, "/status").await
+    }
+
+    pub async fn log_page(&self, peer: &str, after: Lsn, limit: i64) -> Result<LogPage, PeerError> {
+        self.get(peer, &format!("/replication_log/?after={after}&limit={limit}")).await
+    }
+
+    /// Asks the supervisor to remove a member; it answers with the new configuration.
+    pub async fn report_failure(&self, supervisor: &str, report: &FailureReport) -> Result<ClusterConfig, PeerError> {
+        self.post(supervisor, "/report_failure", report).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, peer: &str, path: &str) -> Result<T, PeerError> {
+        let resp =
+            self.http.get(format!("http://{peer}{path}")).send().await.map_err(|source| unreachable(peer, source))?;
+        decode(peer, resp).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, peer: &str, path: &str, body: &B) -> Result<T, PeerError> {
         let resp = self
             .http
             .post(format!("http://{peer}{path}"))
@@ -101,39 +94,20 @@ impl Peers {
 }
 
 fn unreachable(peer: &str, source: reqwest::Error) -> PeerError {
-    PeerError::Unreachable {
-        peer: peer.to_string(),
-        source,
-    }
+    PeerError::Unreachable { peer: peer.to_string(), source }
 }
 
 async fn decode<T: DeserializeOwned>(peer: &str, resp: reqwest::Response) -> Result<T, PeerError> {
     let status = resp.status();
     if status.is_success() {
-        return resp
-            .json()
-            .await
-            .map_err(|source| unreachable(peer, source));
+        return resp.json().await.map_err(|source| unreachable(peer, source));
     }
     let body: Option<ErrorBody> = resp.json().await.ok();
     match body {
-        Some(ErrorBody {
-            error,
-            term: Some(term),
-            ..
-        }) if error == "stale_term" => Err(PeerError::StaleTerm {
-            peer: peer.to_string(),
-            term,
-        }),
-        Some(body) => Err(PeerError::Refused {
-            peer: peer.to_string(),
-            status,
-            message: body.message,
-        }),
-        None => Err(PeerError::Refused {
-            peer: peer.to_string(),
-            status,
-            message: "no JSON body".into(),
-        }),
+        Some(ErrorBody { error, term: Some(term), .. }) if error == "stale_term" => {
+            Err(PeerError::StaleTerm { peer: peer.to_string(), term })
+        }
+        Some(body) => Err(PeerError::Refused { peer: peer.to_string(), status, message: body.message }),
+        None => Err(PeerError::Refused { peer: peer.to_string(), status, message: "no JSON body".into() }),
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use protocol::{Account, AccountRow, Balance, LogEntry, Lsn, Timestamp};
+use protocol::{Account, AccountRow, Balance, ClusterConfig, LogEntry, Lsn, Timestamp};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgPool, Row};
@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS recovery_log (
     read_set JSONB NOT NULL,
     write_set JSONB NOT NULL
 );
+-- The newest cluster configuration this agent has seen: its term must survive a restart, or a
+-- deposed leader could win this agent's vote again.
+CREATE TABLE IF NOT EXISTS agent_cluster_config (
+    id INT PRIMARY KEY CHECK (id = 1),
+    config JSONB NOT NULL
+);
 "#;
 
 impl Store {
@@ -73,15 +79,32 @@ impl Store {
         let created = conn.execute(SCHEMA).await;
         conn.execute("SELECT pg_advisory_unlock(7478)").await?;
         created?;
-        let max: String = sqlx::query_scalar("SHOW max_prepared_transactions")
-            .fetch_one(&mut *conn)
-            .await?;
+        let max: String = sqlx::query_scalar("SHOW max_prepared_transactions").fetch_one(&mut *conn).await?;
         if max.parse::<i64>().unwrap_or(0) < 2 {
             anyhow::bail!(
                 "PostgreSQL has max_prepared_transactions = {max}; the agent needs PREPARE TRANSACTION: \
                  set max_prepared_transactions to 64 in postgresql.conf and restart PostgreSQL"
             );
         }
+        Ok(())
+    }
+
+    pub async fn load_config(&self) -> Result<Option<ClusterConfig>, StoreError> {
+        let config: Option<sqlx::types::Json<ClusterConfig>> =
+            sqlx::query_scalar("SELECT config FROM agent_cluster_config WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(config.map(|c| c.0))
+    }
+
+    pub async fn save_config(&self, config: &ClusterConfig) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agent_cluster_config (id, config) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET config = EXCLUDED.config",
+        )
+        .bind(sqlx::types::Json(config))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -103,11 +126,7 @@ impl Store {
         .bind(accounts)
         .fetch_all(&self.pool)
         .await?;
-        let mut snapshot = Snapshot {
-            rows: Vec::new(),
-            lsn: 0,
-            commit_ts: 0,
-        };
+        let mut snapshot = Snapshot { rows: Vec::new(), lsn: 0, commit_ts: 0 };
         for row in rows {
             snapshot.lsn = row.try_get::<Option<i64>, _>("lsn")?.unwrap_or(0);
             snapshot.commit_ts = row.try_get::<Option<i64>, _>("commit_ts")?.unwrap_or(0);
@@ -132,21 +151,23 @@ impl Store {
     /// `updated_at` of every account: what the leader's validator needs in memory.
     pub async fn write_timestamps(&self) -> Result<HashMap<Account, Timestamp>, StoreError> {
         let rows: Vec<(i64, Option<i64>)> =
-            sqlx::query_as("SELECT account_number, updated_at FROM bank_balance")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(k, ts)| ts.map(|ts| (k, ts)))
-            .collect())
+            sqlx::query_as("SELECT account_number, updated_at FROM bank_balance").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().filter_map(|(k, ts)| ts.map(|ts| (k, ts))).collect())
     }
 
     /// Phase one: apply `entries` and log them in one transaction, and prepare it as `batch`.
-    pub async fn prepare(
-        &self,
-        batch: &PendingBatch,
-        entries: &[LogEntry],
-    ) -> Result<(), StoreError> {
+    pub async fn prepare(&self, batch: &PendingBatch, entries: &[LogEntry]) -> Result<(), StoreError> {
+        // The gid is made of numbers and a UUID only: safe to inline.
+        self.apply(entries, &format!("PREPARE TRANSACTION '{}'", batch.gid())).await
+    }
+
+    /// Recovery: apply entries fetched from the leader's log and commit them at once.
+    pub async fn apply_committed(&self, entries: &[LogEntry]) -> Result<(), StoreError> {
+        self.apply(entries, "COMMIT").await
+    }
+
+    /// Applies `entries` (data and log) in one transaction ended by `finish`.
+    async fn apply(&self, entries: &[LogEntry], finish: &str) -> Result<(), StoreError> {
         let log = serde_json::Value::Array(
             entries
                 .iter()
@@ -184,8 +205,7 @@ impl Store {
             .bind(sqlx::types::Json(&writes))
             .execute(&mut *conn)
             .await?;
-            // The gid is made of numbers and a UUID only: safe to inline.
-            conn.execute(format!("PREPARE TRANSACTION '{}'", batch.gid()).as_str()).await?;
+            conn.execute(finish).await?;
             Ok::<(), sqlx::Error>(())
         }
         .await;
@@ -200,16 +220,12 @@ impl Store {
     }
 
     pub async fn commit_prepared(&self, batch: &PendingBatch) -> Result<(), StoreError> {
-        self.pool
-            .execute(format!("COMMIT PREPARED '{}'", batch.gid()).as_str())
-            .await?;
+        self.pool.execute(format!("COMMIT PREPARED '{}'", batch.gid()).as_str()).await?;
         Ok(())
     }
 
     pub async fn rollback_prepared(&self, batch: &PendingBatch) -> Result<(), StoreError> {
-        self.pool
-            .execute(format!("ROLLBACK PREPARED '{}'", batch.gid()).as_str())
-            .await?;
+        self.pool.execute(format!("ROLLBACK PREPARED '{}'", batch.gid()).as_str()).await?;
         Ok(())
     }
 
@@ -220,24 +236,25 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(gids
-            .iter()
-            .filter_map(|g| PendingBatch::from_gid(g))
-            .collect())
+        Ok(gids.iter().filter_map(|g| PendingBatch::from_gid(g)).collect())
     }
 
     pub async fn has_txn(&self, txn_id: Uuid) -> Result<bool, StoreError> {
         Ok(self.find_txn(txn_id).await?.is_some())
     }
 
+    /// The log entry at `lsn`, if this node has it.
+    pub async fn entry_at(&self, lsn: Lsn) -> Result<Option<LogEntry>, StoreError> {
+        Ok(self.log_page(lsn - 1, 1).await?.into_iter().find(|e| e.lsn == lsn))
+    }
+
     /// The log entry of a committed transaction.
     pub async fn find_txn(&self, txn_id: Uuid) -> Result<Option<LogEntry>, StoreError> {
-        let row = sqlx::query(
-            "SELECT lsn, term, txn_id, commit_ts, read_set, write_set FROM recovery_log WHERE txn_id = $1",
-        )
-        .bind(txn_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT lsn, term, txn_id, commit_ts, read_set, write_set FROM recovery_log WHERE txn_id = $1")
+                .bind(txn_id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| log_entry(&r)).transpose()
     }
 

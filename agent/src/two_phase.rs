@@ -17,19 +17,22 @@
 //!   returns it from the outcome cache or the log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use protocol::{
-    AbortReason, Account, Balance, DecideRequest, Decision, LogEntry, Lsn, PrepareRequest, Term,
-    Timestamp, ValidCommit, Vote,
+    AbortReason, Account, Balance, DecideRequest, Decision, LogEntry, Lsn, PrepareRequest, Term, Timestamp,
+    ValidCommit, Vote,
 };
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, Mutex as AsyncMutex, Notify};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::peers::PeerError;
 use crate::validation::Validator;
 
 /// Most transactions in one round. Bounds the size of one PREPARE and of one PostgreSQL
@@ -52,6 +55,20 @@ pub enum TxnOutcome {
         key: Option<Account>,
         message: String,
     },
+    /// Never prepared: this leader was deposed first. Safe to retry at the new leader.
+    NotApplied,
+    /// The round was in flight when this leader was deposed; the new leader decides it by the
+    /// in-doubt rules. A retry with the same `txn_id` at the new leader returns the outcome.
+    Unknown {
+        message: String,
+    },
+}
+
+impl TxnOutcome {
+    /// Outcomes this leader decided itself, and so may repeat to a retry.
+    fn is_final(&self) -> bool {
+        matches!(self, TxnOutcome::Committed { .. } | TxnOutcome::Aborted { .. })
+    }
 }
 
 /// A validated transaction waiting for its round.
@@ -95,7 +112,13 @@ pub struct Leader {
     node: Weak<Node>,
     term: Term,
     state: Mutex<LeaderState>,
-    /// Wakes the pipeline when something is queued.
+    /// Set once a higher term is seen (or the drill downs the node): no new round starts.
+    deposed: AtomicBool,
+    /// While set and in the future, no new round starts (recovery's final catch-up).
+    paused_until: Mutex<Option<Instant>>,
+    /// Held by the pipeline for the whole of a round, so `pause` can wait for it to end.
+    round_lock: AsyncMutex<()>,
+    /// Wakes the pipeline when something is queued (or on resume and depose).
     queued: Notify,
     /// Wakes readers waiting for locks when a round ends.
     round_done: Notify,
@@ -106,12 +129,20 @@ enum Admission {
     Wait(oneshot::Receiver<TxnOutcome>),
 }
 
+/// A panic while holding one of these locks is a bug; the state they protect stays usable.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Leader {
     pub fn new(node: Weak<Node>, term: Term) -> Arc<Leader> {
         Arc::new(Leader {
             node,
             term,
             state: Mutex::new(LeaderState::default()),
+            deposed: AtomicBool::new(false),
+            paused_until: Mutex::new(None),
+            round_lock: AsyncMutex::new(()),
             queued: Notify::new(),
             round_done: Notify::new(),
         })
@@ -125,29 +156,49 @@ impl Leader {
         applied_lsn: Lsn,
     ) {
         self.lock().validator = Validator::new(last_write, highest_committed);
-        tracing::info!(
-            term = self.term,
-            applied_lsn,
-            highest_committed,
-            "leader pipeline started"
-        );
+        tracing::info!(term = self.term, applied_lsn, highest_committed, "leader pipeline started");
         let leader = self.clone();
         tokio::spawn(async move { leader.pipeline().await });
     }
 
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    pub fn is_deposed(&self) -> bool {
+        self.deposed.load(Ordering::SeqCst)
+    }
+
+    /// Stops taking rounds. Transactions queued and not yet prepared are answered `NotApplied`.
+    pub fn depose(&self) {
+        if !self.deposed.swap(true, Ordering::SeqCst) {
+            tracing::warn!(term = self.term, "leader deposed");
+        }
+        self.queued.notify_one();
+        self.round_done.notify_waiters();
+    }
+
+    /// Finishes the round in flight and starts no new one for at most `max` (or until
+    /// [`Leader::resume`]). Returns once no round is in flight.
+    pub async fn pause(&self, max: Duration) {
+        *locked(&self.paused_until) = Some(Instant::now() + max);
+        let _idle = self.round_lock.lock().await;
+        tracing::info!(max_ms = max.as_millis() as u64, "commits paused");
+    }
+
+    pub fn resume(&self) {
+        if locked(&self.paused_until).take().is_some() {
+            tracing::info!("commits resumed");
+        }
+        self.queued.notify_one();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, LeaderState> {
-        // A panic while holding this lock is a bug; the state it protects stays usable.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        locked(&self.state)
     }
 
     /// Validates, replicates and commits one transaction; returns its outcome.
-    pub async fn commit(
-        &self,
-        txn: ValidCommit,
-        node: &Node,
-    ) -> Result<(Uuid, TxnOutcome), ApiError> {
+    pub async fn commit(&self, txn: ValidCommit, node: &Node) -> Result<(Uuid, TxnOutcome), ApiError> {
         let txn_id = txn.txn_id.unwrap_or_else(Uuid::new_v4);
         if txn.txn_id.is_some() {
             let seen = known(&mut self.lock(), txn_id);
@@ -156,41 +207,24 @@ impl Leader {
                 Some(Admission::Wait(rx)) => return Ok((txn_id, wait(rx).await?)),
                 None => {}
             }
-            // Not in memory: it may have committed before a restart.
-            if let Some(entry) = node
-                .store
-                .find_txn(txn_id)
-                .await
-                .map_err(ApiError::unavailable)?
-            {
-                return Ok((
-                    txn_id,
-                    TxnOutcome::Committed {
-                        lsn: entry.lsn,
-                        commit_ts: entry.commit_ts,
-                    },
-                ));
+            // Not in memory: it may have committed before a restart or under another leader.
+            if let Some(entry) = node.store.find_txn(txn_id).await.map_err(ApiError::unavailable)? {
+                return Ok((txn_id, TxnOutcome::Committed { lsn: entry.lsn, commit_ts: entry.commit_ts }));
             }
+        }
+        if self.is_deposed() {
+            return Ok((txn_id, TxnOutcome::NotApplied));
         }
         let admission = {
             let mut state = self.lock();
             match known(&mut state, txn_id) {
                 Some(admission) => admission,
-                None => match state.validator.admit(
-                    &txn.read_set,
-                    txn.read_ts,
-                    &txn.write_set,
-                    now_ns(),
-                ) {
+                None => match state.validator.admit(&txn.read_set, txn.read_ts, &txn.write_set, now_ns()) {
                     Err(conflict) => {
                         let outcome = TxnOutcome::Aborted {
                             reason: conflict.reason,
                             key: Some(conflict.key),
-                            message: format!(
-                                "account {}: {}",
-                                conflict.key,
-                                conflict.reason.explain()
-                            ),
+                            message: format!("account {}: {}", conflict.key, conflict.reason.explain()),
                         };
                         state.outcomes.insert(txn_id, outcome.clone());
                         Admission::Done(outcome)
@@ -220,15 +254,14 @@ impl Leader {
     }
 
     /// Waits until no transaction in flight writes any of `accounts`, or the deadline passes.
-    pub async fn wait_unlocked(
-        &self,
-        accounts: &BTreeSet<Account>,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), ApiError> {
+    pub async fn wait_unlocked(&self, accounts: &BTreeSet<Account>, deadline: Instant) -> Result<(), ApiError> {
         loop {
             let notified = self.round_done.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if self.is_deposed() {
+                return Ok(());
+            }
             let Some(key) = self.lock().validator.first_locked(accounts) else {
                 return Ok(());
             };
@@ -243,12 +276,29 @@ impl Leader {
     async fn pipeline(self: Arc<Self>) {
         let mut round = now_ns() as u64;
         loop {
+            if self.is_deposed() {
+                self.answer_queued_not_applied();
+                return;
+            }
+            // The pause flag is checked under the round lock, so once `pause` holds that lock
+            // no round can start until the pause ends.
+            let idle = self.round_lock.lock().await;
+            let paused = *locked(&self.paused_until);
+            if let Some(until) = paused.filter(|until| *until > Instant::now()) {
+                drop(idle);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = self.queued.notified() => {}
+                }
+                continue;
+            }
             let batch: Vec<Admitted> = {
                 let mut state = self.lock();
                 let n = state.queue.len().min(MAX_BATCH);
                 state.queue.drain(..n).collect()
             };
             if batch.is_empty() {
+                drop(idle);
                 self.queued.notified().await;
                 continue;
             }
@@ -257,20 +307,33 @@ impl Leader {
             };
             round += 1;
             let outcomes = self.run_round(&node, round, &batch).await;
+            drop(idle);
             let mut state = self.lock();
             for (txn, outcome) in batch.iter().zip(outcomes) {
                 let committed_at = match &outcome {
                     TxnOutcome::Committed { commit_ts, .. } => Some(*commit_ts),
-                    TxnOutcome::Aborted { .. } => None,
+                    _ => None,
                 };
                 state.validator.finish(&txn.write_set, committed_at);
-                state.outcomes.insert(txn.txn_id, outcome.clone());
+                if outcome.is_final() {
+                    state.outcomes.insert(txn.txn_id, outcome.clone());
+                }
                 for waiter in state.waiting.remove(&txn.txn_id).unwrap_or_default() {
                     let _ = waiter.send(outcome.clone());
                 }
             }
             drop(state);
             self.round_done.notify_waiters();
+        }
+    }
+
+    fn answer_queued_not_applied(&self) {
+        let mut state = self.lock();
+        let queued: Vec<Admitted> = state.queue.drain(..).collect();
+        for txn in queued {
+            for waiter in state.waiting.remove(&txn.txn_id).unwrap_or_default() {
+                let _ = waiter.send(TxnOutcome::NotApplied);
+            }
         }
     }
 
@@ -290,75 +353,80 @@ impl Leader {
             })
             .collect();
         let last_lsn = prev_lsn + entries.len() as Lsn;
-        let prepare = PrepareRequest {
-            term: self.term,
-            round,
-            prev_lsn,
-            entries,
-        };
-        let replicas: Vec<&String> = node.replicas().collect();
+        let last_txn = entries.last().map(|e| e.txn_id).unwrap_or_default();
+        let prepare = PrepareRequest { term: self.term, round, prev_lsn, entries };
+        let mut replicas = node.replicas();
 
         // Phase one: every member in parallel, this one included.
         let prepare_ref = &prepare;
-        let remote = futures::future::join_all(replicas.iter().map(|peer| async move {
-            match node.peers.prepare(peer, prepare_ref).await {
-                Ok(answer) if answer.vote == Vote::Yes => Ok(()),
-                Ok(answer) => Err(format!(
-                    "{peer} voted NO: {}",
-                    answer.reason.unwrap_or_default()
-                )),
-                Err(e) => Err(e.to_string()),
-            }
-        }));
+        let remote = futures::future::join_all(
+            replicas.iter().map(|peer| async move { (peer.clone(), node.peers.prepare(peer, prepare_ref).await) }),
+        );
         let local = async {
             match node.prepare(&prepare).await {
                 Ok(answer) if answer.vote == Vote::Yes => Ok(()),
-                Ok(answer) => Err(format!(
-                    "the leader voted NO: {}",
-                    answer.reason.unwrap_or_default()
-                )),
+                Ok(answer) => Err(format!("the leader voted NO: {}", answer.reason.unwrap_or_default())),
                 Err(e) => Err(format!("the leader could not prepare: {e}")),
             }
         };
         let (local, remote) = tokio::join!(local, remote);
-        let refusals: Vec<String> = std::iter::once(local)
-            .chain(remote)
-            .filter_map(Result::err)
-            .collect();
-        let decision = if refusals.is_empty() {
-            Decision::Commit
-        } else {
-            Decision::Abort
-        };
-        if !refusals.is_empty() {
+        let mut refusals: Vec<String> = local.err().into_iter().collect();
+        for (peer, answer) in remote {
+            match answer {
+                Ok(answer) if answer.vote == Vote::Yes => {}
+                Ok(answer) => {
+                    let reason = format!("{peer} voted NO: {}", answer.reason.unwrap_or_default());
+                    // A member that is behind cannot vote YES until it recovers.
+                    self.report(node, &peer, &reason).await;
+                    refusals.push(reason);
+                }
+                Err(PeerError::StaleTerm { term, .. }) => {
+                    self.depose();
+                    refusals.push(format!("{peer} is in term {term}: this leader was deposed"));
+                }
+                Err(e) => {
+                    // Not answering is not a NO: the supervisor may remove the member, and the
+                    // round then goes on without it (it resolves its batch when it recovers).
+                    let reason = e.to_string();
+                    if self.report(node, &peer, &reason).await {
+                        replicas.retain(|r| *r != peer);
+                    } else {
+                        refusals.push(reason);
+                    }
+                }
+            }
+        }
+        let decision = if refusals.is_empty() && !self.is_deposed() { Decision::Commit } else { Decision::Abort };
+        if decision == Decision::Abort {
             tracing::warn!(round, last_lsn, ?refusals, "aborting round");
         }
 
         // Phase two: replicas first; the leader commits its own once one replica has.
-        let decide = DecideRequest {
-            term: self.term,
-            last_lsn,
-            decision,
-        };
-        let mut pending: FuturesUnordered<_> = replicas
-            .iter()
-            .map(|peer| self.decide_until_acked(node, peer, &decide))
-            .collect();
+        let decide = DecideRequest { term: self.term, last_lsn, last_txn, decision };
+        let mut pending: FuturesUnordered<_> =
+            replicas.iter().map(|peer| self.decide_until_acked(node, peer, &decide)).collect();
+        let mut acked = 0;
         if decision == Decision::Commit && !pending.is_empty() {
-            pending.next().await;
+            acked += usize::from(pending.next().await == Some(true));
         }
-        self.decide_locally(node, &decide).await;
-        while pending.next().await.is_some() {}
+        let leader_decides = decision == Decision::Abort || replicas.is_empty() || acked > 0;
+        let leader_done = leader_decides && self.decide_locally(node, &decide).await;
+        while let Some(ok) = pending.next().await {
+            acked += usize::from(ok);
+        }
 
+        let durable_everywhere = leader_done && acked == replicas.len();
+        if !durable_everywhere {
+            let message = format!(
+                "leadership changed while this transaction was being replicated (round {round}); \
+                 the new leader decides it: retry with the same txn_id to learn the outcome"
+            );
+            return batch.iter().map(|_| TxnOutcome::Unknown { message: message.clone() }).collect();
+        }
         match decision {
-            Decision::Commit => prepare
-                .entries
-                .iter()
-                .map(|e| TxnOutcome::Committed {
-                    lsn: e.lsn,
-                    commit_ts: e.commit_ts,
-                })
-                .collect(),
+            Decision::Commit => {
+                prepare.entries.iter().map(|e| TxnOutcome::Committed { lsn: e.lsn, commit_ts: e.commit_ts }).collect()
+            }
             Decision::Abort => {
                 let message = format!("{}; nothing was applied", refusals.join("; "));
                 batch
@@ -373,26 +441,63 @@ impl Leader {
         }
     }
 
-    /// Sends a decision until the member acknowledges it. The round cannot end before: a
-    /// client is answered only once the decision is durable on every member.
-    async fn decide_until_acked(&self, node: &Node, peer: &str, req: &DecideRequest) {
+    /// Asks the supervisor to remove `peer`; true if it did.
+    async fn report(&self, node: &Node, peer: &str, reason: &str) -> bool {
+        match node.report_failure(self.term, peer, reason).await {
+            Some(config) => !config.members.iter().any(|m| m == peer),
+            None => false,
+        }
+    }
+
+    /// Sends a decision until the member acknowledges it (true), or is removed from the
+    /// members, or this leader is deposed (false). The round cannot end before: a client is
+    /// answered only once the decision is durable on every member.
+    async fn decide_until_acked(&self, node: &Node, peer: &str, req: &DecideRequest) -> bool {
         let mut pause = Duration::from_millis(20);
+        let mut reported = false;
         loop {
             match node.peers.decide(peer, req).await {
-                Ok(_) => return,
+                Ok(_) => return true,
+                Err(PeerError::StaleTerm { .. }) => {
+                    self.depose();
+                    return false;
+                }
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, last_lsn = req.last_lsn, "decision not acknowledged; retrying");
+                    if !reported {
+                        reported = true;
+                        if self.report(node, peer, &e.to_string()).await {
+                            // Removed: the member learns the outcome when it recovers.
+                            return true;
+                        }
+                    }
                 }
+            }
+            if !node.replicas().iter().any(|r| r == peer) {
+                return true;
+            }
+            if self.is_deposed() {
+                return false;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_RETRY_PAUSE);
         }
     }
 
-    async fn decide_locally(&self, node: &Node, req: &DecideRequest) {
+    /// Applies the decision to this node's own prepared batch; false if deposed first.
+    async fn decide_locally(&self, node: &Node, req: &DecideRequest) -> bool {
         let mut pause = Duration::from_millis(20);
-        while let Err(e) = node.decide(req).await {
-            tracing::error!(error = %e, last_lsn = req.last_lsn, "could not apply the decision locally; retrying");
+        loop {
+            match node.decide(req).await {
+                Ok(_) => return true,
+                Err(ApiError::StaleTerm(_)) => {
+                    self.depose();
+                    return false;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, last_lsn = req.last_lsn, "could not apply the decision locally; retrying")
+                }
+            }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_RETRY_PAUSE);
         }
@@ -411,13 +516,9 @@ fn known(state: &mut LeaderState, txn_id: Uuid) -> Option<Admission> {
 }
 
 async fn wait(rx: oneshot::Receiver<TxnOutcome>) -> Result<TxnOutcome, ApiError> {
-    rx.await.map_err(|_| {
-        ApiError::Unavailable("the leader stopped before the transaction finished".into())
-    })
+    rx.await.map_err(|_| ApiError::Unavailable("the leader stopped before the transaction finished".into()))
 }
 
 fn now_ns() -> Timestamp {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as Timestamp)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as Timestamp)
 }

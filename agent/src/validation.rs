@@ -44,11 +44,7 @@ impl Validator {
     /// A validator for a leader whose committed state has these write timestamps and whose
     /// highest committed timestamp is `highest_committed`.
     pub fn new(last_write: HashMap<Account, Timestamp>, highest_committed: Timestamp) -> Self {
-        Validator {
-            last_write,
-            locks: HashMap::new(),
-            last_assigned: highest_committed,
-        }
+        Validator { last_write, locks: HashMap::new(), last_assigned: highest_committed }
     }
 
     /// Validates a transaction that read `read_set` at `read_ts` and writes `write_set`. On
@@ -64,20 +60,10 @@ impl Validator {
         let read_ts = read_ts.unwrap_or(Timestamp::MIN);
         for &key in read_set {
             if self.locks.contains_key(&key) {
-                return Err(Conflict {
-                    reason: AbortReason::KeyLocked,
-                    key,
-                });
+                return Err(Conflict { reason: AbortReason::KeyLocked, key });
             }
-            if self
-                .last_write
-                .get(&key)
-                .is_some_and(|&written| written > read_ts)
-            {
-                return Err(Conflict {
-                    reason: AbortReason::StaleRead,
-                    key,
-                });
+            if self.last_write.get(&key).is_some_and(|&written| written > read_ts) {
+                return Err(Conflict { reason: AbortReason::StaleRead, key });
             }
         }
         let commit_ts = next_timestamp(now, self.last_assigned);
@@ -89,11 +75,7 @@ impl Validator {
     }
 
     /// Releases the locks of an admitted transaction; `committed_at` records its writes.
-    pub fn finish(
-        &mut self,
-        write_set: &BTreeMap<Account, Balance>,
-        committed_at: Option<Timestamp>,
-    ) {
+    pub fn finish(&mut self, write_set: &BTreeMap<Account, Balance>, committed_at: Option<Timestamp>) {
         for &key in write_set.keys() {
             if let Some(count) = self.locks.get_mut(&key) {
                 *count -= 1;
@@ -110,9 +92,7 @@ impl Validator {
 
     /// The first of `keys` that an in-flight transaction writes, if any.
     pub fn first_locked<'a>(&self, keys: impl IntoIterator<Item = &'a Account>) -> Option<Account> {
-        keys.into_iter()
-            .find(|k| self.locks.contains_key(k))
-            .copied()
+        keys.into_iter().find(|k| self.locks.contains_key(k)).copied()
     }
 
     pub fn in_flight_locks(&self) -> usize {
@@ -134,24 +114,14 @@ mod tests {
     #[test]
     fn a_read_at_or_after_the_last_write_commits() {
         let mut v = Validator::new(HashMap::from([(1, 100)]), 100);
-        assert!(v
-            .admit(&set(&[1]), Some(100), &writes(&[(2, 5)]), 50)
-            .is_ok());
+        assert!(v.admit(&set(&[1]), Some(100), &writes(&[(2, 5)]), 50).is_ok());
     }
 
     #[test]
     fn a_read_before_the_last_write_aborts_naming_the_key() {
         let mut v = Validator::new(HashMap::from([(1, 100), (2, 300)]), 300);
-        let err = v
-            .admit(&set(&[1, 2]), Some(200), &writes(&[]), 0)
-            .unwrap_err();
-        assert_eq!(
-            err,
-            Conflict {
-                reason: AbortReason::StaleRead,
-                key: 2
-            }
-        );
+        let err = v.admit(&set(&[1, 2]), Some(200), &writes(&[]), 0).unwrap_err();
+        assert_eq!(err, Conflict { reason: AbortReason::StaleRead, key: 2 });
     }
 
     #[test]
@@ -160,13 +130,7 @@ mod tests {
         let w = writes(&[(7, 1)]);
         let ts = v.admit(&set(&[]), None, &w, 10).unwrap();
         let err = v.admit(&set(&[7]), Some(5), &writes(&[]), 11).unwrap_err();
-        assert_eq!(
-            err,
-            Conflict {
-                reason: AbortReason::KeyLocked,
-                key: 7
-            }
-        );
+        assert_eq!(err, Conflict { reason: AbortReason::KeyLocked, key: 7 });
         v.finish(&w, Some(ts));
         // Committed after the read timestamp: now a stale read.
         let err = v.admit(&set(&[7]), Some(5), &writes(&[]), 12).unwrap_err();

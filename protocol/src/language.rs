@@ -144,11 +144,7 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn new(input: &'a str) -> Self {
-        Parser {
-            input,
-            chars: input.chars().collect(),
-            pos: 0,
-        }
+        Parser { input, chars: input.chars().collect(), pos: 0 }
     }
 
     fn transaction(mut self) -> Result<ParsedTransaction, ParseError> {
@@ -171,10 +167,7 @@ impl<'a> Parser<'a> {
         }
         if ops.is_empty() {
             // Nothing to point at or quote: the input is blank.
-            return Err(ParseError {
-                column: 1,
-                message: "the transaction is empty".into(),
-            });
+            return Err(ParseError { column: 1, message: "the transaction is empty".into() });
         }
         Ok(ParsedTransaction { ops })
     }
@@ -213,23 +206,14 @@ impl<'a> Parser<'a> {
         let digits = self.digits();
         if digits.is_empty() {
             // `r(-1)` is a likelier mistake than a stray '-', so name it.
-            return Err(
-                if self.peek() == Some('-') && self.peek_at(1).is_some_and(|c| c.is_ascii_digit()) {
-                    self.error_at(start, "account numbers cannot be negative")
-                } else {
-                    self.expected("an account number")
-                },
-            );
+            return Err(if self.peek() == Some('-') && self.peek_at(1).is_some_and(|c| c.is_ascii_digit()) {
+                self.error_at(start, "account numbers cannot be negative")
+            } else {
+                self.expected("an account number")
+            });
         }
         digits.parse::<Account>().map_err(|_| {
-            self.error_at(
-                start,
-                &format!(
-                    "account {} is out of range (0 to {})",
-                    shorten(&digits),
-                    Account::MAX
-                ),
-            )
+            self.error_at(start, &format!("account {} is out of range (0 to {})", shorten(&digits), Account::MAX))
         })
     }
 
@@ -242,28 +226,15 @@ impl<'a> Parser<'a> {
         }
         let digits = self.digits();
         if digits.is_empty() {
-            return Err(if negative {
-                self.expected("a digit after '-'")
-            } else {
-                self.expected("a balance")
-            });
+            return Err(if negative { self.expected("a digit after '-'") } else { self.expected("a balance") });
         }
         // The sign goes into the text parsed, not applied afterwards, so that
         // -9223372036854775808 (whose magnitude is not an i64) is accepted.
-        let text = if negative {
-            format!("-{digits}")
-        } else {
-            digits
-        };
+        let text = if negative { format!("-{digits}") } else { digits };
         text.parse::<Balance>().map_err(|_| {
             self.error_at(
                 start,
-                &format!(
-                    "balance {} is out of range ({} to {})",
-                    shorten(&text),
-                    Balance::MIN,
-                    Balance::MAX
-                ),
+                &format!("balance {} is out of range ({} to {})", shorten(&text), Balance::MIN, Balance::MAX),
             )
         })
     }
@@ -298,21 +269,14 @@ impl<'a> Parser<'a> {
 
     fn error_at(&self, pos: usize, what: &str) -> ParseError {
         let column = pos + 1;
-        ParseError {
-            column,
-            message: format!("{what} at column {column} in {}", quote(self.input)),
-        }
+        ParseError { column, message: format!("{what} at column {column} in {}", quote(self.input)) }
     }
 }
 
 /// The input as a Rust-style string literal, cut to [`QUOTE_LIMIT`] characters.
 fn quote(input: &str) -> String {
     let prefix: String = input.chars().take(QUOTE_LIMIT).collect();
-    let ellipsis = if input.chars().nth(QUOTE_LIMIT).is_some() {
-        "..."
-    } else {
-        ""
-    };
+    let ellipsis = if input.chars().nth(QUOTE_LIMIT).is_some() { "..." } else { "" };
     format!("{prefix:?}{ellipsis}")
 }
 
@@ -352,32 +316,20 @@ mod tests {
 
     #[test]
     fn parses_the_example() {
-        assert_eq!(
-            ops("r(1)w(2=22)r(3)w(5=34)"),
-            vec![Op::Read(1), Op::Write(2, 22), Op::Read(3), Op::Write(5, 34)]
-        );
+        assert_eq!(ops("r(1)w(2=22)r(3)w(5=34)"), vec![Op::Read(1), Op::Write(2, 22), Op::Read(3), Op::Write(5, 34)]);
     }
 
     #[test]
     fn allows_whitespace_between_and_inside_operations() {
-        assert_eq!(
-            ops(" r( 1 ) w(2 = -22) "),
-            vec![Op::Read(1), Op::Write(2, -22)]
-        );
-        assert_eq!(
-            ops("\tr\n(\r\n1\u{3000})\u{a0}w(2=3)\n"),
-            vec![Op::Read(1), Op::Write(2, 3)]
-        );
+        assert_eq!(ops(" r( 1 ) w(2 = -22) "), vec![Op::Read(1), Op::Write(2, -22)]);
+        assert_eq!(ops("\tr\n(\r\n1\u{3000})\u{a0}w(2=3)\n"), vec![Op::Read(1), Op::Write(2, 3)]);
     }
 
     #[test]
     fn accepts_negative_balances_down_to_i64_min() {
         assert_eq!(ops("w(1=-5)"), vec![Op::Write(1, -5)]);
         assert_eq!(ops("w(1=-0)"), vec![Op::Write(1, 0)]);
-        assert_eq!(
-            ops("w(9223372036854775807=-9223372036854775808)"),
-            vec![Op::Write(i64::MAX, i64::MIN)]
-        );
+        assert_eq!(ops("w(9223372036854775807=-9223372036854775808)"), vec![Op::Write(i64::MAX, i64::MIN)]);
     }
 
     #[test]
@@ -395,55 +347,25 @@ mod tests {
 
     #[test]
     fn reports_each_kind_of_mistake() {
-        assert_eq!(
-            message("r(1)x(2)"),
-            r#"expected 'r' or 'w' at column 5 in "r(1)x(2)""#
-        );
-        assert_eq!(
-            message("r()"),
-            r#"expected an account number at column 3 in "r()""#
-        );
+        assert_eq!(message("r(1)x(2)"), r#"expected 'r' or 'w' at column 5 in "r(1)x(2)""#);
+        assert_eq!(message("r()"), r#"expected an account number at column 3 in "r()""#);
         assert_eq!(message("w(2)"), r#"expected '=' at column 4 in "w(2)""#);
-        assert_eq!(
-            message("w(2=)"),
-            r#"expected a balance at column 5 in "w(2=)""#
-        );
+        assert_eq!(message("w(2=)"), r#"expected a balance at column 5 in "w(2=)""#);
         assert_eq!(message("r1)"), r#"expected '(' at column 2 in "r1)""#);
         assert_eq!(message("r(1=2)"), r#"expected ')' at column 4 in "r(1=2)""#);
         assert_eq!(message("r(1 2)"), r#"expected ')' at column 5 in "r(1 2)""#);
         assert_eq!(message("w(1=2"), r#"expected ')' at column 6 in "w(1=2""#);
-        assert_eq!(
-            message("w(1=- 2)"),
-            r#"expected a digit after '-' at column 6 in "w(1=- 2)""#
-        );
-        assert_eq!(
-            message("w(1=+2)"),
-            r#"expected a balance at column 5 in "w(1=+2)""#
-        );
-        assert_eq!(
-            message("r(+1)"),
-            r#"expected an account number at column 3 in "r(+1)""#
-        );
-        assert_eq!(
-            message("r(-1)"),
-            r#"account numbers cannot be negative at column 3 in "r(-1)""#
-        );
-        assert_eq!(
-            message("r(-)"),
-            r#"expected an account number at column 3 in "r(-)""#
-        );
+        assert_eq!(message("w(1=- 2)"), r#"expected a digit after '-' at column 6 in "w(1=- 2)""#);
+        assert_eq!(message("w(1=+2)"), r#"expected a balance at column 5 in "w(1=+2)""#);
+        assert_eq!(message("r(+1)"), r#"expected an account number at column 3 in "r(+1)""#);
+        assert_eq!(message("r(-1)"), r#"account numbers cannot be negative at column 3 in "r(-1)""#);
+        assert_eq!(message("r(-)"), r#"expected an account number at column 3 in "r(-)""#);
     }
 
     #[test]
     fn separators_other_than_whitespace_are_refused() {
-        assert_eq!(
-            message("r(1),r(2)"),
-            r#"expected 'r' or 'w' at column 5 in "r(1),r(2)""#
-        );
-        assert_eq!(
-            message("r(1);r(2)"),
-            r#"expected 'r' or 'w' at column 5 in "r(1);r(2)""#
-        );
+        assert_eq!(message("r(1),r(2)"), r#"expected 'r' or 'w' at column 5 in "r(1),r(2)""#);
+        assert_eq!(message("r(1);r(2)"), r#"expected 'r' or 'w' at column 5 in "r(1);r(2)""#);
     }
 
     #[test]
@@ -485,9 +407,7 @@ mod tests {
     fn a_huge_number_is_cut_in_the_message() {
         let input = format!("r({})", "9".repeat(1000));
         let e = error(&input);
-        assert!(e
-            .message
-            .starts_with(&format!("account {}... is out of range", "9".repeat(80))));
+        assert!(e.message.starts_with(&format!("account {}... is out of range", "9".repeat(80))));
     }
 
     #[test]
@@ -517,33 +437,19 @@ mod tests {
     fn long_inputs_are_quoted_up_to_80_characters() {
         let input = "é".repeat(100);
         let e = error(&input);
-        assert_eq!(
-            e.message,
-            format!(
-                "expected 'r' or 'w' at column 1 in \"{}\"...",
-                "é".repeat(80)
-            )
-        );
+        assert_eq!(e.message, format!("expected 'r' or 'w' at column 1 in \"{}\"...", "é".repeat(80)));
         let exactly = format!("r(1){}", "x".repeat(76));
-        assert_eq!(
-            message(&exactly),
-            format!("expected 'r' or 'w' at column 5 in \"{exactly}\"")
-        );
+        assert_eq!(message(&exactly), format!("expected 'r' or 'w' at column 5 in \"{exactly}\""));
     }
 
     #[test]
     fn quoting_escapes_control_characters_and_quotes() {
-        assert_eq!(
-            message("r(1)\n\"x"),
-            r#"expected 'r' or 'w' at column 6 in "r(1)\n\"x""#
-        );
+        assert_eq!(message("r(1)\n\"x"), r#"expected 'r' or 'w' at column 6 in "r(1)\n\"x""#);
     }
 
     #[test]
     fn display_is_canonical() {
-        let tx = ParsedTransaction {
-            ops: vec![Op::Read(1), Op::Write(2, -22)],
-        };
+        let tx = ParsedTransaction { ops: vec![Op::Read(1), Op::Write(2, -22)] };
         assert_eq!(Op::Read(1).to_string(), "r(1)");
         assert_eq!(Op::Write(2, -22).to_string(), "w(2=-22)");
         assert_eq!(tx.to_string(), "r(1)w(2=-22)");
@@ -566,26 +472,18 @@ mod tests {
         assert_eq!(tx.read_set(), vec![3, 1, 2]);
         assert_eq!(tx.write_set(), BTreeMap::from([(0, -1), (2, 5)]));
         assert!(!tx.is_read_only());
-        assert!(ParsedTransaction {
-            ops: vec![Op::Read(1), Op::Read(1)]
-        }
-        .is_read_only());
+        assert!(ParsedTransaction { ops: vec![Op::Read(1), Op::Read(1)] }.is_read_only());
         assert_eq!(Op::Write(4, 1).account(), 4);
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            (0..=i64::MAX).prop_map(Op::Read),
-            (0..=i64::MAX, any::<i64>()).prop_map(|(a, b)| Op::Write(a, b)),
-        ]
+        prop_oneof![(0..=i64::MAX).prop_map(Op::Read), (0..=i64::MAX, any::<i64>()).prop_map(|(a, b)| Op::Write(a, b)),]
     }
 
     /// Whitespace of several kinds, including none and non-ASCII ones.
     fn whitespace() -> impl Strategy<Value = String> {
         proptest::collection::vec(
-            prop::sample::select(vec![
-                ' ', '\t', '\n', '\r', '\u{a0}', '\u{2003}', '\u{3000}',
-            ]),
+            prop::sample::select(vec![' ', '\t', '\n', '\r', '\u{a0}', '\u{2003}', '\u{3000}']),
             0..3,
         )
         .prop_map(|cs| cs.into_iter().collect())
@@ -593,44 +491,26 @@ mod tests {
 
     /// An op spelled with whitespace around every token and a random letter case.
     fn spaced_op() -> impl Strategy<Value = (Op, String)> {
-        (
-            op(),
-            any::<bool>(),
-            proptest::collection::vec(whitespace(), 6),
-        )
-            .prop_map(|(op, upper, ws)| {
-                let text = match op {
-                    Op::Read(a) => {
-                        let letter = if upper { 'R' } else { 'r' };
-                        format!("{letter}{}({}{a}{}){}", ws[0], ws[1], ws[2], ws[3])
-                    }
-                    Op::Write(a, b) => {
-                        let letter = if upper { 'W' } else { 'w' };
-                        format!(
-                            "{letter}{}({}{a}{}={}{b}{}){}",
-                            ws[0], ws[1], ws[2], ws[3], ws[4], ws[5]
-                        )
-                    }
-                };
-                (op, text)
-            })
+        (op(), any::<bool>(), proptest::collection::vec(whitespace(), 6)).prop_map(|(op, upper, ws)| {
+            let text = match op {
+                Op::Read(a) => {
+                    let letter = if upper { 'R' } else { 'r' };
+                    format!("{letter}{}({}{a}{}){}", ws[0], ws[1], ws[2], ws[3])
+                }
+                Op::Write(a, b) => {
+                    let letter = if upper { 'W' } else { 'w' };
+                    format!("{letter}{}({}{a}{}={}{b}{}){}", ws[0], ws[1], ws[2], ws[3], ws[4], ws[5])
+                }
+            };
+            (op, text)
+        })
     }
 
     fn check_error(input: &str, e: &ParseError) {
         let chars = input.chars().count();
-        assert!(
-            (1..=chars + 1).contains(&e.column),
-            "column {} outside 1..={} for {input:?}",
-            e.column,
-            chars + 1
-        );
+        assert!((1..=chars + 1).contains(&e.column), "column {} outside 1..={} for {input:?}", e.column, chars + 1);
         if e.message != "the transaction is empty" {
-            assert!(
-                e.message
-                    .contains(&format!(" at column {} in \"", e.column)),
-                "{}",
-                e.message
-            );
+            assert!(e.message.contains(&format!(" at column {} in \"", e.column)), "{}", e.message);
         }
     }
 

@@ -110,14 +110,10 @@ impl ReadRequest {
     pub fn validate(self) -> Result<ValidRead, InvalidTransaction> {
         let t = self.transaction;
         if !t.write_set.is_empty() {
-            return Err(InvalidTransaction(
-                "a read takes no write_set; send writes to /commit/".into(),
-            ));
+            return Err(InvalidTransaction("a read takes no write_set; send writes to /commit/".into()));
         }
         if t.read_set.is_empty() {
-            return Err(InvalidTransaction(
-                "read_set is empty: name at least one account to read".into(),
-            ));
+            return Err(InvalidTransaction("read_set is empty: name at least one account to read".into()));
         }
         check_accounts("read_set", t.read_set.iter())?;
         if let Some(lsn) = self.min_lsn {
@@ -125,10 +121,7 @@ impl ReadRequest {
                 return Err(InvalidTransaction(format!("min_lsn {lsn} is negative")));
             }
         }
-        Ok(ValidRead {
-            accounts: t.read_set.into_iter().collect(),
-            min_lsn: self.min_lsn,
-        })
+        Ok(ValidRead { accounts: t.read_set.into_iter().collect(), min_lsn: self.min_lsn })
     }
 }
 
@@ -136,9 +129,7 @@ impl CommitRequest {
     pub fn validate(self) -> Result<ValidCommit, InvalidTransaction> {
         let t = self.transaction;
         if t.read_set.is_empty() && t.write_set.is_empty() {
-            return Err(InvalidTransaction(
-                "the transaction is empty: give a read_set, a write_set or both".into(),
-            ));
+            return Err(InvalidTransaction("the transaction is empty: give a read_set, a write_set or both".into()));
         }
         check_accounts("read_set", t.read_set.iter())?;
         check_accounts("write_set", t.write_set.keys())?;
@@ -175,8 +166,12 @@ pub struct AccountRow {
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Leader,
+    /// A member of the in-sync set that is not the leader.
     Replica,
-    /// Stopped by the `/down_leader/` drill, or recovering: serves nothing but status.
+    /// Up but not in the member set: waiting for, or in the middle of, recovery. Serves reads
+    /// of its own (possibly stale) state.
+    Standby,
+    /// Stopped by the `/down_leader/` drill: serves nothing but status until `/up_node/`.
     Down,
 }
 
@@ -220,12 +215,8 @@ pub enum AbortReason {
 impl AbortReason {
     pub fn explain(self) -> &'static str {
         match self {
-            AbortReason::StaleRead => {
-                "an account in the read set was written after the read timestamp"
-            }
-            AbortReason::KeyLocked => {
-                "an account in the read set is being written by a transaction still in flight"
-            }
+            AbortReason::StaleRead => "an account in the read set was written after the read timestamp",
+            AbortReason::KeyLocked => "an account in the read set is being written by a transaction still in flight",
             AbortReason::ReplicationFailed => {
                 "a member of the cluster refused or did not answer the PREPARE; nothing was applied"
             }
@@ -329,6 +320,9 @@ pub enum Decision {
 pub struct DecideRequest {
     pub term: Term,
     pub last_lsn: Lsn,
+    /// Transaction id of the batch's last entry: tells the batch apart from another one that
+    /// reused its LSNs after an abort.
+    pub last_txn: Uuid,
     pub decision: Decision,
 }
 
@@ -372,8 +366,123 @@ pub struct AgentStatus {
     pub last_commit_ts: Timestamp,
     /// Addresses of the members in sync (the leader included), in configured order.
     pub members: Vec<String>,
-    /// Last LSN of a batch this node holds prepared and undecided, if any.
-    pub prepared_batch: Option<Lsn>,
+    /// The batch this node holds prepared and undecided, if any.
+    pub prepared_batch: Option<PendingInfo>,
+    /// Version of the cluster configuration this node knows.
+    pub config_version: u64,
+    /// The supervisor this agent reports to, if any (without one the leader is fixed).
+    pub supervisor: Option<String>,
+}
+
+/// The cluster's configuration as the supervisor decides it. Agents keep the newest they have
+/// seen (by term, then version) durably.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub term: Term,
+    /// Increases with every change of leader or members.
+    pub version: u64,
+    /// `None` while an election is in progress.
+    pub leader: Option<String>,
+    /// The agents in sync, in configured order, the leader included.
+    pub members: Vec<String>,
+}
+
+impl ClusterConfig {
+    /// Orders configurations: a higher term wins, then a higher version.
+    pub fn is_newer_than(&self, other: &ClusterConfig) -> bool {
+        (self.term, self.version) > (other.term, other.version)
+    }
+}
+
+/// A batch a node holds prepared and undecided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingInfo {
+    pub last_lsn: Lsn,
+    pub last_txn: Uuid,
+    pub term: Term,
+}
+
+/// Answer of `POST /internal/fence` (body: [`ClusterConfig`] with a term at least the agent's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceResponse {
+    pub node_id: String,
+    pub term: Term,
+    pub role: Role,
+    pub applied_lsn: Lsn,
+    pub pending: Option<PendingInfo>,
+}
+
+/// Answer of `POST /internal/promote` (body: [`ClusterConfig`] naming the receiver as leader).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteResponse {
+    pub term: Term,
+    pub applied_lsn: Lsn,
+    /// In-doubt batches resolved before taking new transactions.
+    pub in_doubt_committed: u32,
+    pub in_doubt_aborted: u32,
+}
+
+/// `POST /internal/pause`: the leader finishes the round in flight and starts no new one until
+/// a configuration arrives or `max_ms` pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseRequest {
+    pub term: Term,
+    pub max_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseResponse {
+    pub applied_lsn: Lsn,
+}
+
+/// `POST /internal/recover`: a standby catches up from the leader's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverRequest {
+    pub term: Term,
+    pub leader: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverResponse {
+    pub applied_lsn: Lsn,
+    pub entries_applied: u64,
+    /// What happened to a batch the node held prepared, if any.
+    pub resolved_pending: Option<Decision>,
+}
+
+/// `POST /report_failure` on the supervisor: the leader could not reach a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureReport {
+    pub term: Term,
+    pub member: String,
+    pub reason: String,
+}
+
+/// `POST /register_client/` on the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterClient {
+    /// The client's `/leader_changed/` URL, e.g. `http://127.0.0.1:5000/leader_changed/`.
+    pub url: String,
+}
+
+/// `POST /leader_changed/` on a client (as the original, with an address instead of a port).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderChanged {
+    pub leader: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<Term>,
+}
+
+/// Answer of the drills `GET /down_leader/` and `GET /up_node/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillResponse {
+    pub node_id: String,
+    /// The node's role after the call.
+    pub role: Role,
+    /// False when the call changed nothing (called twice, or on the wrong node).
+    pub changed: bool,
+    pub message: String,
 }
 
 #[cfg(test)]
@@ -387,10 +496,7 @@ mod tests {
 
     #[test]
     fn original_commit_body_parses_with_string_keys() {
-        let c = commit(
-            r#"{"transaction": {"read_set": [1], "write_set": {"2": 22}, "time_stamp": 5}}"#,
-        )
-        .unwrap();
+        let c = commit(r#"{"transaction": {"read_set": [1], "write_set": {"2": 22}, "time_stamp": 5}}"#).unwrap();
         assert_eq!(c.write_set, BTreeMap::from([(2, 22)]));
         assert_eq!(c.read_set, BTreeSet::from([1]));
         assert_eq!(c.read_ts, Some(5));
@@ -399,29 +505,14 @@ mod tests {
     #[test]
     fn bad_bodies_are_refused_with_a_reason() {
         for (body, expect) in [
-            (
-                r#"{"transaction": {"read_set": [1], "write_set": {}}}"#,
-                "time_stamp is missing",
-            ),
-            (
-                r#"{"transaction": {"read_set": [], "write_set": {}}}"#,
-                "empty",
-            ),
+            (r#"{"transaction": {"read_set": [1], "write_set": {}}}"#, "time_stamp is missing"),
+            (r#"{"transaction": {"read_set": [], "write_set": {}}}"#, "empty"),
             (r#"{"transaction": {"write_set": {"x": 1}}}"#, "invalid"),
             (r#"{"transaction": {"write_set": {"1": 1.5}}}"#, "invalid"),
-            (
-                r#"{"transaction": {"write_set": {"1": 99999999999999999999}}}"#,
-                "invalid",
-            ),
+            (r#"{"transaction": {"write_set": {"1": 99999999999999999999}}}"#, "invalid"),
             (r#"{"transaction": {"write_set": {"-1": 1}}}"#, "negative"),
-            (
-                r#"{"transaction": {"write_set": {"1": 1}, "bogus": 1}}"#,
-                "unknown field",
-            ),
-            (
-                r#"{"transaction": {"read_set": ["1"], "time_stamp": 1}}"#,
-                "invalid type",
-            ),
+            (r#"{"transaction": {"write_set": {"1": 1}, "bogus": 1}}"#, "unknown field"),
+            (r#"{"transaction": {"read_set": ["1"], "time_stamp": 1}}"#, "invalid type"),
         ] {
             let err = commit(body).unwrap_err();
             assert!(err.contains(expect), "{body}: {err}");
@@ -431,12 +522,7 @@ mod tests {
     #[test]
     fn oversized_write_set_is_refused() {
         let ws: BTreeMap<Account, Balance> = (0..=MAX_SET_LEN as i64).map(|k| (k, 1)).collect();
-        let req = CommitRequest {
-            transaction: TransactionBody {
-                write_set: ws,
-                ..Default::default()
-            },
-        };
+        let req = CommitRequest { transaction: TransactionBody { write_set: ws, ..Default::default() } };
         assert!(req.validate().unwrap_err().0.contains("at most"));
     }
 }

@@ -1,0 +1,672 @@
+//! A cluster of nodes (PostgreSQL + agent) for one test, and the calls a test makes on it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use protocol::{Account, AgentStatus, Balance, CommitResponse, LogPage, Lsn, ReadResponse};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::{pg, ports, READY_TIMEOUT};
+
+/// One row of `bank_balance`: `(account_number, balance, created_at, updated_at)`.
+pub type BalanceRow = (Account, Balance, Option<i64>, Option<i64>);
+
+/// One row of `recovery_log`, as stored in PostgreSQL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub lsn: Lsn,
+    pub term: i64,
+    pub txn_id: Uuid,
+    pub commit_ts: i64,
+    pub read_set: Value,
+    pub write_set: Value,
+}
+
+impl LogRow {
+    /// The write set, parsed (stored as a JSON object from account to balance).
+    pub fn writes(&self) -> BTreeMap<Account, Balance> {
+        serde_json::from_value(self.write_set.clone()).unwrap_or_else(|e| {
+            panic!(
+                "recovery_log lsn {}: write_set {} is not an object from account to balance: {e}",
+                self.lsn, self.write_set
+            )
+        })
+    }
+
+    /// The read set, parsed (stored as a JSON array of accounts).
+    pub fn reads(&self) -> Vec<Account> {
+        serde_json::from_value(self.read_set.clone()).unwrap_or_else(|e| {
+            panic!("recovery_log lsn {}: read_set {} is not an array of accounts: {e}", self.lsn, self.read_set)
+        })
+    }
+}
+
+/// An HTTP answer kept whole, for tests about status codes and bodies of any kind.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: StatusCode,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+impl RawResponse {
+    /// The body as JSON, if it is JSON.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+}
+
+/// How to start a cluster. `ClusterOptions::new(3)` is what [`Cluster::start`] uses.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Index of the node given to every agent as `--leader`.
+    pub leader: usize,
+    /// Extra flags for every agent.
+    pub agent_args: Vec<String>,
+    /// Extra environment for every agent (`RUST_LOG=info` is always set, and may be overridden).
+    pub agent_env: Vec<(String, String)>,
+    /// Whether [`Cluster::start_with`] starts the agents (else only PostgreSQL; start them with
+    /// [`Cluster::start_agent`]).
+    pub start_agents: bool,
+}
+
+impl ClusterOptions {
+    pub fn new(nodes: usize) -> Self {
+        assert!(nodes > 0, "a cluster has at least one node");
+        ClusterOptions { nodes, leader: 0, agent_args: Vec::new(), agent_env: Vec::new(), start_agents: true }
+    }
+}
+
+/// One node: a PostgreSQL server and the agent beside it.
+pub struct Node {
+    pub index: usize,
+    /// `node<index>`, the agent's `--node-id`.
+    pub node_id: String,
+    /// The agent's port on 127.0.0.1.
+    pub port: u16,
+    /// PostgreSQL's port on 127.0.0.1.
+    pub pg_port: u16,
+    /// PostgreSQL's data folder.
+    pub data_dir: PathBuf,
+    /// Where the agent's stdout and stderr go (appended across restarts).
+    pub log_path: PathBuf,
+    pid_path: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    agent: Mutex<Option<Child>>,
+    pool: tokio::sync::OnceCell<PgPool>,
+}
+
+impl Node {
+    /// `127.0.0.1:<port>`, the agent's address as peers and the status name it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn database_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.pg_port)
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.lock().unwrap().as_ref().map(|c| c.id())
+    }
+
+    fn spawn_agent(&self) {
+        let mut slot = self.agent.lock().unwrap();
+        assert!(slot.is_none(), "agent {} is already running", self.index);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path.display()));
+        let err = log.try_clone().expect("clone the log file handle");
+        let bin = agent_binary();
+        let child = Command::new(&bin)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        fs::write(&self.pid_path, child.id().to_string()).expect("write the agent's pid file");
+        *slot = Some(child);
+    }
+
+    /// SIGKILLs the agent and reaps it. Returns whether it was running.
+    fn kill_agent(&self) -> bool {
+        let Some(mut child) = self.agent.lock().unwrap().take() else {
+            return false;
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = fs::remove_file(&self.pid_path);
+        true
+    }
+
+    /// Whether the agent process is gone, with its exit status.
+    fn agent_exit(&self) -> Option<String> {
+        let mut slot = self.agent.lock().unwrap();
+        match slot.as_mut() {
+            None => Some("not started".into()),
+            Some(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                Ok(None) => None,
+                Err(e) => Some(format!("unknown ({e})")),
+            },
+        }
+    }
+
+    fn signal_agent(&self, signal: i32) {
+        let pid = self.agent_pid().unwrap_or_else(|| panic!("agent {} is not running", self.index));
+        // SAFETY: the pid is our own child, not yet reaped, so it cannot have been reused.
+        let rc = unsafe { libc::kill(pid as i32, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Where the `agent` binary is: `RMW_BIN_DIR`, else the target folder this test was built into
+/// (`target/debug/deps/<test>` -> `target/debug`), else the workspace's `target/debug`.
+fn agent_binary() -> PathBuf {
+    let candidates: Vec<PathBuf> = if let Some(dir) = std::env::var_os("RMW_BIN_DIR") {
+        vec![PathBuf::from(dir).join("agent")]
+    } else {
+        let mut c = Vec::new();
+        if let Ok(exe) = std::env::current_exe() {
+            if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
+                c.push(profile_dir.join("agent"));
+            }
+        }
+        c.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agent"));
+        c
+    };
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!(
+            "the agent binary is missing (looked at {candidates:?}): run `cargo build --workspace --bins` \
+             before the end-to-end tests, or set RMW_BIN_DIR to the folder holding it"
+        )
+    })
+}
+
+/// The last `lines` lines of a text file (or why it could not be read).
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("({}: {e})", path.display()),
+    }
+}
+
+/// A running cluster. Dropping it stops everything it started and removes its folder.
+pub struct Cluster {
+    dir: PathBuf,
+    nodes: Vec<Node>,
+    leader: usize,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with node 0 as the leader, and waits until every agent is healthy.
+    pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(ClusterOptions::new(n)).await
+    }
+
+    pub async fn start_with(options: ClusterOptions) -> Cluster {
+        static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
+        assert!(options.leader < options.nodes, "the leader must be one of the nodes");
+        if options.start_agents {
+            let _ = agent_binary(); // fail before starting anything when the binary is missing
+        }
+        pg::reap_abandoned();
+
+        let dir = std::env::temp_dir().join(format!(
+            "{}{}-{}",
+            pg::DIR_PREFIX,
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+
+        let ports: Vec<(u16, u16)> = (0..options.nodes).map(|_| (ports::free_port(), ports::free_port())).collect();
+        let members: Vec<String> = ports.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect();
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(port, pg_port))| {
+                let node_id = format!("node{i}");
+                let mut args: Vec<String> = vec![
+                    "--node-id".into(),
+                    node_id.clone(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--database-url".into(),
+                    format!("postgres://postgres@127.0.0.1:{pg_port}/postgres"),
+                    "--members".into(),
+                    members.join(","),
+                    "--leader".into(),
+                    members[options.leader].clone(),
+                ];
+                args.extend(options.agent_args.iter().cloned());
+                Node {
+                    index: i,
+                    node_id,
+                    port,
+                    pg_port,
+                    data_dir: dir.join(format!("pg{i}")),
+                    log_path: dir.join(format!("agent{i}.log")),
+                    pid_path: dir.join(format!("agent{i}.pid")),
+                    args,
+                    env: options.agent_env.clone(),
+                    agent: Mutex::new(None),
+                    pool: tokio::sync::OnceCell::new(),
+                }
+            })
+            .collect();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("build the HTTP client");
+        // From here on, a panic drops the cluster, which cleans up whatever was started.
+        let cluster = Cluster { dir, nodes, leader: options.leader, http };
+
+        let data_dirs: Vec<(PathBuf, u16)> = cluster.nodes.iter().map(|n| (n.data_dir.clone(), n.pg_port)).collect();
+        let started = tokio::task::spawn_blocking(move || {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = data_dirs
+                    .iter()
+                    .map(|(dir, port)| {
+                        s.spawn(move || {
+                            pg::create_data_dir(dir, *port);
+                            pg::start(dir);
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
+            })
+        })
+        .await
+        .expect("the PostgreSQL start-up task");
+        for result in started {
+            if let Err(panic) = result {
+                std::panic::resume_unwind(panic);
+            }
+        }
+
+        if options.start_agents {
+            for node in &cluster.nodes {
+                node.spawn_agent();
+            }
+            futures::future::join_all((0..cluster.len()).map(|i| cluster.wait_healthy(i))).await;
+        }
+        cluster
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The cluster's folder (data folders `pg<i>`, agent logs `agent<i>.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
+    }
+
+    /// Same as [`Cluster::node`]: the agent of node `i` and what it runs on.
+    pub fn agent(&self, i: usize) -> &Node {
+        &self.nodes[i]
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter()
+    }
+
+    /// Index of the node started as the leader.
+    pub fn initial_leader(&self) -> usize {
+        self.leader
+    }
+
+    /// URL of the node started as the leader.
+    pub fn leader_url(&self) -> String {
+        self.nodes[self.leader].url()
+    }
+
+    pub fn url(&self, node: usize) -> String {
+        self.nodes[node].url()
+    }
+
+    /// The HTTP client the harness uses (no proxy, 60 s timeout).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    // ---- processes ----
+
+    /// SIGKILLs node `i`'s agent (PostgreSQL keeps running).
+    pub fn kill_agent(&self, i: usize) {
+        assert!(self.nodes[i].kill_agent(), "agent {i} was not running");
+    }
+
+    /// Starts node `i`'s agent again with the same flags and waits until it is healthy.
+    pub async fn start_agent(&self, i: usize) {
+        self.nodes[i].spawn_agent();
+        self.wait_healthy(i).await;
+    }
+
+    /// SIGKILLs node `i`'s agent (if it runs), starts it again with the same flags and waits
+    /// until it is healthy.
+    pub async fn restart_agent(&self, i: usize) {
+        self.nodes[i].kill_agent();
+        self.start_agent(i).await;
+    }
+
+    /// SIGSTOPs node `i`'s agent: it keeps its sockets but answers nothing.
+    pub fn pause_agent(&self, i: usize) {
+        self.nodes[i].signal_agent(libc::SIGSTOP);
+    }
+
+    /// SIGCONTs node `i`'s agent.
+    pub fn resume_agent(&self, i: usize) {
+        self.nodes[i].signal_agent(libc::SIGCONT);
+    }
+
+    /// Stops node `i`'s PostgreSQL at once (`pg_ctl stop -m immediate`), as in a crash.
+    pub async fn stop_postgres(&self, i: usize) {
+        let dir = self.nodes[i].data_dir.clone();
+        tokio::task::spawn_blocking(move || pg::stop_immediate(&dir)).await.unwrap();
+    }
+
+    /// Starts node `i`'s PostgreSQL again and waits until it accepts connections.
+    pub async fn start_postgres(&self, i: usize) {
+        let dir = self.nodes[i].data_dir.clone();
+        tokio::task::spawn_blocking(move || pg::start(&dir)).await.unwrap();
+    }
+
+    /// Polls `GET /health` on node `i` until it answers 200; panics with the agent's log after
+    /// [`READY_TIMEOUT`] or when the agent exits.
+    pub async fn wait_healthy(&self, i: usize) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let url = format!("{}/health", self.url(i));
+        loop {
+            if let Some(exit) = self.nodes[i].agent_exit() {
+                panic!(
+                    "agent {i} exited ({exit}) before it became healthy; its log:\n{}",
+                    tail(&self.nodes[i].log_path, 40)
+                );
+            }
+            let last = match self.http.get(&url).timeout(Duration::from_secs(2)).send().await {
+                Ok(r) if r.status() == StatusCode::OK => return,
+                Ok(r) => format!("HTTP {}", r.status()),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "agent {i} not healthy after {READY_TIMEOUT:?} (last answer: {last}); its log:\n{}",
+                    tail(&self.nodes[i].log_path, 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last `lines` lines of node `i`'s agent log.
+    pub fn agent_log(&self, i: usize, lines: usize) -> String {
+        tail(&self.nodes[i].log_path, lines)
+    }
+
+    // ---- HTTP ----
+
+    /// Sends `body` as-is with the given Content-Type (none when `None`) and keeps the whole answer.
+    pub async fn post_raw(
+        &self,
+        node: usize,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        content_type: Option<&str>,
+    ) -> RawResponse {
+        let mut req = self.http.post(format!("{}{path}", self.url(node))).body(body);
+        if let Some(ct) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("POST {path} to node {node}: {e}"));
+        raw(resp).await
+    }
+
+    /// `GET path` on node `i`, answer kept whole.
+    pub async fn get_raw(&self, node: usize, path: &str) -> RawResponse {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url(node)))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on node {node}: {e}"));
+        raw(resp).await
+    }
+
+    /// `POST path` with a JSON body; the answer must be JSON.
+    pub async fn post(&self, node: usize, path: &str, body: &Value) -> (StatusCode, Value) {
+        let r = self.post_raw(node, path, body.to_string(), Some("application/json")).await;
+        (r.status, json_body(&r, &format!("POST {path} {body} to node {node}")))
+    }
+
+    /// `GET path`; the answer must be JSON.
+    pub async fn get(&self, node: usize, path: &str) -> (StatusCode, Value) {
+        let r = self.get_raw(node, path).await;
+        (r.status, json_body(&r, &format!("GET {path} on node {node}")))
+    }
+
+    /// `POST /commit/` with `body` (the whole request: `{"transaction": {...}}`).
+    pub async fn commit(&self, node: usize, body: Value) -> (StatusCode, Value) {
+        self.post(node, "/commit/", &body).await
+    }
+
+    /// `POST /read/` with `body` (the whole request).
+    pub async fn read_json(&self, node: usize, body: Value) -> (StatusCode, Value) {
+        self.post(node, "/read/", &body).await
+    }
+
+    /// Reads `accounts` on `node`; the read must succeed.
+    pub async fn read(&self, node: usize, accounts: &[Account]) -> ReadResponse {
+        let body = json!({"transaction": {"read_set": accounts, "write_set": {}}});
+        self.read_ok(node, body).await
+    }
+
+    /// Reads `accounts` on `node` once it has applied `min_lsn`; the read must succeed.
+    pub async fn read_at(&self, node: usize, accounts: &[Account], min_lsn: Lsn) -> ReadResponse {
+        let body = json!({"transaction": {"read_set": accounts, "write_set": {}}, "min_lsn": min_lsn});
+        self.read_ok(node, body).await
+    }
+
+    async fn read_ok(&self, node: usize, body: Value) -> ReadResponse {
+        let (status, answer) = self.read_json(node, body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "read {body} on node {node}: {answer}");
+        serde_json::from_value(answer.clone())
+            .unwrap_or_else(|e| panic!("read answer of node {node} is not a ReadResponse ({e}): {answer}"))
+    }
+
+    /// Commits a blind write of `writes` on `node`; it must commit.
+    pub async fn write(&self, node: usize, writes: &[(Account, Balance)]) -> CommitResponse {
+        let write_set: serde_json::Map<String, Value> = writes.iter().map(|(a, b)| (a.to_string(), json!(b))).collect();
+        let body = json!({"transaction": {"write_set": write_set}});
+        let (status, answer) = self.commit(node, body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "commit {body} on node {node}: {answer}");
+        let resp: CommitResponse = serde_json::from_value(answer.clone())
+            .unwrap_or_else(|e| panic!("commit answer of node {node} is not a CommitResponse ({e}): {answer}"));
+        assert_eq!(resp.commit, protocol::Outcome::Commit, "{answer}");
+        resp
+    }
+
+    /// `GET /status` of `node`.
+    pub async fn status(&self, node: usize) -> AgentStatus {
+        let (code, body) = self.get(node, "/status").await;
+        assert_eq!(code, StatusCode::OK, "GET /status on node {node}: {body}");
+        serde_json::from_value(body.clone())
+            .unwrap_or_else(|e| panic!("status of node {node} is not an AgentStatus ({e}): {body}"))
+    }
+
+    /// `GET /health` status code of `node` (the body is not inspected).
+    pub async fn health(&self, node: usize) -> StatusCode {
+        self.get_raw(node, "/health").await.status
+    }
+
+    /// One page of `GET /replication_log/` on `node`.
+    pub async fn replication_log(&self, node: usize, after: Lsn, limit: Option<i64>) -> LogPage {
+        let path = match limit {
+            Some(limit) => format!("/replication_log/?after={after}&limit={limit}"),
+            None => format!("/replication_log/?after={after}"),
+        };
+        let (code, body) = self.get(node, &path).await;
+        assert_eq!(code, StatusCode::OK, "GET {path} on node {node}: {body}");
+        serde_json::from_value(body.clone())
+            .unwrap_or_else(|e| panic!("{path} on node {node} is not a LogPage ({e}): {body}"))
+    }
+
+    /// Waits until `node` reports `applied_lsn >= lsn` in its status.
+    pub async fn wait_applied(&self, node: usize, lsn: Lsn) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let applied = self.status(node).await.applied_lsn;
+            if applied >= lsn {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "node {node} applied only lsn {applied} after {READY_TIMEOUT:?}, waiting for {lsn}; its log:\n{}",
+                    self.agent_log(node, 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // ---- PostgreSQL ----
+
+    /// A connection pool to node `i`'s PostgreSQL, straight to the tables (no agent involved).
+    pub async fn db(&self, node: usize) -> PgPool {
+        let n = &self.nodes[node];
+        n.pool
+            .get_or_init(|| async {
+                PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(&n.database_url())
+                    .await
+                    .unwrap_or_else(|e| panic!("connect to {}: {e}", n.database_url()))
+            })
+            .await
+            .clone()
+    }
+
+    /// `bank_balance` of node `i`, ordered by account.
+    pub async fn table(&self, node: usize) -> Vec<BalanceRow> {
+        sqlx::query_as::<_, BalanceRow>(
+            "SELECT account_number, balance, created_at, updated_at FROM bank_balance ORDER BY account_number",
+        )
+        .fetch_all(&self.db(node).await)
+        .await
+        .unwrap_or_else(|e| panic!("read bank_balance of node {node}: {e}"))
+    }
+
+    /// `recovery_log` of node `i`, ordered by LSN.
+    pub async fn log(&self, node: usize) -> Vec<LogRow> {
+        let rows =
+            sqlx::query("SELECT lsn, term, txn_id, commit_ts, read_set, write_set FROM recovery_log ORDER BY lsn")
+                .fetch_all(&self.db(node).await)
+                .await
+                .unwrap_or_else(|e| panic!("read recovery_log of node {node}: {e}"));
+        rows.iter()
+            .map(|r| {
+                let get = |what: &str| -> String { format!("recovery_log of node {node}, column {what}") };
+                LogRow {
+                    lsn: r.try_get("lsn").unwrap_or_else(|e| panic!("{}: {e}", get("lsn"))),
+                    term: r.try_get("term").unwrap_or_else(|e| panic!("{}: {e}", get("term"))),
+                    txn_id: r.try_get("txn_id").unwrap_or_else(|e| panic!("{}: {e}", get("txn_id"))),
+                    commit_ts: r.try_get("commit_ts").unwrap_or_else(|e| panic!("{}: {e}", get("commit_ts"))),
+                    read_set: r.try_get("read_set").unwrap_or_else(|e| panic!("{}: {e}", get("read_set"))),
+                    write_set: r.try_get("write_set").unwrap_or_else(|e| panic!("{}: {e}", get("write_set"))),
+                }
+            })
+            .collect()
+    }
+
+    /// `(bank_balance, recovery_log)` of every node, for "nothing changed" checks.
+    pub async fn snapshot(&self) -> Vec<(Vec<BalanceRow>, Vec<LogRow>)> {
+        let mut all = Vec::new();
+        for i in 0..self.len() {
+            all.push((self.table(i).await, self.log(i).await));
+        }
+        all
+    }
+}
+
+async fn raw(resp: reqwest::Response) -> RawResponse {
+    let status = resp.status();
+    let content_type =
+        resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = resp.text().await.unwrap_or_else(|e| format!("(body unreadable: {e})"));
+    RawResponse { status, content_type, body }
+}
+
+fn json_body(r: &RawResponse, what: &str) -> Value {
+    r.json().unwrap_or_else(|| {
+        panic!("{what}: answer is not JSON (HTTP {}, content-type {:?}): {:?}", r.status, r.content_type, r.body)
+    })
+}
+
+impl Drop for Cluster {
+    /// Stops everything, also while a test panics; never panics itself.
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            // A paused agent still dies of SIGKILL.
+            node.kill_agent();
+        }
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!(
+                    "----- {} agent log ({}), last lines -----\n{}",
+                    node.node_id,
+                    node.log_path.display(),
+                    tail(&node.log_path, 60)
+                );
+            }
+        }
+        for node in &self.nodes {
+            pg::stop_immediate(&node.data_dir);
+        }
+        if std::env::var_os("RMW_KEEP").is_some_and(|v| !v.is_empty() && v != "0") {
+            eprintln!("RMW_KEEP: leaving {}", self.dir.display());
+        } else if let Err(e) = fs::remove_dir_all(&self.dir) {
+            eprintln!("could not remove {}: {e}", self.dir.display());
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The invariants of DESIGN.md section 2 and 9, checked on the nodes' PostgreSQL tables:
+//!
+//! - every in-sync node's `bank_balance` and `recovery_log` are identical, row for row;
+//! - log LSNs are dense from 1, commit timestamps strictly increase with the LSN;
+//! - a node's table is exactly the effect of its log applied in LSN order (balances, and
+//!   `created_at`/`updated_at` = the commit timestamp of the first/last write of the account).
+
+use std::collections::BTreeMap;
+
+use protocol::Account;
+
+use crate::{BalanceRow, Cluster, LogRow};
+
+/// The state every checked node agreed on.
+#[derive(Debug, Clone)]
+pub struct Converged {
+    pub table: Vec<BalanceRow>,
+    pub log: Vec<LogRow>,
+}
+
+/// The table that applying `log` in order to an empty database produces.
+pub fn replay(log: &[LogRow]) -> Vec<BalanceRow> {
+    let mut table: BTreeMap<Account, BalanceRow> = BTreeMap::new();
+    for entry in log {
+        for (account, balance) in entry.writes() {
+            table
+                .entry(account)
+                .and_modify(|row| {
+                    row.1 = balance;
+                    row.3 = Some(entry.commit_ts);
+                })
+                .or_insert((account, balance, Some(entry.commit_ts), Some(entry.commit_ts)));
+        }
+    }
+    table.into_values().collect()
+}
+
+/// Panics with the first place where `log` breaks the shape of a recovery log.
+fn check_log_shape(node: usize, log: &[LogRow]) {
+    for (i, entry) in log.iter().enumerate() {
+        assert_eq!(
+            entry.lsn,
+            i as i64 + 1,
+            "node {node}: recovery_log LSNs are not dense from 1: position {i} holds {entry:?}"
+        );
+        if i > 0 {
+            assert!(
+                entry.commit_ts > log[i - 1].commit_ts,
+                "node {node}: commit_ts does not increase with the LSN: {:?} then {entry:?}",
+                log[i - 1]
+            );
+        }
+    }
+}
+
+impl Cluster {
+    /// Waits until every node in `nodes` has applied the highest LSN any of them reports, then
+    /// checks the invariants above on each and that they all hold the same table and log.
+    pub async fn assert_converged_on(&self, nodes: &[usize]) -> Converged {
+        assert!(!nodes.is_empty());
+        let mut target = 0;
+        for &i in nodes {
+            target = target.max(self.status(i).await.applied_lsn);
+        }
+        for &i in nodes {
+            self.wait_applied(i, target).await;
+        }
+        let first = nodes[0];
+        let table = self.table(first).await;
+        let log = self.log(first).await;
+        check_log_shape(first, &log);
+        assert!(
+            log.len() as i64 >= target,
+            "node {first} reports applied lsn >= {target} but its recovery_log has {} entries",
+            log.len()
+        );
+        let replayed = replay(&log);
+        assert_tables_equal(&replayed, &table, "the replay of the log", &format!("node {first}"));
+        for &i in &nodes[1..] {
+            let other_log = self.log(i).await;
+            assert_logs_equal(&log, &other_log, first, i);
+            let other_table = self.table(i).await;
+            assert_tables_equal(&table, &other_table, &format!("node {first}"), &format!("node {i}"));
+        }
+        Converged { table, log }
+    }
+
+    /// [`Cluster::assert_converged_on`] every node.
+    pub async fn assert_converged(&self) -> Converged {
+        let all: Vec<usize> = (0..self.len()).collect();
+        self.assert_converged_on(&all).await
+    }
+}
+
+fn assert_tables_equal(a: &[BalanceRow], b: &[BalanceRow], a_name: &str, b_name: &str) {
+    if a == b {
+        return;
+    }
+    let by_account =
+        |rows: &[BalanceRow]| -> BTreeMap<Account, BalanceRow> { rows.iter().map(|r| (r.0, *r)).collect() };
+    let (ma, mb) = (by_account(a), by_account(b));
+    let differences: Vec<String> = ma
+        .keys()
+        .chain(mb.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| ma.get(k) != mb.get(k))
+        .take(10)
+        .map(|k| format!("account {k}: {a_name} {:?}, {b_name} {:?}", ma.get(k), mb.get(k)))
+        .collect();
+    panic!(
+        "bank_balance differs between {a_name} ({} rows) and {b_name} ({} rows); first differences:\n{}",
+        a.len(),
+        b.len(),
+        differences.join("\n")
+    );
+}
+
+fn assert_logs_equal(a: &[LogRow], b: &[LogRow], a_node: usize, b_node: usize) {
+    if a == b {
+        return;
+    }
+    let first_difference = a.iter().zip(b).position(|(x, y)| x != y);
+    match first_difference {
+        Some(i) => panic!(
+            "recovery_log differs between node {a_node} and node {b_node} at position {i}:\n{:?}\n{:?}",
+            a[i], b[i]
+        ),
+        None => panic!("recovery_log of node {a_node} has {} entries, node {b_node} has {}", a.len(), b.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn entry(lsn: i64, commit_ts: i64, writes: serde_json::Value) -> LogRow {
+        LogRow { lsn, term: 1, txn_id: Uuid::new_v4(), commit_ts, read_set: json!([]), write_set: writes }
+    }
+
+    #[test]
+    fn replay_keeps_the_first_and_last_commit_timestamps() {
+        let log = [
+            entry(1, 10, json!({"1": 100, "2": 200})),
+            entry(2, 20, json!({"2": 22})),
+            entry(3, 30, json!({"3": -5, "2": 23})),
+        ];
+        assert_eq!(
+            replay(&log),
+            vec![(1, 100, Some(10), Some(10)), (2, 23, Some(10), Some(30)), (3, -5, Some(30), Some(30)),]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not dense")]
+    fn a_gap_in_the_log_is_caught() {
+        check_log_shape(0, &[entry(1, 10, json!({})), entry(3, 30, json!({}))]);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not increase")]
+    fn a_timestamp_going_back_is_caught() {
+        check_log_shape(0, &[entry(1, 10, json!({})), entry(2, 10, json!({}))]);
+    }
+}

@@ -1,0 +1,258 @@
+//! PostgreSQL servers for the tests: found, initialised once per process, copied per node,
+//! started and stopped with `pg_ctl`.
+//!
+//! `initdb` refuses to run as root, and CI runs the tests as root: then every PostgreSQL command
+//! runs as the `postgres` OS user (`runuser`) and the data folders belong to that user.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// Prefix of every folder the harness creates under the temp dir: `rmw-e2e-<pid>-<suffix>`.
+pub(crate) const DIR_PREFIX: &str = "rmw-e2e-";
+
+/// Settings shared by every node. `fsync` stays on: the tests exercise durability.
+const COMMON_CONF: &str = "
+# rmw e2e harness
+listen_addresses = '127.0.0.1'
+max_prepared_transactions = 64
+fsync = on
+max_connections = 50
+shared_buffers = 32MB
+";
+
+/// The folder holding `initdb`, `pg_ctl` and `postgres`.
+fn bindir() -> &'static Path {
+    static BINDIR: OnceLock<PathBuf> = OnceLock::new();
+    BINDIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("RMW_PG_BINDIR") {
+            return PathBuf::from(dir);
+        }
+        // The newest installed major version, e.g. /usr/lib/postgresql/15/bin.
+        let newest = fs::read_dir("/usr/lib/postgresql").ok().and_then(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let version: u32 = e.file_name().to_str()?.parse().ok()?;
+                    let bin = e.path().join("bin");
+                    bin.join("initdb").exists().then_some((version, bin))
+                })
+                .max_by_key(|(version, _)| *version)
+                .map(|(_, bin)| bin)
+        });
+        if let Some(bin) = newest {
+            return bin;
+        }
+        match Command::new("pg_config").arg("--bindir").output() {
+            Ok(out) if out.status.success() => PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+            _ => panic!(
+                "PostgreSQL not found: install it (Debian: apt-get install postgresql) \
+                 or set RMW_PG_BINDIR to the folder holding initdb and pg_ctl"
+            ),
+        }
+    })
+}
+
+pub(crate) fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command running PostgreSQL's binary `name`, as the `postgres` user when we are root.
+fn pg_command(name: &str, cwd: &Path) -> Command {
+    let bin = bindir().join(name);
+    let mut cmd = if running_as_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(bin);
+        cmd
+    } else {
+        Command::new(bin)
+    };
+    // The `postgres` user may not be allowed into the caller's working folder.
+    cmd.current_dir(cwd).stdin(Stdio::null());
+    cmd
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Makes `path` belong to the `postgres` user when we are root (PostgreSQL insists on owning its
+/// data folder).
+fn give_to_postgres(path: &Path) {
+    if !running_as_root() {
+        return;
+    }
+    let out = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).output().expect("run chown");
+    assert!(out.status.success(), "chown -R postgres {}: {}", path.display(), describe(&out));
+}
+
+/// The data folder made by this process's single `initdb`, removed when the process exits.
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn remove_template() {
+        if let Some(path) = TEMPLATE.get() {
+            let _ = fs::remove_dir_all(path);
+        }
+    }
+    TEMPLATE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-template", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the template folder");
+        // SAFETY: registering a plain function with no captured state; it only removes a folder.
+        unsafe { libc::atexit(remove_template) };
+        set_mode_0700(&dir);
+        give_to_postgres(&dir);
+        let out = pg_command("initdb", &std::env::temp_dir())
+            .arg("-D")
+            .arg(&dir)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb -D {} failed: {}", dir.display(), describe(&out));
+        append(&dir.join("postgresql.conf"), COMMON_CONF);
+        dir
+    })
+}
+
+fn set_mode_0700(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).expect("chmod 0700");
+}
+
+fn append(file: &Path, text: &str) {
+    let mut f =
+        fs::OpenOptions::new().append(true).open(file).unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
+    f.write_all(text.as_bytes()).expect("append to postgresql.conf");
+}
+
+/// Creates the data folder `dir` (which must not exist) from the template, set up to listen on
+/// 127.0.0.1:`port` with its socket in `dir` itself.
+pub(crate) fn create_data_dir(dir: &Path, port: u16) {
+    let template = template();
+    let out = Command::new("cp").arg("-a").arg(template).arg(dir).output().expect("run cp");
+    assert!(out.status.success(), "cp -a {} {}: {}", template.display(), dir.display(), describe(&out));
+    append(&dir.join("postgresql.conf"), &format!("port = {port}\nunix_socket_directories = '{}'\n", dir.display()));
+}
+
+/// The server log of the data folder `dir`.
+pub(crate) fn server_log(dir: &Path) -> PathBuf {
+    dir.join("server.log")
+}
+
+/// Starts the server of `dir` and waits until it accepts connections.
+pub(crate) fn start(dir: &Path) {
+    let out = pg_command("pg_ctl", dir)
+        .arg("-D")
+        .arg(dir)
+        .arg("-l")
+        .arg(server_log(dir))
+        .args(["-w", "-t", "30", "start"])
+        .output()
+        .expect("run pg_ctl start");
+    if !out.status.success() {
+        panic!(
+            "pg_ctl start -D {} failed: {}\nserver log:\n{}",
+            dir.display(),
+            describe(&out),
+            crate::cluster::tail(&server_log(dir), 30)
+        );
+    }
+}
+
+/// Stops the server of `dir` at once (a crash, as far as PostgreSQL can tell). Does nothing when
+/// it does not run. Never panics: it runs from `Drop`.
+pub(crate) fn stop_immediate(dir: &Path) {
+    let postmaster = postmaster_pid(dir);
+    if postmaster.is_none() {
+        return;
+    }
+    let _ = pg_command("pg_ctl", dir)
+        .arg("-D")
+        .arg(dir)
+        .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    // If pg_ctl could not do it, kill the postmaster ourselves (its children follow it).
+    if let Some(pid) = postmaster {
+        if process_runs(pid, "postgres") {
+            // SAFETY: sending a signal to a pid we checked is our PostgreSQL server.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The pid of the running postmaster of `dir`, if any.
+fn postmaster_pid(dir: &Path) -> Option<i32> {
+    let text = fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    process_runs(pid, "postgres").then_some(pid)
+}
+
+/// Whether process `pid` exists and its command line mentions `name` (guards against a reused pid).
+pub(crate) fn process_runs(pid: i32, name: &str) -> bool {
+    match fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => String::from_utf8_lossy(&cmdline).contains(name) && !is_zombie(pid),
+        Err(_) => false,
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = stat.rsplit_once(')')?.1;
+            after_name.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// Removes what test processes that died without cleaning up left behind: their folders, and
+/// the PostgreSQL servers and agents still running from them. Runs once per process.
+pub(crate) fn reap_abandoned() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let dir = entry.path();
+            if let Ok(inner) = fs::read_dir(&dir) {
+                for file in inner.filter_map(|e| e.ok()) {
+                    let path = file.path();
+                    if path.join("postmaster.pid").exists() {
+                        stop_immediate(&path);
+                    }
+                    let is_agent_pid = path.extension().is_some_and(|ext| ext == "pid");
+                    if is_agent_pid {
+                        if let Some(pid) = fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
+                            if process_runs(pid, "agent") {
+                                // SAFETY: the pid is an agent this harness started (checked above).
+                                unsafe { libc::kill(pid, libc::SIGKILL) };
+                            }
+                        }
+                    }
+                }
+            }
+            let _ = fs::remove_dir_all(&dir);
+        }
+    });
+}

@@ -1,1 +1,95 @@
-fn main() {}
+//! The supervisor: watches every agent, fails over to the next member round-robin when the
+//! leader fails, removes members that stop answering, and brings returning nodes back
+//! (DESIGN.md sections 5 and 6). The decisions are pure (`failover`); `run` does the I/O.
+
+mod failover;
+mod run;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::run::{router, Settings, Supervisor};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Watches the agents of the cluster, elects leaders and recovers returning nodes")]
+struct Args {
+    /// Address to serve the supervisor's HTTP interface on.
+    #[arg(long, env = "SUPERVISOR_LISTEN", default_value = "127.0.0.1:9000")]
+    listen: String,
+    /// Every agent's address (host:port), comma-separated, in configured order: the order
+    /// round-robin elections follow.
+    #[arg(
+        long,
+        env = "SUPERVISOR_AGENTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:8000,127.0.0.1:8001,127.0.0.1:8002"
+    )]
+    agents: Vec<String>,
+    /// Where the term, leader, members and registered clients are kept (written atomically,
+    /// fsynced). A restarted supervisor continues from it.
+    #[arg(long, env = "SUPERVISOR_STATE_FILE", default_value = "supervisor-state.json")]
+    state_file: PathBuf,
+    /// How often every agent is polled, in milliseconds.
+    #[arg(long, env = "SUPERVISOR_POLL_INTERVAL_MS", default_value_t = 200)]
+    poll_interval_ms: u64,
+    /// Consecutive missed polls after which an agent counts as down.
+    #[arg(long, env = "SUPERVISOR_MISSES", default_value_t = 3)]
+    misses: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_ansi(ansi)
+        .init();
+    let args = Args::parse();
+    let agents: Vec<String> = args.agents.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+    anyhow::ensure!(!agents.is_empty(), "--agents is empty: give at least one agent address");
+    anyhow::ensure!(args.poll_interval_ms >= 10, "--poll-interval-ms must be at least 10");
+    anyhow::ensure!(args.misses >= 1, "--misses must be at least 1");
+
+    let settings = Settings {
+        agents,
+        poll_interval: Duration::from_millis(args.poll_interval_ms),
+        misses: args.misses,
+        state_file: args.state_file,
+    };
+    let supervisor = Supervisor::new(settings)?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is the port taken?)", args.listen))?;
+    tracing::info!(listen = %args.listen, "supervisor serving");
+    tokio::spawn(supervisor.clone().run());
+    axum::serve(listener, router(supervisor))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("supervisor stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what `./setup.sh stop` sends).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

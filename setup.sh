@@ -1,0 +1,670 @@
+#!/usr/bin/env bash
+# setup.sh: the one entry point of the project, for a Debian or Ubuntu machine, run as root or
+# as a user with sudo.
+#
+#   ./setup.sh [start]   install what is missing, build, start the whole cluster locally
+#   ./setup.sh stop      stop everything ./setup.sh started
+#   ./setup.sh status    what runs, and each agent's role, term and applied LSN
+#   ./setup.sh test      install what the tests need, then fmt, clippy, build, test
+#   ./setup.sh help      this text
+#
+# The local cluster: three PostgreSQL servers (data in ./data, or /var/lib/rmw-data when the
+# postgres user cannot reach ./data), an agent beside each, the supervisor and the client web page.
+# Logs and pid files go to ./run. Running it again restarts only what is down.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+# Ports, overridable from the environment.
+read -r -a PG_PORTS <<<"${PG_PORTS:-5432 5433 5434}"
+read -r -a AGENT_PORTS <<<"${AGENT_PORTS:-8000 8001 8002}"
+SUPERVISOR_PORT="${SUPERVISOR_PORT:-9000}"
+CLIENT_PORT="${CLIENT_PORT:-5000}"
+HOST=127.0.0.1
+
+RUN_DIR="$ROOT/run"
+BIN_DIR="$ROOT/target/release"
+# Where the PostgreSQL data goes when the postgres user cannot traverse the repository's path.
+FALLBACK_DATA_DIR=/var/lib/rmw-data
+# How long to wait for every service to answer /health.
+HEALTH_TIMEOUT_S=30
+# How long a stopped process gets between SIGTERM and SIGKILL.
+STOP_GRACE_S=5
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+say() { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+warn() { printf 'setup.sh: warning: %s\n' "$*" >&2; }
+die() {
+    printf 'setup.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+
+usage() {
+    cat <<EOF
+Usage: ./setup.sh [command]
+
+Commands:
+  start    (the default) install what is missing (PostgreSQL, a C toolchain, Rust), build the
+           release binaries and start the local cluster: PostgreSQL on ports ${PG_PORTS[*]},
+           agents on ${AGENT_PORTS[*]} (the first one leads), the supervisor on $SUPERVISOR_PORT
+           and the client web page on $CLIENT_PORT. Running it again restarts only what is down.
+  stop     stop everything 'start' started.
+  status   show each process (running or stopped, pid, port) and each agent's role, term and
+           applied LSN.
+  test     install what the tests need, then run cargo fmt --check, clippy, a debug build and
+           every test. Independent of the cluster that 'start' runs.
+  help     show this text.
+
+Environment:
+  PG_PORTS="5432 5433 5434"  AGENT_PORTS="8000 8001 8002"  SUPERVISOR_PORT=9000  CLIENT_PORT=5000
+  DATA_DIR=<dir>             where the PostgreSQL clusters live (default ./data)
+
+Logs and pid files: $RUN_DIR
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# Installing what is missing
+
+if ((EUID == 0)); then
+    SUDO=()
+else
+    SUDO=(sudo)
+fi
+
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 ||
+        die "apt-get not found: install $* by hand (this script knows Debian and Ubuntu)"
+    if ((EUID != 0)) && ! command -v sudo >/dev/null 2>&1; then
+        die "need to install $* but not running as root and sudo is missing"
+    fi
+    say "Installing with apt-get: $*"
+    if ((APT_UPDATED == 0)); then
+        "${SUDO[@]}" apt-get update -qq || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" ||
+        die "apt-get install $* failed"
+}
+
+# Sets PG_BIN to the directory holding initdb, pg_ctl and postgres, or returns 1.
+find_postgres() {
+    local initdb dir
+    if initdb="$(command -v initdb 2>/dev/null)" && command -v pg_ctl >/dev/null 2>&1; then
+        # Resolve symlinks: pg_ctl looks for the postgres binary beside its real self.
+        dir="$(dirname "$(readlink -f "$initdb")")"
+        if [[ -x "$dir/pg_ctl" && -x "$dir/postgres" ]]; then
+            PG_BIN="$dir"
+            return 0
+        fi
+    fi
+    # Debian keeps the server binaries out of PATH; take the newest version installed.
+    while IFS= read -r dir; do
+        if [[ -x "$dir/initdb" && -x "$dir/pg_ctl" && -x "$dir/postgres" ]]; then
+            PG_BIN="$dir"
+            return 0
+        fi
+    done < <(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -rV)
+    return 1
+}
+
+# Debian's postgresql package creates and starts a "main" cluster on 5432; a freshly installed
+# one would take our first port, so stop it and keep it from starting at boot.
+quiet_packaged_clusters() {
+    command -v pg_lsclusters >/dev/null 2>&1 || return 0
+    local version name port status
+    while read -r version name port status _; do
+        [[ -n "$version" ]] || continue
+        if [[ "$status" == online* ]]; then
+            note "stopping the packaged cluster $version/$name on port $port (this setup runs its own)"
+            "${SUDO[@]}" pg_ctlcluster "$version" "$name" stop || warn "could not stop $version/$name"
+        fi
+        if [[ -f "/etc/postgresql/$version/$name/start.conf" ]]; then
+            echo manual | "${SUDO[@]}" tee "/etc/postgresql/$version/$name/start.conf" >/dev/null
+        fi
+    done < <(pg_lsclusters --no-header 2>/dev/null || true)
+}
+
+ensure_system_packages() {
+    local missing=()
+    local installed_postgres=0
+    if ! find_postgres; then
+        missing+=(postgresql)
+        installed_postgres=1
+    fi
+    if ! command -v cc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
+        missing+=(build-essential)
+    fi
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    if ((${#missing[@]} > 0)); then
+        apt_install "${missing[@]}"
+    fi
+    if ((installed_postgres)); then
+        find_postgres || die "PostgreSQL was installed but initdb/pg_ctl are still not found"
+        quiet_packaged_clusters
+    fi
+    say "PostgreSQL binaries: $PG_BIN"
+}
+
+ensure_rust() {
+    if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        say "Installing Rust with rustup (cargo not found)"
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+            sh -s -- -y --profile minimal --component rustfmt,clippy ||
+            die "installing Rust with rustup failed"
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    say "Rust: $(cargo --version)"
+}
+
+# fmt and clippy are rustup components; a minimal toolchain may lack them.
+ensure_rust_components() {
+    if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+        return 0
+    fi
+    command -v rustup >/dev/null 2>&1 ||
+        die "cargo fmt or cargo clippy is missing and rustup is not there to add them"
+    say "Adding the rustfmt and clippy components"
+    rustup component add rustfmt clippy || die "rustup component add rustfmt clippy failed"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes and ports
+
+pid_file() { printf '%s/%s.pid' "$RUN_DIR" "$1"; }
+
+# Whether a process is alive. An exited process whose parent (often init, for what an earlier
+# run started) has not reaped it yet is a zombie: dead, though kill -0 still finds it.
+alive() {
+    kill -0 "$1" 2>/dev/null || return 1
+    ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
+# The pid recorded for a service if that process is alive and still runs our binary; else fails.
+running_pid() {
+    local name="$1" binary="$2" file pid
+    file="$(pid_file "$name")"
+    [[ -f "$file" ]] || return 1
+    pid="$(<"$file")"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    alive "$pid" || return 1
+    # A recycled pid belongs to some other program: then ours is not running.
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$binary" || return 1
+    printf '%s' "$pid"
+}
+
+# Prints who listens on a TCP port, or fails when nobody does.
+port_user() {
+    local port="$1" line
+    if command -v ss >/dev/null 2>&1; then
+        line="$(ss -ltnpH "sport = :$port" 2>/dev/null | head -n 1)"
+        [[ -n "$line" ]] || return 1
+        if [[ "$line" =~ users:\(\((.*)\)\) ]]; then
+            # ("name",pid=1,fd=3),("other",pid=2,fd=4) -> name (pid 1), other (pid 2)
+            sed -E -e 's/"([^"]*)",pid=([0-9]+),fd=[0-9]+/\1 (pid \2)/g' -e 's/\),\(/, /g' <<<"${BASH_REMATCH[1]}"
+        else
+            printf 'an unknown process (run as root to see which)'
+        fi
+        return 0
+    fi
+    # Without ss: is anything accepting connections there?
+    if (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; then
+        printf 'an unknown process'
+        return 0
+    fi
+    return 1
+}
+
+# Succeeds when an HTTP service answers /health with 200.
+healthy() {
+    curl -fsS --max-time 1 -o /dev/null "http://$HOST:$1/health" 2>/dev/null
+}
+
+# Stops a process we started: SIGTERM, then SIGKILL after the grace period.
+stop_pid() {
+    local name="$1" pid="$2" waited=0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    while alive "$pid"; do
+        if ((waited >= STOP_GRACE_S * 10)); then
+            warn "$name (pid $pid) did not stop within ${STOP_GRACE_S}s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    # Reap the process if this shell started it; it is no child of ours otherwise.
+    wait "$pid" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+
+# Runs a command as the OS user that owns the PostgreSQL clusters: initdb and pg_ctl refuse root.
+# From /, as the current directory may be closed to that user (every path given is absolute).
+as_pg() {
+    if ((EUID == 0)); then
+        if command -v runuser >/dev/null 2>&1; then
+            (cd / && exec runuser -u postgres -- "$@")
+        else
+            (cd / && exec sudo -u postgres -- "$@")
+        fi
+    else
+        "$@"
+    fi
+}
+
+ensure_postgres_user() {
+    ((EUID == 0)) || return 0
+    if ! id postgres >/dev/null 2>&1; then
+        say "Creating the postgres OS user"
+        useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres ||
+            die "could not create the postgres OS user"
+    fi
+}
+
+# Sets DATA_DIR (where pg0, pg1, pg2 live) and PG_LOG_DIR.
+choose_data_dir() {
+    if [[ -n "${DATA_DIR:-}" ]]; then
+        DATA_DIR="$(realpath -m "$DATA_DIR")"
+    elif ((EUID == 0)) && id postgres >/dev/null 2>&1 && ! as_pg test -x "$ROOT/." 2>/dev/null; then
+        DATA_DIR="$FALLBACK_DATA_DIR"
+        DATA_DIR_MOVED=1
+    else
+        DATA_DIR="$ROOT/data"
+    fi
+    # The server logs go with the pid files when the postgres user can write there.
+    if [[ "$DATA_DIR" == "$ROOT/data" ]]; then
+        PG_LOG_DIR="$RUN_DIR"
+    else
+        PG_LOG_DIR="$DATA_DIR"
+    fi
+}
+
+pg_dir() { printf '%s/pg%s' "$DATA_DIR" "$1"; }
+pg_log() { printf '%s/pg%s.log' "$PG_LOG_DIR" "$1"; }
+
+# The postmaster's pid if cluster $1 is running; else fails.
+pg_running_pid() {
+    local dir
+    dir="$(pg_dir "$1")"
+    [[ -f "$dir/postmaster.pid" ]] || return 1
+    as_pg "$PG_BIN/pg_ctl" -D "$dir" status >/dev/null 2>&1 || return 1
+    local pid
+    pid="$(head -n 1 "$dir/postmaster.pid")"
+    alive "$pid" || return 1
+    printf '%s' "$pid"
+}
+
+# The port cluster $1 is running on, from its lock file.
+pg_running_port() {
+    sed -n 4p "$(pg_dir "$1")/postmaster.pid" 2>/dev/null
+}
+
+init_cluster() {
+    local i="$1" dir
+    dir="$(pg_dir "$i")"
+    if [[ -f "$dir/PG_VERSION" ]]; then
+        note "pg$i: reusing the data in $dir"
+    else
+        say "Creating PostgreSQL cluster pg$i in $dir"
+        mkdir -p "$dir"
+        if ((EUID == 0)); then chown postgres:postgres "$dir"; fi
+        chmod 700 "$dir"
+        as_pg "$PG_BIN/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 >"$RUN_DIR/initdb-pg$i.log" 2>&1 ||
+            die "initdb of pg$i failed; see $RUN_DIR/initdb-pg$i.log:
+$(tail -n 20 "$RUN_DIR/initdb-pg$i.log")"
+    fi
+    # Our settings live in their own file, rewritten on every start so that changes here (and
+    # the ports from the environment) take effect; postgresql.conf only includes it.
+    if ! grep -q "^include_if_exists = 'rmw.conf'" "$dir/postgresql.conf"; then
+        printf "\n# Settings of the replication middleware's setup.sh\ninclude_if_exists = 'rmw.conf'\n" |
+            as_pg tee -a "$dir/postgresql.conf" >/dev/null
+    fi
+    as_pg tee "$dir/rmw.conf" >/dev/null <<EOF
+# Written by setup.sh on every start; edits here are lost.
+port = ${PG_PORTS[$i]}
+listen_addresses = '$HOST'
+unix_socket_directories = '$dir'
+# The agents use PostgreSQL's two-phase commit (PREPARE TRANSACTION).
+max_prepared_transactions = 64
+fsync = on
+EOF
+}
+
+start_cluster() {
+    local i="$1" dir log pid port
+    dir="$(pg_dir "$i")"
+    log="$(pg_log "$i")"
+    if pid="$(pg_running_pid "$i")"; then
+        port="$(pg_running_port "$i")"
+        note "pg$i: already running (pid $pid, port $port)"
+        [[ "$port" == "${PG_PORTS[$i]}" ]] ||
+            warn "pg$i runs on port $port, not ${PG_PORTS[$i]}: './setup.sh stop' first to move it"
+        return 0
+    fi
+    if [[ -f "$dir/postmaster.pid" ]]; then
+        note "pg$i: removing the stale postmaster.pid left by a crash"
+        rm -f "$dir/postmaster.pid"
+    fi
+    if [[ ! -e "$log" ]]; then
+        touch "$log"
+        if ((EUID == 0)); then chown postgres:postgres "$log"; fi
+    fi
+    say "Starting PostgreSQL pg$i on port ${PG_PORTS[$i]}"
+    as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$log" -w -t 60 start >/dev/null ||
+        die "PostgreSQL pg$i did not start; last lines of $log:
+$(tail -n 20 "$log")"
+}
+
+stop_cluster() {
+    local i="$1" dir pid
+    dir="$(pg_dir "$i")"
+    [[ -f "$dir/PG_VERSION" ]] || return 0
+    if pid="$(pg_running_pid "$i")"; then
+        say "Stopping PostgreSQL pg$i (pid $pid)"
+        as_pg "$PG_BIN/pg_ctl" -D "$dir" -m fast -w -t 60 stop >/dev/null ||
+            warn "pg_ctl stop of pg$i failed"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# The services: agents, supervisor, client
+
+AGENT_NAMES=()
+for i in "${!AGENT_PORTS[@]}"; do AGENT_NAMES+=("agent$i"); done
+
+addresses() {
+    local out=() port
+    for port in "$@"; do out+=("$HOST:$port"); done
+    local IFS=,
+    printf '%s' "${out[*]}"
+}
+
+# Name, binary, port and arguments of each service, by name.
+service_port() {
+    case "$1" in
+    agent*) printf '%s' "${AGENT_PORTS[${1#agent}]}" ;;
+    supervisor) printf '%s' "$SUPERVISOR_PORT" ;;
+    client) printf '%s' "$CLIENT_PORT" ;;
+    esac
+}
+service_binary() {
+    case "$1" in
+    agent*) printf 'agent' ;;
+    *) printf '%s' "$1" ;;
+    esac
+}
+service_args() {
+    local members
+    members="$(addresses "${AGENT_PORTS[@]}")"
+    case "$1" in
+    agent*)
+        local i="${1#agent}"
+        printf '%s\n' --node-id "node$i" --listen "$HOST:${AGENT_PORTS[$i]}" \
+            --database-url "postgres://postgres@$HOST:${PG_PORTS[$i]}/postgres" \
+            --members "$members" --leader "$HOST:${AGENT_PORTS[0]}"
+        ;;
+    supervisor) printf '%s\n' --listen "$HOST:$SUPERVISOR_PORT" --agents "$members" ;;
+    client) printf '%s\n' serve --listen "$HOST:$CLIENT_PORT" --agent "$HOST:${AGENT_PORTS[0]}" ;;
+    esac
+}
+
+start_service() {
+    local name="$1" binary port pid args=()
+    binary="$BIN_DIR/$(service_binary "$name")"
+    port="$(service_port "$name")"
+    if pid="$(running_pid "$name" "$binary")"; then
+        note "$name: already running (pid $pid, port $port)"
+        return 0
+    fi
+    mapfile -t args < <(service_args "$name")
+    say "Starting $name on port $port"
+    printf '\n=== %s: %s %s\n' "$(date -Is)" "$binary" "${args[*]}" >>"$RUN_DIR/$name.log"
+    RUST_LOG="${RUST_LOG:-info}" nohup "$binary" "${args[@]}" >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
+    echo "$!" >"$(pid_file "$name")"
+}
+
+stop_service() {
+    local name="$1" pid
+    if pid="$(running_pid "$name" "$BIN_DIR/$(service_binary "$name")")"; then
+        say "Stopping $name (pid $pid)"
+        stop_pid "$name" "$pid"
+    fi
+    rm -f "$(pid_file "$name")"
+}
+
+# The last lines a service logged since it was last started (each start writes a "=== " line).
+log_tail() {
+    local log="$RUN_DIR/$1.log"
+    [[ -f "$log" ]] || return 0
+    tac "$log" | sed '/^=== /q' | tac | tail -n "${2:-20}"
+}
+
+# Waits until every service answers /health; fails early, with its log, when one has exited.
+wait_healthy() {
+    local deadline=$((SECONDS + HEALTH_TIMEOUT_S)) name pending
+    say "Waiting for every service to answer /health (at most ${HEALTH_TIMEOUT_S}s)"
+    while :; do
+        pending=()
+        for name in "$@"; do
+            healthy "$(service_port "$name")" && continue
+            if ! running_pid "$name" "$BIN_DIR/$(service_binary "$name")" >/dev/null; then
+                die "$name exited during start-up; its log $RUN_DIR/$name.log ends with:
+$(log_tail "$name")
+Fix the cause, then run ./setup.sh again (what runs stays up; './setup.sh stop' stops it)."
+            fi
+            pending+=("$name")
+        done
+        if ((${#pending[@]} == 0)); then return 0; fi
+        if ((SECONDS >= deadline)); then
+            local report="" p
+            for p in "${pending[@]}"; do
+                report+="
+--- $p (port $(service_port "$p")), its log $RUN_DIR/$p.log ends with:
+$(log_tail "$p" 15)"
+            done
+            die "not answering /health after ${HEALTH_TIMEOUT_S}s: ${pending[*]}$report
+What runs stays up; './setup.sh stop' stops it."
+        fi
+        sleep 0.5
+    done
+}
+
+# Fails, naming port and process, when a port we need is taken by something not ours.
+check_ports_free() {
+    local problems=() i name user binary
+    for i in "${!PG_PORTS[@]}"; do
+        pg_running_pid "$i" >/dev/null && continue
+        if user="$(port_user "${PG_PORTS[$i]}")"; then
+            problems+=("port ${PG_PORTS[$i]} (for PostgreSQL pg$i) is taken by $user")
+        fi
+    done
+    for name in "${AGENT_NAMES[@]}" supervisor client; do
+        binary="$BIN_DIR/$(service_binary "$name")"
+        running_pid "$name" "$binary" >/dev/null && continue
+        if user="$(port_user "$(service_port "$name")")"; then
+            problems+=("port $(service_port "$name") (for $name) is taken by $user")
+        fi
+    done
+    if ((${#problems[@]} > 0)); then
+        local message
+        message="$(printf '\n  %s' "${problems[@]}")"
+        die "ports in use by processes this script did not start:$message
+Stop them, or choose other ports, for example:
+  PG_PORTS=\"25432 25433 25434\" AGENT_PORTS=\"28000 28001 28002\" SUPERVISOR_PORT=29000 CLIENT_PORT=25000 ./setup.sh"
+    fi
+}
+
+check_port_lists() {
+    ((${#PG_PORTS[@]} == ${#AGENT_PORTS[@]})) ||
+        die "PG_PORTS has ${#PG_PORTS[@]} ports but AGENT_PORTS has ${#AGENT_PORTS[@]}: one PostgreSQL per agent"
+    ((${#AGENT_PORTS[@]} > 0)) || die "AGENT_PORTS is empty"
+    local port
+    for port in "${PG_PORTS[@]}" "${AGENT_PORTS[@]}" "$SUPERVISOR_PORT" "$CLIENT_PORT"; do
+        if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
+            die "'$port' is not a port number"
+        fi
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+cmd_start() {
+    check_port_lists
+    ensure_system_packages
+    ensure_postgres_user
+    choose_data_dir
+    # Before the build, so that a taken port is reported at once.
+    check_ports_free
+    ensure_rust
+    say "Building the release binaries"
+    cargo build --release --workspace --bins || die "cargo build --release failed"
+
+    mkdir -p "$RUN_DIR"
+    if ((${DATA_DIR_MOVED:-0})); then
+        note "the postgres user cannot traverse $ROOT, so the PostgreSQL data goes to $DATA_DIR"
+    fi
+    mkdir -p "$DATA_DIR"
+
+    local i
+    for i in "${!PG_PORTS[@]}"; do
+        init_cluster "$i"
+        start_cluster "$i"
+    done
+    local name
+    for name in "${AGENT_NAMES[@]}" supervisor client; do
+        start_service "$name"
+    done
+    wait_healthy "${AGENT_NAMES[@]}" supervisor client
+
+    echo
+    say "The cluster is up"
+    for i in "${!PG_PORTS[@]}"; do
+        note "PostgreSQL pg$i   $HOST:${PG_PORTS[$i]}   data $(pg_dir "$i")"
+    done
+    for i in "${!AGENT_PORTS[@]}"; do
+        local role=replica
+        if ((i == 0)); then role=leader; fi
+        note "agent node$i     http://$HOST:${AGENT_PORTS[$i]}   ($role)"
+    done
+    note "supervisor       http://$HOST:$SUPERVISOR_PORT/status"
+    note "client web page  http://$HOST:$CLIENT_PORT/create/"
+    note "logs and pids    $RUN_DIR (PostgreSQL logs in $PG_LOG_DIR)"
+    note "try              $BIN_DIR/client run 'r(1)w(2=22)'"
+    note "status / stop    ./setup.sh status   /   ./setup.sh stop"
+}
+
+cmd_stop() {
+    local name i
+    for name in client supervisor; do
+        stop_service "$name"
+    done
+    for ((i = ${#AGENT_NAMES[@]} - 1; i >= 0; i--)); do
+        stop_service "${AGENT_NAMES[$i]}"
+    done
+    if find_postgres; then
+        choose_data_dir
+        for i in "${!PG_PORTS[@]}"; do
+            stop_cluster "$i"
+        done
+    else
+        warn "PostgreSQL binaries not found: cannot stop the clusters with pg_ctl"
+    fi
+    say "Stopped"
+}
+
+# One field of a flat JSON object, without needing jq.
+json_field() {
+    grep -o "\"$2\":[^,}]*" <<<"$1" | head -n 1 | cut -d: -f2- | tr -d '"'
+}
+
+cmd_status() {
+    local i pid name port binary answer
+    printf '%-12s %-8s %-8s %-6s %s\n' PROCESS STATE PID PORT DETAILS
+    if find_postgres; then
+        choose_data_dir
+        for i in "${!PG_PORTS[@]}"; do
+            if pid="$(pg_running_pid "$i")"; then
+                printf '%-12s %-8s %-8s %-6s %s\n' "pg$i" running "$pid" "$(pg_running_port "$i")" "data $(pg_dir "$i")"
+            else
+                printf '%-12s %-8s %-8s %-6s %s\n' "pg$i" stopped - "${PG_PORTS[$i]}" "data $(pg_dir "$i")"
+            fi
+        done
+    else
+        note "PostgreSQL binaries not found"
+    fi
+    for name in "${AGENT_NAMES[@]}" supervisor client; do
+        port="$(service_port "$name")"
+        binary="$BIN_DIR/$(service_binary "$name")"
+        if ! pid="$(running_pid "$name" "$binary")"; then
+            printf '%-12s %-8s %-8s %-6s\n' "$name" stopped - "$port"
+            continue
+        fi
+        local details=""
+        if [[ "$name" == agent* ]]; then
+            if answer="$(curl -fsS --max-time 2 "http://$HOST:$port/status" 2>&1)"; then
+                details="role=$(json_field "$answer" role) term=$(json_field "$answer" term) applied_lsn=$(json_field "$answer" applied_lsn)"
+            else
+                details="/status: $answer"
+            fi
+        elif healthy "$port"; then
+            details="healthy"
+        else
+            details="not answering /health"
+        fi
+        printf '%-12s %-8s %-8s %-6s %s\n' "$name" running "$pid" "$port" "$details"
+    done
+    note "logs: $RUN_DIR"
+}
+
+# Runs one step of the test pipeline; the first failure ends it.
+step() {
+    local name="$1"
+    shift
+    say "$name"
+    "$@" || die "test step failed: $name"
+}
+
+cmd_test() {
+    ensure_system_packages
+    ensure_rust
+    ensure_rust_components
+    ensure_postgres_user
+    # The end-to-end tests start their own PostgreSQL servers; let them find the binaries.
+    export PATH="$PG_BIN:$PATH"
+    step "cargo fmt --all -- --check" cargo fmt --all -- --check
+    step "cargo clippy --workspace --all-targets -- -D warnings" \
+        cargo clippy --workspace --all-targets -- -D warnings
+    step "cargo build --workspace --bins" cargo build --workspace --bins
+    step "cargo test --workspace -- --test-threads=2" cargo test --workspace -- --test-threads=2
+    say "All test steps passed"
+}
+
+main() {
+    local command="${1:-start}"
+    case "$command" in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    test) cmd_test ;;
+    help | -h | --help) usage ;;
+    *)
+        usage >&2
+        printf '\nsetup.sh: unknown command: %s\n' "$command" >&2
+        exit 2
+        ;;
+    esac
+}
+
+main "$@"

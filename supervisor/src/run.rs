@@ -1,0 +1,662 @@
+//! The supervisor's runtime: polls the agents, carries out the decisions of [`crate::failover`],
+//! keeps the configuration durable, and serves its HTTP interface.
+//!
+//! Invariants kept here:
+//! - A new configuration is written to the state file (atomically, fsynced) before any agent
+//!   hears of it, so a restarted supervisor never reuses a term.
+//! - One mutation at a time: failover, member removal and the final step of a recovery hold
+//!   the same lock, so each starts from the configuration the previous one left.
+//! - Every outbound call has a timeout; a pause of the leader is always ended (by the new
+//!   configuration, or by a resume if recovery fails, or by the pause's own deadline).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use protocol::{
+    AgentStatus, ClusterConfig, ErrorBody, FailureReport, FenceResponse, LeaderChanged, PauseRequest, PauseResponse,
+    PromoteResponse, RecoverRequest, RecoverResponse, RegisterClient, Role,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::failover::{decide, on_failure_report, with_member, Action, Observed};
+
+/// How long recovery may take to apply the bulk of a returning node's missing log.
+const BULK_RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
+/// The leader's pause during a recovery's final catch-up ends by itself after this.
+const MAX_PAUSE: Duration = Duration::from_secs(3);
+/// Control calls (fence, config, pause, tail recovery, promote) must finish within this.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Recoveries and failovers remembered for `GET /status`.
+const HISTORY: usize = 20;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub agents: Vec<String>,
+    pub poll_interval: Duration,
+    pub misses: u32,
+    pub state_file: PathBuf,
+}
+
+/// What the state file holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Persisted {
+    config: ClusterConfig,
+    clients: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+struct NodeObs {
+    address: String,
+    /// Consecutive polls without a healthy answer.
+    misses: u32,
+    #[serde(skip)]
+    last_ok: Option<Instant>,
+    status: Option<AgentStatus>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverReport {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub old_leader: Option<String>,
+    pub new_leader: String,
+    pub term: i64,
+    /// From the old leader's last healthy poll to the decision to fail over.
+    pub detection_ms: u64,
+    /// From the decision to the new leader serving.
+    pub election_ms: u64,
+    /// How long writes were unavailable: last healthy poll of the old leader to new leader serving.
+    pub unavailable_ms: u64,
+    pub in_doubt_committed: u32,
+    pub in_doubt_aborted: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryReport {
+    pub node: String,
+    pub at_ms: u64,
+    pub ok: bool,
+    pub message: String,
+    pub entries_applied: u64,
+    pub duration_ms: u64,
+    /// How long commits were paused on the leader for the final catch-up.
+    pub commit_pause_ms: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    failovers: VecDeque<FailoverReport>,
+    recoveries: VecDeque<RecoveryReport>,
+    recovering: BTreeSet<String>,
+    /// Nodes refused for a diverged log: never recovered automatically.
+    diverged: BTreeSet<String>,
+    no_leader: Option<String>,
+}
+
+pub struct Supervisor {
+    settings: Settings,
+    http: reqwest::Client,
+    /// The configuration and clients; the lock serialises every mutation.
+    state: Mutex<Persisted>,
+    observed: SyncMutex<Vec<NodeObs>>,
+    history: SyncMutex<History>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(m: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, item: T) {
+    q.push_back(item);
+    while q.len() > HISTORY {
+        q.pop_front();
+    }
+}
+
+impl Supervisor {
+    /// Loads the state file, or starts from the agents' first configuration.
+    pub fn new(settings: Settings) -> anyhow::Result<Arc<Supervisor>> {
+        let persisted = match std::fs::read(&settings.state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("the state file {} is not valid", settings.state_file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted {
+                // Term 0: the first poll adopts whatever the agents report.
+                config: ClusterConfig { term: 0, version: 0, leader: None, members: vec![] },
+                clients: vec![],
+            },
+            Err(e) => return Err(e).with_context(|| format!("reading {}", settings.state_file.display())),
+        };
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_millis(300)).tcp_nodelay(true).build()?;
+        let observed = settings.agents.iter().map(|a| NodeObs { address: a.clone(), ..Default::default() }).collect();
+        Ok(Arc::new(Supervisor {
+            settings,
+            http,
+            state: Mutex::new(persisted),
+            observed: SyncMutex::new(observed),
+            history: SyncMutex::new(History::default()),
+        }))
+    }
+
+    fn save(&self, persisted: &Persisted) -> anyhow::Result<()> {
+        let path = &self.settings.state_file;
+        let tmp = path.with_extension("tmp");
+        let bytes = serde_json::to_vec_pretty(persisted)?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, String> {
+        let url = format!("http://{addr}{path}");
+        let req = match body {
+            Some(body) => self.http.post(url).json(body),
+            None => self.http.get(url),
+        };
+        let resp = req.timeout(timeout).send().await.map_err(|e| format!("{addr} did not answer: {e}"))?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp.json().await.map_err(|e| format!("{addr} sent an unreadable answer: {e}"));
+        }
+        let message = resp.json::<ErrorBody>().await.map(|b| b.message).unwrap_or_default();
+        Err(format!("{addr} answered {status}: {message}"))
+    }
+
+    /// Polls forever.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.settings.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.poll().await;
+            self.adopt_newer_config().await;
+            self.step().await;
+        }
+    }
+
+    async fn poll(&self) {
+        let timeout = self.settings.poll_interval.max(Duration::from_millis(250));
+        let results = futures::future::join_all(self.settings.agents.iter().map(|addr| async move {
+            let health: Result<serde_json::Value, String> = self.call::<(), _>(addr, "/health", None, timeout).await;
+            let status: Result<AgentStatus, String> = self.call::<(), _>(addr, "/status", None, timeout).await;
+            (health, status)
+        }))
+        .await;
+        let mut observed = lock(&self.observed);
+        for (obs, (health, status)) in observed.iter_mut().zip(results) {
+            match health {
+                Ok(_) => {
+                    obs.misses = 0;
+                    obs.last_ok = Some(Instant::now());
+                    obs.error = None;
+                }
+                Err(e) => {
+                    obs.misses = obs.misses.saturating_add(1);
+                    obs.error = Some(e);
+                }
+            }
+            obs.status = status.ok();
+        }
+    }
+
+    fn observed(&self) -> Vec<Observed> {
+        lock(&self.observed)
+            .iter()
+            .map(|o| Observed {
+                address: o.address.clone(),
+                alive: o.misses < self.settings.misses && o.last_ok.is_some(),
+                status: o.status.clone(),
+            })
+            .collect()
+    }
+
+    /// A restarted supervisor, or one whose state file is behind, adopts the newest
+    /// configuration any agent reports (the highest term wins).
+    async fn adopt_newer_config(&self) {
+        let newest = lock(&self.observed)
+            .iter()
+            .filter_map(|o| o.status.as_ref())
+            .map(|s| ClusterConfig {
+                term: s.term,
+                version: s.config_version,
+                leader: s.leader.clone(),
+                members: s.members.clone(),
+            })
+            .max_by_key(|c| (c.term, c.version));
+        let Some(newest) = newest else { return };
+        let mut state = self.state.lock().await;
+        if newest.is_newer_than(&state.config) {
+            tracing::info!(term = newest.term, version = newest.version, leader = ?newest.leader, "adopting the newest configuration an agent reports");
+            state.config = newest;
+            if let Err(e) = self.save(&state) {
+                tracing::error!(error = %e, "could not write the state file");
+            }
+        }
+    }
+
+    async fn step(self: &Arc<Self>) {
+        let observed = self.observed();
+        if observed.iter().all(|o| o.status.is_none() && !o.alive) {
+            return; // nothing answered yet: nothing to decide from
+        }
+        let (config, recovering) = {
+            let state = self.state.lock().await;
+            let history = lock(&self.history);
+            let skip: Vec<String> = history.recovering.iter().chain(&history.diverged).cloned().collect();
+            (state.config.clone(), skip)
+        };
+        if config.term == 0 {
+            return; // no configuration adopted yet
+        }
+        match decide(&config, &self.settings.agents, &observed, &recovering) {
+            Action::Steady => lock(&self.history).no_leader = None,
+            Action::NoLeaderPossible { reason } => {
+                let mut history = lock(&self.history);
+                if history.no_leader.as_deref() != Some(reason.as_str()) {
+                    tracing::error!(%reason, "writes unavailable");
+                }
+                history.no_leader = Some(reason);
+            }
+            Action::Failover { old_leader, candidate, config: next } => {
+                self.failover(&config, old_leader, candidate, next).await
+            }
+            Action::RemoveMembers { removed, config: next } => {
+                tracing::warn!(?removed, "removing members that stopped answering");
+                let _ = self.change_config(&config, next).await;
+            }
+            Action::Recover { node } => {
+                lock(&self.history).recovering.insert(node.clone());
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let report = me.recover(&node).await;
+                    let mut history = lock(&me.history);
+                    history.recovering.remove(&node);
+                    if report.message.starts_with("diverged") {
+                        history.diverged.insert(node.clone());
+                    }
+                    push_bounded(&mut history.recoveries, report);
+                });
+            }
+        }
+    }
+
+    /// Stores `next` and pushes it to every agent, if the configuration is still `current`.
+    async fn change_config(&self, current: &ClusterConfig, next: ClusterConfig) -> Result<(), String> {
+        let mut state = self.state.lock().await;
+        if state.config != *current {
+            return Err("the configuration changed meanwhile".into());
+        }
+        state.config = next.clone();
+        self.save(&state).map_err(|e| e.to_string())?;
+        drop(state);
+        self.push_config(&next).await;
+        Ok(())
+    }
+
+    async fn push_config(&self, config: &ClusterConfig) {
+        futures::future::join_all(self.settings.agents.iter().map(|addr| async move {
+            let r: Result<AgentStatus, String> =
+                self.call(addr, "/internal/config", Some(config), CONTROL_TIMEOUT).await;
+            if let Err(e) = r {
+                tracing::debug!(%addr, error = %e, "configuration not delivered");
+            }
+        }))
+        .await;
+    }
+
+    async fn failover(
+        &self,
+        current: &ClusterConfig,
+        old_leader: Option<String>,
+        candidate: String,
+        next: ClusterConfig,
+    ) {
+        let decided = Instant::now();
+        let last_ok = old_leader
+            .as_ref()
+            .and_then(|old| lock(&self.observed).iter().find(|o| &o.address == old).and_then(|o| o.last_ok));
+        let mut state = self.state.lock().await;
+        if state.config != *current {
+            return;
+        }
+        // 1. The new term is durable before anyone hears of it.
+        state.config = next.clone();
+        if let Err(e) = self.save(&state) {
+            tracing::error!(error = %e, "could not write the state file; not failing over");
+            state.config = current.clone();
+            return;
+        }
+        tracing::warn!(old = ?old_leader, new = %candidate, term = next.term, "leader failed: electing the next member");
+        // 2. Fence every reachable agent: from now on none of them answers the old term.
+        let next_ref = &next;
+        let fences = futures::future::join_all(self.settings.agents.iter().map(|addr| async move {
+            let r: Result<FenceResponse, String> =
+                self.call(addr, "/internal/fence", Some(next_ref), CONTROL_TIMEOUT).await;
+            (addr.clone(), r)
+        }))
+        .await;
+        if let Some((_, Err(e))) = fences.iter().find(|(addr, _)| *addr == candidate) {
+            tracing::error!(%candidate, error = %e, "the candidate could not be fenced; trying again at the next poll");
+            return;
+        }
+        // 3. The new leader resolves in-doubt batches, then takes commits.
+        let promoted: Result<PromoteResponse, String> =
+            self.call(&candidate, "/internal/promote", Some(&next), CONTROL_TIMEOUT).await;
+        let promoted = match promoted {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(%candidate, error = %e, "promotion failed; a new election follows at the next poll");
+                return;
+            }
+        };
+        drop(state);
+        let report = FailoverReport {
+            at_ms: now_ms(),
+            old_leader: old_leader.clone(),
+            new_leader: candidate.clone(),
+            term: next.term,
+            detection_ms: last_ok.map_or(0, |t| decided.saturating_duration_since(t).as_millis() as u64),
+            election_ms: decided.elapsed().as_millis() as u64,
+            unavailable_ms: last_ok.map_or(0, |t| t.elapsed().as_millis() as u64),
+            in_doubt_committed: promoted.in_doubt_committed,
+            in_doubt_aborted: promoted.in_doubt_aborted,
+        };
+        tracing::warn!(
+            old = ?old_leader, new = %candidate, term = next.term,
+            detection_ms = report.detection_ms, election_ms = report.election_ms,
+            unavailable_ms = report.unavailable_ms,
+            in_doubt_committed = report.in_doubt_committed, in_doubt_aborted = report.in_doubt_aborted,
+            "failover done: writes unavailable for {} ms", report.unavailable_ms
+        );
+        push_bounded(&mut lock(&self.history).failovers, report);
+        self.push_config(&next).await;
+        self.announce(&candidate, next.term).await;
+    }
+
+    /// Tells every registered client the new leader (`POST /leader_changed/`).
+    async fn announce(&self, leader: &str, term: i64) {
+        let clients = self.state.lock().await.clients.clone();
+        let body = LeaderChanged { leader: leader.to_string(), term: Some(term) };
+        futures::future::join_all(clients.iter().map(|url| {
+            let req = self.http.post(url).json(&body).timeout(Duration::from_secs(1)).send();
+            async move {
+                if let Err(e) = req.await {
+                    tracing::warn!(%url, error = %e, "could not tell a client the new leader");
+                }
+            }
+        }))
+        .await;
+    }
+
+    /// Brings `node` back: bulk catch-up, then a short pause of the leader for the tail, then
+    /// membership (DESIGN 6).
+    async fn recover(&self, node: &str) -> RecoveryReport {
+        let started = Instant::now();
+        let mut report = RecoveryReport {
+            node: node.to_string(),
+            at_ms: now_ms(),
+            ok: false,
+            message: String::new(),
+            entries_applied: 0,
+            duration_ms: 0,
+            commit_pause_ms: None,
+        };
+        let result = self.try_recover(node, &mut report).await;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(()) => {
+                report.ok = true;
+                report.message = "in sync and back in the member set".into();
+                tracing::info!(%node, entries = report.entries_applied, duration_ms = report.duration_ms,
+                    commit_pause_ms = ?report.commit_pause_ms, "recovery done");
+            }
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "recovery did not finish; it will be tried again");
+                report.message = e;
+            }
+        }
+        report
+    }
+
+    async fn try_recover(&self, node: &str, report: &mut RecoveryReport) -> Result<(), String> {
+        let config = self.state.lock().await.config.clone();
+        let leader = config.leader.clone().ok_or("no leader to recover from")?;
+        let _: FenceResponse = self.call(node, "/internal/fence", Some(&config), CONTROL_TIMEOUT).await?;
+        let req = RecoverRequest { term: config.term, leader: leader.clone() };
+        let bulk: RecoverResponse =
+            self.call(node, "/internal/recover", Some(&req), BULK_RECOVERY_TIMEOUT).await.map_err(diverged)?;
+        report.entries_applied += bulk.entries_applied;
+
+        let mut state = self.state.lock().await;
+        if state.config != config {
+            return Err("the configuration changed during recovery".into());
+        }
+        let paused_at = Instant::now();
+        let pause = PauseRequest { term: config.term, max_ms: MAX_PAUSE.as_millis() as u64 };
+        let paused: PauseResponse = self.call(&leader, "/internal/pause", Some(&pause), CONTROL_TIMEOUT).await?;
+        let tail: Result<RecoverResponse, String> =
+            self.call(node, "/internal/recover", Some(&req), CONTROL_TIMEOUT).await;
+        let next = with_member(&config, &self.settings.agents, node);
+        let joined = match tail {
+            Ok(tail) if tail.applied_lsn == paused.applied_lsn => {
+                report.entries_applied += tail.entries_applied;
+                state.config = next.clone();
+                self.save(&state).map_err(|e| e.to_string())
+            }
+            Ok(tail) => {
+                Err(format!("the node reached LSN {} but the leader is at {}", tail.applied_lsn, paused.applied_lsn))
+            }
+            Err(e) => Err(diverged(e)),
+        };
+        // The new configuration (or the old one, on failure) ends the pause.
+        let resume_with = if joined.is_ok() { &next } else { &config };
+        let resumed: Result<AgentStatus, String> =
+            self.call(&leader, "/internal/config", Some(resume_with), CONTROL_TIMEOUT).await;
+        report.commit_pause_ms = Some(paused_at.elapsed().as_millis() as u64);
+        drop(state);
+        joined?;
+        if let Err(e) = resumed {
+            tracing::error!(error = %e, "the leader did not take the new configuration; its pause ends by itself");
+        }
+        self.push_config(&next).await;
+        Ok(())
+    }
+
+    async fn status(&self) -> SupervisorStatus {
+        let state = self.state.lock().await;
+        let config = state.config.clone();
+        let clients = state.clients.clone();
+        drop(state);
+        let observed = lock(&self.observed).clone();
+        let history = lock(&self.history);
+        let leader_applied = config
+            .leader
+            .as_ref()
+            .and_then(|l| observed.iter().find(|o| &o.address == l))
+            .and_then(|o| o.status.as_ref().map(|s| s.applied_lsn));
+        let alive = |o: &NodeObs| o.misses < self.settings.misses && o.last_ok.is_some();
+        let nodes: Vec<NodeReport> = observed
+            .iter()
+            .map(|o| NodeReport {
+                address: o.address.clone(),
+                alive: alive(o),
+                member: config.members.contains(&o.address),
+                role: o.status.as_ref().map(|s| s.role),
+                term: o.status.as_ref().map(|s| s.term),
+                applied_lsn: o.status.as_ref().map(|s| s.applied_lsn),
+                lag: match (leader_applied, o.status.as_ref()) {
+                    (Some(l), Some(s)) => Some((l - s.applied_lsn).max(0)),
+                    _ => None,
+                },
+                error: o.error.clone(),
+                status: o.status.clone(),
+            })
+            .collect();
+        let leader_serving = config.leader.as_ref().is_some_and(|l| {
+            observed
+                .iter()
+                .any(|o| &o.address == l && alive(o) && o.status.as_ref().is_some_and(|s| s.role == Role::Leader))
+        });
+        let members_alive = config.members.iter().all(|m| observed.iter().any(|o| &o.address == m && alive(o)));
+        let writes_available = leader_serving && members_alive;
+        let message = if writes_available {
+            format!("writes go to {}", config.leader.clone().unwrap_or_default())
+        } else if let Some(reason) = &history.no_leader {
+            reason.clone()
+        } else if !leader_serving {
+            "no leader is serving: a failover is in progress or pending".into()
+        } else {
+            "a member is not answering: commits wait until it is removed".into()
+        };
+        SupervisorStatus {
+            term: config.term,
+            config_version: config.version,
+            leader: config.leader.clone(),
+            members: config.members.clone(),
+            writes_available,
+            message,
+            nodes,
+            last_failover: history.failovers.back().cloned(),
+            failovers: history.failovers.iter().cloned().collect(),
+            recovering: history.recovering.iter().cloned().collect(),
+            recoveries: history.recoveries.iter().cloned().collect(),
+            diverged: history.diverged.iter().cloned().collect(),
+            clients,
+        }
+    }
+}
+
+/// A recovery refused for divergence says so first, so it is not retried blindly.
+fn diverged(e: String) -> String {
+    if e.contains("diverged") {
+        format!("diverged: {e}")
+    } else {
+        e
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub address: String,
+    pub alive: bool,
+    pub member: bool,
+    pub role: Option<Role>,
+    pub term: Option<i64>,
+    pub applied_lsn: Option<i64>,
+    /// Entries behind the leader.
+    pub lag: Option<i64>,
+    pub error: Option<String>,
+    /// The agent's own `/status`, when it answered.
+    pub status: Option<AgentStatus>,
+}
+
+/// `GET /status` of the supervisor.
+#[derive(Debug, Clone, Serialize)]
+pub struct SupervisorStatus {
+    pub term: i64,
+    pub config_version: u64,
+    pub leader: Option<String>,
+    pub members: Vec<String>,
+    pub writes_available: bool,
+    /// The state in one sentence.
+    pub message: String,
+    pub nodes: Vec<NodeReport>,
+    pub last_failover: Option<FailoverReport>,
+    pub failovers: Vec<FailoverReport>,
+    pub recovering: Vec<String>,
+    pub recoveries: Vec<RecoveryReport>,
+    pub diverged: Vec<String>,
+    pub clients: Vec<String>,
+}
+
+pub fn router(sup: Arc<Supervisor>) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/register_client/", post(register_client))
+        .route("/report_failure", post(report_failure))
+        .with_state(sup)
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(ErrorBody { error: code.into(), message, leader: None, term: None })).into_response()
+}
+
+async fn status(State(sup): State<Arc<Supervisor>>) -> Json<SupervisorStatus> {
+    Json(sup.status().await)
+}
+
+async fn register_client(State(sup): State<Arc<Supervisor>>, body: axum::body::Bytes) -> Response {
+    let req: RegisterClient = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")),
+    };
+    if reqwest::Url::parse(&req.url).map_or(true, |u| u.scheme() != "http" && u.scheme() != "https") {
+        return error(StatusCode::BAD_REQUEST, "bad_request", format!("url {:?} is not an http(s) URL", req.url));
+    }
+    let mut state = sup.state.lock().await;
+    if !state.clients.contains(&req.url) {
+        state.clients.push(req.url.clone());
+        if let Err(e) = sup.save(&state) {
+            tracing::error!(error = %e, "could not write the state file");
+        }
+    }
+    Json(serde_json::json!({"registered": req.url, "leader": state.config.leader, "term": state.config.term}))
+        .into_response()
+}
+
+async fn report_failure(State(sup): State<Arc<Supervisor>>, body: axum::body::Bytes) -> Response {
+    let report: FailureReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")),
+    };
+    let mut state = sup.state.lock().await;
+    match on_failure_report(&state.config, report.term, &report.member) {
+        Err(message) => error(StatusCode::CONFLICT, "refused", message),
+        Ok(next) => {
+            if next != state.config {
+                tracing::warn!(member = %report.member, reason = %report.reason, "the leader reported a member unreachable: removing it");
+                state.config = next.clone();
+                if let Err(e) = sup.save(&state) {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        format!("could not store the change: {e}"),
+                    );
+                }
+                // The leader gets the configuration in this answer; the others by push.
+                let (sup, config) = (sup.clone(), next.clone());
+                tokio::spawn(async move { sup.push_config(&config).await });
+            }
+            Json(next).into_response()
+        }
+    }
+}

@@ -412,10 +412,13 @@ service_args() {
         local i="${1#agent}"
         printf '%s\n' --node-id "node$i" --listen "$HOST:${AGENT_PORTS[$i]}" \
             --database-url "postgres://postgres@$HOST:${PG_PORTS[$i]}/postgres" \
-            --members "$members" --leader "$HOST:${AGENT_PORTS[0]}"
+            --members "$members" --leader "$HOST:${AGENT_PORTS[0]}" \
+            --supervisor "$HOST:$SUPERVISOR_PORT"
         ;;
-    supervisor) printf '%s\n' --listen "$HOST:$SUPERVISOR_PORT" --agents "$members" ;;
-    client) printf '%s\n' serve --listen "$HOST:$CLIENT_PORT" --agent "$HOST:${AGENT_PORTS[0]}" ;;
+    supervisor) printf '%s\n' --listen "$HOST:$SUPERVISOR_PORT" --agents "$members" \
+        --state-file "$DATA_DIR/supervisor-state.json" ;;
+    client) printf '%s\n' serve --listen "$HOST:$CLIENT_PORT" --agent "$HOST:${AGENT_PORTS[0]}" \
+        --supervisor "$HOST:$SUPERVISOR_PORT" ;;
     esac
 }
 

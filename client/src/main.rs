@@ -10,7 +10,6 @@ mod fake_agent;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -56,6 +55,13 @@ enum Command {
         /// The agent to send transactions to (host:port).
         #[arg(long, env = "CLIENT_AGENT", default_value = "127.0.0.1:8000")]
         agent: String,
+        /// The supervisor to register with (host:port), which then tells this client every new
+        /// leader at `/leader_changed/`.
+        #[arg(long, env = "CLIENT_SUPERVISOR", default_value = "127.0.0.1:9000")]
+        supervisor: String,
+        /// This client's address as the supervisor reaches it (default: --listen).
+        #[arg(long, env = "CLIENT_ADVERTISE")]
+        advertise: Option<String>,
     },
 }
 
@@ -78,13 +84,15 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { transaction, agent, txn_id } => run(&agent, &transaction, txn_id).await,
             Command::Status { supervisor } => status(&supervisor).await,
-            Command::Serve { listen, agent } => match serve(&listen, &agent).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
+            Command::Serve { listen, agent, supervisor, advertise } => {
+                match serve(&listen, &agent, &supervisor, advertise).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
                 }
-            },
+            }
         }
     })
 }
@@ -122,14 +130,16 @@ async fn status(supervisor: &str) -> ExitCode {
     }
 }
 
-async fn serve(listen: &str, agent: &str) -> anyhow::Result<()> {
+async fn serve(listen: &str, agent: &str, supervisor: &str, advertise: Option<String>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         // Colours only on a terminal: setup.sh sends the logs to files.
         .with_ansi(std::io::stdout().is_terminal())
         .init();
-    let state = web::AppState { agent: Arc::from(agent), runner: Runner::new()? };
+    let state = web::AppState::new(agent, Runner::new()?);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let url = format!("http://{}/leader_changed/", advertise.as_deref().unwrap_or(listen));
+    tokio::spawn(register(supervisor.to_string(), url, state.clone()));
     tracing::info!(%listen, %agent, "client web page serving at http://{listen}/create/");
     axum::serve(listener, web::app(state))
         .with_graceful_shutdown(shutdown_signal())
@@ -137,6 +147,35 @@ async fn serve(listen: &str, agent: &str) -> anyhow::Result<()> {
         .context("the HTTP server failed")?;
     tracing::info!("client stopped");
     Ok(())
+}
+
+/// Registers with the supervisor, retrying until it answers (it may start after us), and
+/// adopts the leader it reports.
+async fn register(supervisor: String, url: String, state: web::AppState) {
+    let http = reqwest::Client::new();
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        let sent = http
+            .post(format!("http://{supervisor}/register_client/"))
+            .json(&protocol::RegisterClient { url: url.clone() })
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+            .await;
+        match sent {
+            Ok(resp) if resp.status().is_success() => {
+                let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+                if let Some(leader) = answer.get("leader").and_then(|l| l.as_str()) {
+                    *state.agent.write().unwrap_or_else(|p| p.into_inner()) = leader.to_string();
+                }
+                tracing::info!(%supervisor, %url, "registered with the supervisor");
+                return;
+            }
+            Ok(resp) => tracing::warn!(%supervisor, status = %resp.status(), "the supervisor refused the registration"),
+            Err(e) => tracing::debug!(%supervisor, error = %e, "supervisor not reachable yet"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what `./setup.sh stop` sends).

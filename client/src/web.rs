@@ -24,9 +24,28 @@ const MAX_FORM_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
-    /// The agent transactions are sent to (`host:port`); a 421 is followed to the leader.
-    pub agent: Arc<str>,
+    /// The agent transactions are sent to (`host:port`); a 421 is followed to the leader, and
+    /// the supervisor's `/leader_changed/` replaces it.
+    pub agent: Arc<std::sync::RwLock<String>>,
     pub runner: Runner,
+}
+
+impl AppState {
+    pub fn new(agent: &str, runner: Runner) -> AppState {
+        AppState { agent: Arc::new(std::sync::RwLock::new(agent.to_string())), runner }
+    }
+
+    /// The agent to send the next transaction to.
+    pub fn agent(&self) -> String {
+        self.agent.read().map_or_else(|p| p.into_inner().clone(), |a| a.clone())
+    }
+
+    fn set_agent(&self, leader: &str) {
+        match self.agent.write() {
+            Ok(mut agent) => *agent = leader.to_string(),
+            Err(p) => *p.into_inner() = leader.to_string(),
+        }
+    }
 }
 
 pub fn app(state: AppState) -> Router {
@@ -34,6 +53,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(|| async { Redirect::to("/create/") }))
         .route("/health", get(health))
         .route("/create/", get(show_form).post(create))
+        .route("/leader_changed/", axum::routing::post(leader_changed))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .with_state(state)
 }
@@ -43,7 +63,24 @@ async fn health() -> Json<Value> {
 }
 
 async fn show_form(State(state): State<AppState>) -> Html<String> {
-    Html(page(&state.agent, SAMPLE_TRANSACTION, ""))
+    Html(page(&state.agent(), SAMPLE_TRANSACTION, ""))
+}
+
+/// The supervisor announces a new leader (as the original did, with an address for a port).
+async fn leader_changed(State(state): State<AppState>, body: axum::body::Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match serde_json::from_slice::<protocol::LeaderChanged>(&body) {
+        Ok(change) => {
+            tracing::info!(leader = %change.leader, term = ?change.term, "the supervisor announced a new leader");
+            state.set_agent(&change.leader);
+            Json(json!({ "leader": change.leader })).into_response()
+        }
+        Err(e) => (
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "bad_request", "message": format!("expected {{\"leader\": \"host:port\"}}: {e}") })),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,7 +92,8 @@ struct CreateForm {
 
 async fn create(State(state): State<AppState>, Form(form): Form<CreateForm>) -> Html<String> {
     let text = form.transaction;
-    let result = state.runner.run(&state.agent, &text, None).await;
+    let agent = state.agent();
+    let result = state.runner.run(&agent, &text, None).await;
     match &result {
         Ok(report) => tracing::info!(
             transaction = %report.transaction,
@@ -70,7 +108,7 @@ async fn create(State(state): State<AppState>, Form(form): Form<CreateForm>) -> 
         Ok(report) => report_html(report),
         Err(error) => error_html(&text, error),
     };
-    Html(page(&state.agent, &text, &section))
+    Html(page(&agent, &text, &section))
 }
 
 /// The whole page: the form, with `text` in the box, then `result` (already HTML).
@@ -210,7 +248,7 @@ mod tests {
     use tower::ServiceExt;
 
     async fn app_for(agent: &str) -> Router {
-        app(AppState { agent: Arc::from(agent), runner: Runner::new().unwrap() })
+        app(AppState::new(agent, Runner::new().unwrap()))
     }
 
     async fn send(router: Router, request: Request<Body>) -> (StatusCode, String, Option<String>) {

@@ -99,7 +99,12 @@ impl Node {
             view: SyncMutex::new(View { config: config.clone(), down: false, leader: None }),
             me: me.clone(),
         });
-        if config.leader.as_deref() == Some(node.cfg.address.as_str()) {
+        // Without a supervisor the leader is fixed and resumes at once. With one, a restarted
+        // agent never promotes itself: it may have missed a failover, and resolving its own
+        // prepared batch alone (presumed commit with no peer answering) could diverge from what
+        // the cluster decided. The supervisor elects a leader, or recovers this node.
+        let named_leader = config.leader.as_deref() == Some(node.cfg.address.as_str());
+        if named_leader && node.cfg.supervisor.is_none() {
             node.promote(config).await.map_err(|e| anyhow::anyhow!("resuming as leader: {e}"))?;
         }
         tracing::info!(node = %node.cfg.node_id, role = ?node.role(), term, applied_lsn = lsn, "node ready");
@@ -119,7 +124,7 @@ impl Node {
         let view = self.view();
         if view.down {
             Role::Down
-        } else if view.leader.is_some() {
+        } else if view.leader.as_ref().is_some_and(|l| !l.is_deposed()) {
             Role::Leader
         } else if view.config.members.contains(&self.cfg.address) {
             Role::Replica
@@ -134,7 +139,7 @@ impl Node {
         if view.down {
             None
         } else {
-            view.leader.clone()
+            view.leader.clone().filter(|l| !l.is_deposed())
         }
     }
 

@@ -41,8 +41,10 @@ struct Args {
     /// reach; without it the leader is fixed and an unreachable member blocks commits.
     #[arg(long, env = "AGENT_SUPERVISOR")]
     supervisor: Option<String>,
-    /// Timeout of every call to another agent, in milliseconds.
-    #[arg(long, env = "AGENT_PEER_TIMEOUT_MS", default_value_t = 2000)]
+    /// Timeout of every call to another agent, in milliseconds. A member that does not answer
+    /// a PREPARE within it is reported to the supervisor: commits stall at most this long when
+    /// a member freezes, and a member slower than this is removed (it then recovers).
+    #[arg(long, env = "AGENT_PEER_TIMEOUT_MS", default_value_t = 1000)]
     peer_timeout_ms: u64,
     /// Connections to PostgreSQL.
     #[arg(long, env = "AGENT_DB_POOL", default_value_t = DEFAULT_POOL_SIZE)]

@@ -80,11 +80,11 @@ impl Node {
         for stale in prepared {
             store.rollback_prepared(&stale).await?;
         }
-        let config = match store.load_config().await? {
-            Some(stored) if !cfg.initial.is_newer_than(&stored) => stored,
+        let (config, restarted) = match store.load_config().await? {
+            Some(stored) if !cfg.initial.is_newer_than(&stored) => (stored, true),
             _ => {
                 store.save_config(&cfg.initial).await?;
-                cfg.initial.clone()
+                (cfg.initial.clone(), false)
             }
         };
         let term = config.term.max(pending.as_ref().map_or(0, |p| p.id.term));
@@ -103,8 +103,9 @@ impl Node {
         // agent never promotes itself: it may have missed a failover, and resolving its own
         // prepared batch alone (presumed commit with no peer answering) could diverge from what
         // the cluster decided. The supervisor elects a leader, or recovers this node.
+        // On a first start nothing can have happened yet, so the configured leader leads at once.
         let named_leader = config.leader.as_deref() == Some(node.cfg.address.as_str());
-        if named_leader && node.cfg.supervisor.is_none() {
+        if named_leader && (node.cfg.supervisor.is_none() || !restarted) {
             node.promote(config).await.map_err(|e| anyhow::anyhow!("resuming as leader: {e}"))?;
         }
         tracing::info!(node = %node.cfg.node_id, role = ?node.role(), term, applied_lsn = lsn, "node ready");

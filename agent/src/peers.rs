@@ -12,8 +12,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
-/// A peer that takes longer than this to answer an internal call is treated as not answering.
-pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connecting to a live peer on a LAN takes well under this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 

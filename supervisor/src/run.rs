@@ -34,8 +34,12 @@ use crate::failover::{decide, on_failure_report, with_member, Action, Observed};
 const BULK_RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
 /// The leader's pause during a recovery's final catch-up ends by itself after this.
 const MAX_PAUSE: Duration = Duration::from_secs(3);
-/// Control calls (fence, config, pause, tail recovery, promote) must finish within this.
+/// Control calls (fence, config, tail recovery, promote) must finish within this.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Fencing the candidate must be quick: the failover waits for it.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Configuration pushes and client announcements run in the background with this timeout.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Recoveries and failovers remembered for `GET /status`.
 const HISTORY: usize = 20;
 
@@ -206,7 +210,12 @@ impl Supervisor {
         let timeout = self.settings.poll_interval.max(Duration::from_millis(250));
         let results = futures::future::join_all(self.settings.agents.iter().map(|addr| async move {
             let health: Result<serde_json::Value, String> = self.call::<(), _>(addr, "/health", None, timeout).await;
-            let status: Result<AgentStatus, String> = self.call::<(), _>(addr, "/status", None, timeout).await;
+            // A frozen agent costs one timeout per poll, not two: detection time stays bounded.
+            let status: Result<AgentStatus, String> = match &health {
+                Ok(_) => self.call::<(), _>(addr, "/status", None, timeout).await,
+                Err(e) if e.contains("answered") => self.call::<(), _>(addr, "/status", None, timeout).await,
+                Err(e) => Err(e.clone()),
+            };
             (health, status)
         }))
         .await;
@@ -309,7 +318,7 @@ impl Supervisor {
     }
 
     /// Stores `next` and pushes it to every agent, if the configuration is still `current`.
-    async fn change_config(&self, current: &ClusterConfig, next: ClusterConfig) -> Result<(), String> {
+    async fn change_config(self: &Arc<Self>, current: &ClusterConfig, next: ClusterConfig) -> Result<(), String> {
         let mut state = self.state.lock().await;
         if state.config != *current {
             return Err("the configuration changed meanwhile".into());
@@ -317,23 +326,27 @@ impl Supervisor {
         state.config = next.clone();
         self.save(&state).map_err(|e| e.to_string())?;
         drop(state);
-        self.push_config(&next).await;
+        self.push_config(&next);
         Ok(())
     }
 
-    async fn push_config(&self, config: &ClusterConfig) {
-        futures::future::join_all(self.settings.agents.iter().map(|addr| async move {
-            let r: Result<AgentStatus, String> =
-                self.call(addr, "/internal/config", Some(config), CONTROL_TIMEOUT).await;
-            if let Err(e) = r {
-                tracing::debug!(%addr, error = %e, "configuration not delivered");
-            }
-        }))
-        .await;
+    /// Sends `config` to every agent in the background: an agent that is frozen or gone must
+    /// not hold up the supervisor (each learns the configuration later by fence or recovery).
+    fn push_config(self: &Arc<Self>, config: &ClusterConfig) {
+        for addr in self.settings.agents.clone() {
+            let (me, config) = (self.clone(), config.clone());
+            tokio::spawn(async move {
+                let r: Result<AgentStatus, String> =
+                    me.call(&addr, "/internal/config", Some(&config), PUSH_TIMEOUT).await;
+                if let Err(e) = r {
+                    tracing::debug!(%addr, error = %e, "configuration not delivered");
+                }
+            });
+        }
     }
 
     async fn failover(
-        &self,
+        self: &Arc<Self>,
         current: &ClusterConfig,
         old_leader: Option<String>,
         candidate: String,
@@ -355,15 +368,22 @@ impl Supervisor {
             return;
         }
         tracing::warn!(old = ?old_leader, new = %candidate, term = next.term, "leader failed: electing the next member");
-        // 2. Fence every reachable agent: from now on none of them answers the old term.
-        let next_ref = &next;
-        let fences = futures::future::join_all(self.settings.agents.iter().map(|addr| async move {
-            let r: Result<FenceResponse, String> =
-                self.call(addr, "/internal/fence", Some(next_ref), CONTROL_TIMEOUT).await;
-            (addr.clone(), r)
-        }))
-        .await;
-        if let Some((_, Err(e))) = fences.iter().find(|(addr, _)| *addr == candidate) {
+        // 2. Fence every reachable agent with the new term. Only the candidate's fence is waited
+        //    for: once it refuses the old term, the old leader (which needs every member's YES)
+        //    cannot commit again; the others are fenced in the background.
+        for addr in self.settings.agents.iter().filter(|a| **a != candidate).cloned() {
+            let (me, next) = (self.clone(), next.clone());
+            tokio::spawn(async move {
+                let r: Result<FenceResponse, String> =
+                    me.call(&addr, "/internal/fence", Some(&next), FENCE_TIMEOUT).await;
+                if let Err(e) = r {
+                    tracing::debug!(%addr, error = %e, "not fenced (unreachable)");
+                }
+            });
+        }
+        let fenced: Result<FenceResponse, String> =
+            self.call(&candidate, "/internal/fence", Some(&next), FENCE_TIMEOUT).await;
+        if let Err(e) = fenced {
             tracing::error!(%candidate, error = %e, "the candidate could not be fenced; trying again at the next poll");
             return;
         }
@@ -397,8 +417,9 @@ impl Supervisor {
             "failover done: writes unavailable for {} ms", report.unavailable_ms
         );
         push_bounded(&mut lock(&self.history).failovers, report);
-        self.push_config(&next).await;
-        self.announce(&candidate, next.term).await;
+        self.push_config(&next);
+        let me = self.clone();
+        tokio::spawn(async move { me.announce(&candidate, next.term).await });
     }
 
     /// Tells every registered client the new leader (`POST /leader_changed/`).
@@ -406,7 +427,7 @@ impl Supervisor {
         let clients = self.state.lock().await.clients.clone();
         let body = LeaderChanged { leader: leader.to_string(), term: Some(term) };
         futures::future::join_all(clients.iter().map(|url| {
-            let req = self.http.post(url).json(&body).timeout(Duration::from_secs(1)).send();
+            let req = self.http.post(url).json(&body).timeout(PUSH_TIMEOUT).send();
             async move {
                 if let Err(e) = req.await {
                     tracing::warn!(%url, error = %e, "could not tell a client the new leader");
@@ -418,7 +439,7 @@ impl Supervisor {
 
     /// Brings `node` back: bulk catch-up, then a short pause of the leader for the tail, then
     /// membership (DESIGN 6).
-    async fn recover(&self, node: &str) -> RecoveryReport {
+    async fn recover(self: &Arc<Self>, node: &str) -> RecoveryReport {
         let started = Instant::now();
         let mut report = RecoveryReport {
             node: node.to_string(),
@@ -446,7 +467,7 @@ impl Supervisor {
         report
     }
 
-    async fn try_recover(&self, node: &str, report: &mut RecoveryReport) -> Result<(), String> {
+    async fn try_recover(self: &Arc<Self>, node: &str, report: &mut RecoveryReport) -> Result<(), String> {
         let config = self.state.lock().await.config.clone();
         let leader = config.leader.clone().ok_or("no leader to recover from")?;
         let _: FenceResponse = self.call(node, "/internal/fence", Some(&config), CONTROL_TIMEOUT).await?;
@@ -461,7 +482,9 @@ impl Supervisor {
         }
         let paused_at = Instant::now();
         let pause = PauseRequest { term: config.term, max_ms: MAX_PAUSE.as_millis() as u64 };
-        let paused: PauseResponse = self.call(&leader, "/internal/pause", Some(&pause), CONTROL_TIMEOUT).await?;
+        // Bounded by the pause's own length: a leader stuck in a round must not hold the
+        // supervisor (and so any failover) for long.
+        let paused: PauseResponse = self.call(&leader, "/internal/pause", Some(&pause), MAX_PAUSE).await?;
         let tail: Result<RecoverResponse, String> =
             self.call(node, "/internal/recover", Some(&req), CONTROL_TIMEOUT).await;
         let next = with_member(&config, &self.settings.agents, node);
@@ -486,7 +509,7 @@ impl Supervisor {
         if let Err(e) = resumed {
             tracing::error!(error = %e, "the leader did not take the new configuration; its pause ends by itself");
         }
-        self.push_config(&next).await;
+        self.push_config(&next);
         Ok(())
     }
 
@@ -653,8 +676,7 @@ async fn report_failure(State(sup): State<Arc<Supervisor>>, body: axum::body::By
                     );
                 }
                 // The leader gets the configuration in this answer; the others by push.
-                let (sup, config) = (sup.clone(), next.clone());
-                tokio::spawn(async move { sup.push_config(&config).await });
+                sup.push_config(&next);
             }
             Json(next).into_response()
         }

@@ -371,8 +371,8 @@ impl Supervisor {
         // 2. Fence every reachable agent with the new term. Only the candidate's fence is waited
         //    for: once it refuses the old term, the old leader (which needs every member's YES)
         //    cannot commit again; the others are fenced in the background.
-        for addr in self.settings.agents.iter().filter(|a| **a != candidate).cloned() {
-            let (me, next) = (self.clone(), next.clone());
+        for addr in self.settings.agents.iter().filter(|a| **a != candidate) {
+            let (me, next, addr) = (self.clone(), next.clone(), addr.clone());
             tokio::spawn(async move {
                 let r: Result<FenceResponse, String> =
                     me.call(&addr, "/internal/fence", Some(&next), FENCE_TIMEOUT).await;

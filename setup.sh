@@ -55,8 +55,9 @@ Commands:
   stop     stop everything 'start' started.
   status   show each process (running or stopped, pid, port) and each agent's role, term and
            applied LSN.
-  test     install what the tests need, then run cargo fmt --check, clippy, a debug build and
-           every test. Independent of the cluster that 'start' runs.
+  test     install what the tests need (also chromium and chromium-driver for the browser
+           tests), then run cargo fmt --check, clippy, a debug build and every test.
+           Independent of the cluster that 'start' runs.
   help     show this text.
 
 Environment:
@@ -639,8 +640,20 @@ step() {
     "$@" || die "test step failed: $name"
 }
 
+# The browser tests (tests/tests/browser.rs) drive Debian's headless Chromium over WebDriver.
+ensure_browser() {
+    local missing=()
+    # fonts-liberation is only recommended, and the screenshots should read well.
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-liberation)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    if ((${#missing[@]} > 0)); then
+        apt_install "${missing[@]}"
+    fi
+}
+
 cmd_test() {
     ensure_system_packages
+    ensure_browser
     ensure_rust
     ensure_rust_components
     ensure_postgres_user

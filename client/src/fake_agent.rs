@@ -1,37 +1,103 @@
-//! A fake agent for tests: a real HTTP server on a free loopback port that answers `/read/` and
-//! `/commit/` like the agent does, and records the commits it receives.
+//! Fakes for tests: an agent and a supervisor, each a real HTTP server on a free loopback port,
+//! answering like the real ones do and recording what they receive.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::{
-    AbortReason, AccountRow, CommitRequest, CommitResponse, ErrorBody, Outcome, ReadRequest, ReadResponse, Role,
+    AbortReason, AccountRow, CommitRequest, CommitResponse, DrillResponse, ErrorBody, Outcome, ReadRequest,
+    ReadResponse, Role,
 };
+use serde_json::{json, Value};
 
 pub const READ_TS: i64 = 1_000;
 pub const COMMIT_TS: i64 = 2_000;
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A counter for [`Fake::unavailable_commits`].
+pub fn counter(n: usize) -> Arc<AtomicUsize> {
+    Arc::new(AtomicUsize::new(n))
+}
+
 #[derive(Clone, Default)]
 pub struct Fake {
-    /// `Some(leader)`: act as a replica that redirects commits there.
-    pub leader: Option<String>,
+    /// `Some(leader)`: act as a replica that redirects commits there (see [`Fake::replica_of`]).
+    pub leader: Arc<Mutex<Option<String>>>,
     /// Abort any commit that reads this account, as a stale read.
     pub stale_account: Option<i64>,
     /// Answer every commit with this status and an error body.
     pub fail_commit_with: Option<StatusCode>,
+    /// Answer this many commits with 503 "no leader" before taking them.
+    pub unavailable_commits: Arc<AtomicUsize>,
+    /// Name the transaction in those 503s, as a leader deposed mid-commit does.
+    pub name_txn_in_503: bool,
+    /// Abort every commit with 503 `replication_failed`.
+    pub replication_fails: bool,
     /// Balances of the accounts that exist.
     pub balances: BTreeMap<i64, i64>,
-    pub commits: Arc<Mutex<Vec<CommitRequest>>>,
+    /// The role the drills move between (`Leader` by default, `Replica` for a replica).
+    pub drill_role: Arc<Mutex<Option<Role>>>,
+    /// Commits taken, and every commit received.
+    pub commits_taken: Arc<Mutex<Vec<CommitRequest>>>,
+    pub tries_received: Arc<Mutex<Vec<CommitRequest>>>,
+    /// Drill paths called, in order.
+    pub drills: Arc<Mutex<Vec<String>>>,
+}
+
+impl Fake {
+    pub fn replica_of(leader: &str) -> Fake {
+        let fake = Fake::default();
+        fake.set_leader(Some(leader.to_string()));
+        fake
+    }
+
+    pub fn set_leader(&self, leader: Option<String>) {
+        *lock(&self.leader) = leader;
+    }
+
+    fn leader(&self) -> Option<String> {
+        lock(&self.leader).clone()
+    }
+
+    fn role(&self) -> Role {
+        lock(&self.drill_role).unwrap_or(if self.leader().is_some() { Role::Replica } else { Role::Leader })
+    }
+
+    pub fn commits(&self) -> Vec<CommitRequest> {
+        lock(&self.commits_taken).clone()
+    }
+
+    pub fn tries(&self) -> Vec<CommitRequest> {
+        lock(&self.tries_received).clone()
+    }
+
+    pub fn drills(&self) -> Vec<String> {
+        lock(&self.drills).clone()
+    }
 }
 
 /// Serves `fake` on 127.0.0.1 and returns its address.
 pub async fn start(fake: Fake) -> String {
-    let router = Router::new().route("/read/", post(read)).route("/commit/", post(commit)).with_state(fake);
+    let router = Router::new()
+        .route("/read/", post(read))
+        .route("/commit/", post(commit))
+        .route("/status", get(status))
+        .route("/down_leader/", get(down_leader))
+        .route("/up_node/", get(up_node))
+        .with_state(fake);
+    serve(router).await
+}
+
+async fn serve(router: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -44,7 +110,18 @@ pub async fn closed_port() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
-async fn read(State(fake): State<Fake>, Json(req): Json<ReadRequest>) -> Json<ReadResponse> {
+fn node_id(fake: &Fake) -> &'static str {
+    if fake.leader().is_some() {
+        "node1"
+    } else {
+        "node0"
+    }
+}
+
+async fn read(State(fake): State<Fake>, Json(req): Json<ReadRequest>) -> Response {
+    if fake.role() == Role::Down {
+        return unavailable("this node is down (the /down_leader/ drill)".into());
+    }
     let rows: Vec<AccountRow> = req
         .transaction
         .read_set
@@ -64,41 +141,64 @@ async fn read(State(fake): State<Fake>, Json(req): Json<ReadRequest>) -> Json<Re
         data: rows,
         timestamp: READ_TS,
         lsn: 3,
-        node: if fake.leader.is_some() { "node1" } else { "node0" }.into(),
-        role: if fake.leader.is_some() { Role::Replica } else { Role::Leader },
+        node: node_id(&fake).into(),
+        role: fake.role(),
     })
+    .into_response()
+}
+
+fn unavailable(message: String) -> Response {
+    let body = ErrorBody { error: "unavailable".into(), message, leader: None, term: None };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+async fn status(State(fake): State<Fake>) -> Json<Value> {
+    Json(json!({"node_id": node_id(&fake), "role": fake.role(), "leader": fake.leader(), "term": 1, "applied_lsn": 3}))
 }
 
 async fn commit(State(fake): State<Fake>, Json(req): Json<CommitRequest>) -> Response {
-    if let Some(leader) = &fake.leader {
+    lock(&fake.tries_received).push(req.clone());
+    let txn_id = req.transaction.txn_id.unwrap_or_default();
+    if let Some(leader) = fake.leader() {
         let body = ErrorBody {
             error: "not_leader".into(),
             message: format!("this node is a replica; send commits to the leader at {leader}"),
-            leader: Some(leader.clone()),
+            leader: Some(leader),
             term: None,
         };
         return (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response();
+    }
+    if fake.unavailable_commits.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        return unavailable(if fake.name_txn_in_503 {
+            format!("transaction {txn_id}: the leader was deposed before the outcome was known")
+        } else {
+            "no leader at the moment (an election is in progress); retry shortly".into()
+        });
     }
     if let Some(code) = fake.fail_commit_with {
         let body =
             ErrorBody { error: "failed".into(), message: format!("the fake says {code}"), leader: None, term: None };
         return (code, Json(body)).into_response();
     }
-    fake.commits.lock().unwrap().push(req.clone());
-    let txn_id = req.transaction.txn_id.unwrap_or_default();
+    lock(&fake.commits_taken).push(req.clone());
     let stale = fake.stale_account.filter(|a| req.transaction.read_set.contains(a));
+    let abort = |reason, key: Option<i64>, message: String| CommitResponse {
+        commit: Outcome::Abort,
+        txn_id,
+        commit_ts: None,
+        lsn: None,
+        reason: Some(reason),
+        key,
+        message: Some(message),
+    };
     let (code, outcome) = match stale {
+        _ if fake.replication_fails => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            abort(AbortReason::ReplicationFailed, None, "a member did not answer the PREPARE".into()),
+        ),
         Some(key) => (
             StatusCode::CONFLICT,
-            CommitResponse {
-                commit: Outcome::Abort,
-                txn_id,
-                commit_ts: None,
-                lsn: None,
-                reason: Some(AbortReason::StaleRead),
-                key: Some(key),
-                message: Some(format!("account {key} was written after the read timestamp")),
-            },
+            abort(AbortReason::StaleRead, Some(key), format!("account {key} was written after the read timestamp")),
         ),
         None => (
             StatusCode::OK,
@@ -114,4 +214,75 @@ async fn commit(State(fake): State<Fake>, Json(req): Json<CommitRequest>) -> Res
         ),
     };
     (code, Json(outcome)).into_response()
+}
+
+fn drill(fake: &Fake, path: &str, from: Role, to: Role) -> Response {
+    lock(&fake.drills).push(path.to_string());
+    let role = fake.role();
+    let changed = role == from;
+    if changed {
+        *lock(&fake.drill_role) = Some(to);
+    }
+    let body = DrillResponse {
+        node_id: node_id(fake).into(),
+        role: fake.role(),
+        changed,
+        message: if changed { format!("{path}: done") } else { format!("{path}: nothing to do") },
+    };
+    let code = if changed { StatusCode::OK } else { StatusCode::CONFLICT };
+    (code, Json(body)).into_response()
+}
+
+async fn down_leader(State(fake): State<Fake>) -> Response {
+    drill(&fake, "/down_leader/", Role::Leader, Role::Down)
+}
+
+async fn up_node(State(fake): State<Fake>) -> Response {
+    drill(&fake, "/up_node/", Role::Down, Role::Standby)
+}
+
+/// A supervisor that answers `GET /status` with a settable body and records registrations.
+#[derive(Clone)]
+pub struct FakeSupervisor {
+    pub address: String,
+    status: Arc<Mutex<Value>>,
+    pub registered: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeSupervisor {
+    /// A supervisor whose status names `leader` (writes available) or none (an election).
+    pub async fn start(leader: Option<String>) -> FakeSupervisor {
+        let message = match &leader {
+            Some(l) => format!("writes go to {l}"),
+            None => "no leader is serving: a failover is in progress or pending".to_string(),
+        };
+        let status = json!({
+            "term": 2, "config_version": 3, "leader": leader, "members": [],
+            "writes_available": leader.is_some(), "message": message, "nodes": [],
+            "last_failover": null, "failovers": [], "recovering": [], "recoveries": [],
+            "diverged": [], "clients": []
+        });
+        let fake =
+            FakeSupervisor { address: String::new(), status: Arc::new(Mutex::new(status)), registered: Arc::default() };
+        let router = Router::new()
+            .route("/status", get(supervisor_status))
+            .route("/register_client/", post(register_client))
+            .with_state(fake.clone());
+        FakeSupervisor { address: serve(router).await, ..fake }
+    }
+
+    pub fn set_status(&self, status: Value) {
+        *lock(&self.status) = status;
+    }
+}
+
+async fn supervisor_status(State(fake): State<FakeSupervisor>) -> Json<Value> {
+    Json(lock(&fake.status).clone())
+}
+
+async fn register_client(State(fake): State<FakeSupervisor>, Json(body): Json<Value>) -> Json<Value> {
+    let url = body["url"].as_str().unwrap_or_default().to_string();
+    lock(&fake.registered).push(url.clone());
+    let leader = lock(&fake.status)["leader"].clone();
+    Json(json!({"registered": url, "leader": leader, "term": 2}))
 }

@@ -1,5 +1,9 @@
 //! The client: runs transactions typed in the transaction language (`r(1)w(2=22)`) against the
-//! cluster, from the command line or from a small web page, and shows the cluster's status.
+//! cluster, from the command line or from a web page, and shows the cluster's status.
+//!
+//! - `run`: the transaction logic shared by `client run` and the form, with leader following;
+//! - `status`: the supervisor's status, read leniently, and `client status`'s table;
+//! - `web`: `client serve`'s pages (askama templates in `client/templates`).
 
 mod run;
 mod status;
@@ -10,13 +14,14 @@ mod fake_agent;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
-use crate::run::{Runner, EXIT_UNAVAILABLE, EXIT_USAGE};
+use crate::run::{ReadFrom, RunError, RunOptions, Runner, EXIT_UNAVAILABLE, EXIT_USAGE};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Runs transactions against the replicated cluster")]
@@ -29,39 +34,56 @@ struct Cli {
 enum Command {
     /// Run one transaction, e.g. `client run 'r(1)w(2=22)'`.
     ///
-    /// Reads the read set, then commits the writes with the read's timestamp. Exit code: 0
+    /// Reads the read set at the leader, then commits the writes with the read's timestamp.
+    /// Follows the leader through a failover, waiting at most --wait-secs. Exit code: 0
     /// committed (or read), 1 aborted, 2 bad input, 3 cluster unavailable.
     Run {
         /// The transaction: reads `r(account)` and writes `w(account=balance)`.
         transaction: String,
-        /// The agent to send it to (host:port); a non-leader redirects to the leader.
+        /// The agent to start from (host:port); a non-leader redirects to the leader.
         #[arg(long, env = "CLIENT_AGENT", default_value = "127.0.0.1:8000")]
         agent: String,
-        /// The transaction id, to retry a commit whose outcome is unknown (default: a fresh one).
+        /// The supervisor to ask where the leader is when the leader does not answer
+        /// (host:port; empty for none).
+        #[arg(long, env = "CLIENT_SUPERVISOR", default_value = "127.0.0.1:9000")]
+        supervisor: String,
+        /// A read-only transaction reads from this node (host:port) instead of the leader.
+        #[arg(long, value_name = "ADDR")]
+        read_from: Option<String>,
+        /// The transaction id, to learn the outcome of a commit whose answer was lost
+        /// (default: a fresh one). The same id never commits twice.
         #[arg(long)]
         txn_id: Option<Uuid>,
+        /// How long to wait for a leader during a failover before giving up (exit code 3).
+        #[arg(long, env = "CLIENT_WAIT_SECS", default_value_t = 10.0)]
+        wait_secs: f64,
     },
-    /// Show the cluster's nodes as the supervisor sees them.
+    /// Show the cluster's nodes as the supervisor sees them, the last failover and recoveries.
     Status {
         /// The supervisor's address (host:port).
         #[arg(long, env = "CLIENT_SUPERVISOR", default_value = "127.0.0.1:9000")]
         supervisor: String,
     },
-    /// Serve the web page (`/create/`) to type transactions into.
+    /// Serve the web pages: the transaction form at /create/ and the cluster at /cluster/.
     Serve {
-        /// Address to serve the page on.
+        /// Address to serve the pages on. Run several clients on different ports.
         #[arg(long, env = "CLIENT_LISTEN", default_value = "127.0.0.1:5000")]
         listen: String,
-        /// The agent to send transactions to (host:port).
+        /// The agent to send transactions to first (host:port), until the supervisor names the
+        /// leader.
         #[arg(long, env = "CLIENT_AGENT", default_value = "127.0.0.1:8000")]
         agent: String,
-        /// The supervisor to register with (host:port), which then tells this client every new
-        /// leader at `/leader_changed/`.
+        /// The supervisor (host:port): this client registers with it, which then tells it every
+        /// new leader at `/leader_changed/`; the cluster page shows its status.
         #[arg(long, env = "CLIENT_SUPERVISOR", default_value = "127.0.0.1:9000")]
         supervisor: String,
         /// This client's address as the supervisor reaches it (default: --listen).
         #[arg(long, env = "CLIENT_ADVERTISE")]
         advertise: Option<String>,
+        /// How long a transaction waits for a leader during a failover before the page says
+        /// the cluster is unavailable.
+        #[arg(long, env = "CLIENT_WAIT_SECS", default_value_t = 10.0)]
+        wait_secs: f64,
     },
 }
 
@@ -82,10 +104,21 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Run { transaction, agent, txn_id } => run(&agent, &transaction, txn_id).await,
+            Command::Run { transaction, agent, supervisor, read_from, txn_id, wait_secs } => {
+                let Some(wait) = wait(wait_secs) else {
+                    eprintln!("error: --wait-secs must be a number of seconds from 0 to 3600");
+                    return ExitCode::from(EXIT_USAGE);
+                };
+                let read_from = read_from.map_or(ReadFrom::Leader, |node| ReadFrom::Nodes(vec![node]));
+                run(&agent, &supervisor, &transaction, RunOptions { txn_id, read_from }, wait).await
+            }
             Command::Status { supervisor } => status(&supervisor).await,
-            Command::Serve { listen, agent, supervisor, advertise } => {
-                match serve(&listen, &agent, &supervisor, advertise).await {
+            Command::Serve { listen, agent, supervisor, advertise, wait_secs } => {
+                let Some(wait) = wait(wait_secs) else {
+                    eprintln!("error: --wait-secs must be a number of seconds from 0 to 3600");
+                    return ExitCode::from(EXIT_USAGE);
+                };
+                match serve(&listen, &agent, &supervisor, advertise, wait).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e:#}");
@@ -97,28 +130,48 @@ fn main() -> ExitCode {
     })
 }
 
-async fn run(agent: &str, transaction: &str, txn_id: Option<Uuid>) -> ExitCode {
+/// `--wait-secs` as a duration, if it is a sensible one.
+fn wait(secs: f64) -> Option<Duration> {
+    (0.0..=3600.0).contains(&secs).then(|| Duration::from_secs_f64(secs))
+}
+
+async fn run(agent: &str, supervisor: &str, transaction: &str, options: RunOptions, wait: Duration) -> ExitCode {
     let runner = match Runner::new() {
-        Ok(runner) => runner,
+        Ok(runner) => runner.with_supervisor(Some(supervisor)).with_follow_budget(wait),
         Err(e) => {
             eprintln!("error: cannot set up the HTTP client: {e}");
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    match runner.run(agent, transaction, txn_id).await {
+    match runner.run(agent, transaction, &options).await {
         Ok(report) => {
             print!("{}", report.to_text());
             ExitCode::from(report.exit_code())
         }
         Err(e) => {
             eprintln!("error: {e}");
+            if let RunError::Unavailable { unknown_txn: Some(id), .. } = &e {
+                eprintln!("to learn the outcome: client run --txn-id {id} {}", shell_quote(transaction));
+            }
             ExitCode::from(e.exit_code())
         }
     }
 }
 
+/// `text` in single quotes for a POSIX shell.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
 async fn status(supervisor: &str) -> ExitCode {
-    match status::fetch(supervisor).await {
+    let http = match reqwest::Client::builder().build() {
+        Ok(http) => http,
+        Err(e) => {
+            eprintln!("error: cannot set up the HTTP client: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    match status::fetch(&http, supervisor).await {
         Ok(cluster) => {
             print!("{}", status::render(&cluster));
             ExitCode::SUCCESS
@@ -130,17 +183,26 @@ async fn status(supervisor: &str) -> ExitCode {
     }
 }
 
-async fn serve(listen: &str, agent: &str, supervisor: &str, advertise: Option<String>) -> anyhow::Result<()> {
+async fn serve(
+    listen: &str,
+    agent: &str,
+    supervisor: &str,
+    advertise: Option<String>,
+    wait: Duration,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         // Colours only on a terminal: setup.sh sends the logs to files.
         .with_ansi(std::io::stdout().is_terminal())
         .init();
-    let state = web::AppState::new(agent, Runner::new()?);
+    let runner = Runner::new()?.with_supervisor(Some(supervisor)).with_follow_budget(wait);
+    let state = web::AppState::new(agent, runner)?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let url = format!("http://{}/leader_changed/", advertise.as_deref().unwrap_or(listen));
-    tokio::spawn(register(supervisor.to_string(), url, state.clone()));
-    tracing::info!(%listen, %agent, "client web page serving at http://{listen}/create/");
+    if !supervisor.trim().is_empty() {
+        tokio::spawn(register(supervisor.to_string(), url, state.clone()));
+    }
+    tracing::info!(%listen, %agent, %supervisor, "client web pages at http://{listen}/create/ and http://{listen}/cluster/");
     axum::serve(listener, web::app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -165,7 +227,7 @@ async fn register(supervisor: String, url: String, state: web::AppState) {
             Ok(resp) if resp.status().is_success() => {
                 let answer: serde_json::Value = resp.json().await.unwrap_or_default();
                 if let Some(leader) = answer.get("leader").and_then(|l| l.as_str()) {
-                    *state.agent.write().unwrap_or_else(|p| p.into_inner()) = leader.to_string();
+                    state.set_leader(leader);
                 }
                 tracing::info!(%supervisor, %url, "registered with the supervisor");
                 return;

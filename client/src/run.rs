@@ -2,30 +2,53 @@
 //! shared by `client run` and the web form.
 //!
 //! A transaction such as `r(1)w(2=22)` runs the way the original system's client ran it:
-//! 1. `POST /read/` of its read set (skipped when it reads nothing: a blind write);
-//! 2. `POST /commit/` of its read set, write set and the read's timestamp, under a fresh
-//!    `txn_id` (skipped when it writes nothing: a read-only transaction).
+//! 1. `POST /read/` of its read set on the leader (skipped when it reads nothing: a blind write);
+//! 2. `POST /commit/` of its read set, write set and the read's timestamp, under one `txn_id`
+//!    (skipped when it writes nothing: a read-only transaction).
 //!
-//! An agent that is not the leader answers 421 with the leader's address; the request is sent
-//! there once, and the rest of the run goes to that leader.
+//! A read-only transaction may instead read from any node ([`ReadFrom::Nodes`]): a replica
+//! answers with a consistent snapshot at its own applied LSN.
+//!
+//! Following the leader ([`Route`]):
+//! - an agent that is not the leader answers 421 with the leader's address: the request goes
+//!   there (at most [`MAX_REDIRECTS`] hops in a row, so two agents naming each other cannot loop);
+//! - an agent that cannot be reached, or answers 503 (down, an election in progress, a leader
+//!   deposed while the commit was in flight), makes the run ask the supervisor where the leader
+//!   is, and try again, pausing between tries, until the run's follow budget is spent. Then it
+//!   fails with a message that says what it saw, never with a raw error;
+//! - when neither the agent nor the supervisor can be reached, nothing is going to change by
+//!   waiting: the run fails at once (the cluster is stopped).
+//!
+//! Invariant: every try of one commit carries the same `txn_id`, so a commit whose answer was
+//! lost is applied at most once whichever leader receives it again.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use protocol::{
-    parse_transaction, Account, Balance, CommitRequest, CommitResponse, ErrorBody, Lsn, Outcome, ParseError,
-    ReadRequest, ReadResponse, Role, Timestamp, TransactionBody,
+    parse_transaction, AbortReason, Account, Balance, CommitRequest, CommitResponse, ErrorBody, Lsn, Outcome,
+    ParseError, ReadRequest, ReadResponse, Role, Timestamp, TransactionBody,
 };
 use reqwest::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// How long one request to an agent may take. A commit waits for every member's two phases and
-/// a read may wait (bounded) for a locked key; both take milliseconds when the cluster is well.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request to an agent may take. A read may wait up to 5 s for a locked key, a
+/// commit takes milliseconds when the cluster is well; a frozen leader must not hold a run for
+/// longer than it takes the supervisor to replace it plus this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
 /// Connecting to a live agent takes well under this; a dead host should fail fast.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Asking the supervisor where the leader is: it answers from memory.
+const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a run keeps looking for a leader by default. A failover takes about a second.
+pub const DEFAULT_FOLLOW_BUDGET: Duration = Duration::from_secs(10);
+/// First pause between tries while no leader answers; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+/// 421 redirects followed in a row before the run stops believing them and waits instead.
+pub const MAX_REDIRECTS: usize = 3;
 /// Longest piece of an unexpected answer quoted in an error.
 const MAX_QUOTED_ANSWER: usize = 200;
 
@@ -40,22 +63,49 @@ pub enum RunError {
     /// The text is not a transaction; nothing was sent.
     #[error("{0}")]
     Parse(ParseError),
-    /// The agent refused the request as malformed (HTTP 400); nothing was applied.
-    #[error("the agent refused the transaction: {0}")]
+    /// The agent refused the request as malformed (HTTP 400), or the input is unusable;
+    /// nothing was applied.
+    #[error("the transaction was refused: {0}")]
     Rejected(String),
     /// No usable answer: the cluster is down, recovering, has no leader, or answered nonsense.
-    #[error("{0}")]
-    Unavailable(String),
+    /// `unknown_txn` is set when a commit may have been carried out without its answer reaching
+    /// us: committing again with that id is safe and tells the outcome.
+    #[error("{message}{}", unknown_txn.map(|id| format!(
+        "; the outcome of transaction {id} is unknown: run it again with the same txn_id to learn it \
+         (nothing is applied twice)")).unwrap_or_default())]
+    Unavailable { message: String, unknown_txn: Option<Uuid> },
 }
 
 impl RunError {
+    fn unavailable(message: impl Into<String>) -> RunError {
+        RunError::Unavailable { message: message.into(), unknown_txn: None }
+    }
+
     /// The exit code of `client run`: 2 for the user's input, 3 for the cluster.
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Parse(_) | RunError::Rejected(_) => EXIT_USAGE,
-            RunError::Unavailable(_) => EXIT_UNAVAILABLE,
+            RunError::Unavailable { .. } => EXIT_UNAVAILABLE,
         }
     }
+}
+
+/// Where a read-only transaction reads. A transaction that writes always reads at the leader:
+/// its commit is validated against the leader's timestamps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ReadFrom {
+    #[default]
+    Leader,
+    /// These nodes, in this order: the first that answers.
+    Nodes(Vec<String>),
+}
+
+/// How to run one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Makes the commit idempotent; a fresh id is made when `None`.
+    pub txn_id: Option<Uuid>,
+    pub read_from: ReadFrom,
 }
 
 /// What the read step returned.
@@ -73,6 +123,15 @@ pub struct ReadResult {
     pub agent: String,
 }
 
+/// The outcome of a run that got one, in one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Commit,
+    Abort,
+    /// A read-only transaction: nothing to commit.
+    Read,
+}
+
 /// Everything one run did, for a person to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunReport {
@@ -83,16 +142,25 @@ pub struct RunReport {
     pub writes: BTreeMap<Account, Balance>,
     /// The commit's answer; `None` for a read-only transaction.
     pub commit: Option<CommitResponse>,
-    /// The address the commit was finally sent to.
-    pub commit_agent: Option<String>,
-    /// Things worth telling, such as a redirect to the leader.
+    /// The leader's address as this run found it: where the commit was decided, or where a
+    /// read answered as leader. `None` when the run never spoke to the leader.
+    pub leader: Option<String>,
+    /// Things worth telling, such as a redirect to the leader or a wait during a failover.
     pub notes: Vec<String>,
     pub latency: Duration,
 }
 
 impl RunReport {
+    pub fn verdict(&self) -> Verdict {
+        match &self.commit {
+            None => Verdict::Read,
+            Some(c) if c.commit == Outcome::Commit => Verdict::Commit,
+            Some(_) => Verdict::Abort,
+        }
+    }
+
     pub fn aborted(&self) -> bool {
-        self.commit.as_ref().is_some_and(|c| c.commit == Outcome::Abort)
+        self.verdict() == Verdict::Abort
     }
 
     /// The exit code of `client run`: 0 for a commit or a read, 1 for an abort.
@@ -102,6 +170,44 @@ impl RunReport {
         } else {
             0
         }
+    }
+
+    /// `COMMIT`, `ABORT` or `READ`.
+    pub fn headline(&self) -> &'static str {
+        match self.verdict() {
+            Verdict::Commit => "COMMIT",
+            Verdict::Abort => "ABORT",
+            Verdict::Read => "READ",
+        }
+    }
+
+    /// The outcome in one plain sentence.
+    pub fn in_words(&self) -> String {
+        match (&self.commit, &self.read) {
+            (Some(commit), _) if commit.commit == Outcome::Commit => {
+                "The transaction committed: its writes are durable on every member of the cluster.".into()
+            }
+            (Some(commit), _) => {
+                format!("The transaction was aborted and nothing was written: {}.", plain_reason(commit))
+            }
+            (None, Some(read)) => format!(
+                "Read only, nothing to commit: the values are one consistent snapshot of {} ({}) at LSN {}.",
+                read.node,
+                role_name(read.role),
+                read.lsn
+            ),
+            (None, None) => "Nothing was run.".into(),
+        }
+    }
+
+    /// The leader as `node0 at 127.0.0.1:8000` when its id is known.
+    pub fn leader_text(&self) -> Option<String> {
+        let leader = self.leader.as_ref()?;
+        let id = self.read.as_ref().filter(|r| r.role == Role::Leader && &r.agent == leader).map(|r| &r.node);
+        Some(match id {
+            Some(id) => format!("{id} at {leader}"),
+            None => leader.clone(),
+        })
     }
 
     /// The report as plain text, one fact per line.
@@ -133,7 +239,7 @@ impl RunReport {
         }
         match &self.commit {
             None => {
-                let _ = writeln!(out, "read-only transaction: nothing to commit");
+                let _ = writeln!(out, "READ: read-only transaction, nothing to commit");
             }
             Some(commit) if commit.commit == Outcome::Commit => {
                 let _ = writeln!(
@@ -150,8 +256,15 @@ impl RunReport {
                 let _ = writeln!(out, "  reason: {}", abort_reason(commit));
             }
         }
-        let _ = writeln!(out, "latency: {:.1} ms", self.latency.as_secs_f64() * 1000.0);
+        if let (Some(leader), Some(_)) = (self.leader_text(), &self.commit) {
+            let _ = writeln!(out, "leader: {leader}");
+        }
+        let _ = writeln!(out, "latency: {:.1} ms", self.latency_ms());
         out
+    }
+
+    pub fn latency_ms(&self) -> f64 {
+        self.latency.as_secs_f64() * 1000.0
     }
 }
 
@@ -168,12 +281,29 @@ pub fn abort_reason(commit: &CommitResponse) -> String {
     }
 }
 
+/// Why a transaction aborted, for someone who has not read the design.
+pub fn plain_reason(commit: &CommitResponse) -> String {
+    match (commit.reason, commit.key) {
+        (Some(AbortReason::StaleRead), Some(key)) => {
+            format!("account {key} was changed by another transaction after this one read it; running it again reads the new value")
+        }
+        (Some(AbortReason::KeyLocked), Some(key)) => {
+            format!("account {key} is being written by another transaction that has not finished; try again")
+        }
+        (Some(AbortReason::ReplicationFailed), _) => {
+            "a member of the cluster refused or did not answer in time, so no member applied it".into()
+        }
+        (Some(reason), _) => reason.explain().to_string(),
+        (None, _) => commit.message.clone().unwrap_or_else(|| "the leader gave no reason".into()),
+    }
+}
+
 pub fn role_name(role: Role) -> String {
     wire_name(&role)
 }
 
 /// The snake_case name a value has on the wire (`stale_read`, `leader`).
-fn wire_name(value: &impl Serialize) -> String {
+pub fn wire_name(value: &impl Serialize) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "?".to_string())
 }
 
@@ -196,21 +326,52 @@ pub fn base_url(address: &str) -> String {
     }
 }
 
-/// Talks to the agents. Cheap to clone: one keep-alive connection pool is shared.
+/// The part of the supervisor's `GET /status` a run needs to find the leader. Read leniently:
+/// a client and a supervisor of different versions still understand each other.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct LeaderView {
+    pub leader: Option<String>,
+    pub writes_available: bool,
+    pub message: String,
+}
+
+/// Talks to the agents, and to the supervisor to find the leader. Cheap to clone: one
+/// keep-alive connection pool is shared.
 #[derive(Clone)]
 pub struct Runner {
     http: reqwest::Client,
+    /// The supervisor's address, asked where the leader is when the leader does not answer.
+    supervisor: Option<String>,
+    /// How long one run keeps looking for a leader.
+    follow_budget: Duration,
 }
 
 impl Runner {
     pub fn new() -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).connect_timeout(CONNECT_TIMEOUT).build()?;
-        Ok(Self { http })
+        Ok(Self { http, supervisor: None, follow_budget: DEFAULT_FOLLOW_BUDGET })
     }
 
-    /// Parses `text` and runs it against the agent at `agent` (`host:port`).
-    /// `txn_id` makes the commit idempotent; a fresh one is made when it is `None`.
-    pub async fn run(&self, agent: &str, text: &str, txn_id: Option<Uuid>) -> Result<RunReport, RunError> {
+    /// Asks this supervisor (`host:port`) for the leader when the leader does not answer. An
+    /// empty address means none.
+    pub fn with_supervisor(mut self, supervisor: Option<&str>) -> Self {
+        self.supervisor = supervisor.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        self
+    }
+
+    pub fn with_follow_budget(mut self, budget: Duration) -> Self {
+        self.follow_budget = budget;
+        self
+    }
+
+    pub fn supervisor(&self) -> Option<&str> {
+        self.supervisor.as_deref()
+    }
+
+    /// Parses `text` and runs it, starting from the agent at `leader` (`host:port`), the
+    /// current best guess of the leader.
+    pub async fn run(&self, leader: &str, text: &str, options: &RunOptions) -> Result<RunReport, RunError> {
         let parsed = parse_transaction(text).map_err(RunError::Parse)?;
         let read_set = parsed.read_set();
         let writes = parsed.write_set();
@@ -219,127 +380,151 @@ impl Runner {
         }
 
         let started = Instant::now();
-        let mut agent = agent.trim().to_string();
-        let mut notes = Vec::new();
+        let mut route = Route::new(self, leader, started + self.follow_budget);
 
-        let read = if read_set.is_empty() { None } else { Some(self.read(&mut agent, &read_set, &mut notes).await?) };
-
-        let (commit, commit_agent) = if parsed.is_read_only() {
-            (None, None)
-        } else {
-            let body = CommitRequest {
-                transaction: TransactionBody {
-                    read_set: read_set.clone(),
-                    write_set: writes.clone(),
-                    time_stamp: read.as_ref().map(|r| r.timestamp),
-                    txn_id: Some(txn_id.unwrap_or_else(Uuid::new_v4)),
-                },
+        if parsed.is_read_only() {
+            let read = match &options.read_from {
+                ReadFrom::Leader => self.read_at_leader(&mut route, &read_set).await?,
+                ReadFrom::Nodes(nodes) => self.read_from_nodes(nodes, &read_set).await?,
             };
-            let response = self.commit(&mut agent, &body, &mut notes).await?;
-            (Some(response), Some(agent.clone()))
-        };
+            let leader = (read.role == Role::Leader).then(|| read.agent.clone());
+            return Ok(RunReport {
+                transaction: parsed.to_string(),
+                read: Some(read),
+                writes,
+                commit: None,
+                leader,
+                notes: route.finish(),
+                latency: started.elapsed(),
+            });
+        }
 
+        if matches!(options.read_from, ReadFrom::Nodes(_)) {
+            route
+                .notes
+                .push("the transaction writes, so it read at the leader (only read-only ones read elsewhere)".into());
+        }
+        let read = if read_set.is_empty() { None } else { Some(self.read_at_leader(&mut route, &read_set).await?) };
+        let txn_id = options.txn_id.unwrap_or_else(Uuid::new_v4);
+        let body = CommitRequest {
+            transaction: TransactionBody {
+                read_set: read_set.clone(),
+                write_set: writes.clone(),
+                time_stamp: read.as_ref().map(|r| r.timestamp),
+                txn_id: Some(txn_id),
+            },
+        };
+        let (code, bytes) = route.send_to_leader("/commit/", &body, Some(txn_id)).await?;
+        let commit: CommitResponse = match code {
+            // 409: an ABORT by a conflict; 503 reaches here only with an ABORT answer
+            // (`replication_failed`): [`Route::send_to_leader`] retries the others.
+            StatusCode::OK | StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE => {
+                parse_answer(&route.agent, "/commit/", &bytes)?
+            }
+            _ => return Err(error_for(&route.agent, "/commit/", code, &bytes)),
+        };
         Ok(RunReport {
             transaction: parsed.to_string(),
             read,
             writes,
-            commit,
-            commit_agent,
-            notes,
+            commit: Some(commit),
+            leader: Some(route.agent.clone()),
+            notes: route.finish(),
             latency: started.elapsed(),
         })
     }
 
-    async fn read(
-        &self,
-        agent: &mut String,
-        read_set: &[Account],
-        notes: &mut Vec<String>,
-    ) -> Result<ReadResult, RunError> {
-        let body = ReadRequest {
-            transaction: TransactionBody { read_set: read_set.to_vec(), ..Default::default() },
-            min_lsn: None,
-        };
-        let (code, bytes) = self.post_to_leader(agent, "/read/", &body, notes, None).await?;
-        match code {
-            StatusCode::OK => {
-                let answer: ReadResponse = parse_answer(agent, "/read/", &bytes)?;
-                Ok(ReadResult {
-                    values: read_set.iter().map(|a| (*a, answer.values.get(a).copied())).collect(),
-                    timestamp: answer.timestamp,
-                    lsn: answer.lsn,
-                    node: answer.node,
-                    role: answer.role,
-                    agent: agent.clone(),
-                })
-            }
-            _ => Err(error_for(agent, "/read/", code, &bytes)),
+    /// Reads at the leader. When the node that answered is not the leader (the run started
+    /// from a replica's address), reads again at the leader it names: a commit is validated
+    /// against the leader's timestamps, and a replica's may be behind.
+    async fn read_at_leader(&self, route: &mut Route<'_>, read_set: &[Account]) -> Result<ReadResult, RunError> {
+        let body = read_request(read_set);
+        let (code, bytes) = route.send_to_leader("/read/", &body, None).await?;
+        let read = read_result(&route.agent, read_set, code, &bytes)?;
+        if read.role == Role::Leader {
+            return Ok(read);
         }
-    }
-
-    async fn commit(
-        &self,
-        agent: &mut String,
-        body: &CommitRequest,
-        notes: &mut Vec<String>,
-    ) -> Result<CommitResponse, RunError> {
-        let txn_id = body.transaction.txn_id.unwrap_or_default();
-        let retry_hint =
-            format!("committing again with the same txn_id ({txn_id}) is safe: `client run --txn-id {txn_id} ...`");
-        let (code, bytes) = self.post_to_leader(agent, "/commit/", body, notes, Some(&retry_hint)).await?;
-        match code {
-            StatusCode::OK | StatusCode::CONFLICT => parse_answer(agent, "/commit/", &bytes),
-            // A replication failure aborts with 503 and a commit answer; an agent that cannot
-            // take commits at all (down, recovering) answers 503 with an error body.
-            StatusCode::SERVICE_UNAVAILABLE => match serde_json::from_slice(&bytes) {
-                Ok(answer) => Ok(answer),
-                Err(_) => Err(RunError::Unavailable(format!(
-                    "{agent} is unavailable: {}; {retry_hint}",
-                    error_message(&bytes)
-                ))),
-            },
-            _ => Err(error_for(agent, "/commit/", code, &bytes)),
-        }
-    }
-
-    /// Posts `body`; on 421 sends it once more to the leader the agent names, and from then on
-    /// `agent` is that leader. `retry_hint` is added to the error when the request may have been
-    /// carried out without its answer reaching us.
-    async fn post_to_leader(
-        &self,
-        agent: &mut String,
-        path: &str,
-        body: &impl Serialize,
-        notes: &mut Vec<String>,
-        retry_hint: Option<&str>,
-    ) -> Result<(StatusCode, Vec<u8>), RunError> {
-        let (code, bytes) = self.post(agent, path, body, retry_hint).await?;
-        if code != StatusCode::MISDIRECTED_REQUEST {
-            return Ok((code, bytes));
-        }
-        let error = serde_json::from_slice::<ErrorBody>(&bytes).ok();
-        let leader = error.as_ref().and_then(|e| e.leader.clone());
-        match leader {
-            Some(leader) if leader != *agent => {
-                notes.push(format!("{agent} is not the leader; sent {path} to the leader {leader}"));
-                *agent = leader;
-                let (code, bytes) = self.post(agent, path, body, retry_hint).await?;
-                if code == StatusCode::MISDIRECTED_REQUEST {
-                    return Err(RunError::Unavailable(format!(
-                        "{agent} was named the leader but says it is not: a failover may be under \
-                         way, try again shortly"
-                    )));
-                }
-                Ok((code, bytes))
+        match self.leader_named_by(&route.agent).await {
+            Some(leader) if leader != route.agent => {
+                route.notes.push(format!(
+                    "{} is a {}; read again at the leader {leader}",
+                    route.agent,
+                    role_name(read.role)
+                ));
+                route.agent = leader;
+                let (code, bytes) = route.send_to_leader("/read/", &body, None).await?;
+                read_result(&route.agent, read_set, code, &bytes)
             }
             _ => {
-                let message = error.map_or_else(|| quote(&bytes), |e| e.message);
-                Err(RunError::Unavailable(format!(
-                    "{agent} is not the leader and names no leader ({message}): writes are \
-                     unavailable until a leader is elected"
-                )))
+                route.notes.push(format!(
+                    "{} is a {} and no leader is known: the values may be behind the leader's",
+                    route.agent,
+                    role_name(read.role)
+                ));
+                Ok(read)
             }
         }
+    }
+
+    /// Reads at the first of `nodes` that answers, whatever its role.
+    async fn read_from_nodes(&self, nodes: &[String], read_set: &[Account]) -> Result<ReadResult, RunError> {
+        let body = read_request(read_set);
+        let mut failures = Vec::new();
+        for node in nodes {
+            match self.post(node, "/read/", &body).await {
+                Ok((code, bytes)) => match read_result(node, read_set, code, &bytes) {
+                    Ok(read) => return Ok(read),
+                    Err(e) => failures.push(e.to_string()),
+                },
+                Err(e) => failures.push(describe_send_error(node, "/read/", &e)),
+            }
+        }
+        if failures.is_empty() {
+            return Err(RunError::Rejected("no node to read from".into()));
+        }
+        Err(RunError::unavailable(format!("no node answered the read: {}", failures.join("; "))))
+    }
+
+    /// The leader an agent's `/status` names, else the one the supervisor names.
+    async fn leader_named_by(&self, agent: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct StatusLeader {
+            leader: Option<String>,
+        }
+        let url = format!("{}/status", base_url(agent));
+        let from_agent = match self.http.get(&url).timeout(SUPERVISOR_TIMEOUT).send().await {
+            Ok(response) if response.status().is_success() => {
+                response.json::<StatusLeader>().await.ok().and_then(|s| s.leader)
+            }
+            _ => None,
+        };
+        match from_agent {
+            Some(leader) => Some(leader),
+            None => self.ask_supervisor().await.ok().flatten().and_then(|view| view.leader),
+        }
+    }
+
+    /// The supervisor's view of the leader: `Ok(None)` when there is no supervisor to ask.
+    pub async fn ask_supervisor(&self) -> Result<Option<LeaderView>, String> {
+        let Some(supervisor) = &self.supervisor else {
+            return Ok(None);
+        };
+        let url = format!("{}/status", base_url(supervisor));
+        let response = self
+            .http
+            .get(&url)
+            .timeout(SUPERVISOR_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the supervisor at {supervisor}: {}", root_cause(&e)))?;
+        if !response.status().is_success() {
+            return Err(format!("the supervisor at {supervisor} answered HTTP {}", response.status()));
+        }
+        let bytes =
+            response.bytes().await.map_err(|e| format!("the supervisor at {supervisor}: {}", root_cause(&e)))?;
+        serde_json::from_slice::<LeaderView>(&bytes)
+            .map(Some)
+            .map_err(|e| format!("the supervisor at {supervisor} sent a status that is not understood: {e}"))
     }
 
     async fn post(
@@ -347,30 +532,178 @@ impl Runner {
         agent: &str,
         path: &str,
         body: &impl Serialize,
-        retry_hint: Option<&str>,
-    ) -> Result<(StatusCode, Vec<u8>), RunError> {
-        let failed = |e: reqwest::Error| {
-            let why = describe_send_error(agent, path, &e);
-            // A refused connection means the request never left; anything later may have been
-            // carried out without its answer reaching us.
-            RunError::Unavailable(match retry_hint {
-                Some(hint) if !e.is_connect() => {
-                    format!("{why}; the outcome is unknown: {hint}")
-                }
-                _ => why,
-            })
-        };
+    ) -> Result<(StatusCode, Vec<u8>), reqwest::Error> {
         let url = format!("{}{path}", base_url(agent));
-        let response = self.http.post(&url).json(body).send().await.map_err(failed)?;
+        let response = self.http.post(&url).json(body).send().await?;
         let code = response.status();
-        let bytes = response.bytes().await.map_err(failed)?;
+        let bytes = response.bytes().await?;
         Ok((code, bytes.to_vec()))
     }
 }
 
+/// One run's idea of where the leader is, and its deadline for finding one.
+struct Route<'a> {
+    runner: &'a Runner,
+    /// The agent believed to be the leader; requests go here.
+    agent: String,
+    deadline: Instant,
+    notes: Vec<String>,
+    /// When the run started waiting for a leader, and what it first saw.
+    waiting: Option<(Instant, String)>,
+}
+
+impl<'a> Route<'a> {
+    fn new(runner: &'a Runner, agent: &str, deadline: Instant) -> Self {
+        Route { runner, agent: agent.trim().to_string(), deadline, notes: Vec::new(), waiting: None }
+    }
+
+    /// The notes, with how long the run waited for a leader, if it did.
+    fn finish(mut self) -> Vec<String> {
+        if let Some((since, why)) = self.waiting.take() {
+            self.notes.push(format!(
+                "waited {:.1} s for the leader {} to answer (at first: {why})",
+                since.elapsed().as_secs_f64(),
+                self.agent
+            ));
+        }
+        self.notes
+    }
+
+    /// Posts `body` to the leader and returns its answer. Follows 421s; when the leader cannot
+    /// be reached or answers 503, asks the supervisor and tries again until the deadline.
+    /// `txn` is the commit's id (`None` for a read), the same in every try.
+    async fn send_to_leader(
+        &mut self,
+        path: &str,
+        body: &impl Serialize,
+        txn: Option<Uuid>,
+    ) -> Result<(StatusCode, Vec<u8>), RunError> {
+        let mut redirects = 0;
+        let mut pause = FIRST_PAUSE;
+        // Whether a try may have been carried out without its answer reaching us.
+        let mut outcome_unknown = false;
+        loop {
+            let (why, agent_reachable) = match self.runner.post(&self.agent, path, body).await {
+                Ok((StatusCode::MISDIRECTED_REQUEST, bytes)) => {
+                    let error = serde_json::from_slice::<ErrorBody>(&bytes).ok();
+                    match error.as_ref().and_then(|e| e.leader.clone()) {
+                        Some(leader) if leader != self.agent && redirects < MAX_REDIRECTS => {
+                            self.notes
+                                .push(format!("{} is not the leader; sent {path} to the leader {leader}", self.agent));
+                            self.agent = leader;
+                            redirects += 1;
+                            continue;
+                        }
+                        Some(leader) => (
+                            format!(
+                                "{} names {leader} as the leader, which does not take it: a failover may be under way",
+                                self.agent
+                            ),
+                            true,
+                        ),
+                        None => (
+                            format!(
+                                "{} is not the leader and knows no leader ({})",
+                                self.agent,
+                                error.map_or_else(|| quote(&bytes), |e| e.message)
+                            ),
+                            true,
+                        ),
+                    }
+                }
+                Ok((StatusCode::SERVICE_UNAVAILABLE, bytes)) => {
+                    // A commit that a member refused is an answer: ABORT, nothing applied.
+                    if txn.is_some() && serde_json::from_slice::<CommitResponse>(&bytes).is_ok() {
+                        return Ok((StatusCode::SERVICE_UNAVAILABLE, bytes));
+                    }
+                    let message = error_message(&bytes);
+                    // The agent names the transaction when its outcome is undecided (a leader
+                    // deposed mid-commit); other 503s come before anything was done.
+                    if txn.is_some_and(|id| message.contains(&id.to_string())) {
+                        outcome_unknown = true;
+                    }
+                    (format!("{} is unavailable: {message}", self.agent), true)
+                }
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    // A refused connection sent nothing; anything later may have been carried out.
+                    if txn.is_some() && !e.is_connect() {
+                        outcome_unknown = true;
+                    }
+                    (describe_send_error(&self.agent, path, &e), !e.is_connect())
+                }
+            };
+            let unknown_txn = txn.filter(|_| outcome_unknown);
+
+            // No leader answered: ask the supervisor where the leader is now.
+            let supervisor_says = match self.runner.ask_supervisor().await {
+                Ok(Some(view)) => match view.leader.filter(|l| *l != self.agent) {
+                    Some(leader) if redirects < MAX_REDIRECTS => {
+                        self.notes
+                            .push(format!("{why}; the supervisor names {leader} as the leader: sent {path} there"));
+                        self.agent = leader;
+                        redirects += 1;
+                        continue;
+                    }
+                    _ => format!("the supervisor says: {}", view.message),
+                },
+                Ok(None) if !agent_reachable => {
+                    return Err(RunError::Unavailable {
+                        message: format!("{why}; no supervisor to ask where the leader is"),
+                        unknown_txn,
+                    });
+                }
+                Ok(None) => String::new(),
+                Err(e) if !agent_reachable => {
+                    return Err(RunError::Unavailable {
+                        message: format!("{why}; {e}: the cluster seems to be stopped"),
+                        unknown_txn,
+                    });
+                }
+                Err(e) => e,
+            };
+            let now = Instant::now();
+            let waited_since = self.waiting.get_or_insert_with(|| (now, why.clone())).0;
+            if now + pause > self.deadline {
+                let seen = if supervisor_says.is_empty() { why } else { format!("{why}; {supervisor_says}") };
+                return Err(RunError::Unavailable {
+                    message: format!(
+                        "no leader answered within {:.1} s: {seen}",
+                        (now - waited_since).as_secs_f64().max(0.1)
+                    ),
+                    unknown_txn,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+            // A wait is a fresh start: the redirects seen now may come from a newer term.
+            redirects = 0;
+        }
+    }
+}
+
+fn read_request(read_set: &[Account]) -> ReadRequest {
+    ReadRequest { transaction: TransactionBody { read_set: read_set.to_vec(), ..Default::default() }, min_lsn: None }
+}
+
+fn read_result(agent: &str, read_set: &[Account], code: StatusCode, bytes: &[u8]) -> Result<ReadResult, RunError> {
+    if code != StatusCode::OK {
+        return Err(error_for(agent, "/read/", code, bytes));
+    }
+    let answer: ReadResponse = parse_answer(agent, "/read/", bytes)?;
+    Ok(ReadResult {
+        values: read_set.iter().map(|a| (*a, answer.values.get(a).copied())).collect(),
+        timestamp: answer.timestamp,
+        lsn: answer.lsn,
+        node: answer.node,
+        role: answer.role,
+        agent: agent.to_string(),
+    })
+}
+
 fn parse_answer<T: serde::de::DeserializeOwned>(agent: &str, path: &str, bytes: &[u8]) -> Result<T, RunError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        RunError::Unavailable(format!(
+        RunError::unavailable(format!(
             "{agent} answered {path} with something that is not a valid answer ({e}): {}",
             quote(bytes)
         ))
@@ -382,8 +715,8 @@ fn error_for(agent: &str, path: &str, code: StatusCode, bytes: &[u8]) -> RunErro
     let message = error_message(bytes);
     match code {
         StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => RunError::Rejected(message),
-        StatusCode::SERVICE_UNAVAILABLE => RunError::Unavailable(format!("{agent} is unavailable: {message}")),
-        _ => RunError::Unavailable(format!("{agent} answered {path} with HTTP {code}: {message}")),
+        StatusCode::SERVICE_UNAVAILABLE => RunError::unavailable(format!("{agent} is unavailable: {message}")),
+        _ => RunError::unavailable(format!("{agent} answered {path} with HTTP {code}: {message}")),
     }
 }
 
@@ -396,16 +729,20 @@ fn describe_send_error(agent: &str, path: &str, e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return format!("no answer from {agent} to {path} within {} s", REQUEST_TIMEOUT.as_secs());
     }
-    // reqwest's own message is generic ("error sending request"); the cause is deeper.
-    let mut cause: &dyn std::error::Error = e;
+    if e.is_connect() {
+        format!("cannot reach the agent at {agent}: {}", root_cause(e))
+    } else {
+        format!("request {path} to {agent} failed: {}", root_cause(e))
+    }
+}
+
+/// reqwest's own message is generic ("error sending request"); the cause is deeper.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
     while let Some(source) = cause.source() {
         cause = source;
     }
-    if e.is_connect() {
-        format!("cannot reach the agent at {agent}: {cause}")
-    } else {
-        format!("request {path} to {agent} failed: {cause}")
-    }
+    cause.to_string()
 }
 
 /// The start of an answer's body, for an error message.
@@ -422,17 +759,25 @@ fn quote(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_agent::{self, Fake, COMMIT_TS, READ_TS};
+    use crate::fake_agent::{self, Fake, FakeSupervisor, COMMIT_TS, READ_TS};
 
     fn fake_with_balances() -> Fake {
         Fake { balances: BTreeMap::from([(1, 100), (3, 300)]), ..Fake::default() }
+    }
+
+    fn runner() -> Runner {
+        Runner::new().unwrap().with_follow_budget(Duration::from_secs(3))
+    }
+
+    async fn run(runner: &Runner, agent: &str, text: &str) -> Result<RunReport, RunError> {
+        runner.run(agent, text, &RunOptions::default()).await
     }
 
     #[tokio::test]
     async fn commit_carries_the_read_timestamp_and_a_txn_id() {
         let fake = fake_with_balances();
         let agent = fake_agent::start(fake.clone()).await;
-        let report = Runner::new().unwrap().run(&agent, "r(1) w(2=22) r(4)", None).await.unwrap();
+        let report = run(&runner(), &agent, "r(1) w(2=22) r(4)").await.unwrap();
 
         let read = report.read.as_ref().unwrap();
         assert_eq!(read.values, vec![(1, Some(100)), (4, None)]);
@@ -440,8 +785,10 @@ mod tests {
         let commit = report.commit.as_ref().unwrap();
         assert_eq!((commit.commit, commit.commit_ts), (Outcome::Commit, Some(COMMIT_TS)));
         assert_eq!(report.exit_code(), 0);
+        assert_eq!(report.leader.as_deref(), Some(agent.as_str()));
+        assert_eq!(report.leader_text(), Some(format!("node0 at {agent}")));
 
-        let sent = fake.commits.lock().unwrap().clone();
+        let sent = fake.commits();
         assert_eq!(sent.len(), 1);
         let t = &sent[0].transaction;
         assert_eq!(t.read_set, vec![1, 4]);
@@ -453,22 +800,25 @@ mod tests {
         assert!(text.contains("account 1 = 100\n"), "{text}");
         assert!(text.contains("account 4: no such account"), "{text}");
         assert!(text.contains(&format!("COMMIT: txn {}, commit_ts {COMMIT_TS}, lsn 4", commit.txn_id)), "{text}");
+        assert!(text.contains(&format!("leader: node0 at {agent}\n")), "{text}");
+        assert!(report.in_words().contains("committed"), "{}", report.in_words());
     }
 
     #[tokio::test]
     async fn read_only_skips_the_commit_and_blind_write_skips_the_read() {
         let fake = fake_with_balances();
         let agent = fake_agent::start(fake.clone()).await;
-        let runner = Runner::new().unwrap();
+        let runner = runner();
 
-        let read_only = runner.run(&agent, "r(3)", None).await.unwrap();
+        let read_only = run(&runner, &agent, "r(3)").await.unwrap();
         assert!(read_only.commit.is_none());
-        assert_eq!(read_only.exit_code(), 0);
-        assert!(fake.commits.lock().unwrap().is_empty());
+        assert_eq!((read_only.exit_code(), read_only.headline()), (0, "READ"));
+        assert!(read_only.to_text().contains("READ: read-only transaction"), "{}", read_only.to_text());
+        assert!(fake.commits().is_empty());
 
-        let blind = runner.run(&agent, "w(7=70)", None).await.unwrap();
+        let blind = run(&runner, &agent, "w(7=70)").await.unwrap();
         assert!(blind.read.is_none());
-        let sent = fake.commits.lock().unwrap().clone();
+        let sent = fake.commits();
         assert_eq!(sent[0].transaction.time_stamp, None);
         assert!(sent[0].transaction.read_set.is_empty());
     }
@@ -477,82 +827,163 @@ mod tests {
     async fn abort_is_reported_with_reason_and_key() {
         let fake = Fake { stale_account: Some(1), ..fake_with_balances() };
         let agent = fake_agent::start(fake).await;
-        let report = Runner::new().unwrap().run(&agent, "r(1)w(1=5)", None).await.unwrap();
+        let report = run(&runner(), &agent, "r(1)w(1=5)").await.unwrap();
         assert!(report.aborted());
         assert_eq!(report.exit_code(), EXIT_ABORT);
         let text = report.to_text();
         assert!(text.contains("ABORT"), "{text}");
         assert!(text.contains("stale_read"), "{text}");
         assert!(text.contains("account 1"), "{text}");
+        let words = report.in_words();
+        assert!(words.contains("nothing was written") && words.contains("account 1 was changed"), "{words}");
     }
 
     #[tokio::test]
-    async fn a_replica_redirects_the_commit_to_the_leader() {
+    async fn a_replica_redirects_the_commit_and_the_read_goes_to_the_leader() {
         let leader = fake_with_balances();
         let leader_address = fake_agent::start(leader.clone()).await;
-        let replica = Fake { leader: Some(leader_address.clone()), ..fake_with_balances() };
+        let replica = Fake { balances: fake_with_balances().balances, ..Fake::replica_of(&leader_address) };
         let replica_address = fake_agent::start(replica).await;
 
-        let report = Runner::new().unwrap().run(&replica_address, "r(1)w(2=3)", None).await.unwrap();
-        assert_eq!(report.read.as_ref().unwrap().agent, replica_address);
-        assert_eq!(report.commit_agent.as_deref(), Some(leader_address.as_str()));
-        assert_eq!(leader.commits.lock().unwrap().len(), 1);
+        let report = run(&runner(), &replica_address, "r(1)w(2=3)").await.unwrap();
+        // The replica answered the read and named the leader in its status: read again there.
+        assert_eq!(report.read.as_ref().unwrap().agent, leader_address);
+        assert_eq!(report.read.as_ref().unwrap().role, Role::Leader);
+        assert_eq!(report.leader.as_deref(), Some(leader_address.as_str()));
+        assert_eq!(leader.commits().len(), 1);
+        assert!(report.notes[0].contains("is a replica; read again at the leader"), "{:?}", report.notes);
+
+        // A blind write goes to the replica and follows its 421.
+        let report = run(&runner(), &replica_address, "w(2=3)").await.unwrap();
+        assert_eq!(report.leader.as_deref(), Some(leader_address.as_str()));
         assert!(report.notes[0].contains("is not the leader"), "{:?}", report.notes);
     }
 
     #[tokio::test]
-    async fn a_redirect_is_followed_only_once() {
-        // A replica naming another replica as the leader: a broken cluster must not loop.
-        let elsewhere = fake_agent::closed_port().await;
-        let second = Fake { leader: Some(elsewhere), ..Fake::default() };
-        let second_address = fake_agent::start(second).await;
-        let first = Fake { leader: Some(second_address), ..Fake::default() };
-        let first_address = fake_agent::start(first).await;
+    async fn a_read_only_transaction_can_read_from_any_node() {
+        let leader_address = fake_agent::start(fake_with_balances()).await;
+        let replica = Fake { balances: fake_with_balances().balances, ..Fake::replica_of(&leader_address) };
+        let replica_address = fake_agent::start(replica).await;
+        let closed = fake_agent::closed_port().await;
 
-        let err = Runner::new().unwrap().run(&first_address, "w(1=1)", None).await.unwrap_err();
-        assert_eq!(err.exit_code(), EXIT_UNAVAILABLE);
-        assert!(err.to_string().contains("says it is not"), "{err}");
+        let options = RunOptions { read_from: ReadFrom::Nodes(vec![closed, replica_address.clone()]), txn_id: None };
+        let report = runner().run(&leader_address, "r(1)", &options).await.unwrap();
+        let read = report.read.as_ref().unwrap();
+        assert_eq!((read.agent.as_str(), read.role), (replica_address.as_str(), Role::Replica));
+        assert_eq!(report.leader, None);
+        assert!(report.in_words().contains("node1 (replica)"), "{}", report.in_words());
     }
 
     #[tokio::test]
-    async fn errors_map_to_exit_codes() {
-        let runner = Runner::new().unwrap();
+    async fn redirects_are_followed_a_bounded_number_of_times() {
+        // Two replicas naming each other: a broken cluster must not loop.
         let closed = fake_agent::closed_port().await;
+        let second = Fake::replica_of(&closed);
+        let second_address = fake_agent::start(second.clone()).await;
+        let first = Fake::replica_of(&second_address);
+        let first_address = fake_agent::start(first).await;
+        second.set_leader(Some(first_address.clone()));
 
-        let parse = runner.run(&closed, "r(1)w(2=22", None).await.unwrap_err();
-        assert_eq!(parse.exit_code(), EXIT_USAGE);
-        assert!(parse.to_string().contains("column"), "{parse}");
+        let runner = Runner::new().unwrap().with_follow_budget(Duration::from_millis(500));
+        let started = Instant::now();
+        let err = run(&runner, &first_address, "w(1=1)").await.unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_UNAVAILABLE);
+        assert!(err.to_string().contains("no leader answered within"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    }
 
-        let down = runner.run(&closed, "r(1)", None).await.unwrap_err();
-        assert_eq!(down.exit_code(), EXIT_UNAVAILABLE);
-        assert!(down.to_string().contains("cannot reach the agent"), "{down}");
-
+    #[tokio::test]
+    async fn a_stopped_cluster_fails_at_once_with_exit_code_3() {
+        let closed = fake_agent::closed_port().await;
+        let no_supervisor = fake_agent::closed_port().await;
+        let runner = runner().with_supervisor(Some(&no_supervisor));
+        let started = Instant::now();
+        let err = run(&runner, &closed, "r(1)w(2=2)").await.unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_UNAVAILABLE);
+        let text = err.to_string();
+        assert!(text.contains("cannot reach the agent") && text.contains("cannot reach the supervisor"), "{text}");
+        assert!(text.contains("stopped"), "{text}");
         // A refused connection sent nothing, so the outcome is known: nothing was applied.
-        let refused = runner.run(&closed, "w(1=1)", None).await.unwrap_err();
-        assert!(!refused.to_string().contains("unknown"), "{refused}");
+        assert!(!text.contains("unknown"), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_dead_leader_is_replaced_by_the_one_the_supervisor_names() {
+        let new_leader = fake_with_balances();
+        let new_address = fake_agent::start(new_leader.clone()).await;
+        let old = fake_agent::closed_port().await;
+        let supervisor = FakeSupervisor::start(Some(new_address.clone())).await;
+
+        let runner = runner().with_supervisor(Some(&supervisor.address));
+        let report = run(&runner, &old, "r(1)w(2=5)").await.unwrap();
+        assert_eq!(report.verdict(), Verdict::Commit);
+        assert_eq!(report.leader.as_deref(), Some(new_address.as_str()));
+        assert!(report.notes.iter().any(|n| n.contains("the supervisor names")), "{:?}", report.notes);
+        assert_eq!(new_leader.commits().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn during_an_election_the_commit_waits_and_retries_with_the_same_txn_id() {
+        // The leader answers 503 (an election in progress) twice, then commits.
+        let leader = Fake { unavailable_commits: fake_agent::counter(2), ..fake_with_balances() };
+        let address = fake_agent::start(leader.clone()).await;
+        let supervisor = FakeSupervisor::start(None).await;
+        let runner = runner().with_supervisor(Some(&supervisor.address));
+        let txn_id = Uuid::new_v4();
+
+        let options = RunOptions { txn_id: Some(txn_id), ..RunOptions::default() };
+        let report = runner.run(&address, "w(2=5)", &options).await.unwrap();
+        assert_eq!(report.verdict(), Verdict::Commit);
+        let tries = leader.tries();
+        assert_eq!(tries.len(), 3, "{tries:?}");
+        assert!(tries.iter().all(|t| t.transaction.txn_id == Some(txn_id)), "{tries:?}");
+        assert!(report.notes.iter().any(|n| n.contains("waited")), "{:?}", report.notes);
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_outcome_is_unknown_says_how_to_learn_it() {
+        let leader = Fake { unavailable_commits: fake_agent::counter(1000), name_txn_in_503: true, ..Fake::default() };
+        let address = fake_agent::start(leader).await;
+        let supervisor = FakeSupervisor::start(Some(address.clone())).await;
+        let runner = Runner::new()
+            .unwrap()
+            .with_follow_budget(Duration::from_millis(400))
+            .with_supervisor(Some(&supervisor.address));
+
+        let err = run(&runner, &address, "w(1=1)").await.unwrap_err();
+        assert_eq!(err.exit_code(), EXIT_UNAVAILABLE);
+        let RunError::Unavailable { unknown_txn: Some(id), .. } = &err else { panic!("{err:?}") };
+        let text = err.to_string();
+        assert!(text.contains(&format!("outcome of transaction {id} is unknown")), "{text}");
+        assert!(text.contains("the supervisor says"), "{text}");
     }
 
     #[tokio::test]
     async fn error_answers_map_to_exit_codes() {
-        let runner = Runner::new().unwrap();
-        let unavailable = Fake { fail_commit_with: Some(StatusCode::SERVICE_UNAVAILABLE), ..Fake::default() };
-        let agent = fake_agent::start(unavailable).await;
-        let err = runner.run(&agent, "w(1=1)", None).await.unwrap_err();
-        assert_eq!(err.exit_code(), EXIT_UNAVAILABLE);
-        assert!(err.to_string().contains("the fake says 503"), "{err}");
-        assert!(err.to_string().contains("--txn-id"), "{err}");
+        let runner = runner();
+        let closed = fake_agent::closed_port().await;
+        let parse = run(&runner, &closed, "r(1)w(2=22").await.unwrap_err();
+        assert_eq!(parse.exit_code(), EXIT_USAGE);
+        assert!(parse.to_string().contains("column 11"), "{parse}");
 
         let bad = Fake { fail_commit_with: Some(StatusCode::BAD_REQUEST), ..Fake::default() };
         let agent = fake_agent::start(bad).await;
-        let err = runner.run(&agent, "w(1=1)", None).await.unwrap_err();
+        let err = run(&runner, &agent, "w(1=1)").await.unwrap_err();
         assert_eq!(err.exit_code(), EXIT_USAGE);
-        assert!(err.to_string().contains("refused the transaction"), "{err}");
+        assert!(err.to_string().contains("refused"), "{err}");
 
         let odd = Fake { fail_commit_with: Some(StatusCode::INTERNAL_SERVER_ERROR), ..Fake::default() };
         let agent = fake_agent::start(odd).await;
-        let err = runner.run(&agent, "w(1=1)", None).await.unwrap_err();
+        let err = run(&runner, &agent, "w(1=1)").await.unwrap_err();
         assert_eq!(err.exit_code(), EXIT_UNAVAILABLE);
         assert!(err.to_string().contains("HTTP 500"), "{err}");
+
+        let replication = Fake { replication_fails: true, ..Fake::default() };
+        let agent = fake_agent::start(replication).await;
+        let report = run(&runner, &agent, "w(1=1)").await.unwrap();
+        assert_eq!(report.exit_code(), EXIT_ABORT);
+        assert!(report.in_words().contains("no member applied it"), "{}", report.in_words());
     }
 
     #[test]

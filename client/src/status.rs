@@ -1,91 +1,184 @@
-//! `client status`: the supervisor's view of the cluster as a table.
+//! The supervisor's view of the cluster (`GET /status` of the supervisor), as `client status`
+//! prints it and the cluster page shows it.
+//!
+//! The types mirror `supervisor::run::SupervisorStatus` but are read leniently (every field has
+//! a default, unknown fields are ignored, roles are plain strings), so that a client and a
+//! supervisor of different versions still understand each other.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use protocol::{Lsn, Term, Timestamp};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::run::base_url;
+use crate::run::{base_url, root_cause};
 
-/// The supervisor polls every agent with a 1 s timeout, in parallel.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The supervisor answers from memory; a slow answer means it is in trouble.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Recoveries `client status` lists, newest first.
+const RECOVERIES_SHOWN: usize = 3;
 
 /// The supervisor's `GET /status` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
 pub struct ClusterStatus {
-    pub nodes: Vec<NodeReport>,
+    pub term: i64,
+    pub config_version: u64,
     pub leader: Option<String>,
+    pub members: Vec<String>,
     pub writes_available: bool,
+    /// The state in one sentence.
+    pub message: String,
+    pub nodes: Vec<NodeReport>,
+    pub last_failover: Option<FailoverReport>,
+    pub failovers: Vec<FailoverReport>,
+    pub recovering: Vec<String>,
+    pub recoveries: Vec<RecoveryReport>,
+    pub diverged: Vec<String>,
+    pub clients: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
 pub struct NodeReport {
     pub address: String,
     pub alive: bool,
-    pub status: Option<AgentSummary>,
+    pub member: bool,
+    pub role: Option<String>,
+    pub term: Option<i64>,
+    pub applied_lsn: Option<i64>,
+    /// Entries behind the leader.
+    pub lag: Option<i64>,
     pub error: Option<String>,
+    /// The agent's own `/status`, when it answered.
+    pub status: Option<AgentSummary>,
 }
 
-/// The part of an agent's status (`protocol::AgentStatus`) the table shows. Read leniently, so
-/// that a client and a supervisor of different versions still understand each other.
-#[derive(Debug, Clone, Default, Deserialize)]
+impl NodeReport {
+    /// The agent's node id, or `-` when it did not answer.
+    pub fn node_id(&self) -> &str {
+        self.status.as_ref().map_or("-", |s| s.node_id.as_str())
+    }
+
+    pub fn role(&self) -> &str {
+        self.role.as_deref().unwrap_or("unknown")
+    }
+}
+
+/// The part of an agent's status (`protocol::AgentStatus`) the client shows.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AgentSummary {
     pub node_id: String,
-    pub role: String,
-    pub term: Term,
-    pub applied_lsn: Lsn,
-    pub last_commit_ts: Timestamp,
-    pub members: Vec<String>,
+    pub last_commit_ts: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct FailoverReport {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub old_leader: Option<String>,
+    pub new_leader: String,
+    pub term: i64,
+    pub detection_ms: u64,
+    pub election_ms: u64,
+    /// How long writes were unavailable.
+    pub unavailable_ms: u64,
+    pub in_doubt_committed: u32,
+    pub in_doubt_aborted: u32,
+}
+
+impl FailoverReport {
+    /// One line: who took over from whom and how long writes were unavailable.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} -> {} in term {}: detected in {} ms, elected in {} ms, writes unavailable for {} ms; \
+             in-doubt transactions: {} committed, {} aborted",
+            self.old_leader.as_deref().unwrap_or("(none)"),
+            self.new_leader,
+            self.term,
+            self.detection_ms,
+            self.election_ms,
+            self.unavailable_ms,
+            self.in_doubt_committed,
+            self.in_doubt_aborted
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RecoveryReport {
+    pub node: String,
+    pub at_ms: u64,
+    pub ok: bool,
+    pub message: String,
+    pub entries_applied: u64,
+    pub duration_ms: u64,
+    /// How long commits were paused on the leader for the final catch-up.
+    pub commit_pause_ms: Option<u64>,
+}
+
+impl RecoveryReport {
+    pub fn describe(&self) -> String {
+        let pause = self.commit_pause_ms.map_or_else(String::new, |p| format!(", commits paused {p} ms"));
+        format!(
+            "{} {}: {} entries applied in {} ms{pause}: {}",
+            self.node,
+            if self.ok { "recovered" } else { "failed to recover" },
+            self.entries_applied,
+            self.duration_ms,
+            self.message
+        )
+    }
 }
 
 /// Fetches the cluster status from the supervisor at `supervisor` (`host:port`).
-pub async fn fetch(supervisor: &str) -> anyhow::Result<ClusterStatus> {
-    let http = reqwest::Client::builder().timeout(STATUS_TIMEOUT).build()?;
+pub async fn fetch(http: &reqwest::Client, supervisor: &str) -> Result<ClusterStatus, String> {
     let url = format!("{}/status", base_url(supervisor));
-    let response = http.get(&url).send().await.map_err(|e| {
-        let mut cause: &dyn std::error::Error = &e;
-        while let Some(source) = cause.source() {
-            cause = source;
-        }
-        anyhow::anyhow!("cannot reach the supervisor at {supervisor}: {cause}")
-    })?;
+    let response = http
+        .get(&url)
+        .timeout(STATUS_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the supervisor at {supervisor}: {}", root_cause(&e)))?;
     let code = response.status();
     if !code.is_success() {
-        anyhow::bail!("the supervisor at {supervisor} answered HTTP {code}");
+        return Err(format!("the supervisor at {supervisor} answered HTTP {code}"));
     }
-    response
-        .json::<ClusterStatus>()
-        .await
-        .map_err(|e| anyhow::anyhow!("the supervisor at {supervisor} sent an invalid status: {e}"))
+    let bytes = response.bytes().await.map_err(|e| format!("the supervisor at {supervisor}: {}", root_cause(&e)))?;
+    serde_json::from_slice::<ClusterStatus>(&bytes)
+        .map_err(|e| format!("the supervisor at {supervisor} sent a status that is not understood: {e}"))
 }
 
-/// The status as a table, one agent a line, then the leader and whether writes are available.
+/// Unix milliseconds as `HH:MM:SS UTC` (the day is always today or close to it here).
+pub fn clock_time(at_ms: u64) -> String {
+    let secs = at_ms / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn dash(value: Option<i64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// The status as a table, one agent a line, then the cluster's state, the last failover and the
+/// latest recoveries.
 pub fn render(cluster: &ClusterStatus) -> String {
-    let header = ["ADDRESS", "ALIVE", "NODE", "ROLE", "TERM", "APPLIED_LSN", "LAST_COMMIT_TS", "MEMBERS"];
+    let header = ["ADDRESS", "NODE", "ALIVE", "MEMBER", "ROLE", "TERM", "APPLIED_LSN", "LAG"];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     let mut errors = Vec::new();
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
     for node in &cluster.nodes {
-        let alive = if node.alive { "yes" } else { "no" }.to_string();
-        let row = match &node.status {
-            Some(s) => vec![
-                node.address.clone(),
-                alive,
-                s.node_id.clone(),
-                s.role.clone(),
-                s.term.to_string(),
-                s.applied_lsn.to_string(),
-                s.last_commit_ts.to_string(),
-                s.members.join(","),
-            ],
-            None => {
-                let mut row = vec![node.address.clone(), alive];
-                row.extend(std::iter::repeat_n("-".to_string(), header.len() - 2));
-                row
-            }
-        };
-        rows.push(row);
+        rows.push(vec![
+            node.address.clone(),
+            node.node_id().to_string(),
+            yes_no(node.alive),
+            yes_no(node.member),
+            node.role.clone().unwrap_or_else(|| "-".into()),
+            dash(node.term),
+            dash(node.applied_lsn),
+            dash(node.lag),
+        ]);
         if let Some(error) = &node.error {
             errors.push(format!("{}: {error}", node.address));
         }
@@ -101,34 +194,98 @@ pub fn render(cluster: &ClusterStatus) -> String {
     for error in errors {
         let _ = writeln!(out, "unreachable {error}");
     }
-    let _ = writeln!(out, "leader: {}", cluster.leader.as_deref().unwrap_or("none"));
-    let _ = writeln!(out, "writes: {}", if cluster.writes_available { "available" } else { "unavailable" });
+    let _ = writeln!(
+        out,
+        "leader: {} (term {}, config version {})",
+        cluster.leader.as_deref().unwrap_or("none"),
+        cluster.term,
+        cluster.config_version
+    );
+    let _ = writeln!(
+        out,
+        "members: {}",
+        if cluster.members.is_empty() { "none".into() } else { cluster.members.join(", ") }
+    );
+    let _ = writeln!(
+        out,
+        "writes: {}: {}",
+        if cluster.writes_available { "available" } else { "UNAVAILABLE" },
+        cluster.message
+    );
+    if let Some(failover) = &cluster.last_failover {
+        let _ = writeln!(out, "last failover at {}: {}", clock_time(failover.at_ms), failover.describe());
+    }
+    if !cluster.recovering.is_empty() {
+        let _ = writeln!(out, "recovering: {}", cluster.recovering.join(", "));
+    }
+    for recovery in cluster.recoveries.iter().rev().take(RECOVERIES_SHOWN) {
+        let _ = writeln!(out, "recovery at {}: {}", clock_time(recovery.at_ms), recovery.describe());
+    }
+    if !cluster.diverged.is_empty() {
+        let _ = writeln!(out, "DIVERGED (refused, need rebuilding): {}", cluster.diverged.join(", "));
+    }
     out
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A status as the supervisor sends it after one failover and one recovery.
+    pub(crate) const AFTER_FAILOVER: &str = r#"{"term": 2, "config_version": 3, "leader": "127.0.0.1:8001",
+        "members": ["127.0.0.1:8000", "127.0.0.1:8001"], "writes_available": false,
+        "message": "a member is not answering: commits wait until it is removed",
+        "nodes": [
+            {"address": "127.0.0.1:8000", "alive": true, "member": true, "role": "replica", "term": 2,
+             "applied_lsn": 12, "lag": 0, "error": null, "status": {
+                "node_id": "node0", "address": "127.0.0.1:8000", "role": "replica", "term": 2,
+                "leader": "127.0.0.1:8001", "applied_lsn": 12, "last_commit_ts": 77,
+                "members": ["127.0.0.1:8000", "127.0.0.1:8001"], "prepared_batch": null,
+                "config_version": 3, "supervisor": "127.0.0.1:9000"}},
+            {"address": "127.0.0.1:8001", "alive": true, "member": true, "role": "leader", "term": 2,
+             "applied_lsn": 12, "lag": 0, "error": null, "status": {"node_id": "node1", "role": "leader"}},
+            {"address": "127.0.0.1:8002", "alive": false, "member": false, "role": null, "term": null,
+             "applied_lsn": null, "lag": null, "status": null,
+             "error": "cannot connect: Connection refused (os error 111)"}
+        ],
+        "last_failover": {"at_ms": 1795410608988, "old_leader": "127.0.0.1:8000", "new_leader": "127.0.0.1:8001",
+            "term": 2, "detection_ms": 200, "election_ms": 17, "unavailable_ms": 218,
+            "in_doubt_committed": 1, "in_doubt_aborted": 0},
+        "failovers": [], "recovering": ["127.0.0.1:8002"],
+        "recoveries": [{"node": "127.0.0.1:8000", "at_ms": 1795410610768, "ok": true,
+            "message": "in sync and back in the member set", "entries_applied": 5, "duration_ms": 38,
+            "commit_pause_ms": 15}],
+        "diverged": [], "clients": ["http://127.0.0.1:5000/leader_changed/"], "a_future_field": 1}"#;
+
     #[test]
-    fn renders_live_and_dead_nodes() {
-        let cluster: ClusterStatus = serde_json::from_str(
-            r#"{"nodes": [
-                {"address": "127.0.0.1:8000", "alive": true, "error": null, "status": {
-                    "node_id": "node0", "address": "127.0.0.1:8000", "role": "leader", "term": 3,
-                    "leader": "127.0.0.1:8000", "applied_lsn": 12, "last_commit_ts": 77,
-                    "members": ["127.0.0.1:8000"], "prepared_batch": null}},
-                {"address": "127.0.0.1:8001", "alive": false, "status": null,
-                 "error": "cannot connect: Connection refused (os error 111)"}
-            ], "leader": "127.0.0.1:8000", "writes_available": true}"#,
-        )
-        .unwrap();
+    fn renders_the_supervisor_status() {
+        let cluster: ClusterStatus = serde_json::from_str(AFTER_FAILOVER).unwrap();
         let text = render(&cluster);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("ADDRESS         ALIVE  NODE   ROLE"), "{text}");
-        assert!(lines[1].starts_with("127.0.0.1:8000  yes    node0  leader  3"), "{text}");
-        assert!(lines[2].starts_with("127.0.0.1:8001  no     -      -"), "{text}");
-        assert!(text.contains("unreachable 127.0.0.1:8001: cannot connect"), "{text}");
-        assert!(text.contains("leader: 127.0.0.1:8000\nwrites: available\n"), "{text}");
+        assert_eq!(lines[0], "ADDRESS         NODE   ALIVE  MEMBER  ROLE     TERM  APPLIED_LSN  LAG", "{text}");
+        assert_eq!(lines[1], "127.0.0.1:8000  node0  yes    yes     replica  2     12           0", "{text}");
+        assert_eq!(lines[2], "127.0.0.1:8001  node1  yes    yes     leader   2     12           0", "{text}");
+        assert_eq!(lines[3], "127.0.0.1:8002  -      no     no      -        -     -            -", "{text}");
+        assert!(text.contains("unreachable 127.0.0.1:8002: cannot connect"), "{text}");
+        assert!(text.contains("leader: 127.0.0.1:8001 (term 2, config version 3)\n"), "{text}");
+        assert!(text.contains("writes: UNAVAILABLE: a member is not answering"), "{text}");
+        assert!(text.contains("127.0.0.1:8000 -> 127.0.0.1:8001 in term 2"), "{text}");
+        assert!(text.contains("writes unavailable for 218 ms"), "{text}");
+        assert!(text.contains("recovering: 127.0.0.1:8002"), "{text}");
+        assert!(text.contains("127.0.0.1:8000 recovered: 5 entries applied in 38 ms, commits paused 15 ms"), "{text}");
+    }
+
+    #[test]
+    fn a_minimal_status_is_understood() {
+        let cluster: ClusterStatus = serde_json::from_str(r#"{"leader": null}"#).unwrap();
+        let text = render(&cluster);
+        assert!(text.contains("leader: none"), "{text}");
+        assert!(text.contains("members: none"), "{text}");
+    }
+
+    #[test]
+    fn times_read_well() {
+        assert_eq!(clock_time(3_723_000), "01:02:03 UTC");
+        assert_eq!(clock_time(86_400_000 + 5_000), "00:00:05 UTC");
     }
 }

@@ -1,50 +1,211 @@
-//! `client serve`: a small web page to type a transaction into and see what happened.
+//! `client serve`: the web pages.
 //!
-//! `GET /create/` shows the form; `POST /create/` runs the transaction with the same
-//! [`Runner::run`] as `client run` and shows the result under the form, keeping what was typed.
-//! Every piece of text that reaches the page goes through [`html_escape`].
+//! - `/create/`: the transaction form. GET shows it; POST runs the transaction with the same
+//!   [`Runner::run`] as `client run` and shows the outcome under the form, keeping what was
+//!   typed.
+//! - `/cluster/`: the cluster as the supervisor sees it, with the drills and the transactions
+//!   run from this client. Its live part is `/cluster/live`, an HTML fragment the page's script
+//!   fetches every 500 ms; `/cluster/status.json` is the same as JSON.
+//! - `/leader_changed/`: the supervisor tells this client the new leader.
+//!
+//! Pages are askama templates (`client/templates`), which escape every value; the pages work
+//! without JavaScript (`static/app.js` only adds the live updates and confirmation dialogs).
+//!
+//! Architecture invariant: this client calls agents' drill endpoints only on addresses the
+//! supervisor lists as nodes of the cluster, so the drill form cannot be used to make the client
+//! send requests elsewhere.
 
-use std::fmt::Write as _;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::response::{Html, Redirect};
-use axum::routing::get;
+use askama::Template;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
 use axum::{Form, Json, Router};
-use protocol::Outcome;
-use serde::Deserialize;
+use protocol::{DrillResponse, ErrorBody, Outcome};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use uuid::Uuid;
 
-use crate::run::{abort_reason, describe_writes, role_name, RunError, RunReport, Runner};
+use crate::run::{
+    base_url, describe_writes, role_name, root_cause, wire_name, ReadFrom, RunError, RunOptions, RunReport, Runner,
+    Verdict,
+};
+use crate::status::{self, clock_time, ClusterStatus, NodeReport};
 
 /// What the text box shows on a fresh form: the original system's example.
 pub const SAMPLE_TRANSACTION: &str = "r(1)w(2=22)r(3)w(5=34)";
 /// Largest form the page accepts. A transaction of a thousand operations fits many times over.
 const MAX_FORM_BYTES: usize = 64 * 1024;
+/// Transactions and drills the cluster page lists.
+pub const HISTORY_LEN: usize = 20;
+/// How long one supervisor status serves every viewer: the pages poll every 500 ms, so many
+/// open pages cost the supervisor one request per this period, not one each.
+const STATUS_CACHE_TTL: Duration = Duration::from_millis(250);
+/// A drill is one quick local change on the agent.
+const DRILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest transaction text kept in the history.
+const HISTORY_TEXT_CHARS: usize = 80;
 
+const STYLE_CSS: &str = include_str!("../static/style.css");
+const APP_JS: &str = include_str!("../static/app.js");
+
+/// The web app's state. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    /// The agent transactions are sent to (`host:port`); a 421 is followed to the leader, and
-    /// the supervisor's `/leader_changed/` replaces it.
-    pub agent: Arc<std::sync::RwLock<String>>,
-    pub runner: Runner,
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    /// The agent read-write transactions go to first (`host:port`): the leader as last heard
+    /// from the supervisor (`/leader_changed/`) or found by a run.
+    leader: RwLock<String>,
+    runner: Runner,
+    /// Talks to the supervisor (status) and to agents (drills), with short timeouts.
+    http: reqwest::Client,
+    /// The last supervisor status and when it was fetched (see [`STATUS_CACHE_TTL`]).
+    cache: tokio::sync::Mutex<Option<(Instant, Result<ClusterStatus, String>)>>,
+    log: Mutex<Log>,
+    /// Rotates "any node" reads over the live nodes.
+    next_any: AtomicUsize,
+}
+
+/// What this client did, newest last, for the cluster page.
+#[derive(Default)]
+struct Log {
+    runs: VecDeque<HistoryEntry>,
+    drills: VecDeque<DrillEntry>,
+    next_drill: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub at_ms: u64,
+    pub transaction: String,
+    /// `COMMIT`, `ABORT`, `READ`, `UNAVAILABLE` or `REFUSED`.
+    pub outcome: String,
+    pub leader: Option<String>,
+    pub latency_ms: f64,
+    pub txn_id: Option<Uuid>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillEntry {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub action: String,
+    pub node: String,
+    /// Whether the agent changed something.
+    pub changed: bool,
+    pub message: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl AppState {
-    pub fn new(agent: &str, runner: Runner) -> AppState {
-        AppState { agent: Arc::new(std::sync::RwLock::new(agent.to_string())), runner }
+    /// `leader` is where transactions go first; the runner asks its supervisor, if it has
+    /// one, when the leader does not answer, and the cluster page shows that supervisor's view.
+    pub fn new(leader: &str, runner: Runner) -> anyhow::Result<AppState> {
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(1)).build()?;
+        Ok(AppState {
+            inner: Arc::new(Shared {
+                leader: RwLock::new(leader.trim().to_string()),
+                runner,
+                http,
+                cache: tokio::sync::Mutex::new(None),
+                log: Mutex::new(Log::default()),
+                next_any: AtomicUsize::new(0),
+            }),
+        })
     }
 
     /// The agent to send the next transaction to.
-    pub fn agent(&self) -> String {
-        self.agent.read().map_or_else(|p| p.into_inner().clone(), |a| a.clone())
+    pub fn leader(&self) -> String {
+        self.inner.leader.read().map_or_else(|p| p.into_inner().clone(), |a| a.clone())
     }
 
-    fn set_agent(&self, leader: &str) {
-        match self.agent.write() {
-            Ok(mut agent) => *agent = leader.to_string(),
+    pub fn set_leader(&self, leader: &str) {
+        match self.inner.leader.write() {
+            Ok(mut current) => *current = leader.to_string(),
             Err(p) => *p.into_inner() = leader.to_string(),
         }
+    }
+
+    fn supervisor(&self) -> Option<&str> {
+        self.inner.runner.supervisor()
+    }
+
+    /// The supervisor's status, at most [`STATUS_CACHE_TTL`] old. Concurrent callers share one
+    /// fetch.
+    async fn cluster(&self) -> Result<ClusterStatus, String> {
+        let mut cache = self.inner.cache.lock().await;
+        if let Some((at, status)) = cache.as_ref() {
+            if at.elapsed() < STATUS_CACHE_TTL {
+                return status.clone();
+            }
+        }
+        let fetched = match self.supervisor() {
+            Some(supervisor) => status::fetch(&self.inner.http, supervisor).await,
+            None => Err("this client has no supervisor to ask (--supervisor)".to_string()),
+        };
+        *cache = Some((Instant::now(), fetched.clone()));
+        fetched
+    }
+
+    /// The last status fetched, however old, without asking the supervisor: for what a page
+    /// merely offers (the "read from" menu), so that a slow supervisor does not slow a run.
+    async fn cached_cluster(&self) -> Option<ClusterStatus> {
+        self.inner.cache.lock().await.as_ref().and_then(|(_, status)| status.as_ref().ok().cloned())
+    }
+
+    async fn forget_cluster(&self) {
+        *self.inner.cache.lock().await = None;
+    }
+
+    fn record_run(&self, entry: HistoryEntry) {
+        let mut log = lock(&self.inner.log);
+        log.runs.push_back(entry);
+        while log.runs.len() > HISTORY_LEN {
+            log.runs.pop_front();
+        }
+    }
+
+    fn record_drill(&self, action: &str, node: &str, changed: bool, message: String) -> u64 {
+        let mut log = lock(&self.inner.log);
+        log.next_drill += 1;
+        let seq = log.next_drill;
+        log.drills.push_back(DrillEntry {
+            seq,
+            at_ms: now_ms(),
+            action: action.to_string(),
+            node: node.to_string(),
+            changed,
+            message,
+        });
+        while log.drills.len() > HISTORY_LEN {
+            log.drills.pop_front();
+        }
+        seq
+    }
+
+    /// Transactions run from here, newest first.
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        lock(&self.inner.log).runs.iter().rev().cloned().collect()
+    }
+
+    fn drills(&self) -> Vec<DrillEntry> {
+        lock(&self.inner.log).drills.iter().rev().cloned().collect()
     }
 }
 
@@ -53,269 +214,1097 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(|| async { Redirect::to("/create/") }))
         .route("/health", get(health))
         .route("/create/", get(show_form).post(create))
-        .route("/leader_changed/", axum::routing::post(leader_changed))
+        .route("/cluster", get(|| async { Redirect::permanent("/cluster/") }))
+        .route("/cluster/", get(cluster_page))
+        .route("/cluster/live", get(cluster_live))
+        .route("/cluster/status.json", get(cluster_json))
+        .route("/cluster/drill", post(drill))
+        .route("/leader_changed/", post(leader_changed))
+        .route("/static/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
+        .route("/static/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .with_state(state)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "max-age=300")], body).into_response()
+}
+
+/// Renders a page; a template that fails to render (a bug) is a 500 that says nothing internal.
+fn render(template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "a page failed to render");
+            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered; see the client's log").into_response()
+        }
+    }
 }
 
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn show_form(State(state): State<AppState>) -> Html<String> {
-    Html(page(&state.agent(), SAMPLE_TRANSACTION, ""))
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessagePage {
+    active: &'static str,
+    title: String,
+    message: String,
+}
+
+fn message_page(code: StatusCode, title: &str, message: String) -> Response {
+    let mut response = render(&MessagePage { active: "", title: title.to_string(), message });
+    *response.status_mut() = code;
+    response
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    message_page(
+        StatusCode::NOT_FOUND,
+        "No such page",
+        format!("There is nothing at {}. The pages are /create/ and /cluster/.", uri.path()),
+    )
 }
 
 /// The supervisor announces a new leader (as the original did, with an address for a port).
-async fn leader_changed(State(state): State<AppState>, body: axum::body::Bytes) -> axum::response::Response {
-    use axum::response::IntoResponse;
+async fn leader_changed(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
     match serde_json::from_slice::<protocol::LeaderChanged>(&body) {
         Ok(change) => {
             tracing::info!(leader = %change.leader, term = ?change.term, "the supervisor announced a new leader");
-            state.set_agent(&change.leader);
+            state.set_leader(&change.leader);
+            state.forget_cluster().await;
             Json(json!({ "leader": change.leader })).into_response()
         }
         Err(e) => (
-            axum::http::StatusCode::BAD_REQUEST,
-            Json(json!({ "error": "bad_request", "message": format!("expected {{\"leader\": \"host:port\"}}: {e}") })),
+            StatusCode::BAD_REQUEST,
+            Json(ErrorBody {
+                error: "bad_request".into(),
+                message: format!("expected {{\"leader\": \"host:port\", \"term\": N}}: {e}"),
+                leader: None,
+                term: None,
+            }),
         )
             .into_response(),
     }
 }
 
-#[derive(Debug, Deserialize)]
+// ---------------------------------------------------------------------------------------------
+// The form
+
+#[derive(Template)]
+#[template(path = "create.html")]
+struct CreatePage {
+    active: &'static str,
+    sample: &'static str,
+    leader: String,
+    text: String,
+    read_choices: Vec<Choice>,
+    result: Option<ResultView>,
+    error: Option<ErrorView>,
+}
+
+struct Choice {
+    value: String,
+    label: String,
+    selected: bool,
+}
+
+struct ResultView {
+    /// `commit`, `abort` or `read`: the CSS class.
+    class: &'static str,
+    headline: &'static str,
+    words: String,
+    values: Vec<ValueRow>,
+    facts: Vec<Fact>,
+    notes: Vec<String>,
+}
+
+struct ValueRow {
+    account: i64,
+    balance: String,
+    missing: bool,
+}
+
+struct Fact {
+    /// For the element id: `fact-<id>`.
+    id: &'static str,
+    name: &'static str,
+    value: String,
+}
+
+struct ErrorView {
+    title: String,
+    message: String,
+    pointer: Option<Pointer>,
+    /// A commit whose outcome is unknown: the form offers to run it again with this id.
+    retry_txn: Option<Uuid>,
+    notes: Vec<String>,
+}
+
+/// The input split around the column a parse error points at.
+struct Pointer {
+    column: usize,
+    before: String,
+    at: String,
+    after: String,
+    caret: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
 struct CreateForm {
     /// Missing is the same as empty: the page then says what to type.
     #[serde(default)]
     transaction: String,
+    /// `leader` (the default), `any`, or a node's address.
+    #[serde(default)]
+    read_from: String,
+    /// To run a commit again whose outcome is unknown.
+    #[serde(default)]
+    txn_id: String,
 }
 
-async fn create(State(state): State<AppState>, Form(form): Form<CreateForm>) -> Html<String> {
+async fn show_form(State(state): State<AppState>) -> Response {
+    let cluster = state.cluster().await.ok();
+    render(&CreatePage {
+        active: "create",
+        sample: SAMPLE_TRANSACTION,
+        leader: state.leader(),
+        text: SAMPLE_TRANSACTION.to_string(),
+        read_choices: read_choices(cluster.as_ref(), "leader"),
+        result: None,
+        error: None,
+    })
+}
+
+/// The "read from" menu: the leader, any node, then each node the supervisor knows.
+fn read_choices(cluster: Option<&ClusterStatus>, selected: &str) -> Vec<Choice> {
+    let mut choices = vec![
+        Choice { value: "leader".into(), label: "the leader".into(), selected: false },
+        Choice { value: "any".into(), label: "any node (in turn)".into(), selected: false },
+    ];
+    for node in cluster.map(|c| c.nodes.as_slice()).unwrap_or_default() {
+        let label = format!("{} ({}, {})", node.address, node.node_id(), node.role());
+        choices.push(Choice { value: node.address.clone(), label, selected: false });
+    }
+    let index = choices.iter().position(|c| c.value == selected).unwrap_or(0);
+    choices[index].selected = true;
+    choices
+}
+
+async fn create(State(state): State<AppState>, Form(form): Form<CreateForm>) -> Response {
     let text = form.transaction;
-    let agent = state.agent();
-    let result = state.runner.run(&agent, &text, None).await;
+    let leader = state.leader();
+    let selected = if form.read_from.is_empty() { "leader".to_string() } else { form.read_from };
+    // Only a read from elsewhere than the leader needs the supervisor's list of nodes now.
+    let cluster = if selected == "leader" { state.cached_cluster().await } else { state.cluster().await.ok() };
+    let page = |result, error| CreatePage {
+        active: "create",
+        sample: SAMPLE_TRANSACTION,
+        leader: state.leader(),
+        text: text.clone(),
+        read_choices: read_choices(cluster.as_ref(), &selected),
+        result,
+        error,
+    };
+
+    let options = match run_options(&state, cluster.as_ref(), &selected, &form.txn_id) {
+        Ok(options) => options,
+        Err(message) => {
+            let error =
+                ErrorView { title: "Cannot run this".into(), message, pointer: None, retry_txn: None, notes: vec![] };
+            return render(&page(None, Some(error)));
+        }
+    };
+    let result = state.inner.runner.run(&leader, &text, &options).await;
     match &result {
-        Ok(report) => tracing::info!(
-            transaction = %report.transaction,
-            aborted = report.aborted(),
-            latency_ms = report.latency.as_millis() as u64,
-            "ran a transaction"
-        ),
+        Ok(report) => {
+            tracing::info!(
+                transaction = %report.transaction,
+                outcome = report.headline(),
+                leader = ?report.leader,
+                latency_ms = report.latency.as_millis() as u64,
+                "ran a transaction"
+            );
+            if let Some(found) = report.leader.as_ref().filter(|l| **l != leader) {
+                tracing::info!(leader = %found, "following the leader this run found");
+                state.set_leader(found);
+            }
+            state.record_run(history_of_report(report));
+        }
         Err(RunError::Parse(_)) => {}
-        Err(e) => tracing::warn!("transaction {text:?} failed: {e}"),
+        Err(e) => {
+            tracing::warn!("transaction {text:?} failed: {e}");
+            state.record_run(history_of_error(&text, e));
+        }
     }
-    let section = match &result {
-        Ok(report) => report_html(report),
-        Err(error) => error_html(&text, error),
-    };
-    Html(page(&agent, &text, &section))
+    match result {
+        Ok(report) => render(&page(Some(result_view(&report)), None)),
+        Err(error) => render(&page(None, Some(error_view(&text, &error)))),
+    }
 }
 
-/// The whole page: the form, with `text` in the box, then `result` (already HTML).
-fn page(agent: &str, text: &str, result: &str) -> String {
-    format!(
-        r#"<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Transaction</title>
-<style>
-body {{ font-family: sans-serif; max-width: 48rem; margin: 2rem auto; padding: 0 1rem; }}
-input[type=text] {{ font-family: monospace; font-size: 1.1rem; width: 100%; box-sizing: border-box; padding: .4rem; }}
-table {{ border-collapse: collapse; margin: .5rem 0; }}
-td, th {{ border: 1px solid #bbb; padding: .2rem .6rem; text-align: left; }}
-.commit {{ color: #176b2c; }} .abort {{ color: #a12020; }} .error {{ color: #a12020; }}
-pre {{ background: #f4f4f4; padding: .5rem; }}
-</style>
-</head>
-<body>
-<h1>Run a transaction</h1>
-<p>Reads <code>r(account)</code> and writes <code>w(account=balance)</code>, for example
-<code>{sample}</code>. Sent to the agent at <code>{agent}</code>.</p>
-<form method="post" action="/create/">
-<input type="text" id="transaction" name="transaction" value="{text}" autofocus spellcheck="false">
-<p><button type="submit">Run</button></p>
-</form>
-{result}
-</body>
-</html>
-"#,
-        sample = html_escape(SAMPLE_TRANSACTION),
-        agent = html_escape(agent),
-        text = html_escape(text),
-    )
+/// Reads the form's choices into [`RunOptions`], or says what is wrong with them.
+fn run_options(
+    state: &AppState,
+    cluster: Option<&ClusterStatus>,
+    read_from: &str,
+    txn_id: &str,
+) -> Result<RunOptions, String> {
+    let txn_id = match txn_id.trim() {
+        "" => None,
+        id => Some(Uuid::parse_str(id).map_err(|e| format!("txn_id {id:?} is not a UUID: {e}"))?),
+    };
+    let nodes = cluster.map(|c| c.nodes.as_slice()).unwrap_or_default();
+    let read_from = match read_from {
+        "leader" => ReadFrom::Leader,
+        "any" => {
+            let mut alive: Vec<String> = nodes.iter().filter(|n| n.alive).map(|n| n.address.clone()).collect();
+            if alive.is_empty() {
+                ReadFrom::Leader
+            } else {
+                let start = state.inner.next_any.fetch_add(1, Ordering::Relaxed) % alive.len();
+                alive.rotate_left(start);
+                ReadFrom::Nodes(alive)
+            }
+        }
+        address => {
+            if !nodes.iter().any(|n| n.address == address) {
+                return Err(format!(
+                    "{address:?} is not a node of the cluster as the supervisor lists it; choose another place to read from"
+                ));
+            }
+            ReadFrom::Nodes(vec![address.to_string()])
+        }
+    };
+    Ok(RunOptions { txn_id, read_from })
 }
 
-fn report_html(report: &RunReport) -> String {
-    let mut out = String::from("<section id=\"result\">\n");
-    let outcome = match &report.commit {
-        None => "<h2 id=\"outcome\" class=\"commit\">READ (read-only, nothing to commit)</h2>".to_string(),
-        Some(c) if c.commit == Outcome::Commit => "<h2 id=\"outcome\" class=\"commit\">COMMIT</h2>".to_string(),
-        Some(_) => "<h2 id=\"outcome\" class=\"abort\">ABORT</h2>".to_string(),
-    };
-    out.push_str(&outcome);
-    out.push('\n');
-    for note in &report.notes {
-        let _ = writeln!(out, "<p class=\"note\">{}</p>", html_escape(note));
-    }
-
-    out.push_str("<table>\n");
-    let mut row = |name: &str, value: String| {
-        let _ = writeln!(out, "<tr><th>{}</th><td>{}</td></tr>", html_escape(name), html_escape(&value));
-    };
-    row("transaction", report.transaction.clone());
+fn result_view(report: &RunReport) -> ResultView {
+    let verdict = report.verdict();
+    let mut facts = Vec::new();
+    let mut fact = |id, name, value: String| facts.push(Fact { id, name, value });
+    fact("transaction", "transaction", report.transaction.clone());
     if let Some(commit) = &report.commit {
-        row("txn_id", commit.txn_id.to_string());
+        fact("txn_id", "txn_id", commit.txn_id.to_string());
         match commit.commit {
             Outcome::Commit => {
-                row("commit_ts", commit.commit_ts.map_or("?".into(), |t| t.to_string()));
-                row("lsn", commit.lsn.map_or("?".into(), |l| l.to_string()));
-                row("written", describe_writes(&report.writes));
+                fact("commit_ts", "commit_ts", commit.commit_ts.map_or("?".into(), |t| t.to_string()));
+                fact("lsn", "lsn", commit.lsn.map_or("?".into(), |l| l.to_string()));
+                fact("written", "written", describe_writes(&report.writes));
             }
             Outcome::Abort => {
-                row("reason", abort_reason(commit));
+                fact("reason", "reason", commit.reason.map_or_else(|| "none given".into(), |r| wire_name(&r)));
                 if let Some(key) = commit.key {
-                    row("key", key.to_string());
+                    fact("key", "conflicting account", key.to_string());
+                }
+                if let Some(message) = &commit.message {
+                    fact("message", "the leader says", message.clone());
                 }
             }
         }
     }
-    if let Some(read) = &report.read {
-        row("read timestamp", read.timestamp.to_string());
-        row("read from", format!("{} ({}) at {}, lsn {}", read.node, role_name(read.role), read.agent, read.lsn));
+    if let Some(leader) = report.leader_text() {
+        fact("leader", "leader", leader);
     }
-    row("latency", format!("{:.1} ms", report.latency.as_secs_f64() * 1000.0));
-    out.push_str("</table>\n");
+    if let Some(read) = &report.read {
+        fact(
+            "read_from",
+            "read from",
+            format!("{} ({}) at {}, LSN {}", read.node, role_name(read.role), read.agent, read.lsn),
+        );
+        fact("read_ts", "read timestamp", read.timestamp.to_string());
+    }
+    fact("latency", "latency", format!("{:.1} ms", report.latency_ms()));
 
-    if let Some(read) = &report.read {
-        out.push_str("<h3>Values read</h3>\n<table id=\"values\">\n<tr><th>account</th><th>balance</th></tr>\n");
-        for (account, balance) in &read.values {
-            let balance = balance.map_or_else(|| "(no such account)".to_string(), |b| b.to_string());
-            let _ = writeln!(out, "<tr><td>{account}</td><td>{}</td></tr>", html_escape(&balance));
-        }
-        out.push_str("</table>\n");
+    let values = report
+        .read
+        .as_ref()
+        .map(|read| {
+            read.values
+                .iter()
+                .map(|(account, balance)| ValueRow {
+                    account: *account,
+                    balance: balance.map_or_else(String::new, |b| b.to_string()),
+                    missing: balance.is_none(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ResultView {
+        class: match verdict {
+            Verdict::Commit => "commit",
+            Verdict::Abort => "abort",
+            Verdict::Read => "read",
+        },
+        headline: report.headline(),
+        words: report.in_words(),
+        values,
+        facts,
+        notes: report.notes.clone(),
     }
-    out.push_str("</section>\n");
-    out
 }
 
-fn error_html(text: &str, error: &RunError) -> String {
-    let mut out = String::from("<section id=\"result\">\n");
+fn error_view(text: &str, error: &RunError) -> ErrorView {
     match error {
         RunError::Parse(e) => {
-            let _ = writeln!(out, "<h2 class=\"error\">Not a transaction</h2>");
-            let _ = writeln!(out, "<p id=\"error\" class=\"error\">{}</p>", html_escape(&e.to_string()));
-            // Point at the column under a copy of the input.
-            let caret = " ".repeat(e.column.saturating_sub(1)) + "^";
-            let _ = writeln!(out, "<pre>{}\n{}</pre>", html_escape(text), caret);
+            let chars: Vec<char> = text.chars().collect();
+            let at = e.column.saturating_sub(1).min(chars.len());
+            ErrorView {
+                title: format!("Not a transaction: error at column {}", e.column),
+                message: e.to_string(),
+                pointer: Some(Pointer {
+                    column: e.column,
+                    before: chars[..at].iter().collect(),
+                    // One past the end: mark the gap where something was expected.
+                    at: chars.get(at).map_or_else(|| " ".to_string(), |c| c.to_string()),
+                    after: chars.get(at + 1..).map(|rest| rest.iter().collect()).unwrap_or_default(),
+                    caret: " ".repeat(at) + "^",
+                }),
+                retry_txn: None,
+                notes: vec!["Nothing was sent to the cluster.".into()],
+            }
         }
-        RunError::Rejected(message) => {
-            let _ = writeln!(out, "<h2 class=\"error\">Refused by the agent</h2>");
-            let _ = writeln!(out, "<p id=\"error\" class=\"error\">{}</p>", html_escape(message));
-        }
-        RunError::Unavailable(message) => {
-            let _ = writeln!(out, "<h2 class=\"error\">Cluster unavailable</h2>");
-            let _ = writeln!(out, "<p id=\"error\" class=\"error\">{}</p>", html_escape(message));
-        }
+        RunError::Rejected(message) => ErrorView {
+            title: "Refused".into(),
+            message: message.clone(),
+            pointer: None,
+            retry_txn: None,
+            notes: vec!["Nothing was applied.".into()],
+        },
+        RunError::Unavailable { message, unknown_txn } => ErrorView {
+            title: "The cluster is unavailable".into(),
+            message: message.clone(),
+            pointer: None,
+            retry_txn: *unknown_txn,
+            notes: vec![match unknown_txn {
+                Some(id) => format!(
+                    "The commit may or may not have happened. Running it again with the same txn_id ({id}) \
+                     is safe: it returns the first outcome and applies nothing twice."
+                ),
+                None => "Nothing was committed. The page waited for a leader; try again in a moment.".into(),
+            }],
+        },
     }
-    out.push_str("</section>\n");
-    out
 }
 
-/// Escapes text for HTML element content and double- or single-quoted attribute values.
-pub fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
+fn short(text: &str) -> String {
+    match text.char_indices().nth(HISTORY_TEXT_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+fn history_of_report(report: &RunReport) -> HistoryEntry {
+    let read_at = report.read.as_ref().map(|r| r.agent.clone());
+    HistoryEntry {
+        at_ms: now_ms(),
+        transaction: short(&report.transaction),
+        outcome: report.headline().to_string(),
+        leader: report.leader.clone().or(read_at),
+        latency_ms: report.latency_ms(),
+        txn_id: report.commit.as_ref().map(|c| c.txn_id),
+        detail: report.in_words(),
+    }
+}
+
+fn history_of_error(text: &str, error: &RunError) -> HistoryEntry {
+    let (outcome, txn_id) = match error {
+        RunError::Unavailable { unknown_txn, .. } => ("UNAVAILABLE", *unknown_txn),
+        RunError::Parse(_) | RunError::Rejected(_) => ("REFUSED", None),
+    };
+    HistoryEntry {
+        at_ms: now_ms(),
+        transaction: short(text.trim()),
+        outcome: outcome.into(),
+        leader: None,
+        latency_ms: 0.0,
+        txn_id,
+        detail: error.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster page
+
+#[derive(Template)]
+#[template(path = "cluster.html")]
+struct ClusterPage {
+    active: &'static str,
+    supervisor: String,
+    flash: Option<Flash>,
+    live: LiveView,
+}
+
+#[derive(Template)]
+#[template(path = "cluster_live.html")]
+struct ClusterLive {
+    live: LiveView,
+}
+
+struct Flash {
+    /// `ok` or `bad`.
+    class: &'static str,
+    text: String,
+}
+
+/// Everything the live part of the cluster page shows, as text ready to print.
+struct LiveView {
+    reachable: bool,
+    error: String,
+    writes_available: bool,
+    message: String,
+    term: i64,
+    config_version: u64,
+    leader: String,
+    members: Vec<String>,
+    nodes: Vec<NodeRow>,
+    last_failover: Option<FailoverView>,
+    failover_count: usize,
+    recovering: Vec<String>,
+    recoveries: Vec<RecoveryView>,
+    diverged: Vec<String>,
+    client_leader: String,
+    history: Vec<HistoryRow>,
+    history_cap: usize,
+    drills: Vec<DrillRow>,
+}
+
+struct NodeRow {
+    address: String,
+    node_id: String,
+    /// `leader`, `replica`, `standby`, `down`, or `unknown` when it does not answer.
+    role: String,
+    alive: bool,
+    member: bool,
+    term: String,
+    applied_lsn: String,
+    lag: String,
+    error: String,
+    action: Option<DrillAction>,
+}
+
+struct DrillAction {
+    /// `down_leader` or `up_node`: the agent's endpoint.
+    action: &'static str,
+    label: &'static str,
+    confirm: String,
+}
+
+struct FailoverView {
+    at: String,
+    at_ms: u64,
+    old_leader: String,
+    new_leader: String,
+    term: i64,
+    detection_ms: u64,
+    election_ms: u64,
+    unavailable_ms: u64,
+    in_doubt_committed: u32,
+    in_doubt_aborted: u32,
+}
+
+struct RecoveryView {
+    node: String,
+    at: String,
+    at_ms: u64,
+    ok: bool,
+    entries: u64,
+    duration_ms: u64,
+    pause: String,
+    message: String,
+}
+
+struct HistoryRow {
+    at: String,
+    transaction: String,
+    outcome: String,
+    /// The CSS class of the outcome.
+    class: &'static str,
+    leader: String,
+    latency: String,
+    detail: String,
+}
+
+struct DrillRow {
+    at: String,
+    action: String,
+    node: String,
+    message: String,
+}
+
+fn dash(value: Option<i64>) -> String {
+    value.map_or_else(|| "–".to_string(), |v| v.to_string())
+}
+
+/// The drill a node offers: stop it if it leads, bring it back if it is down.
+fn drill_for(node: &NodeReport) -> Option<DrillAction> {
+    match node.role.as_deref() {
+        Some("leader") => Some(DrillAction {
+            action: "down_leader",
+            label: "Stop leader",
+            confirm: format!(
+                "Stop the leader {} (GET /down_leader/)? The supervisor will elect the next member as leader.",
+                node.address
+            ),
+        }),
+        Some("down") => Some(DrillAction {
+            action: "up_node",
+            label: "Bring back",
+            confirm: format!(
+                "Bring {} back (GET /up_node/)? It replays the leader's log and rejoins the members.",
+                node.address
+            ),
+        }),
+        _ => None,
+    }
+}
+
+fn live_view(state: &AppState, cluster: &Result<ClusterStatus, String>) -> LiveView {
+    let history = state
+        .history()
+        .into_iter()
+        .map(|h| HistoryRow {
+            at: clock_time(h.at_ms),
+            class: match h.outcome.as_str() {
+                "COMMIT" => "commit",
+                "ABORT" => "abort",
+                "READ" => "read",
+                _ => "error",
+            },
+            transaction: h.transaction,
+            outcome: h.outcome,
+            leader: h.leader.unwrap_or_else(|| "–".into()),
+            latency: if h.latency_ms > 0.0 { format!("{:.1} ms", h.latency_ms) } else { "–".into() },
+            detail: h.detail,
+        })
+        .collect();
+    let drills = state
+        .drills()
+        .into_iter()
+        .map(|d| DrillRow { at: clock_time(d.at_ms), action: d.action, node: d.node, message: d.message })
+        .collect();
+    let mut view = LiveView {
+        reachable: cluster.is_ok(),
+        error: cluster.as_ref().err().cloned().unwrap_or_default(),
+        writes_available: false,
+        message: String::new(),
+        term: 0,
+        config_version: 0,
+        leader: "none".into(),
+        members: Vec::new(),
+        nodes: Vec::new(),
+        last_failover: None,
+        failover_count: 0,
+        recovering: Vec::new(),
+        recoveries: Vec::new(),
+        diverged: Vec::new(),
+        client_leader: state.leader(),
+        history,
+        history_cap: HISTORY_LEN,
+        drills,
+    };
+    let Ok(c) = cluster else {
+        return view;
+    };
+    view.writes_available = c.writes_available;
+    view.message = c.message.clone();
+    view.term = c.term;
+    view.config_version = c.config_version;
+    view.leader = c.leader.clone().unwrap_or_else(|| "none".into());
+    view.members = c.members.clone();
+    view.nodes = c
+        .nodes
+        .iter()
+        .map(|n| NodeRow {
+            address: n.address.clone(),
+            node_id: n.node_id().to_string(),
+            role: n.role().to_string(),
+            alive: n.alive,
+            member: n.member,
+            term: dash(n.term),
+            applied_lsn: dash(n.applied_lsn),
+            lag: dash(n.lag),
+            error: n.error.clone().unwrap_or_default(),
+            action: drill_for(n),
+        })
+        .collect();
+    view.last_failover = c.last_failover.as_ref().map(|f| FailoverView {
+        at: clock_time(f.at_ms),
+        at_ms: f.at_ms,
+        old_leader: f.old_leader.clone().unwrap_or_else(|| "(none)".into()),
+        new_leader: f.new_leader.clone(),
+        term: f.term,
+        detection_ms: f.detection_ms,
+        election_ms: f.election_ms,
+        unavailable_ms: f.unavailable_ms,
+        in_doubt_committed: f.in_doubt_committed,
+        in_doubt_aborted: f.in_doubt_aborted,
+    });
+    view.failover_count = c.failovers.len().max(usize::from(c.last_failover.is_some()));
+    view.recovering = c.recovering.clone();
+    view.recoveries = c
+        .recoveries
+        .iter()
+        .rev()
+        .take(5)
+        .map(|r| RecoveryView {
+            node: r.node.clone(),
+            at: clock_time(r.at_ms),
+            at_ms: r.at_ms,
+            ok: r.ok,
+            entries: r.entries_applied,
+            duration_ms: r.duration_ms,
+            pause: r.commit_pause_ms.map_or_else(|| "–".into(), |p| format!("{p} ms")),
+            message: r.message.clone(),
+        })
+        .collect();
+    view.diverged = c.diverged.clone();
+    view
+}
+
+#[derive(Debug, Deserialize)]
+struct ClusterQuery {
+    /// The drill whose result to show (after the drill form's redirect).
+    drill: Option<u64>,
+}
+
+async fn cluster_page(State(state): State<AppState>, Query(query): Query<ClusterQuery>) -> Response {
+    let cluster = state.cluster().await;
+    let flash = query.drill.and_then(|seq| state.drills().into_iter().find(|d| d.seq == seq)).map(|d| Flash {
+        class: if d.changed { "ok" } else { "bad" },
+        text: format!("{} on {}: {}", d.action, d.node, d.message),
+    });
+    render(&ClusterPage {
+        active: "cluster",
+        supervisor: state.supervisor().unwrap_or("(none)").to_string(),
+        flash,
+        live: live_view(&state, &cluster),
+    })
+}
+
+async fn cluster_live(State(state): State<AppState>) -> Response {
+    let cluster = state.cluster().await;
+    let mut response = render(&ClusterLive { live: live_view(&state, &cluster) });
+    response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The cluster page's data as JSON: the supervisor's status (or why it is missing), where this
+/// client sends commits, and what it ran.
+async fn cluster_json(State(state): State<AppState>) -> Json<Value> {
+    let cluster = state.cluster().await;
+    let (supervisor, error) = match cluster {
+        Ok(status) => (serde_json::to_value(status).unwrap_or(Value::Null), None),
+        Err(e) => (Value::Null, Some(e)),
+    };
+    Json(json!({
+        "supervisor": supervisor,
+        "error": error,
+        "leader": state.leader(),
+        "history": state.history(),
+        "drills": state.drills(),
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "confirm.html")]
+struct ConfirmPage {
+    active: &'static str,
+    question: String,
+    action: &'static str,
+    node: String,
+    label: &'static str,
+}
+
+#[derive(Debug, Deserialize)]
+struct DrillForm {
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    node: String,
+    /// `yes` once the person confirmed (the page's dialog, or the confirmation page).
+    #[serde(default)]
+    confirmed: String,
+}
+
+/// Runs a drill on a node: `GET /down_leader/` or `GET /up_node/` on the agent, then back to
+/// the cluster page with the agent's answer.
+async fn drill(State(state): State<AppState>, Form(form): Form<DrillForm>) -> Response {
+    let (action, label, question) = match form.action.as_str() {
+        "down_leader" => (
+            "down_leader",
+            "Stop the leader",
+            format!(
+                "Stop the leader {} (GET /down_leader/)? The supervisor will elect the next member as leader.",
+                form.node
+            ),
+        ),
+        "up_node" => (
+            "up_node",
+            "Bring it back",
+            format!("Bring {} back (GET /up_node/)? It replays the leader's log and rejoins the members.", form.node),
+        ),
+        other => {
+            return message_page(
+                StatusCode::BAD_REQUEST,
+                "No such drill",
+                format!("{other:?} is not a drill: the drills are down_leader and up_node."),
+            )
+        }
+    };
+    state.forget_cluster().await;
+    let nodes = match state.cluster().await {
+        Ok(cluster) => cluster.nodes,
+        Err(e) => {
+            return message_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Cannot run the drill",
+                format!("The drill needs the supervisor's list of nodes, and {e}."),
+            )
+        }
+    };
+    if !nodes.iter().any(|n| n.address == form.node) {
+        return message_page(
+            StatusCode::BAD_REQUEST,
+            "No such node",
+            format!("{:?} is not a node of the cluster as the supervisor lists it.", form.node),
+        );
+    }
+    if form.confirmed != "yes" {
+        return render(&ConfirmPage { active: "cluster", question, action, node: form.node, label });
+    }
+
+    let (changed, message) = call_drill(&state.inner.http, &form.node, action).await;
+    tracing::info!(node = %form.node, action, changed, %message, "ran a drill");
+    let seq = state.record_drill(action, &form.node, changed, message);
+    state.forget_cluster().await;
+    Redirect::to(&format!("/cluster/?drill={seq}")).into_response()
+}
+
+/// Calls the drill on the agent; returns whether it changed something and what it said.
+async fn call_drill(http: &reqwest::Client, node: &str, action: &str) -> (bool, String) {
+    let url = format!("{}/{action}/", base_url(node));
+    let response = match http.get(&url).timeout(DRILL_TIMEOUT).send().await {
+        Ok(response) => response,
+        Err(e) => return (false, format!("cannot reach {node}: {}", root_cause(&e))),
+    };
+    let code = response.status();
+    let bytes = response.bytes().await.unwrap_or_default();
+    if let Ok(answer) = serde_json::from_slice::<DrillResponse>(&bytes) {
+        return (answer.changed, format!("{} (now {})", answer.message, role_name(answer.role)));
+    }
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(error) => (false, format!("HTTP {code}: {}", error.message)),
+        Err(_) => {
+            (false, format!("HTTP {code}: {}", String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()))
         }
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_agent::{self, Fake};
+    use crate::fake_agent::{self, Fake, FakeSupervisor};
     use axum::body::Body;
-    use axum::http::{header, Request, StatusCode};
+    use axum::http::Request;
     use std::collections::BTreeMap;
     use tower::ServiceExt;
 
-    async fn app_for(agent: &str) -> Router {
-        app(AppState::new(agent, Runner::new().unwrap()))
+    struct Sent {
+        code: StatusCode,
+        body: String,
+        location: Option<String>,
     }
 
-    async fn send(router: Router, request: Request<Body>) -> (StatusCode, String, Option<String>) {
-        let response = router.oneshot(request).await.unwrap();
+    fn state_for(agent: &str, supervisor: Option<&str>) -> AppState {
+        let runner = Runner::new().unwrap().with_supervisor(supervisor).with_follow_budget(Duration::from_secs(2));
+        AppState::new(agent, runner).unwrap()
+    }
+
+    async fn send(state: &AppState, request: Request<Body>) -> Sent {
+        let response = app(state.clone()).oneshot(request).await.unwrap();
         let code = response.status();
         let location = response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (code, String::from_utf8(bytes.to_vec()).unwrap(), location)
+        Sent { code, body: String::from_utf8(bytes.to_vec()).unwrap(), location }
     }
 
-    fn post_form(body: &str) -> Request<Body> {
-        Request::post("/create/")
+    async fn get_page(state: &AppState, path: &str) -> Sent {
+        send(state, Request::get(path).body(Body::empty()).unwrap()).await
+    }
+
+    async fn post_form(state: &AppState, path: &str, body: &str) -> Sent {
+        let request = Request::post(path)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Body::from(body.to_string()))
-            .unwrap()
+            .unwrap();
+        send(state, request).await
+    }
+
+    /// A supervisor listing `nodes` as (address, role), the first leader.
+    async fn supervisor_of(nodes: &[(&str, &str)]) -> FakeSupervisor {
+        let supervisor = FakeSupervisor::start(Some(nodes[0].0.to_string())).await;
+        let mut status: Value = serde_json::from_str(crate::status::tests::AFTER_FAILOVER).unwrap();
+        status["leader"] = json!(nodes[0].0);
+        status["nodes"] = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (address, role))| {
+                json!({"address": address, "alive": *role != "dead", "member": true, "role": role,
+                       "term": 2, "applied_lsn": 12, "lag": 0, "error": null,
+                       "status": {"node_id": format!("node{i}")}})
+            })
+            .collect();
+        supervisor.set_status(status);
+        supervisor
     }
 
     #[tokio::test]
     async fn root_redirects_to_the_form_and_the_form_has_the_sample() {
-        let (code, _, location) =
-            send(app_for("127.0.0.1:1").await, Request::get("/").body(Body::empty()).unwrap()).await;
-        assert!(code.is_redirection());
-        assert_eq!(location.as_deref(), Some("/create/"));
+        let state = state_for("127.0.0.1:1", None);
+        let sent = get_page(&state, "/").await;
+        assert!(sent.code.is_redirection());
+        assert_eq!(sent.location.as_deref(), Some("/create/"));
 
-        let (code, html, _) =
-            send(app_for("127.0.0.1:1").await, Request::get("/create/").body(Body::empty()).unwrap()).await;
-        assert_eq!(code, StatusCode::OK);
-        assert!(html.contains(r#"name="transaction" value="r(1)w(2=22)r(3)w(5=34)""#), "{html}");
+        let sent = get_page(&state, "/create/").await;
+        assert_eq!(sent.code, StatusCode::OK);
+        assert!(sent.body.contains(r#"name="transaction" value="r(1)w(2=22)r(3)w(5=34)""#), "{}", sent.body);
+        assert!(sent.body.contains(r#"<option value="leader" selected>the leader</option>"#), "{}", sent.body);
+        assert!(sent.body.contains(r#"<link rel="stylesheet" href="/static/style.css">"#), "{}", sent.body);
 
-        let (code, body, _) =
-            send(app_for("127.0.0.1:1").await, Request::get("/health").body(Body::empty()).unwrap()).await;
-        assert_eq!((code, body.as_str()), (StatusCode::OK, r#"{"status":"ok"}"#));
+        let sent = get_page(&state, "/health").await;
+        assert_eq!((sent.code, sent.body.as_str()), (StatusCode::OK, r#"{"status":"ok"}"#));
+
+        let css = get_page(&state, "/static/style.css").await;
+        assert_eq!(css.code, StatusCode::OK);
+        assert!(css.body.contains(".result.commit"));
+        assert_eq!(get_page(&state, "/nowhere").await.code, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
     async fn a_parse_error_is_shown_inline_keeping_the_escaped_input() {
+        let state = state_for("127.0.0.1:1", None);
         // r(1)"<b> url-encoded
-        let (code, html, _) = send(app_for("127.0.0.1:1").await, post_form("transaction=r%281%29%22%3Cb%3E")).await;
-        assert_eq!(code, StatusCode::OK);
-        assert!(html.contains(r#"value="r(1)&quot;&lt;b&gt;""#), "{html}");
-        assert!(html.contains("column 5"), "{html}");
+        let sent = post_form(&state, "/create/", "transaction=r%281%29%22%3Cb%3E").await;
+        assert_eq!(sent.code, StatusCode::OK);
+        let html = sent.body;
+        assert!(html.contains(r#"value="r(1)&#34;&#60;b&#62;""#), "{html}");
+        assert!(html.contains("error at column 5"), "{html}");
+        assert!(html.contains("r(1)<mark>&#34;</mark>&#60;b&#62;\n    ^ column 5</pre>"), "{html}");
         assert!(!html.contains("<b>"), "{html}");
+        assert!(html.contains(r#"aria-invalid="true""#), "{html}");
+        assert!(state.history().is_empty(), "a parse error sends nothing");
     }
 
     #[tokio::test]
-    async fn a_transaction_runs_and_shows_values_and_outcome() {
+    async fn a_transaction_runs_and_shows_values_outcome_and_leader() {
         let fake = Fake { balances: BTreeMap::from([(1, 100)]), ..Fake::default() };
         let agent = fake_agent::start(fake).await;
-        let (code, html, _) = send(app_for(&agent).await, post_form("transaction=r%281%29w%282%3D22%29r%283%29")).await;
-        assert_eq!(code, StatusCode::OK);
-        assert!(html.contains(r#"<h2 id="outcome" class="commit">COMMIT</h2>"#), "{html}");
+        let state = state_for(&agent, None);
+        let sent = post_form(&state, "/create/", "transaction=r%281%29w%282%3D22%29r%283%29").await;
+        assert_eq!(sent.code, StatusCode::OK);
+        let html = sent.body;
+        assert!(html.contains(r#"<section id="result" class="card result commit">"#), "{html}");
+        assert!(html.contains(r#"<h2 id="outcome">COMMIT</h2>"#), "{html}");
+        assert!(html.contains("The transaction committed"), "{html}");
         assert!(html.contains("<tr><td>1</td><td>100</td></tr>"), "{html}");
-        assert!(html.contains("<tr><td>3</td><td>(no such account)</td></tr>"), "{html}");
-        assert!(html.contains("<th>commit_ts</th><td>2000</td>"), "{html}");
-        assert!(html.contains("<th>latency</th>"), "{html}");
+        assert!(html.contains(r#"<tr><td>3</td><td><span class="muted">no such account</span></td></tr>"#), "{html}");
+        assert!(html.contains(r#"<td id="fact-commit_ts">2000</td>"#), "{html}");
+        assert!(html.contains(r#"<td id="fact-lsn">4</td>"#), "{html}");
+        assert!(html.contains(&format!(r#"<td id="fact-leader">node0 at {agent}</td>"#)), "{html}");
+        assert!(html.contains(r#"<td id="fact-latency">"#), "{html}");
         assert!(html.contains(r#"value="r(1)w(2=22)r(3)""#), "{html}");
+
+        let history = state.history();
+        assert_eq!(history.len(), 1);
+        assert_eq!((history[0].outcome.as_str(), history[0].leader.as_deref()), ("COMMIT", Some(agent.as_str())));
     }
 
     #[tokio::test]
-    async fn an_unreachable_agent_is_reported() {
-        let closed = fake_agent::closed_port().await;
-        let (_, html, _) = send(app_for(&closed).await, post_form("transaction=r%281%29")).await;
-        assert!(html.contains("Cluster unavailable"), "{html}");
+    async fn an_abort_shows_the_reason_and_the_key() {
+        let fake = Fake { stale_account: Some(1), balances: BTreeMap::from([(1, 100)]), ..Fake::default() };
+        let agent = fake_agent::start(fake).await;
+        let state = state_for(&agent, None);
+        let html = post_form(&state, "/create/", "transaction=r%281%29w%281%3D5%29").await.body;
+        assert!(html.contains(r#"<h2 id="outcome">ABORT</h2>"#), "{html}");
+        assert!(html.contains("nothing was written: account 1 was changed by another transaction"), "{html}");
+        assert!(html.contains(r#"<td id="fact-reason">stale_read</td>"#), "{html}");
+        assert!(html.contains(r#"<td id="fact-key">1</td>"#), "{html}");
     }
 
-    #[test]
-    fn escapes_everything_that_matters() {
-        assert_eq!(html_escape(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    #[tokio::test]
+    async fn the_form_follows_the_leader_a_replica_names_and_remembers_it() {
+        let leader = fake_agent::start(Fake::default()).await;
+        let replica = fake_agent::start(Fake::replica_of(&leader)).await;
+        let state = state_for(&replica, None);
+        let html = post_form(&state, "/create/", "transaction=w%281%3D1%29").await.body;
+        assert!(html.contains(r#"<h2 id="outcome">COMMIT</h2>"#), "{html}");
+        assert!(html.contains("is not the leader; sent /commit/ to the leader"), "{html}");
+        assert_eq!(state.leader(), leader);
+    }
+
+    #[tokio::test]
+    async fn read_only_transactions_can_read_from_a_chosen_node() {
+        let leader = fake_agent::start(Fake { balances: BTreeMap::from([(1, 7)]), ..Fake::default() }).await;
+        let replica_fake = Fake { balances: BTreeMap::from([(1, 7)]), ..Fake::replica_of(&leader) };
+        let replica = fake_agent::start(replica_fake).await;
+        let supervisor = supervisor_of(&[(&leader, "leader"), (&replica, "replica")]).await;
+        let state = state_for(&leader, Some(&supervisor.address));
+
+        let form = get_page(&state, "/create/").await.body;
+        assert!(form.contains(&format!(r#"<option value="{replica}">{replica} (node1, replica)</option>"#)), "{form}");
+
+        let body = format!("transaction=r%281%29&read_from={replica}");
+        let html = post_form(&state, "/create/", &body).await.body;
+        assert!(html.contains(r#"<h2 id="outcome">READ</h2>"#), "{html}");
+        assert!(html.contains(&format!("node1 (replica) at {replica}")), "{html}");
+        assert!(html.contains(&format!(r#"<option value="{replica}" selected>"#)), "{html}");
+
+        let html = post_form(&state, "/create/", "transaction=r%281%29&read_from=127.0.0.1%3A1").await.body;
+        assert!(html.contains("is not a node of the cluster"), "{html}");
+        let html = post_form(&state, "/create/", "transaction=r%281%29&txn_id=nope").await.body;
+        assert!(html.contains("is not a UUID"), "{html}");
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_cluster_is_explained_and_an_unknown_commit_can_be_retried() {
+        let closed = fake_agent::closed_port().await;
+        let state = state_for(&closed, Some(&fake_agent::closed_port().await));
+        let html = post_form(&state, "/create/", "transaction=r%281%29").await.body;
+        assert!(html.contains("The cluster is unavailable"), "{html}");
+        assert!(html.contains("the cluster seems to be stopped"), "{html}");
+        assert_eq!(state.history()[0].outcome, "UNAVAILABLE");
+
+        let deposed = Fake { unavailable_commits: fake_agent::counter(100), name_txn_in_503: true, ..Fake::default() };
+        let agent = fake_agent::start(deposed.clone()).await;
+        let supervisor = FakeSupervisor::start(Some(agent.clone())).await;
+        let runner = Runner::new()
+            .unwrap()
+            .with_supervisor(Some(&supervisor.address))
+            .with_follow_budget(Duration::from_millis(300));
+        let state = AppState::new(&agent, runner).unwrap();
+        let html = post_form(&state, "/create/", "transaction=w%281%3D1%29").await.body;
+        let id = deposed.tries()[0].transaction.txn_id.unwrap();
+        assert!(html.contains(&format!(r#"<input type="hidden" name="txn_id" value="{id}">"#)), "{html}");
+        assert!(html.contains("Run it again with the same txn_id"), "{html}");
+
+        // Running it again sends the same id.
+        deposed.unavailable_commits.store(0, Ordering::SeqCst);
+        let html = post_form(&state, "/create/", &format!("transaction=w%281%3D1%29&txn_id={id}")).await.body;
+        assert!(html.contains(r#"<h2 id="outcome">COMMIT</h2>"#), "{html}");
+        assert_eq!(deposed.commits()[0].transaction.txn_id, Some(id));
+    }
+
+    #[tokio::test]
+    async fn leader_changed_moves_the_next_transaction() {
+        let state = state_for("127.0.0.1:1", None);
+        let request = Request::post("/leader_changed/")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"leader": "127.0.0.1:8001", "term": 2}"#))
+            .unwrap();
+        assert_eq!(send(&state, request).await.code, StatusCode::OK);
+        assert_eq!(state.leader(), "127.0.0.1:8001");
+        let bad = Request::post("/leader_changed/").body(Body::from("{")).unwrap();
+        assert_eq!(send(&state, bad).await.code, StatusCode::BAD_REQUEST);
+        assert_eq!(state.leader(), "127.0.0.1:8001");
+    }
+
+    #[tokio::test]
+    async fn the_cluster_page_shows_nodes_failover_recoveries_and_history() {
+        let supervisor = FakeSupervisor::start(None).await;
+        supervisor.set_status(serde_json::from_str(crate::status::tests::AFTER_FAILOVER).unwrap());
+        let agent = fake_agent::start(Fake::default()).await;
+        let state = state_for(&agent, Some(&supervisor.address));
+        post_form(&state, "/create/", "transaction=w%287%3D70%29").await;
+
+        let html = get_page(&state, "/cluster/").await.body;
+        assert!(html.contains(r#"<div id="live">"#), "{html}");
+        assert!(html.contains(r#"<strong id="writes">Writes unavailable</strong>"#), "{html}");
+        assert!(html.contains(r#"<code id="cluster-leader">127.0.0.1:8001</code>"#), "{html}");
+        assert!(html.contains(r#"<tr data-address="127.0.0.1:8001" data-role="leader">"#), "{html}");
+        assert!(html.contains(r#"<tr data-address="127.0.0.1:8002" data-role="unknown" class="dead">"#), "{html}");
+        assert!(html.contains("Connection refused"), "{html}");
+        assert!(html.contains("<code>127.0.0.1:8000</code> → <code>127.0.0.1:8001</code> in term 2"), "{html}");
+        assert!(html.contains("<dd>218 ms</dd>"), "{html}");
+        assert!(html.contains("<td class=\"num\">15 ms</td>"), "{html}");
+        assert!(html.contains("<code>w(7=70)</code>"), "{html}");
+        assert!(html.contains(r#"<span class="outcome commit">COMMIT</span>"#), "{html}");
+        // Exactly one drill: stop the leader.
+        assert_eq!(html.matches("action=\"/cluster/drill\"").count(), 1, "{html}");
+        assert!(html.contains(r#"data-confirm="Stop the leader 127.0.0.1:8001"#), "{html}");
+
+        let fragment = get_page(&state, "/cluster/live").await;
+        assert!(
+            fragment.body.starts_with("\n<section id=\"state\"") || fragment.body.contains("<section id=\"state\"")
+        );
+        assert!(!fragment.body.contains("<html"), "a fragment, not a page");
+
+        let json: Value = serde_json::from_str(&get_page(&state, "/cluster/status.json").await.body).unwrap();
+        assert_eq!(json["supervisor"]["leader"], "127.0.0.1:8001");
+        assert_eq!(json["history"][0]["outcome"], "COMMIT");
+    }
+
+    #[tokio::test]
+    async fn the_cluster_page_says_when_the_supervisor_is_unreachable() {
+        let closed = fake_agent::closed_port().await;
+        let state = state_for("127.0.0.1:1", Some(&closed));
+        let html = get_page(&state, "/cluster/live").await.body;
+        assert!(html.contains("Supervisor unreachable"), "{html}");
+        assert!(html.contains("cannot reach the supervisor"), "{html}");
+    }
+
+    #[tokio::test]
+    async fn a_drill_asks_first_then_calls_the_agent_and_shows_its_answer() {
+        let leader = Fake::default();
+        let leader_address = fake_agent::start(leader.clone()).await;
+        let supervisor = supervisor_of(&[(&leader_address, "leader")]).await;
+        let state = state_for(&leader_address, Some(&supervisor.address));
+        let form = format!("action=down_leader&node={leader_address}");
+
+        // Without a confirmation: a page that asks, and nothing done.
+        let sent = post_form(&state, "/cluster/drill", &form).await;
+        assert_eq!(sent.code, StatusCode::OK);
+        assert!(sent.body.contains(&format!("Stop the leader {leader_address} (GET /down_leader/)?")), "{}", sent.body);
+        assert!(sent.body.contains(r#"<input type="hidden" name="confirmed" value="yes">"#), "{}", sent.body);
+        assert!(leader.drills().is_empty());
+
+        let sent = post_form(&state, "/cluster/drill", &format!("{form}&confirmed=yes")).await;
+        assert_eq!(sent.code, StatusCode::SEE_OTHER);
+        assert_eq!(sent.location.as_deref(), Some("/cluster/?drill=1"));
+        assert_eq!(leader.drills(), vec!["/down_leader/"]);
+        let html = get_page(&state, "/cluster/?drill=1").await.body;
+        assert!(
+            html.contains(&format!(
+                r#"<p id="flash" class="flash ok">down_leader on {leader_address}: /down_leader/: done (now down)</p>"#
+            )),
+            "{html}"
+        );
+
+        // Again: the agent changes nothing and says so.
+        post_form(&state, "/cluster/drill", &format!("{form}&confirmed=yes")).await;
+        let html = get_page(&state, "/cluster/?drill=2").await.body;
+        assert!(html.contains(r#"class="flash bad""#), "{html}");
+
+        // Only nodes of the cluster, only the two drills.
+        let sent = post_form(&state, "/cluster/drill", "action=down_leader&node=example.com%3A80&confirmed=yes").await;
+        assert_eq!(sent.code, StatusCode::BAD_REQUEST);
+        assert!(sent.body.contains("is not a node of the cluster"), "{}", sent.body);
+        let sent = post_form(&state, "/cluster/drill", &format!("action=rm&node={leader_address}&confirmed=yes")).await;
+        assert_eq!(sent.code, StatusCode::BAD_REQUEST);
+        assert_eq!(leader.drills().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn history_keeps_the_last_twenty() {
+        let agent = fake_agent::start(Fake::default()).await;
+        let state = state_for(&agent, None);
+        for i in 0..(HISTORY_LEN + 3) {
+            post_form(&state, "/create/", &format!("transaction=w%28{i}%3D1%29")).await;
+        }
+        let history = state.history();
+        assert_eq!(history.len(), HISTORY_LEN);
+        assert_eq!(history[0].transaction, format!("w({}=1)", HISTORY_LEN + 2));
     }
 }

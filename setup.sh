@@ -414,12 +414,12 @@ service_args() {
         printf '%s\n' --node-id "node$i" --listen "$HOST:${AGENT_PORTS[$i]}" \
             --database-url "postgres://postgres@$HOST:${PG_PORTS[$i]}/postgres" \
             --members "$members" --leader "$HOST:${AGENT_PORTS[0]}" \
-            --supervisor "$HOST:$SUPERVISOR_PORT"
+            --supervisor "$HOST:$SUPERVISOR_PORT" --cluster-token-file "$TOKEN_FILE"
         ;;
     supervisor) printf '%s\n' --listen "$HOST:$SUPERVISOR_PORT" --agents "$members" \
-        --state-file "$DATA_DIR/supervisor-state.json" ;;
+        --state-file "$DATA_DIR/supervisor-state.json" --cluster-token-file "$TOKEN_FILE" ;;
     client) printf '%s\n' serve --listen "$HOST:$CLIENT_PORT" --agent "$HOST:${AGENT_PORTS[0]}" \
-        --supervisor "$HOST:$SUPERVISOR_PORT" ;;
+        --supervisor "$HOST:$SUPERVISOR_PORT" --cluster-token-file "$TOKEN_FILE" ;;
     esac
 }
 
@@ -524,6 +524,18 @@ check_port_lists() {
 # ---------------------------------------------------------------------------------------------
 # Commands
 
+# The cluster token guards the agents' internal endpoints, the drills and log paging: made once,
+# random, readable only by the user who runs the cluster.
+ensure_token() {
+    TOKEN_FILE="$DATA_DIR/cluster-token"
+    if [[ ! -s "$TOKEN_FILE" ]]; then
+        (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN_FILE") ||
+            die "could not write the cluster token to $TOKEN_FILE"
+        note "generated the cluster token in $TOKEN_FILE (mode 0600)"
+    fi
+    chmod 600 "$TOKEN_FILE"
+}
+
 cmd_start() {
     check_port_lists
     ensure_system_packages
@@ -540,6 +552,7 @@ cmd_start() {
         note "the postgres user cannot traverse $ROOT, so the PostgreSQL data goes to $DATA_DIR"
     fi
     mkdir -p "$DATA_DIR"
+    ensure_token
 
     local i
     for i in "${!PG_PORTS[@]}"; do
@@ -558,12 +571,13 @@ cmd_start() {
         note "PostgreSQL pg$i   $HOST:${PG_PORTS[$i]}   data $(pg_dir "$i")"
     done
     for i in "${!AGENT_PORTS[@]}"; do
-        local role=replica
-        if ((i == 0)); then role=leader; fi
-        note "agent node$i     http://$HOST:${AGENT_PORTS[$i]}   ($role)"
+        local role
+        role="$(curl -s --max-time 2 "http://$HOST:${AGENT_PORTS[$i]}/status" | grep -o '"role":"[a-z]*"' | cut -d'"' -f4)"
+        note "agent node$i     http://$HOST:${AGENT_PORTS[$i]}   (${role:-unknown})"
     done
     note "supervisor       http://$HOST:$SUPERVISOR_PORT/status"
-    note "client web page  http://$HOST:$CLIENT_PORT/create/"
+    note "client web page  http://$HOST:$CLIENT_PORT/create/   cluster page http://$HOST:$CLIENT_PORT/cluster/"
+    note "cluster token    $TOKEN_FILE (drills: curl -H \"Authorization: Bearer \$(cat $TOKEN_FILE)\" ...)"
     note "logs and pids    $RUN_DIR (PostgreSQL logs in $PG_LOG_DIR)"
     note "try              $BIN_DIR/client run 'r(1)w(2=22)'"
     note "status / stop    ./setup.sh status   /   ./setup.sh stop"

@@ -26,7 +26,8 @@ use crate::two_phase::TxnOutcome;
 pub const MAX_INTERNAL_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 pub fn router(node: Arc<Node>) -> Router {
-    let internal = Router::new()
+    // Internal endpoints, the drills and log paging: behind the cluster token when one is set.
+    let mut internal = Router::new()
         .route("/internal/prepare", post(prepare))
         .route("/internal/decide", post(decide))
         .route("/internal/batch_state", get(batch_state))
@@ -35,15 +36,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/internal/config", post(config))
         .route("/internal/pause", post(pause))
         .route("/internal/recover", post(recover))
+        .route("/replication_log/", get(replication_log))
+        .route("/down_leader/", get(down_leader))
+        .route("/up_node/", get(up_node))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_INTERNAL_BODY_BYTES));
+    if let Some(token) = node.cfg.token.clone() {
+        internal = internal.route_layer(axum::middleware::from_fn_with_state(Arc::<str>::from(token), require_token));
+    }
     Router::new()
         .route("/read/", post(read))
         .route("/commit/", post(commit))
         .route("/status", get(status))
         .route("/health", get(health))
-        .route("/replication_log/", get(replication_log))
-        .route("/down_leader/", get(down_leader))
-        .route("/up_node/", get(up_node))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(internal)
         .fallback(not_found)
@@ -52,6 +56,16 @@ pub fn router(node: Arc<Node>) -> Router {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))
         .with_state(node)
+}
+
+/// Refuses a call without the cluster token (401), before it can change anything.
+async fn require_token(State(token): State<Arc<str>>, req: Request, next: axum::middleware::Next) -> Response {
+    let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if protocol::auth::authorized(header, &token) {
+        return next.run(req).await;
+    }
+    tracing::warn!(path = %req.uri().path(), given = header.is_some(), "refused: missing or wrong cluster token");
+    ApiError::Unauthorized.into_response()
 }
 
 /// A JSON body, accepted whatever the `Content-Type` (the original's users send it both ways),

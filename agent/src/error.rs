@@ -25,6 +25,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     NotFound(String),
+    /// An internal endpoint called without the cluster token (401).
+    #[error("this endpoint needs the cluster token: send 'Authorization: Bearer <token>'")]
+    Unauthorized,
     /// A bug or a broken dependency (500); the detail goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -49,6 +52,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None, None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None, None),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None, None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None, None),
         };
         let message = match &self {

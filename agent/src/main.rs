@@ -46,6 +46,14 @@ struct Args {
     /// a member freezes, and a member slower than this is removed (it then recovers).
     #[arg(long, env = "AGENT_PEER_TIMEOUT_MS", default_value_t = 1000)]
     peer_timeout_ms: u64,
+    /// A file holding the cluster token. When set (or CLUSTER_TOKEN is), internal endpoints,
+    /// the drills and log paging need 'Authorization: Bearer <token>', and every internal call
+    /// this agent makes carries it.
+    #[arg(long, env = "AGENT_CLUSTER_TOKEN_FILE")]
+    cluster_token_file: Option<std::path::PathBuf>,
+    /// The cluster token itself (prefer --cluster-token-file: environments leak).
+    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
     /// Connections to PostgreSQL.
     #[arg(long, env = "AGENT_DB_POOL", default_value_t = DEFAULT_POOL_SIZE)]
     db_pool: u32,
@@ -70,11 +78,17 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to PostgreSQL at {}", args.database_url))?;
     store.init_schema().await.context("creating the tables")?;
+    let token = match (&args.cluster_token_file, &args.cluster_token) {
+        (Some(path), _) => Some(protocol::auth::load_token(path)?),
+        (None, Some(token)) if !token.trim().is_empty() => Some(token.trim().to_string()),
+        _ => None,
+    };
     let cfg = NodeConfig {
         node_id: args.node_id,
         address,
         initial: ClusterConfig { term: 1, version: 1, leader: Some(args.leader), members: args.members },
         supervisor: args.supervisor,
+        token,
         peer_timeout: Duration::from_millis(args.peer_timeout_ms),
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)

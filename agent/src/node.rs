@@ -41,6 +41,8 @@ pub struct NodeConfig {
     pub initial: ClusterConfig,
     /// The supervisor's address; without one the leader is fixed.
     pub supervisor: Option<String>,
+    /// The cluster token: required on internal endpoints and sent on every internal call.
+    pub token: Option<String>,
     pub peer_timeout: Duration,
 }
 
@@ -67,7 +69,7 @@ impl Node {
     /// Opens the node: restores its participant state and configuration from PostgreSQL and,
     /// if the configuration names it leader, resolves what it left prepared and starts leading.
     pub async fn start(cfg: NodeConfig, store: Store) -> anyhow::Result<Arc<Node>> {
-        let peers = Peers::new(cfg.peer_timeout)?;
+        let peers = Peers::new(cfg.peer_timeout, cfg.token.as_deref())?;
         let (lsn, ts) = store.applied().await?;
         let mut prepared = store.prepared_batches().await?;
         if prepared.len() > 1 {

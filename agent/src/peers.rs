@@ -31,8 +31,16 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(timeout: Duration) -> Result<Peers, reqwest::Error> {
+    pub fn new(timeout: Duration, token: Option<&str>) -> Result<Peers, reqwest::Error> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            // Tokens are checked to be header-safe ASCII when loaded.
+            if let Ok(value) = reqwest::header::HeaderValue::from_str(&protocol::auth::bearer(token)) {
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(timeout)
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(60))

@@ -80,6 +80,10 @@ enum Command {
         /// This client's address as the supervisor reaches it (default: --listen).
         #[arg(long, env = "CLIENT_ADVERTISE")]
         advertise: Option<String>,
+        /// A file holding the cluster token: the drills and the registration with the
+        /// supervisor need it when the cluster has one (see setup.sh).
+        #[arg(long, env = "CLIENT_CLUSTER_TOKEN_FILE")]
+        cluster_token_file: Option<std::path::PathBuf>,
         /// How long a transaction waits for a leader during a failover before the page says
         /// the cluster is unavailable.
         #[arg(long, env = "CLIENT_WAIT_SECS", default_value_t = 10.0)]
@@ -113,12 +117,19 @@ fn main() -> ExitCode {
                 run(&agent, &supervisor, &transaction, RunOptions { txn_id, read_from }, wait).await
             }
             Command::Status { supervisor } => status(&supervisor).await,
-            Command::Serve { listen, agent, supervisor, advertise, wait_secs } => {
+            Command::Serve { listen, agent, supervisor, advertise, cluster_token_file, wait_secs } => {
                 let Some(wait) = wait(wait_secs) else {
                     eprintln!("error: --wait-secs must be a number of seconds from 0 to 3600");
                     return ExitCode::from(EXIT_USAGE);
                 };
-                match serve(&listen, &agent, &supervisor, advertise, wait).await {
+                let token = match cluster_token_file.as_deref().map(protocol::auth::load_token).transpose() {
+                    Ok(token) => token,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                };
+                match serve(&listen, &agent, &supervisor, advertise, token, wait).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e:#}");
@@ -188,6 +199,7 @@ async fn serve(
     agent: &str,
     supervisor: &str,
     advertise: Option<String>,
+    token: Option<String>,
     wait: Duration,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -196,11 +208,11 @@ async fn serve(
         .with_ansi(std::io::stdout().is_terminal())
         .init();
     let runner = Runner::new()?.with_supervisor(Some(supervisor)).with_follow_budget(wait);
-    let state = web::AppState::new(agent, runner)?;
+    let state = web::AppState::new(agent, runner)?.with_token(token.as_deref())?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let url = format!("http://{}/leader_changed/", advertise.as_deref().unwrap_or(listen));
     if !supervisor.trim().is_empty() {
-        tokio::spawn(register(supervisor.to_string(), url, state.clone()));
+        tokio::spawn(register(supervisor.to_string(), url, state.clone(), token.clone()));
     }
     tracing::info!(%listen, %agent, %supervisor, "client web pages at http://{listen}/create/ and http://{listen}/cluster/");
     axum::serve(listener, web::app(state))
@@ -213,8 +225,14 @@ async fn serve(
 
 /// Registers with the supervisor, retrying until it answers (it may start after us), and
 /// adopts the leader it reports.
-async fn register(supervisor: String, url: String, state: web::AppState) {
-    let http = reqwest::Client::new();
+async fn register(supervisor: String, url: String, state: web::AppState, token: Option<String>) {
+    let http = match web::client_with_token(reqwest::Client::builder(), token.as_deref()).build() {
+        Ok(http) => http,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the HTTP client to register with the supervisor");
+            return;
+        }
+    };
     let mut pause = std::time::Duration::from_millis(200);
     loop {
         let sent = http

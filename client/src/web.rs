@@ -72,6 +72,17 @@ struct Shared {
     log: Mutex<Log>,
     /// Rotates "any node" reads over the live nodes.
     next_any: AtomicUsize,
+    /// The cluster token, when the cluster has one: `/leader_changed/` must carry it.
+    token: Option<String>,
+}
+
+/// `builder` with the cluster token as a default `Authorization` header, when there is one.
+pub fn client_with_token(builder: reqwest::ClientBuilder, token: Option<&str>) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(value) = token.and_then(|t| reqwest::header::HeaderValue::from_str(&protocol::auth::bearer(t)).ok()) {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    builder.default_headers(headers)
 }
 
 /// What this client did, newest last, for the cluster page.
@@ -126,8 +137,21 @@ impl AppState {
                 cache: tokio::sync::Mutex::new(None),
                 log: Mutex::new(Log::default()),
                 next_any: AtomicUsize::new(0),
+                token: None,
             }),
         })
+    }
+
+    /// Sends the cluster token on the calls that need it (drills, the supervisor) and requires
+    /// it on `/leader_changed/`.
+    pub fn with_token(mut self, token: Option<&str>) -> anyhow::Result<AppState> {
+        let Some(token) = token else { return Ok(self) };
+        let http = client_with_token(reqwest::Client::builder().connect_timeout(Duration::from_secs(1)), Some(token))
+            .build()?;
+        let shared = Arc::get_mut(&mut self.inner).ok_or_else(|| anyhow::anyhow!("the state is already shared"))?;
+        shared.http = http;
+        shared.token = Some(token.to_string());
+        Ok(self)
     }
 
     /// The agent to send the next transaction to.
@@ -269,7 +293,22 @@ async fn not_found(uri: axum::http::Uri) -> Response {
 }
 
 /// The supervisor announces a new leader (as the original did, with an address for a port).
-async fn leader_changed(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+async fn leader_changed(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(token) = &state.inner.token {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !protocol::auth::authorized(given, token) {
+            tracing::warn!("refused a /leader_changed/ without the cluster token");
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({ "error": "unauthorized", "message": "this endpoint needs the cluster token" })),
+            )
+                .into_response();
+        }
+    }
     match serde_json::from_slice::<protocol::LeaderChanged>(&body) {
         Ok(change) => {
             tracing::info!(leader = %change.leader, term = ?change.term, "the supervisor announced a new leader");

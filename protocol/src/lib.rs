@@ -5,6 +5,7 @@
 //! whether they arrive as JSON numbers (read sets) or as JSON object keys (write sets), so a
 //! write's lock and a read of the same account always meet.
 
+pub mod auth;
 pub mod language;
 pub mod wire;
 

@@ -39,6 +39,13 @@ struct Args {
     /// Consecutive missed polls after which an agent counts as down.
     #[arg(long, env = "SUPERVISOR_MISSES", default_value_t = 3)]
     misses: u32,
+    /// A file holding the cluster token. When set (or CLUSTER_TOKEN is), every call to an
+    /// agent carries it, and /report_failure and /register_client/ require it.
+    #[arg(long, env = "SUPERVISOR_CLUSTER_TOKEN_FILE")]
+    cluster_token_file: Option<PathBuf>,
+    /// The cluster token itself (prefer --cluster-token-file: environments leak).
+    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
 }
 
 #[tokio::main]
@@ -54,7 +61,13 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.poll_interval_ms >= 10, "--poll-interval-ms must be at least 10");
     anyhow::ensure!(args.misses >= 1, "--misses must be at least 1");
 
+    let token = match (&args.cluster_token_file, &args.cluster_token) {
+        (Some(path), _) => Some(protocol::auth::load_token(path)?),
+        (None, Some(token)) if !token.trim().is_empty() => Some(token.trim().to_string()),
+        _ => None,
+    };
     let settings = Settings {
+        token,
         agents,
         poll_interval: Duration::from_millis(args.poll_interval_ms),
         misses: args.misses,

@@ -45,6 +45,8 @@ const HISTORY: usize = 20;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The cluster token: sent on every call to an agent, required on the mutating endpoints.
+    pub token: Option<String>,
     pub agents: Vec<String>,
     pub poll_interval: Duration,
     pub misses: u32,
@@ -145,7 +147,16 @@ impl Supervisor {
             },
             Err(e) => return Err(e).with_context(|| format!("reading {}", settings.state_file.display())),
         };
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_millis(300)).tcp_nodelay(true).build()?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &settings.token {
+            let value = reqwest::header::HeaderValue::from_str(&protocol::auth::bearer(token))?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(Duration::from_millis(300))
+            .tcp_nodelay(true)
+            .build()?;
         let observed = settings.agents.iter().map(|a| NodeObs { address: a.clone(), ..Default::default() }).collect();
         Ok(Arc::new(Supervisor {
             settings,
@@ -272,10 +283,15 @@ impl Supervisor {
     }
 
     async fn step(self: &Arc<Self>) {
-        let observed = self.observed();
-        if observed.iter().all(|o| o.status.is_none() && !o.alive) {
-            return; // nothing answered yet: nothing to decide from
+        // Decide only once every agent is known: answered at least once, or missed enough polls
+        // to count as down. Otherwise a whole-cluster restart would elect whichever agent
+        // happened to start first.
+        let still_learning =
+            lock(&self.observed).iter().any(|o| o.last_ok.is_none() && o.misses < self.settings.misses);
+        if still_learning {
+            return;
         }
+        let observed = self.observed();
         let (config, recovering) = {
             let state = self.state.lock().await;
             let history = lock(&self.history);
@@ -621,12 +637,34 @@ pub struct SupervisorStatus {
 }
 
 pub fn router(sup: Arc<Supervisor>) -> Router {
+    let mut guarded =
+        Router::new().route("/register_client/", post(register_client)).route("/report_failure", post(report_failure));
+    if let Some(token) = sup.settings.token.clone() {
+        guarded = guarded.route_layer(axum::middleware::from_fn_with_state(Arc::<str>::from(token), require_token));
+    }
     Router::new()
         .route("/status", get(status))
         .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-        .route("/register_client/", post(register_client))
-        .route("/report_failure", post(report_failure))
+        .merge(guarded)
         .with_state(sup)
+}
+
+/// Refuses a call without the cluster token (401), before it can change anything.
+async fn require_token(
+    State(token): State<Arc<str>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if protocol::auth::authorized(header, &token) {
+        return next.run(req).await;
+    }
+    tracing::warn!(path = %req.uri().path(), given = header.is_some(), "refused: missing or wrong cluster token");
+    error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this endpoint needs the cluster token: send 'Authorization: Bearer <token>'".into(),
+    )
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {

@@ -17,6 +17,9 @@ use uuid::Uuid;
 
 use crate::{pg, ports, READY_TIMEOUT};
 
+/// A live agent answers `GET /status` in milliseconds; one that takes this long is stuck.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One row of `bank_balance`: `(account_number, balance, created_at, updated_at)`.
 pub type BalanceRow = (Account, Balance, Option<i64>, Option<i64>);
 
@@ -79,12 +82,116 @@ pub struct ClusterOptions {
     /// Whether [`Cluster::start_with`] starts the agents (else only PostgreSQL; start them with
     /// [`Cluster::start_agent`]).
     pub start_agents: bool,
+    /// Whether to run a supervisor (and give every agent `--supervisor`). Without one the
+    /// leader is fixed, as in the tests of replication alone.
+    pub supervisor: bool,
+    /// The supervisor's `--poll-interval-ms`.
+    pub poll_interval_ms: u64,
+    /// The supervisor's `--misses`: polls without an answer before an agent counts as down.
+    pub misses: u32,
+    /// Extra flags for the supervisor.
+    pub supervisor_args: Vec<String>,
 }
 
 impl ClusterOptions {
     pub fn new(nodes: usize) -> Self {
         assert!(nodes > 0, "a cluster has at least one node");
-        ClusterOptions { nodes, leader: 0, agent_args: Vec::new(), agent_env: Vec::new(), start_agents: true }
+        ClusterOptions {
+            nodes,
+            leader: 0,
+            agent_args: Vec::new(),
+            agent_env: Vec::new(),
+            start_agents: true,
+            supervisor: false,
+            poll_interval_ms: 200,
+            misses: 3,
+            supervisor_args: Vec::new(),
+        }
+    }
+
+    /// `n` nodes watched by a supervisor at its defaults (poll every 200 ms, 3 misses).
+    pub fn supervised(nodes: usize) -> Self {
+        ClusterOptions { supervisor: true, ..ClusterOptions::new(nodes) }
+    }
+}
+
+/// A program the harness runs (an agent or the supervisor): its flags, its log, its process.
+pub(crate) struct Daemon {
+    /// For messages: `agent 1`, `supervisor`.
+    pub(crate) name: String,
+    /// The binary's file name in the target folder.
+    binary: &'static str,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Where stdout and stderr go (appended across restarts).
+    pub(crate) log_path: PathBuf,
+    /// Holds the pid while it runs, so that a later test process can reap it if this one dies.
+    pid_path: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+impl Daemon {
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(|c| c.id())
+    }
+
+    pub(crate) fn spawn(&self) {
+        let mut slot = self.child.lock().unwrap();
+        assert!(slot.is_none(), "{} is already running", self.name);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path.display()));
+        let err = log.try_clone().expect("clone the log file handle");
+        let bin = binary(self.binary);
+        let child = Command::new(&bin)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        fs::write(&self.pid_path, child.id().to_string()).expect("write the pid file");
+        *slot = Some(child);
+    }
+
+    /// SIGKILLs the process and reaps it. Returns whether it was running.
+    pub(crate) fn kill(&self) -> bool {
+        let Some(mut child) = self.child.lock().unwrap().take() else {
+            return false;
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = fs::remove_file(&self.pid_path);
+        true
+    }
+
+    /// Whether the process is gone, with its exit status.
+    pub(crate) fn exit(&self) -> Option<String> {
+        let mut slot = self.child.lock().unwrap();
+        match slot.as_mut() {
+            None => Some("not started".into()),
+            Some(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                Ok(None) => None,
+                Err(e) => Some(format!("unknown ({e})")),
+            },
+        }
+    }
+
+    pub(crate) fn signal(&self, signal: i32) {
+        let pid = self.pid().unwrap_or_else(|| panic!("{} is not running", self.name));
+        // SAFETY: the pid is our own child, not yet reaped, so it cannot have been reused.
+        let rc = unsafe { libc::kill(pid as i32, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+    }
+
+    pub(crate) fn tail(&self, lines: usize) -> String {
+        tail(&self.log_path, lines)
     }
 }
 
@@ -101,10 +208,7 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// Where the agent's stdout and stderr go (appended across restarts).
     pub log_path: PathBuf,
-    pid_path: PathBuf,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    agent: Mutex<Option<Child>>,
+    agent: Daemon,
     pool: tokio::sync::OnceCell<PgPool>,
 }
 
@@ -125,83 +229,28 @@ impl Node {
 
     /// The agent's process id, while it runs.
     pub fn agent_pid(&self) -> Option<u32> {
-        self.agent.lock().unwrap().as_ref().map(|c| c.id())
-    }
-
-    fn spawn_agent(&self) {
-        let mut slot = self.agent.lock().unwrap();
-        assert!(slot.is_none(), "agent {} is already running", self.index);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path.display()));
-        let err = log.try_clone().expect("clone the log file handle");
-        let bin = agent_binary();
-        let child = Command::new(&bin)
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        fs::write(&self.pid_path, child.id().to_string()).expect("write the agent's pid file");
-        *slot = Some(child);
-    }
-
-    /// SIGKILLs the agent and reaps it. Returns whether it was running.
-    fn kill_agent(&self) -> bool {
-        let Some(mut child) = self.agent.lock().unwrap().take() else {
-            return false;
-        };
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = fs::remove_file(&self.pid_path);
-        true
-    }
-
-    /// Whether the agent process is gone, with its exit status.
-    fn agent_exit(&self) -> Option<String> {
-        let mut slot = self.agent.lock().unwrap();
-        match slot.as_mut() {
-            None => Some("not started".into()),
-            Some(child) => match child.try_wait() {
-                Ok(Some(status)) => Some(status.to_string()),
-                Ok(None) => None,
-                Err(e) => Some(format!("unknown ({e})")),
-            },
-        }
-    }
-
-    fn signal_agent(&self, signal: i32) {
-        let pid = self.agent_pid().unwrap_or_else(|| panic!("agent {} is not running", self.index));
-        // SAFETY: the pid is our own child, not yet reaped, so it cannot have been reused.
-        let rc = unsafe { libc::kill(pid as i32, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        self.agent.pid()
     }
 }
 
-/// Where the `agent` binary is: `RMW_BIN_DIR`, else the target folder this test was built into
-/// (`target/debug/deps/<test>` -> `target/debug`), else the workspace's `target/debug`.
-fn agent_binary() -> PathBuf {
+/// Where a binary of the workspace is: `RMW_BIN_DIR`, else the target folder this test was
+/// built into (`target/debug/deps/<test>` -> `target/debug`), else the workspace's `target/debug`.
+fn binary(name: &str) -> PathBuf {
     let candidates: Vec<PathBuf> = if let Some(dir) = std::env::var_os("RMW_BIN_DIR") {
-        vec![PathBuf::from(dir).join("agent")]
+        vec![PathBuf::from(dir).join(name)]
     } else {
         let mut c = Vec::new();
         if let Ok(exe) = std::env::current_exe() {
             if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
-                c.push(profile_dir.join("agent"));
+                c.push(profile_dir.join(name));
             }
         }
-        c.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agent"));
+        c.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug").join(name));
         c
     };
     candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
         panic!(
-            "the agent binary is missing (looked at {candidates:?}): run `cargo build --workspace --bins` \
+            "the {name} binary is missing (looked at {candidates:?}): run `cargo build --workspace --bins` \
              before the end-to-end tests, or set RMW_BIN_DIR to the folder holding it"
         )
     })
@@ -224,7 +273,17 @@ pub struct Cluster {
     dir: PathBuf,
     nodes: Vec<Node>,
     leader: usize,
+    /// The supervisor, when the options asked for one.
+    pub(crate) supervisor: Option<SupervisorProcess>,
     http: reqwest::Client,
+}
+
+/// The supervisor process and where it listens.
+pub(crate) struct SupervisorProcess {
+    pub(crate) port: u16,
+    /// Its `--state-file`, kept across restarts.
+    pub(crate) state_file: PathBuf,
+    pub(crate) daemon: Daemon,
 }
 
 impl Cluster {
@@ -236,8 +295,13 @@ impl Cluster {
     pub async fn start_with(options: ClusterOptions) -> Cluster {
         static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
         assert!(options.leader < options.nodes, "the leader must be one of the nodes");
+        // Fail before starting anything when a binary is missing.
         if options.start_agents {
-            let _ = agent_binary(); // fail before starting anything when the binary is missing
+            let _ = binary("agent");
+        }
+        if options.supervisor {
+            assert!(options.start_agents, "a supervisor needs the agents started");
+            let _ = binary("supervisor");
         }
         pg::reap_abandoned();
 
@@ -252,6 +316,36 @@ impl Cluster {
 
         let ports: Vec<(u16, u16)> = (0..options.nodes).map(|_| (ports::free_port(), ports::free_port())).collect();
         let members: Vec<String> = ports.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect();
+        let supervisor = options.supervisor.then(|| {
+            let port = ports::free_port();
+            let state_file = dir.join("supervisor-state.json");
+            let mut args: Vec<String> = vec![
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--agents".into(),
+                members.join(","),
+                "--state-file".into(),
+                state_file.display().to_string(),
+                "--poll-interval-ms".into(),
+                options.poll_interval_ms.to_string(),
+                "--misses".into(),
+                options.misses.to_string(),
+            ];
+            args.extend(options.supervisor_args.iter().cloned());
+            SupervisorProcess {
+                port,
+                state_file,
+                daemon: Daemon {
+                    name: "supervisor".into(),
+                    binary: "supervisor",
+                    args,
+                    env: Vec::new(),
+                    log_path: dir.join("supervisor.log"),
+                    pid_path: dir.join("supervisor.pid"),
+                    child: Mutex::new(None),
+                },
+            }
+        });
         let nodes = ports
             .iter()
             .enumerate()
@@ -269,18 +363,27 @@ impl Cluster {
                     "--leader".into(),
                     members[options.leader].clone(),
                 ];
+                if let Some(sup) = &supervisor {
+                    args.extend(["--supervisor".into(), format!("127.0.0.1:{}", sup.port)]);
+                }
                 args.extend(options.agent_args.iter().cloned());
+                let log_path = dir.join(format!("agent{i}.log"));
                 Node {
                     index: i,
                     node_id,
                     port,
                     pg_port,
                     data_dir: dir.join(format!("pg{i}")),
-                    log_path: dir.join(format!("agent{i}.log")),
-                    pid_path: dir.join(format!("agent{i}.pid")),
-                    args,
-                    env: options.agent_env.clone(),
-                    agent: Mutex::new(None),
+                    log_path: log_path.clone(),
+                    agent: Daemon {
+                        name: format!("agent {i}"),
+                        binary: "agent",
+                        args,
+                        env: options.agent_env.clone(),
+                        log_path,
+                        pid_path: dir.join(format!("agent{i}.pid")),
+                        child: Mutex::new(None),
+                    },
                     pool: tokio::sync::OnceCell::new(),
                 }
             })
@@ -291,7 +394,7 @@ impl Cluster {
             .build()
             .expect("build the HTTP client");
         // From here on, a panic drops the cluster, which cleans up whatever was started.
-        let cluster = Cluster { dir, nodes, leader: options.leader, http };
+        let cluster = Cluster { dir, nodes, leader: options.leader, supervisor, http };
 
         let data_dirs: Vec<(PathBuf, u16)> = cluster.nodes.iter().map(|n| (n.data_dir.clone(), n.pg_port)).collect();
         let started = tokio::task::spawn_blocking(move || {
@@ -318,9 +421,23 @@ impl Cluster {
 
         if options.start_agents {
             for node in &cluster.nodes {
-                node.spawn_agent();
+                node.agent.spawn();
             }
             futures::future::join_all((0..cluster.len()).map(|i| cluster.wait_healthy(i))).await;
+        }
+        if cluster.supervisor.is_some() {
+            cluster.start_supervisor().await;
+            // The supervisor starts from the agents' configuration: wait until it has adopted it,
+            // so that a test starts from a known term, leader and member set.
+            let leader = cluster.node(cluster.leader).address();
+            let all: Vec<String> = cluster.nodes().map(Node::address).collect();
+            cluster
+                .wait_supervisor("it adopts the agents' first configuration", READY_TIMEOUT, |s| {
+                    s["term"].as_i64().is_some_and(|t| t >= 1)
+                        && s["leader"].as_str() == Some(leader.as_str())
+                        && s["members"] == json!(all)
+                })
+                .await;
         }
         cluster
     }
@@ -374,30 +491,30 @@ impl Cluster {
 
     /// SIGKILLs node `i`'s agent (PostgreSQL keeps running).
     pub fn kill_agent(&self, i: usize) {
-        assert!(self.nodes[i].kill_agent(), "agent {i} was not running");
+        assert!(self.nodes[i].agent.kill(), "agent {i} was not running");
     }
 
     /// Starts node `i`'s agent again with the same flags and waits until it is healthy.
     pub async fn start_agent(&self, i: usize) {
-        self.nodes[i].spawn_agent();
+        self.nodes[i].agent.spawn();
         self.wait_healthy(i).await;
     }
 
     /// SIGKILLs node `i`'s agent (if it runs), starts it again with the same flags and waits
     /// until it is healthy.
     pub async fn restart_agent(&self, i: usize) {
-        self.nodes[i].kill_agent();
+        self.nodes[i].agent.kill();
         self.start_agent(i).await;
     }
 
     /// SIGSTOPs node `i`'s agent: it keeps its sockets but answers nothing.
     pub fn pause_agent(&self, i: usize) {
-        self.nodes[i].signal_agent(libc::SIGSTOP);
+        self.nodes[i].agent.signal(libc::SIGSTOP);
     }
 
     /// SIGCONTs node `i`'s agent.
     pub fn resume_agent(&self, i: usize) {
-        self.nodes[i].signal_agent(libc::SIGCONT);
+        self.nodes[i].agent.signal(libc::SIGCONT);
     }
 
     /// Stops node `i`'s PostgreSQL at once (`pg_ctl stop -m immediate`), as in a crash.
@@ -418,7 +535,7 @@ impl Cluster {
         let deadline = Instant::now() + READY_TIMEOUT;
         let url = format!("{}/health", self.url(i));
         loop {
-            if let Some(exit) = self.nodes[i].agent_exit() {
+            if let Some(exit) = self.nodes[i].agent.exit() {
                 panic!(
                     "agent {i} exited ({exit}) before it became healthy; its log:\n{}",
                     tail(&self.nodes[i].log_path, 40)
@@ -528,10 +645,27 @@ impl Cluster {
 
     /// `GET /status` of `node`.
     pub async fn status(&self, node: usize) -> AgentStatus {
-        let (code, body) = self.get(node, "/status").await;
-        assert_eq!(code, StatusCode::OK, "GET /status on node {node}: {body}");
-        serde_json::from_value(body.clone())
-            .unwrap_or_else(|e| panic!("status of node {node} is not an AgentStatus ({e}): {body}"))
+        self.try_status(node, STATUS_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}; its log:\n{}", self.agent_log(node, 30)))
+    }
+
+    /// `GET /status` of `node` within `timeout`, or why there was no valid answer (the agent is
+    /// dead, stopped, or answered something else). For polling nodes that may be down.
+    pub async fn try_status(&self, node: usize, timeout: Duration) -> Result<AgentStatus, String> {
+        let resp = self
+            .http
+            .get(format!("{}/status", self.url(node)))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| format!("GET /status on node {node}: {e}"))?;
+        let r = raw(resp).await;
+        if r.status != StatusCode::OK {
+            return Err(format!("GET /status on node {node}: HTTP {}: {}", r.status, r.body));
+        }
+        serde_json::from_str(&r.body)
+            .map_err(|e| format!("status of node {node} is not an AgentStatus ({e}): {}", r.body))
     }
 
     /// `GET /health` status code of `node` (the body is not inspected).
@@ -629,7 +763,7 @@ impl Cluster {
     }
 }
 
-async fn raw(resp: reqwest::Response) -> RawResponse {
+pub(crate) async fn raw(resp: reqwest::Response) -> RawResponse {
     let status = resp.status();
     let content_type =
         resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -646,9 +780,13 @@ fn json_body(r: &RawResponse, what: &str) -> Value {
 impl Drop for Cluster {
     /// Stops everything, also while a test panics; never panics itself.
     fn drop(&mut self) {
+        // The supervisor first, so that it does not react to the agents going away.
+        if let Some(sup) = &self.supervisor {
+            sup.daemon.kill();
+        }
         for node in &self.nodes {
             // A paused agent still dies of SIGKILL.
-            node.kill_agent();
+            node.agent.kill();
         }
         if std::thread::panicking() {
             for node in &self.nodes {
@@ -656,7 +794,21 @@ impl Drop for Cluster {
                     "----- {} agent log ({}), last lines -----\n{}",
                     node.node_id,
                     node.log_path.display(),
-                    tail(&node.log_path, 60)
+                    node.agent.tail(60)
+                );
+            }
+            if let Some(sup) = &self.supervisor {
+                eprintln!(
+                    "----- supervisor log ({}), last lines -----\n{}",
+                    sup.daemon.log_path.display(),
+                    sup.daemon.tail(80)
+                );
+            }
+            for node in &self.nodes {
+                eprintln!(
+                    "----- {} PostgreSQL: prepared transactions, sessions not idle -----\n{}",
+                    node.node_id,
+                    pg::lock_holders(&node.data_dir, node.pg_port)
                 );
             }
         }

@@ -1,7 +1,8 @@
 //! The invariants of DESIGN.md section 2 and 9, checked on the nodes' PostgreSQL tables:
 //!
 //! - every in-sync node's `bank_balance` and `recovery_log` are identical, row for row;
-//! - log LSNs are dense from 1, commit timestamps strictly increase with the LSN;
+//! - log LSNs are dense from 1, commit timestamps strictly increase with the LSN, terms never
+//!   decrease;
 //! - a node's table is exactly the effect of its log applied in LSN order (balances, and
 //!   `created_at`/`updated_at` = the commit timestamp of the first/last write of the account).
 
@@ -47,6 +48,13 @@ fn check_log_shape(node: usize, log: &[LogRow]) {
             assert!(
                 entry.commit_ts > log[i - 1].commit_ts,
                 "node {node}: commit_ts does not increase with the LSN: {:?} then {entry:?}",
+                log[i - 1]
+            );
+            // A new leader writes after everything of the terms before it (an in-doubt batch of
+            // an old term is decided at its place, before the new leader's first entry).
+            assert!(
+                entry.term >= log[i - 1].term,
+                "node {node}: the term goes back along the log: {:?} then {entry:?}",
                 log[i - 1]
             );
         }
@@ -158,6 +166,16 @@ mod tests {
     #[should_panic(expected = "not dense")]
     fn a_gap_in_the_log_is_caught() {
         check_log_shape(0, &[entry(1, 10, json!({})), entry(3, 30, json!({}))]);
+    }
+
+    #[test]
+    #[should_panic(expected = "term goes back")]
+    fn a_term_going_back_is_caught() {
+        let mut late = entry(2, 20, json!({}));
+        late.term = 1;
+        let mut early = entry(1, 10, json!({}));
+        early.term = 2;
+        check_log_shape(0, &[early, late]);
     }
 
     #[test]

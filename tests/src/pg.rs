@@ -142,6 +142,39 @@ pub(crate) fn create_data_dir(dir: &Path, port: u16) {
     append(&dir.join("postgresql.conf"), &format!("port = {port}\nunix_socket_directories = '{}'\n", dir.display()));
 }
 
+/// What the server of `dir` (listening on `port`) holds in `pg_prepared_xacts`, and its
+/// sessions that are not idle (in a transaction, or waiting), or why that could not be read.
+/// For post-mortems: a prepared transaction nobody decides, or a session left idle in a
+/// transaction, holds its row locks forever.
+pub(crate) fn lock_holders(dir: &Path, port: u16) -> String {
+    if postmaster_pid(dir).is_none() {
+        return "(PostgreSQL is not running)".into();
+    }
+    let query = "SELECT 'prepared ' || gid || ' at ' || prepared FROM pg_prepared_xacts \
+                 UNION ALL \
+                 SELECT 'session ' || pid || ' ' || state || coalesce(' waiting on ' || wait_event_type, '') \
+                        || ' since ' || coalesce(xact_start::text, '-') || ': ' || left(query, 100) \
+                 FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle'";
+    let out = pg_command("psql", dir)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-At", "-c", query])
+        .env("PGCONNECT_TIMEOUT", "3")
+        .env("PGOPTIONS", "-c statement_timeout=3000")
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if text.is_empty() {
+                "(none)".into()
+            } else {
+                text
+            }
+        }
+        Ok(out) => format!("(psql failed: {})", describe(&out)),
+        Err(e) => format!("(psql: {e})"),
+    }
+}
+
 /// The server log of the data folder `dir`.
 pub(crate) fn server_log(dir: &Path) -> PathBuf {
     dir.join("server.log")
@@ -241,11 +274,12 @@ pub(crate) fn reap_abandoned() {
                     if path.join("postmaster.pid").exists() {
                         stop_immediate(&path);
                     }
-                    let is_agent_pid = path.extension().is_some_and(|ext| ext == "pid");
-                    if is_agent_pid {
+                    // `agent<i>.pid` and `supervisor.pid`.
+                    let is_pid_file = path.extension().is_some_and(|ext| ext == "pid");
+                    if is_pid_file {
                         if let Some(pid) = fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
-                            if process_runs(pid, "agent") {
-                                // SAFETY: the pid is an agent this harness started (checked above).
+                            if process_runs(pid, "agent") || process_runs(pid, "supervisor") {
+                                // SAFETY: the pid is a program this harness started (checked above).
                                 unsafe { libc::kill(pid, libc::SIGKILL) };
                             }
                         }

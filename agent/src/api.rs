@@ -189,36 +189,47 @@ async fn replication_log(State(node): State<Arc<Node>>, ApiQuery(q): ApiQuery<Lo
 }
 
 async fn prepare(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<PrepareRequest>) -> Result<Response, ApiError> {
-    Ok(Json(node.prepare(&req).await?).into_response())
+    Ok(Json(detached(async move { node.prepare(&req).await }).await?).into_response())
 }
 
 async fn decide(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<DecideRequest>) -> Result<Response, ApiError> {
-    Ok(Json(node.decide(&req).await?).into_response())
+    Ok(Json(detached(async move { node.decide(&req).await }).await?).into_response())
 }
 
 #[derive(Deserialize)]
 struct BatchQuery {
     last_lsn: Lsn,
     last_txn: Uuid,
+    term: protocol::Term,
 }
 
 async fn batch_state(State(node): State<Arc<Node>>, ApiQuery(q): ApiQuery<BatchQuery>) -> Result<Response, ApiError> {
-    Ok(Json(node.batch_state(q.last_lsn, q.last_txn).await?).into_response())
+    let batch = protocol::PendingInfo { last_lsn: q.last_lsn, last_txn: q.last_txn, term: q.term };
+    Ok(Json(node.batch_state(&batch).await?).into_response())
+}
+
+/// Runs `work` to completion even if the caller goes away. Hyper drops a handler's future
+/// when its connection closes (a killed leader, a timed-out call); a PREPARE or COMMIT
+/// PREPARED abandoned half-way would leave PostgreSQL and the agent's memory disagreeing.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work).await.map_err(|e| ApiError::Internal(format!("the work of a request failed: {e}")))?
 }
 
 async fn fence(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConfig>) -> Result<Response, ApiError> {
     node.check_serving()?;
-    Ok(Json(node.fence(&req).await?).into_response())
+    Ok(Json(detached(async move { node.fence(&req).await }).await?).into_response())
 }
 
 async fn promote(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConfig>) -> Result<Response, ApiError> {
     node.check_serving()?;
-    Ok(Json(node.promote(req).await?).into_response())
+    Ok(Json(detached(async move { node.promote(req).await }).await?).into_response())
 }
 
 async fn config(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConfig>) -> Result<Response, ApiError> {
     node.check_serving()?;
-    Ok(Json(node.apply_config(&req).await?).into_response())
+    Ok(Json(detached(async move { node.apply_config(&req).await }).await?).into_response())
 }
 
 async fn pause(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<PauseRequest>) -> Result<Response, ApiError> {
@@ -227,7 +238,7 @@ async fn pause(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<PauseRequest
 }
 
 async fn recover(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<RecoverRequest>) -> Result<Response, ApiError> {
-    Ok(Json(node.recover(&req).await?).into_response())
+    Ok(Json(detached(async move { node.recover(&req).await }).await?).into_response())
 }
 
 async fn down_leader(State(node): State<Arc<Node>>) -> Response {
@@ -236,10 +247,10 @@ async fn down_leader(State(node): State<Arc<Node>>) -> Response {
     (status, Json(answer)).into_response()
 }
 
-async fn up_node(State(node): State<Arc<Node>>) -> Response {
-    let answer = node.up_node().await;
+async fn up_node(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let answer = detached(async move { Ok(node.up_node().await) }).await?;
     let status = if answer.changed { StatusCode::OK } else { StatusCode::CONFLICT };
-    (status, Json(answer)).into_response()
+    Ok((status, Json(answer)).into_response())
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -17,7 +17,6 @@ use protocol::{
     PromoteResponse, ReadResponse, RecoverRequest, RecoverResponse, Role, Term, Timestamp, ValidRead, Vote,
 };
 use tokio::sync::{watch, Mutex};
-use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::participant::{DecideStep, ParticipantState, PendingBatch, PrepareStep, RoundId};
@@ -299,7 +298,7 @@ impl Node {
     async fn commit_pending(&self, state: &mut ParticipantState, batch: &PendingBatch) -> Result<(), ApiError> {
         if let Err(e) = self.store.commit_prepared(batch).await {
             // The COMMIT may have landed before the connection failed: the log says.
-            if !self.store.has_txn(batch.last_txn).await.unwrap_or(false) {
+            if !self.store.batch_committed(batch).await.unwrap_or(false) {
                 return Err(ApiError::internal(e));
             }
         }
@@ -327,16 +326,19 @@ impl Node {
         Ok(())
     }
 
-    /// Where this member stands on the batch ending with `last_txn`.
-    pub async fn batch_state(&self, last_lsn: Lsn, last_txn: Uuid) -> Result<BatchStateResponse, ApiError> {
+    /// Where this member stands on `batch`.
+    pub async fn batch_state(&self, batch: &PendingInfo) -> Result<BatchStateResponse, ApiError> {
         let state = self.participant.lock().await;
-        Ok(BatchStateResponse { term: state.term, last_lsn, state: self.batch_state_locked(&state, last_txn).await? })
+        let batch_state = self.batch_state_locked(&PendingBatch::from_info(batch)).await?;
+        Ok(BatchStateResponse { term: state.term, last_lsn: batch.last_lsn, state: batch_state })
     }
 
-    async fn batch_state_locked(&self, state: &ParticipantState, last_txn: Uuid) -> Result<BatchState, ApiError> {
-        Ok(if self.store.has_txn(last_txn).await.map_err(ApiError::internal)? {
+    /// Asked of PostgreSQL, not of memory: the log for COMMITTED, `pg_prepared_xacts` for
+    /// PREPARED. Callers hold the participant lock, so neither changes meanwhile.
+    async fn batch_state_locked(&self, batch: &PendingBatch) -> Result<BatchState, ApiError> {
+        Ok(if self.store.batch_committed(batch).await.map_err(ApiError::internal)? {
             BatchState::Committed
-        } else if state.pending.as_ref().is_some_and(|p| p.last_txn == last_txn) {
+        } else if self.store.batch_prepared(batch).await.map_err(ApiError::internal)? {
             BatchState::Prepared
         } else {
             BatchState::Absent
@@ -432,9 +434,9 @@ impl Node {
         batches.dedup_by_key(|b| b.last_txn);
         let (mut committed, mut aborted) = (0, 0);
         for batch in batches {
-            let mut states = vec![self.batch_state_locked(state, batch.last_txn).await?];
+            let mut states = vec![self.batch_state_locked(&PendingBatch::from_info(&batch)).await?];
             for peer in &others {
-                match self.peers.batch_state(peer, batch.last_lsn, batch.last_txn).await {
+                match self.peers.batch_state(peer, &batch).await {
                     Ok(answer) => states.push(answer.state),
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "member unreachable while resolving an in-doubt batch")
@@ -493,8 +495,7 @@ impl Node {
         // 1. Our own prepared batch: its outcome is whatever the leader's log says.
         let mut resolved_pending = None;
         if let Some(pending) = state.pending.clone() {
-            let answer =
-                self.peers.batch_state(leader, pending.last_lsn, pending.last_txn).await.map_err(unreachable)?;
+            let answer = self.peers.batch_state(leader, &pending.info()).await.map_err(unreachable)?;
             let decision = match answer.state {
                 BatchState::Committed => Decision::Commit,
                 BatchState::Absent => Decision::Abort,
@@ -519,7 +520,8 @@ impl Node {
             let page = self.peers.log_page(leader, after - 1, 1).await.map_err(unreachable)?;
             let ours = self.store.entry_at(after).await.map_err(ApiError::internal)?;
             let theirs = page.entries.first();
-            if ours.as_ref().map(|e| e.txn_id) != theirs.map(|e| e.txn_id) {
+            // The whole entry must match (term and timestamp too), not just the transaction id.
+            if ours.as_ref() != theirs {
                 tracing::error!(applied_lsn = after, ours = ?ours.map(|e| e.txn_id), theirs = ?theirs.map(|e| e.txn_id),
                     "DIVERGED: this node's log differs from the leader's; refusing to merge");
                 return Err(ApiError::Conflict(format!(

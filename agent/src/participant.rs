@@ -31,6 +31,11 @@ pub struct PendingBatch {
 }
 
 impl PendingBatch {
+    /// The batch a [`protocol::PendingInfo`] names (its round is not part of its identity).
+    pub fn from_info(info: &protocol::PendingInfo) -> PendingBatch {
+        PendingBatch { id: RoundId { term: info.term, round: 0 }, last_lsn: info.last_lsn, last_txn: info.last_txn }
+    }
+
     pub fn info(&self) -> protocol::PendingInfo {
         protocol::PendingInfo { last_lsn: self.last_lsn, last_txn: self.last_txn, term: self.id.term }
     }

@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use protocol::{
     AgentStatus, BatchStateResponse, ClusterConfig, DecideRequest, DecideResponse, ErrorBody, FailureReport, LogPage,
-    Lsn, PrepareRequest, PrepareResponse, Term,
+    Lsn, PendingInfo, PrepareRequest, PrepareResponse, Term,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use uuid::Uuid;
 
 /// Connecting to a live peer on a LAN takes well under this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -57,13 +56,9 @@ impl Peers {
         self.post(peer, "/internal/decide", req).await
     }
 
-    pub async fn batch_state(
-        &self,
-        peer: &str,
-        last_lsn: Lsn,
-        last_txn: Uuid,
-    ) -> Result<BatchStateResponse, PeerError> {
-        let url = format!("http://{peer}/internal/batch_state?last_lsn={last_lsn}&last_txn={last_txn}");
+    pub async fn batch_state(&self, peer: &str, batch: &PendingInfo) -> Result<BatchStateResponse, PeerError> {
+        let PendingInfo { last_lsn, last_txn, term } = batch;
+        let url = format!("http://{peer}/internal/batch_state?last_lsn={last_lsn}&last_txn={last_txn}&term={term}");
         let resp = self.http.get(url).send().await.map_err(|source| unreachable(peer, source))?;
         decode(peer, resp).await
     }

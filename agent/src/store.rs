@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use protocol::{Account, AccountRow, Balance, ClusterConfig, LogEntry, Lsn, Timestamp};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, Executor, PgPool, Row};
+use sqlx::{Executor, PgPool, Row};
 use uuid::Uuid;
 
 use crate::participant::PendingBatch;
@@ -62,7 +62,9 @@ CREATE TABLE IF NOT EXISTS agent_cluster_config (
 
 impl Store {
     pub async fn connect(url: &str, pool_size: u32) -> Result<Store, StoreError> {
-        let options: PgConnectOptions = url.parse()?;
+        // Every batch ends with a COMMIT after its PREPARE TRANSACTION (see `apply`), which the
+        // server logs as a WARNING; on the agent's own sessions only errors are worth a line.
+        let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([("log_min_messages", "error")]);
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(std::time::Duration::from_secs(5))
@@ -158,16 +160,17 @@ impl Store {
     /// Phase one: apply `entries` and log them in one transaction, and prepare it as `batch`.
     pub async fn prepare(&self, batch: &PendingBatch, entries: &[LogEntry]) -> Result<(), StoreError> {
         // The gid is made of numbers and a UUID only: safe to inline.
-        self.apply(entries, &format!("PREPARE TRANSACTION '{}'", batch.gid())).await
+        self.apply(entries, Some(format!("PREPARE TRANSACTION '{}'", batch.gid()))).await
     }
 
     /// Recovery: apply entries fetched from the leader's log and commit them at once.
     pub async fn apply_committed(&self, entries: &[LogEntry]) -> Result<(), StoreError> {
-        self.apply(entries, "COMMIT").await
+        self.apply(entries, None).await
     }
 
-    /// Applies `entries` (data and log) in one transaction ended by `finish`.
-    async fn apply(&self, entries: &[LogEntry], finish: &str) -> Result<(), StoreError> {
+    /// Applies `entries` (data and log) in one transaction, prepared as `prepare_as` (a
+    /// `PREPARE TRANSACTION` statement) or committed at once.
+    async fn apply(&self, entries: &[LogEntry], prepare_as: Option<String>) -> Result<(), StoreError> {
         let log = serde_json::Value::Array(
             entries
                 .iter()
@@ -185,37 +188,32 @@ impl Store {
                 })
                 .collect(),
         );
-        let mut conn = self.pool.acquire().await?;
-        conn.execute("BEGIN").await?;
-        let applied = async {
-            sqlx::query(
-                "INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set) \
-                 SELECT e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set \
-                 FROM jsonb_to_recordset($1) AS e(lsn bigint, term bigint, txn_id uuid, commit_ts bigint, read_set jsonb, write_set jsonb)",
-            )
-            .bind(sqlx::types::Json(&log))
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "INSERT INTO bank_balance (account_number, balance, created_at, updated_at) \
-                 SELECT w.account_number, w.balance, w.created_at, w.updated_at \
-                 FROM jsonb_to_recordset($1) AS w(account_number bigint, balance bigint, created_at bigint, updated_at bigint) \
-                 ON CONFLICT (account_number) DO UPDATE SET balance = EXCLUDED.balance, updated_at = EXCLUDED.updated_at",
-            )
-            .bind(sqlx::types::Json(&writes))
-            .execute(&mut *conn)
-            .await?;
-            conn.execute(finish).await?;
-            Ok::<(), sqlx::Error>(())
+        // sqlx's transaction rolls back if this future is dropped half-way, so a connection
+        // never returns to the pool inside a transaction.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set) \
+             SELECT e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set \
+             FROM jsonb_to_recordset($1) AS e(lsn bigint, term bigint, txn_id uuid, commit_ts bigint, read_set jsonb, write_set jsonb)",
+        )
+        .bind(sqlx::types::Json(&log))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO bank_balance (account_number, balance, created_at, updated_at) \
+             SELECT w.account_number, w.balance, w.created_at, w.updated_at \
+             FROM jsonb_to_recordset($1) AS w(account_number bigint, balance bigint, created_at bigint, updated_at bigint) \
+             ON CONFLICT (account_number) DO UPDATE SET balance = EXCLUDED.balance, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(sqlx::types::Json(&writes))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(prepare) = prepare_as {
+            // After PREPARE TRANSACTION the session holds no transaction: the COMMIT below
+            // only draws a warning, and closes sqlx's bookkeeping cleanly.
+            tx.execute(prepare.as_str()).await?;
         }
-        .await;
-        if let Err(e) = applied {
-            if conn.execute("ROLLBACK").await.is_err() {
-                // A connection in an unknown state must not go back to the pool.
-                let _ = conn.detach().close().await;
-            }
-            return Err(e.into());
-        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -239,8 +237,23 @@ impl Store {
         Ok(gids.iter().filter_map(|g| PendingBatch::from_gid(g)).collect())
     }
 
-    pub async fn has_txn(&self, txn_id: Uuid) -> Result<bool, StoreError> {
-        Ok(self.find_txn(txn_id).await?.is_some())
+    /// Whether this node's log holds the batch: its last entry at its LSN, from its term. The
+    /// transaction id alone is not enough: a client may have retried it, and a later leader
+    /// committed it elsewhere while this batch was never committed.
+    pub async fn batch_committed(&self, batch: &PendingBatch) -> Result<bool, StoreError> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT lsn FROM recovery_log WHERE lsn = $1 AND txn_id = $2 AND term = $3")
+                .bind(batch.last_lsn)
+                .bind(batch.last_txn)
+                .bind(batch.id.term)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    /// Whether PostgreSQL holds the batch prepared: the ground truth, whatever the agent's memory.
+    pub async fn batch_prepared(&self, batch: &PendingBatch) -> Result<bool, StoreError> {
+        Ok(self.prepared_batches().await?.iter().any(|p| p.gid() == batch.gid()))
     }
 
     /// The log entry at `lsn`, if this node has it.

@@ -28,6 +28,10 @@ pub enum Action {
     Steady,
     /// Elect `candidate` leader in `config.term` (a new term); `old_leader` failed.
     Failover { old_leader: Option<String>, candidate: String, config: ClusterConfig },
+    /// The named leader is alive and a member but does not lead: its agent restarted, or an
+    /// election was interrupted (the supervisor itself restarted). Finish electing it in the
+    /// same term: the term is already durable and no other node was promoted in it.
+    Promote { candidate: String, config: ClusterConfig },
     /// Remove failed members (same term, new version).
     RemoveMembers { removed: Vec<String>, config: ClusterConfig },
     /// Bring a live node outside the member set back in sync.
@@ -52,10 +56,18 @@ pub fn round_robin_next<'a>(
 }
 
 /// Decides the next step. `agents` is the configured order; `recovering` lists nodes whose
-/// recovery is already under way.
-pub fn decide(config: &ClusterConfig, agents: &[String], observed: &[Observed], recovering: &[String]) -> Action {
+/// recovery is under way or backing off; `unelectable` lists nodes that failed to be fenced or
+/// promoted lately, which are passed over as candidates.
+pub fn decide(
+    config: &ClusterConfig,
+    agents: &[String],
+    observed: &[Observed],
+    recovering: &[String],
+    unelectable: &[String],
+) -> Action {
     let seen = |addr: &str| observed.iter().find(|o| o.address == addr);
     let alive = |addr: &str| seen(addr).is_some_and(|o| o.alive);
+    let electable = |addr: &str| alive(addr) && !unelectable.iter().any(|u| u == addr);
     let is_member = |addr: &str| config.members.iter().any(|m| m == addr);
 
     // The leader is healthy only if it answers and still leads the current term.
@@ -66,9 +78,20 @@ pub fn decide(config: &ClusterConfig, agents: &[String], observed: &[Observed], 
     });
     if !leader_ok {
         let old = config.leader.as_deref();
+        let unfinished = old.filter(|leader| {
+            electable(leader)
+                && is_member(leader)
+                && seen(leader)
+                    .and_then(|o| o.status.as_ref())
+                    .is_some_and(|s| s.role == Role::Replica && s.term <= config.term)
+        });
+        if let Some(leader) = unfinished {
+            return Action::Promote { candidate: leader.to_string(), config: config.clone() };
+        }
         let members: Vec<String> =
             agents.iter().filter(|a| is_member(a) && Some(a.as_str()) != old && alive(a)).cloned().collect();
-        let Some(candidate) = round_robin_next(agents, old, |a| members.iter().any(|m| m == a)) else {
+        let eligible = |a: &str| members.iter().any(|m| m == a) && electable(a);
+        let Some(candidate) = round_robin_next(agents, old, eligible) else {
             return Action::NoLeaderPossible {
                 reason: format!(
                     "no live member can lead (members: {}); writes are unavailable until one comes back",
@@ -176,14 +199,14 @@ mod tests {
     fn a_healthy_cluster_is_left_alone() {
         let c = config(1, "a:1", &["a:1", "b:2", "c:3"]);
         let seen = [up("a:1", Role::Leader, 1), up("b:2", Role::Replica, 1), up("c:3", Role::Replica, 1)];
-        assert_eq!(decide(&c, &agents(), &seen, &[]), Action::Steady);
+        assert_eq!(decide(&c, &agents(), &seen, &[], &[]), Action::Steady);
     }
 
     #[test]
     fn the_next_live_member_in_order_takes_over_in_a_new_term() {
         let c = config(1, "a:1", &["a:1", "b:2", "c:3"]);
         let seen = [down("a:1"), up("b:2", Role::Replica, 1), up("c:3", Role::Replica, 1)];
-        match decide(&c, &agents(), &seen, &[]) {
+        match decide(&c, &agents(), &seen, &[], &[]) {
             Action::Failover { candidate, config, old_leader } => {
                 assert_eq!(candidate, "b:2");
                 assert_eq!(old_leader.as_deref(), Some("a:1"));
@@ -198,7 +221,7 @@ mod tests {
     fn round_robin_skips_dead_members_and_wraps() {
         let c = config(4, "b:2", &["a:1", "b:2", "c:3"]);
         let seen = [up("a:1", Role::Replica, 4), down("b:2"), down("c:3")];
-        match decide(&c, &agents(), &seen, &[]) {
+        match decide(&c, &agents(), &seen, &[], &[]) {
             Action::Failover { candidate, config, .. } => {
                 assert_eq!(candidate, "a:1");
                 assert_eq!(config.members, vec!["a:1"]);
@@ -211,34 +234,61 @@ mod tests {
     fn a_live_node_outside_the_members_never_leads() {
         let c = config(3, "a:1", &["a:1", "b:2"]);
         let seen = [down("a:1"), down("b:2"), up("c:3", Role::Standby, 3)];
-        assert!(matches!(decide(&c, &agents(), &seen, &[]), Action::NoLeaderPossible { .. }));
+        assert!(matches!(decide(&c, &agents(), &seen, &[], &[]), Action::NoLeaderPossible { .. }));
     }
 
     #[test]
     fn the_new_term_exceeds_every_term_an_agent_reports() {
         let c = config(3, "a:1", &["a:1", "b:2", "c:3"]);
         let seen = [down("a:1"), up("b:2", Role::Replica, 9), up("c:3", Role::Replica, 3)];
-        let Action::Failover { config, .. } = decide(&c, &agents(), &seen, &[]) else { panic!() };
+        let Action::Failover { config, .. } = decide(&c, &agents(), &seen, &[], &[]) else { panic!() };
         assert_eq!(config.term, 10);
     }
 
     #[test]
-    fn a_leader_that_no_longer_leads_its_term_is_replaced() {
+    fn a_named_leader_that_does_not_lead_yet_is_promoted_in_the_same_term() {
+        // Its agent restarted, or the supervisor restarted before promoting it.
         let c = config(2, "a:1", &["a:1", "b:2", "c:3"]);
-        let seen = [up("a:1", Role::Replica, 2), up("b:2", Role::Replica, 2), up("c:3", Role::Replica, 2)];
-        assert!(matches!(decide(&c, &agents(), &seen, &[]), Action::Failover { .. }));
+        let seen = [up("a:1", Role::Replica, 1), up("b:2", Role::Replica, 2), up("c:3", Role::Replica, 2)];
+        assert_eq!(
+            decide(&c, &agents(), &seen, &[], &[]),
+            Action::Promote { candidate: "a:1".into(), config: c.clone() }
+        );
+        // Passed over once it failed to be promoted: the next member is elected in a new term.
+        let Action::Failover { candidate, config: next, .. } = decide(&c, &agents(), &seen, &[], &["a:1".into()])
+        else {
+            panic!()
+        };
+        assert_eq!((candidate.as_str(), next.term), ("b:2", 3));
+    }
+
+    #[test]
+    fn a_leader_that_stepped_down_or_went_down_is_replaced() {
+        let c = config(2, "a:1", &["a:1", "b:2", "c:3"]);
+        let seen = [up("a:1", Role::Down, 2), up("b:2", Role::Replica, 2), up("c:3", Role::Replica, 2)];
+        assert!(matches!(decide(&c, &agents(), &seen, &[], &[]), Action::Failover { .. }));
+        let seen = [up("a:1", Role::Standby, 2), up("b:2", Role::Replica, 2), up("c:3", Role::Replica, 2)];
+        assert!(matches!(decide(&c, &agents(), &seen, &[], &[]), Action::Failover { .. }));
+    }
+
+    #[test]
+    fn candidates_that_failed_promotion_are_passed_over() {
+        let c = config(1, "a:1", &["a:1", "b:2", "c:3"]);
+        let seen = [down("a:1"), up("b:2", Role::Replica, 1), up("c:3", Role::Replica, 1)];
+        let Action::Failover { candidate, .. } = decide(&c, &agents(), &seen, &[], &["b:2".into()]) else { panic!() };
+        assert_eq!(candidate, "c:3");
     }
 
     #[test]
     fn a_dead_replica_is_removed_and_a_returning_one_recovered() {
         let c = config(1, "a:1", &["a:1", "b:2", "c:3"]);
         let seen = [up("a:1", Role::Leader, 1), up("b:2", Role::Replica, 1), down("c:3")];
-        let Action::RemoveMembers { removed, config } = decide(&c, &agents(), &seen, &[]) else { panic!() };
+        let Action::RemoveMembers { removed, config } = decide(&c, &agents(), &seen, &[], &[]) else { panic!() };
         assert_eq!(removed, vec!["c:3"]);
         assert_eq!(config.version, 8);
         let seen = [up("a:1", Role::Leader, 1), up("b:2", Role::Replica, 1), up("c:3", Role::Standby, 1)];
-        assert_eq!(decide(&config, &agents(), &seen, &[]), Action::Recover { node: "c:3".into() });
-        assert_eq!(decide(&config, &agents(), &seen, &["c:3".into()]), Action::Steady);
+        assert_eq!(decide(&config, &agents(), &seen, &[], &[]), Action::Recover { node: "c:3".into() });
+        assert_eq!(decide(&config, &agents(), &seen, &["c:3".into()], &[]), Action::Steady);
         assert_eq!(with_member(&config, &agents(), "c:3").members, vec!["a:1", "b:2", "c:3"]);
     }
 
@@ -246,7 +296,7 @@ mod tests {
     fn a_downed_node_is_not_recovered_until_it_is_up() {
         let c = config(1, "b:2", &["b:2", "c:3"]);
         let seen = [up("a:1", Role::Down, 1), up("b:2", Role::Leader, 1), up("c:3", Role::Replica, 1)];
-        assert_eq!(decide(&c, &agents(), &seen, &[]), Action::Steady);
+        assert_eq!(decide(&c, &agents(), &seen, &[], &[]), Action::Steady);
     }
 
     #[test]

@@ -42,6 +42,10 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(1);
 const PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Recoveries and failovers remembered for `GET /status`.
 const HISTORY: usize = 20;
+/// Longest wait before a failed recovery is tried again.
+const MAX_RECOVERY_BACKOFF: Duration = Duration::from_secs(10);
+/// A candidate that failed this many elections in a row is passed over.
+const MAX_PROMOTION_FAILURES: u32 = 2;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -107,6 +111,12 @@ struct History {
     recovering: BTreeSet<String>,
     /// Nodes refused for a diverged log: never recovered automatically.
     diverged: BTreeSet<String>,
+    /// Nodes whose last recovery failed: not retried before the instant, and how many times
+    /// in a row it failed (the pause doubles each time, up to `MAX_RECOVERY_BACKOFF`).
+    retry_after: std::collections::BTreeMap<String, (Instant, u32)>,
+    /// Candidates that could not be fenced or promoted, with how many times in a row: after
+    /// `MAX_PROMOTION_FAILURES` they are passed over until an election succeeds.
+    failed_promotions: std::collections::BTreeMap<String, u32>,
     no_leader: Option<String>,
 }
 
@@ -115,6 +125,9 @@ pub struct Supervisor {
     http: reqwest::Client,
     /// The configuration and clients; the lock serialises every mutation.
     state: Mutex<Persisted>,
+    /// A copy of the last saved state, for `GET /status`, which must answer even while a
+    /// failover or a recovery holds `state`.
+    published: SyncMutex<Persisted>,
     observed: SyncMutex<Vec<NodeObs>>,
     history: SyncMutex<History>,
 }
@@ -161,6 +174,7 @@ impl Supervisor {
         Ok(Arc::new(Supervisor {
             settings,
             http,
+            published: SyncMutex::new(persisted.clone()),
             state: Mutex::new(persisted),
             observed: SyncMutex::new(observed),
             history: SyncMutex::new(History::default()),
@@ -178,6 +192,7 @@ impl Supervisor {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        *lock(&self.published) = persisted.clone();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)?.sync_all()?;
         }
@@ -292,16 +307,25 @@ impl Supervisor {
             return;
         }
         let observed = self.observed();
-        let (config, recovering) = {
+        let (config, recovering, unelectable) = {
             let state = self.state.lock().await;
             let history = lock(&self.history);
-            let skip: Vec<String> = history.recovering.iter().chain(&history.diverged).cloned().collect();
-            (state.config.clone(), skip)
+            let now = Instant::now();
+            let backing_off = history.retry_after.iter().filter(|(_, (until, _))| *until > now).map(|(n, _)| n);
+            let skip: Vec<String> =
+                history.recovering.iter().chain(&history.diverged).chain(backing_off).cloned().collect();
+            let unelectable: Vec<String> = history
+                .failed_promotions
+                .iter()
+                .filter(|(_, failures)| **failures >= MAX_PROMOTION_FAILURES)
+                .map(|(n, _)| n.clone())
+                .collect();
+            (state.config.clone(), skip, unelectable)
         };
         if config.term == 0 {
             return; // no configuration adopted yet
         }
-        match decide(&config, &self.settings.agents, &observed, &recovering) {
+        match decide(&config, &self.settings.agents, &observed, &recovering, &unelectable) {
             Action::Steady => lock(&self.history).no_leader = None,
             Action::NoLeaderPossible { reason } => {
                 let mut history = lock(&self.history);
@@ -312,6 +336,10 @@ impl Supervisor {
             }
             Action::Failover { old_leader, candidate, config: next } => {
                 self.failover(&config, old_leader, candidate, next).await
+            }
+            Action::Promote { candidate, config: next } => {
+                tracing::warn!(%candidate, term = next.term, "the named leader does not lead: finishing its election");
+                self.failover(&config, None, candidate, next).await
             }
             Action::RemoveMembers { removed, config: next } => {
                 tracing::warn!(?removed, "removing members that stopped answering");
@@ -326,6 +354,14 @@ impl Supervisor {
                     history.recovering.remove(&node);
                     if report.message.starts_with("diverged") {
                         history.diverged.insert(node.clone());
+                    }
+                    if report.ok {
+                        history.retry_after.remove(&node);
+                    } else {
+                        let failures = history.retry_after.get(&node).map_or(0, |(_, n)| *n) + 1;
+                        let pause = (Duration::from_millis(250) * 2u32.saturating_pow(failures.min(8)))
+                            .min(MAX_RECOVERY_BACKOFF);
+                        history.retry_after.insert(node.clone(), (Instant::now() + pause, failures));
                     }
                     push_bounded(&mut history.recoveries, report);
                 });
@@ -401,6 +437,7 @@ impl Supervisor {
             self.call(&candidate, "/internal/fence", Some(&next), FENCE_TIMEOUT).await;
         if let Err(e) = fenced {
             tracing::error!(%candidate, error = %e, "the candidate could not be fenced; trying again at the next poll");
+            *lock(&self.history).failed_promotions.entry(candidate).or_insert(0) += 1;
             return;
         }
         // 3. The new leader resolves in-doubt batches, then takes commits.
@@ -410,6 +447,7 @@ impl Supervisor {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(%candidate, error = %e, "promotion failed; a new election follows at the next poll");
+                *lock(&self.history).failed_promotions.entry(candidate).or_insert(0) += 1;
                 return;
             }
         };
@@ -432,7 +470,11 @@ impl Supervisor {
             in_doubt_committed = report.in_doubt_committed, in_doubt_aborted = report.in_doubt_aborted,
             "failover done: writes unavailable for {} ms", report.unavailable_ms
         );
-        push_bounded(&mut lock(&self.history).failovers, report);
+        {
+            let mut history = lock(&self.history);
+            history.failed_promotions.clear();
+            push_bounded(&mut history.failovers, report);
+        }
         self.push_config(&next);
         let me = self.clone();
         tokio::spawn(async move { me.announce(&candidate, next.term).await });
@@ -510,6 +552,10 @@ impl Supervisor {
                 state.config = next.clone();
                 self.save(&state).map_err(|e| e.to_string())
             }
+            Ok(tail) if tail.applied_lsn > paused.applied_lsn => Err(format!(
+                "diverged: the node has applied LSN {}, beyond the leader's {}; it must be rebuilt",
+                tail.applied_lsn, paused.applied_lsn
+            )),
             Ok(tail) => {
                 Err(format!("the node reached LSN {} but the leader is at {}", tail.applied_lsn, paused.applied_lsn))
             }
@@ -530,10 +576,7 @@ impl Supervisor {
     }
 
     async fn status(&self) -> SupervisorStatus {
-        let state = self.state.lock().await;
-        let config = state.config.clone();
-        let clients = state.clients.clone();
-        drop(state);
+        let Persisted { config, clients } = lock(&self.published).clone();
         let observed = lock(&self.observed).clone();
         let history = lock(&self.history);
         let leader_applied = config

@@ -48,6 +48,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/commit/", post(commit))
         .route("/status", get(status))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(internal)
         .fallback(not_found)
@@ -103,6 +104,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 async fn read(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ReadRequest>) -> Result<Response, ApiError> {
     let read = req.validate().map_err(|e| ApiError::BadRequest(e.0))?;
+    metrics::counter!("rmw_reads_total").increment(1);
     Ok(Json(node.read(read).await?).into_response())
 }
 
@@ -112,7 +114,14 @@ async fn commit(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<CommitReque
     let Some(leader) = node.leader() else {
         return Err(node.not_leader());
     };
+    let started = std::time::Instant::now();
     let (txn_id, outcome) = leader.commit(txn, &node).await?;
+    let label = match &outcome {
+        TxnOutcome::Committed { .. } => "commit",
+        TxnOutcome::Aborted { .. } => "abort",
+        TxnOutcome::NotApplied | TxnOutcome::Unknown { .. } => "unknown",
+    };
+    metrics::histogram!("rmw_commit_seconds", "outcome" => label).record(started.elapsed().as_secs_f64());
     match outcome {
         TxnOutcome::NotApplied => Err(node.not_leader()),
         TxnOutcome::Unknown { message } => Err(ApiError::Unavailable(format!("transaction {txn_id}: {message}"))),
@@ -151,6 +160,19 @@ fn commit_response(txn_id: Uuid, outcome: TxnOutcome) -> Response {
             };
             (status, Json(body)).into_response()
         }
+    }
+}
+
+/// `GET /metrics`: counters and histograms as recorded, gauges read now.
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let status = node.status().await;
+    metrics::gauge!("rmw_applied_lsn").set(status.applied_lsn as f64);
+    metrics::gauge!("rmw_term").set(status.term as f64);
+    metrics::gauge!("rmw_is_leader").set(if status.role == protocol::Role::Leader { 1.0 } else { 0.0 });
+    metrics::gauge!("rmw_members").set(status.members.len() as f64);
+    match crate::metrics::render() {
+        Some(text) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        None => ApiError::Unavailable("metrics are not enabled in this process".into()).into_response(),
     }
 }
 

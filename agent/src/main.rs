@@ -67,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
+    agent::metrics::install().context("installing the metrics recorder")?;
     let address = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
     if !args.members.contains(&address) {
         anyhow::bail!("--members ({}) must include this agent's own address {address}", args.members.join(","));

@@ -89,7 +89,7 @@ impl Node {
             }
         };
         let term = config.term.max(pending.as_ref().map_or(0, |p| p.id.term));
-        let participant = ParticipantState { term, applied_lsn: lsn, pending };
+        let participant = ParticipantState { term, applied_lsn: lsn, pending, uncertain: false };
         let (applied, _) = watch::channel((lsn, ts));
         let node = Arc::new_cyclic(|me| Node {
             cfg,
@@ -217,6 +217,31 @@ impl Node {
         Ok(())
     }
 
+    /// After a PostgreSQL call failed half-way the agent cannot tell whether a PREPARE, a
+    /// COMMIT PREPARED or a recovery page landed: it re-reads the prepared batch and the last
+    /// applied entry from PostgreSQL before acting again. (An orphaned prepared batch would
+    /// otherwise hold its row locks forever and block every later write of those rows.)
+    async fn reconcile(&self, state: &mut ParticipantState) -> Result<(), ApiError> {
+        if !state.uncertain {
+            return Ok(());
+        }
+        let (lsn, ts) = self.store.applied().await.map_err(ApiError::unavailable)?;
+        let mut prepared = self.store.prepared_batches().await.map_err(ApiError::unavailable)?;
+        let newest = prepared.pop();
+        for stale in prepared {
+            tracing::warn!(gid = %stale.gid(), "rolling back an older orphaned prepared batch");
+            self.store.rollback_prepared(&stale).await.map_err(ApiError::unavailable)?;
+        }
+        if let Some(batch) = &newest {
+            tracing::warn!(gid = %batch.gid(), "PostgreSQL holds a prepared batch the agent had lost track of");
+        }
+        state.pending = newest;
+        state.applied_lsn = lsn;
+        state.uncertain = false;
+        self.publish_applied(lsn, ts);
+        Ok(())
+    }
+
     /// Phase one on this member.
     pub async fn prepare(&self, req: &PrepareRequest) -> Result<PrepareResponse, ApiError> {
         let (Some(first), Some(last)) = (req.entries.first(), req.entries.last()) else {
@@ -228,6 +253,7 @@ impl Node {
         }
         let id = RoundId { term: req.term, round: req.round };
         let mut state = self.participant.lock().await;
+        self.reconcile(&mut state).await?;
         self.adopt_term(&mut state, req.term).await?;
         let vote = |state: &ParticipantState, vote, reason| PrepareResponse {
             vote,
@@ -246,6 +272,7 @@ impl Node {
                 if let Some(old) = supersede {
                     tracing::info!(gid = %old.gid(), "rolling back a batch superseded by a later round");
                     if let Err(e) = self.store.rollback_prepared(&old).await {
+                        state.uncertain = true;
                         return Ok(vote(&state, Vote::No, Some(format!("could not roll back {}: {e}", old.gid()))));
                     }
                     state.pending = None;
@@ -257,6 +284,7 @@ impl Node {
                         Ok(vote(&state, Vote::Yes, None))
                     }
                     Err(e) => {
+                        state.uncertain = true;
                         tracing::error!(error = %e, "PREPARE failed in PostgreSQL; voting NO");
                         Ok(vote(&state, Vote::No, Some(format!("PostgreSQL refused the batch: {e}"))))
                     }
@@ -268,6 +296,7 @@ impl Node {
     /// Phase two on this member.
     pub async fn decide(&self, req: &DecideRequest) -> Result<DecideResponse, ApiError> {
         let mut state = self.participant.lock().await;
+        self.reconcile(&mut state).await?;
         self.adopt_term(&mut state, req.term).await?;
         self.decide_locked(&mut state, req).await?;
         Ok(DecideResponse { term: state.term, applied_lsn: state.applied_lsn })
@@ -299,6 +328,7 @@ impl Node {
         if let Err(e) = self.store.commit_prepared(batch).await {
             // The COMMIT may have landed before the connection failed: the log says.
             if !self.store.batch_committed(batch).await.unwrap_or(false) {
+                state.uncertain = true;
                 return Err(ApiError::internal(e));
             }
         }
@@ -317,8 +347,10 @@ impl Node {
 
     async fn rollback_pending(&self, state: &mut ParticipantState, batch: &PendingBatch) -> Result<(), ApiError> {
         if let Err(e) = self.store.rollback_prepared(batch).await {
+            state.uncertain = true;
             let still_there = self.store.prepared_batches().await.map_err(ApiError::internal)?;
             if still_there.iter().any(|p| p.gid() == batch.gid()) {
+                state.uncertain = true;
                 return Err(ApiError::internal(e));
             }
         }
@@ -384,6 +416,7 @@ impl Node {
             )));
         }
         let mut state = self.participant.lock().await;
+        self.reconcile(&mut state).await?;
         if config.term < state.term {
             return Err(ApiError::StaleTerm(state.term));
         }
@@ -459,6 +492,8 @@ impl Node {
                 Decision::Commit => committed += 1,
                 Decision::Abort => aborted += 1,
             }
+            let label = if decision == Decision::Commit { "commit" } else { "abort" };
+            metrics::counter!("rmw_in_doubt_resolved_total", "decision" => label).increment(1);
         }
         Ok((committed, aborted))
     }
@@ -484,6 +519,7 @@ impl Node {
             return Err(ApiError::Conflict("the leader does not recover from another node".into()));
         }
         let mut state = self.participant.lock().await;
+        self.reconcile(&mut state).await?;
         if req.term < state.term {
             return Err(ApiError::StaleTerm(state.term));
         }
@@ -542,7 +578,11 @@ impl Node {
             if !dense {
                 return Err(ApiError::Conflict(format!("the leader's log page after LSN {after} is not dense")));
             }
-            self.store.apply_committed(&page.entries).await.map_err(ApiError::internal)?;
+            if let Err(e) = self.store.apply_committed(&page.entries).await {
+                // The page may have committed before the error reached us.
+                state.uncertain = true;
+                return Err(ApiError::unavailable(e));
+            }
             entries_applied += page.entries.len() as u64;
             state.applied_lsn = last_lsn;
             self.publish_applied(last_lsn, last_ts);
@@ -551,6 +591,7 @@ impl Node {
                 break;
             }
         }
+        metrics::counter!("rmw_recovered_entries_total").increment(entries_applied);
         Ok(RecoverResponse { applied_lsn: state.applied_lsn, entries_applied, resolved_pending })
     }
 

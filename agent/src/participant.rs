@@ -61,6 +61,10 @@ pub struct ParticipantState {
     pub term: Term,
     pub applied_lsn: Lsn,
     pub pending: Option<PendingBatch>,
+    /// Set when a PostgreSQL call failed half-way (a lost answer, a server stopped mid-call):
+    /// PostgreSQL may then hold a prepared batch, or a commit, that this state does not show.
+    /// The runtime re-reads both from PostgreSQL before acting again.
+    pub uncertain: bool,
 }
 
 /// What to do with a PREPARE.
@@ -143,7 +147,7 @@ mod tests {
         RoundId { term, round }
     }
     fn fresh() -> ParticipantState {
-        ParticipantState { term: 1, applied_lsn: 10, pending: None }
+        ParticipantState { term: 1, applied_lsn: 10, pending: None, uncertain: false }
     }
 
     #[test]

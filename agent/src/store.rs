@@ -62,9 +62,11 @@ CREATE TABLE IF NOT EXISTS agent_cluster_config (
 
 impl Store {
     pub async fn connect(url: &str, pool_size: u32) -> Result<Store, StoreError> {
-        // Every batch ends with a COMMIT after its PREPARE TRANSACTION (see `apply`), which the
-        // server logs as a WARNING; on the agent's own sessions only errors are worth a line.
-        let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([("log_min_messages", "error")]);
+        // Every batch ends with a COMMIT after its PREPARE TRANSACTION (see `apply`), which
+        // PostgreSQL answers with a WARNING notice; on the agent's own sessions only errors are
+        // worth a line, in the server's log and in the agent's.
+        let options: PgConnectOptions =
+            url.parse::<PgConnectOptions>()?.options([("log_min_messages", "error"), ("client_min_messages", "error")]);
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(std::time::Duration::from_secs(5))

@@ -221,6 +221,7 @@ impl Leader {
                 Some(admission) => admission,
                 None => match state.validator.admit(&txn.read_set, txn.read_ts, &txn.write_set, now_ns()) {
                     Err(conflict) => {
+                        metrics::counter!("rmw_aborts_total", "reason" => conflict.reason.as_str()).increment(1);
                         let outcome = TxnOutcome::Aborted {
                             reason: conflict.reason,
                             key: Some(conflict.key),
@@ -357,6 +358,8 @@ impl Leader {
         let prepare = PrepareRequest { term: self.term, round, prev_lsn, entries };
         let mut replicas = node.replicas();
 
+        metrics::histogram!("rmw_batch_size").record(batch.len() as f64);
+        let phase_one = std::time::Instant::now();
         // Phase one: every member in parallel, this one included.
         let prepare_ref = &prepare;
         let remote = futures::future::join_all(
@@ -401,6 +404,8 @@ impl Leader {
             tracing::warn!(round, last_lsn, ?refusals, "aborting round");
         }
 
+        metrics::histogram!("rmw_phase_seconds", "phase" => "prepare").record(phase_one.elapsed().as_secs_f64());
+        let phase_two = std::time::Instant::now();
         // Phase two: replicas first; the leader commits its own once one replica has.
         let decide = DecideRequest { term: self.term, last_lsn, last_txn, decision };
         let mut pending: FuturesUnordered<_> =
@@ -415,6 +420,7 @@ impl Leader {
             acked += usize::from(ok);
         }
 
+        metrics::histogram!("rmw_phase_seconds", "phase" => "decide").record(phase_two.elapsed().as_secs_f64());
         let durable_everywhere = leader_done && acked == replicas.len();
         if !durable_everywhere {
             let message = format!(
@@ -422,6 +428,14 @@ impl Leader {
                  the new leader decides it: retry with the same txn_id to learn the outcome"
             );
             return batch.iter().map(|_| TxnOutcome::Unknown { message: message.clone() }).collect();
+        }
+        let counted = batch.len() as u64;
+        match decision {
+            Decision::Commit => metrics::counter!("rmw_commits_total").increment(counted),
+            Decision::Abort => {
+                metrics::counter!("rmw_aborts_total", "reason" => AbortReason::ReplicationFailed.as_str())
+                    .increment(counted)
+            }
         }
         match decision {
             Decision::Commit => {

@@ -213,6 +213,15 @@ pub enum AbortReason {
 }
 
 impl AbortReason {
+    /// The wire name (`stale_read`, ...), also used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbortReason::StaleRead => "stale_read",
+            AbortReason::KeyLocked => "key_locked",
+            AbortReason::ReplicationFailed => "replication_failed",
+        }
+    }
+
     pub fn explain(self) -> &'static str {
         match self {
             AbortReason::StaleRead => "an account in the read set was written after the read timestamp",

@@ -14,6 +14,20 @@ use tracing_subscriber::EnvFilter;
 
 use crate::run::{router, Settings, Supervisor};
 
+/// The Prometheus recorder's handle, for `GET /metrics`.
+pub(crate) static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// Installs the process-wide metrics recorder (durations in seconds).
+fn install_metrics() -> anyhow::Result<()> {
+    let seconds = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()), &seconds)?
+        .install_recorder()?;
+    let _ = METRICS.set(handle);
+    Ok(())
+}
+
 #[derive(Debug, Parser)]
 #[command(version, about = "Watches the agents of the cluster, elects leaders and recovers returning nodes")]
 struct Args {
@@ -56,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(ansi)
         .init();
     let args = Args::parse();
+    install_metrics().context("installing the metrics recorder")?;
     let agents: Vec<String> = args.agents.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
     anyhow::ensure!(!agents.is_empty(), "--agents is empty: give at least one agent address");
     anyhow::ensure!(args.poll_interval_ms >= 10, "--poll-interval-ms must be at least 10");

@@ -470,6 +470,8 @@ impl Supervisor {
             in_doubt_committed = report.in_doubt_committed, in_doubt_aborted = report.in_doubt_aborted,
             "failover done: writes unavailable for {} ms", report.unavailable_ms
         );
+        metrics::counter!("rmw_failovers_total").increment(1);
+        metrics::histogram!("rmw_failover_unavailable_seconds").record(report.unavailable_ms as f64 / 1000.0);
         {
             let mut history = lock(&self.history);
             history.failed_promotions.clear();
@@ -510,6 +512,12 @@ impl Supervisor {
         };
         let result = self.try_recover(node, &mut report).await;
         report.duration_ms = started.elapsed().as_millis() as u64;
+        metrics::counter!("rmw_recoveries_total", "result" => if result.is_ok() { "ok" } else { "failed" })
+            .increment(1);
+        if let (Ok(()), Some(pause)) = (&result, report.commit_pause_ms) {
+            metrics::histogram!("rmw_recovery_seconds").record(report.duration_ms as f64 / 1000.0);
+            metrics::histogram!("rmw_recovery_pause_seconds").record(pause as f64 / 1000.0);
+        }
         match result {
             Ok(()) => {
                 report.ok = true;
@@ -688,6 +696,7 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics_text))
         .merge(guarded)
         .with_state(sup)
 }
@@ -712,6 +721,30 @@ async fn require_token(
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
     (status, Json(ErrorBody { error: code.into(), message, leader: None, term: None })).into_response()
+}
+
+/// `GET /metrics`: counters and histograms as recorded, gauges from the last polls.
+async fn metrics_text(State(sup): State<Arc<Supervisor>>) -> Response {
+    let status = sup.status().await;
+    metrics::gauge!("rmw_term").set(status.term as f64);
+    metrics::gauge!("rmw_writes_available").set(if status.writes_available { 1.0 } else { 0.0 });
+    metrics::gauge!("rmw_members").set(status.members.len() as f64);
+    for node in &status.nodes {
+        let labels = [("node", node.address.clone())];
+        metrics::gauge!("rmw_node_alive", &labels).set(if node.alive { 1.0 } else { 0.0 });
+        if let Some(lsn) = node.applied_lsn {
+            metrics::gauge!("rmw_node_applied_lsn", &labels).set(lsn as f64);
+        }
+        if let Some(lag) = node.lag {
+            metrics::gauge!("rmw_node_lag", &labels).set(lag as f64);
+        }
+    }
+    match crate::METRICS.get() {
+        Some(handle) => {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+        }
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "metrics are not enabled in this process".into()),
+    }
 }
 
 async fn status(State(sup): State<Arc<Supervisor>>) -> Json<SupervisorStatus> {

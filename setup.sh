@@ -6,6 +6,7 @@
 #   ./setup.sh stop      stop everything ./setup.sh started
 #   ./setup.sh status    what runs, and each agent's role, term and applied LSN
 #   ./setup.sh test      install what the tests need, then fmt, clippy, build, test
+#   ./setup.sh bench     the benchmark: our cluster against PostgreSQL's own replication
 #   ./setup.sh help      this text
 #
 # The local cluster: three PostgreSQL servers (data in ./data, or /var/lib/rmw-data when the
@@ -58,6 +59,12 @@ Commands:
   test     install what the tests need (also chromium and chromium-driver for the browser
            tests), then run cargo fmt --check, clippy, a debug build and every test.
            Independent of the cluster that 'start' runs.
+  bench [--quick] [--duration N]
+           build the release binaries and run the benchmark: a fresh cluster of our own
+           against one plain PostgreSQL and against a primary with two synchronous standbys,
+           on free ports, then failover and recovery times. Prints a table; results go to
+           bench/results/. 20 s per step (--quick: 5 s); 'bench --help' lists the options.
+           Not part of 'test'. Independent of the cluster that 'start' runs.
   help     show this text.
 
 Environment:
@@ -681,6 +688,17 @@ cmd_test() {
     say "All test steps passed"
 }
 
+cmd_bench() {
+    ensure_system_packages
+    ensure_rust
+    ensure_postgres_user
+    say "Building the release binaries (agent, supervisor, bench)"
+    cargo build --release -p agent -p supervisor -p bench || die "cargo build --release failed"
+    say "Running the benchmark"
+    # The benchmark starts its own PostgreSQL servers, agents and supervisor, and stops them.
+    RMW_PG_BINDIR="$PG_BIN" "$BIN_DIR/bench" "$@"
+}
+
 main() {
     local command="${1:-start}"
     case "$command" in
@@ -688,6 +706,10 @@ main() {
     stop) cmd_stop ;;
     status) cmd_status ;;
     test) cmd_test ;;
+    bench)
+        shift
+        cmd_bench "$@"
+        ;;
     help | -h | --help) usage ;;
     *)
         usage >&2

@@ -1,0 +1,271 @@
+//! Our cluster for the benchmark: three PostgreSQL servers, an agent beside each (release
+//! build) and the supervisor, on free ports.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::procs::{free_ports, wait_for, Daemon, PgServer, Workspace};
+
+/// The supervisor's `GET /status`, the parts the benchmark reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SupStatus {
+    pub leader: Option<String>,
+    pub members: Vec<String>,
+    pub writes_available: bool,
+    #[serde(default)]
+    pub nodes: Vec<NodeReport>,
+    #[serde(default)]
+    pub recoveries: Vec<RecoveryReport>,
+    #[serde(default)]
+    pub last_failover: Option<FailoverReport>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeReport {
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecoveryReport {
+    pub node: String,
+    pub at_ms: u64,
+    pub ok: bool,
+    #[serde(default)]
+    pub message: String,
+    pub entries_applied: u64,
+    pub duration_ms: u64,
+    pub commit_pause_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FailoverReport {
+    pub at_ms: u64,
+    pub unavailable_ms: u64,
+}
+
+pub struct Ours {
+    pub pgs: Vec<PgServer>,
+    pub agents: Vec<Daemon>,
+    pub supervisor: Daemon,
+    pub addresses: Vec<String>,
+    pub supervisor_address: String,
+    http: reqwest::Client,
+}
+
+impl Ours {
+    /// Starts PostgreSQL, agents and the supervisor, and waits until the cluster takes commits.
+    pub async fn start(ws: &mut Workspace, bin_dir: &Path) -> Result<Ours> {
+        let ports = free_ports(7)?;
+        let addresses: Vec<String> = ports[3..6].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let supervisor_address = format!("127.0.0.1:{}", ports[6]);
+        let mut pgs = Vec::new();
+        for (i, &port) in ports[..3].iter().enumerate() {
+            let mut pg = ws.new_server(&format!("ours-pg{i}"), port, "max_prepared_transactions = 64\n")?;
+            pg.start(ws)?;
+            pgs.push(pg);
+        }
+        let agent_bin = bin_dir.join("agent");
+        let supervisor_bin = bin_dir.join("supervisor");
+        for bin in [&agent_bin, &supervisor_bin] {
+            if !bin.exists() {
+                bail!("{} not found: build the release binaries first (cargo build --release)", bin.display());
+            }
+        }
+        let members = addresses.join(",");
+        let mut agents = Vec::new();
+        for (i, pg) in pgs.iter().enumerate() {
+            let args = vec![
+                "--node-id".into(),
+                format!("node{i}"),
+                "--listen".into(),
+                addresses[i].clone(),
+                "--database-url".into(),
+                pg.url(),
+                "--members".into(),
+                members.clone(),
+                "--leader".into(),
+                addresses[0].clone(),
+                "--supervisor".into(),
+                supervisor_address.clone(),
+            ];
+            let mut agent = Daemon::new(ws, &format!("agent{i}"), agent_bin.clone(), args);
+            agent.spawn()?;
+            agents.push(agent);
+        }
+        let state_file = ws.root.join("supervisor-state.json");
+        let mut supervisor = Daemon::new(
+            ws,
+            "supervisor",
+            supervisor_bin,
+            vec![
+                "--listen".into(),
+                supervisor_address.clone(),
+                "--agents".into(),
+                members,
+                "--state-file".into(),
+                state_file.display().to_string(),
+                "--poll-interval-ms".into(),
+                "200".into(),
+                "--misses".into(),
+                "3".into(),
+            ],
+        );
+        supervisor.spawn()?;
+        let mut ours = Ours {
+            pgs,
+            agents,
+            supervisor,
+            addresses,
+            supervisor_address,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+        };
+        ours.wait_all_members(Duration::from_secs(60)).await?;
+        Ok(ours)
+    }
+
+    pub async fn status(&self) -> Result<SupStatus> {
+        let resp = self
+            .http
+            .get(format!("http://{}/status", self.supervisor_address))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?;
+        Ok(resp.error_for_status()?.json().await?)
+    }
+
+    /// Waits until the supervisor has a serving leader and every agent is a live member.
+    pub async fn wait_all_members(&mut self, timeout: Duration) -> Result<SupStatus> {
+        let want = self.addresses.len();
+        let this = &*self;
+        let result =
+            wait_for("every agent to be a live member", timeout, Duration::from_millis(50), move || async move {
+                let st = this.status().await?;
+                let all_alive = st.nodes.iter().filter(|n| n.alive).count() == want;
+                Ok((st.writes_available && st.leader.is_some() && st.members.len() == want && all_alive).then_some(st))
+            })
+            .await;
+        result.map_err(|e| e.context(self.diagnose()))
+    }
+
+    pub async fn leader(&self) -> Result<String> {
+        self.status().await?.leader.context("the supervisor knows no leader")
+    }
+
+    pub fn index_of(&self, address: &str) -> Result<usize> {
+        self.addresses.iter().position(|a| a == address).with_context(|| format!("{address} is none of our agents"))
+    }
+
+    /// The logs of whatever died, for an error message.
+    pub fn diagnose(&mut self) -> String {
+        let mut out = String::new();
+        for d in self.agents.iter_mut().chain(std::iter::once(&mut self.supervisor)) {
+            if let Some(status) = d.exited() {
+                out.push_str(&format!(
+                    "\n{} exited ({status}); its log {} ends with:\n{}",
+                    d.name,
+                    d.log.display(),
+                    d.log_tail()
+                ));
+            }
+        }
+        if out.is_empty() {
+            out = format!(
+                "(every process still runs; logs in {})",
+                self.supervisor.log.parent().unwrap_or(Path::new("")).display()
+            );
+        }
+        out
+    }
+
+    pub fn agent_pids(&self) -> Vec<i32> {
+        self.agents.iter().filter_map(|a| a.pid()).collect()
+    }
+
+    pub fn postmaster_pids(&self) -> Vec<i32> {
+        self.pgs.iter().filter_map(|p| p.postmaster_pid()).collect()
+    }
+
+    /// Loads `accounts` accounts (1..=accounts) through the leader, 1,000 per commit.
+    pub async fn populate(&self, accounts: i64) -> Result<()> {
+        let leader = self.leader().await?;
+        let mut from = 1;
+        while from <= accounts {
+            let to = (from + 999).min(accounts);
+            let writes: Vec<String> = (from..=to).map(|k| format!("\"{k}\":1000")).collect();
+            let body = format!(r#"{{"transaction":{{"write_set":{{{}}}}}}}"#, writes.join(","));
+            let resp = self
+                .http
+                .post(format!("http://{leader}/commit/"))
+                .header("content-type", "application/json")
+                .body(body)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await?;
+            let status = resp.status();
+            if !status.is_success() {
+                bail!("loading accounts {from}..={to}: {status}: {}", resp.text().await.unwrap_or_default());
+            }
+            from = to + 1;
+        }
+        Ok(())
+    }
+
+    /// A blind commit of one random-ish account to `address`: whether it was acknowledged.
+    pub async fn try_commit(&self, http: &reqwest::Client, address: &str, account: i64) -> bool {
+        let body = format!(r#"{{"transaction":{{"write_set":{{"{account}":1}}}}}}"#);
+        match http
+            .post(format!("http://{address}/commit/"))
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        }
+    }
+
+    /// Restarts agent `i` (after a kill) and waits until it is a member again; returns how
+    /// long that took from the restart.
+    pub async fn restart_and_wait_member(&mut self, i: usize, timeout: Duration) -> Result<Duration> {
+        self.agents[i].spawn()?;
+        let started = Instant::now();
+        let this = &*self;
+        let address = &self.addresses[i];
+        let result = wait_for(
+            &format!("{address} to be a member again"),
+            timeout,
+            Duration::from_millis(10),
+            move || async move {
+                let st = this.status().await?;
+                Ok(st.members.contains(address).then_some(()))
+            },
+        )
+        .await;
+        if let Err(e) = result {
+            return Err(e.context(self.diagnose()));
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Stops everything (supervisor first, so that it does not react to the rest going away).
+    pub fn stop(&mut self) {
+        self.supervisor.kill();
+        for a in &mut self.agents {
+            a.kill();
+        }
+        for pg in &mut self.pgs {
+            pg.stop();
+        }
+    }
+}
+
+impl Drop for Ours {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -4,14 +4,18 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+#[allow(unused_imports)] // Some are named only in the OpenAPI annotations.
 use protocol::{
-    ClusterConfig, CommitRequest, CommitResponse, DecideRequest, LogPage, Lsn, Outcome, PauseRequest, PrepareRequest,
-    ReadRequest, RecoverRequest, DEFAULT_LOG_PAGE, MAX_BODY_BYTES, MAX_LOG_PAGE,
+    AgentStatus, BatchStateResponse, ClusterConfig, CommitRequest, CommitResponse, DecideRequest, DecideResponse,
+    DrillResponse, ErrorBody, FenceResponse, LogPage, Lsn, Outcome, PauseRequest, PauseResponse, PrepareRequest,
+    PrepareResponse, PromoteResponse, ReadRequest, ReadResponse, RecoverRequest, RecoverResponse, DEFAULT_LOG_PAGE,
+    MAX_BODY_BYTES, MAX_LOG_PAGE,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -43,7 +47,10 @@ pub fn router(node: Arc<Node>) -> Router {
     if let Some(token) = node.cfg.token.clone() {
         internal = internal.route_layer(axum::middleware::from_fn_with_state(Arc::<str>::from(token), require_token));
     }
+    // The document describes this agent as configured (with or without the token): built once.
+    let spec: Arc<str> = crate::openapi::json(node.cfg.token.is_some()).into();
     Router::new()
+        .route("/openapi.json", get(move || async move { ([(CONTENT_TYPE, "application/json")], spec.to_string()) }))
         .route("/read/", post(read))
         .route("/commit/", post(commit))
         .route("/status", get(status))
@@ -102,12 +109,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// `POST /read/`: the balances of some accounts, with the read timestamp to commit with.
+#[utoipa::path(post, path = "/read/", tag = "transactions",
+    request_body(content = ReadRequest, description = "The accounts to read (`read_set`, non-empty; no `write_set`), and optionally the LSN to wait for"),
+    responses(
+        (status = 200, description = "The values read: a snapshot that is exactly the effect of the log up to `lsn`", body = ReadResponse),
+        (status = 400, description = "Malformed input (empty or oversized read set, a write set, a negative account or `min_lsn`); nothing changed", body = ErrorBody),
+        (status = 503, description = "The node is down, cannot reach its PostgreSQL, did not reach `min_lsn`, or an account stayed locked, within 5 s", body = ErrorBody),
+    ))]
 async fn read(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ReadRequest>) -> Result<Response, ApiError> {
     let read = req.validate().map_err(|e| ApiError::BadRequest(e.0))?;
     metrics::counter!("rmw_reads_total").increment(1);
     Ok(Json(node.read(read).await?).into_response())
 }
 
+/// `POST /commit/`: validate, replicate to every member, answer once durable everywhere.
+#[utoipa::path(post, path = "/commit/", tag = "transactions",
+    request_body(content = CommitRequest, description = "The read set with the read's `time_stamp`, the write set, and optionally a `txn_id` that makes retries safe"),
+    responses(
+        (status = 200, description = "COMMIT: durable on every member", body = CommitResponse),
+        (status = 400, description = "Malformed input (empty transaction, missing `time_stamp`, a negative account, a set over its limit); nothing changed", body = ErrorBody),
+        (status = 409, description = "ABORT by a conflict: `reason` is `stale_read` or `key_locked`, `key` the account", body = CommitResponse),
+        (status = 421, description = "Not the leader: send the commit to `leader`", body = ErrorBody),
+        (status = 503, description = "ABORT with `reason` `replication_failed` (nothing applied), or an error: the node is down, no leader is known, the outcome is not known yet (retry with the same `txn_id`), or too many commits are waiting (`Retry-After`)",
+            body = crate::openapi::CommitUnavailable,
+            headers(("Retry-After" = u32, description = "Seconds to wait, when the leader is overloaded"))),
+    ))]
 async fn commit(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<CommitRequest>) -> Result<Response, ApiError> {
     let txn = req.validate().map_err(|e| ApiError::BadRequest(e.0))?;
     node.check_serving()?;
@@ -164,6 +191,11 @@ fn commit_response(txn_id: Uuid, outcome: TxnOutcome) -> Response {
 }
 
 /// `GET /metrics`: counters and histograms as recorded, gauges read now.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 503, description = "Metrics are not enabled in this process", body = ErrorBody),
+    ))]
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let status = node.status().await;
     metrics::gauge!("rmw_applied_lsn").set(status.applied_lsn as f64);
@@ -176,24 +208,46 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
+/// `GET /status`: where this agent stands. Always 200, whatever the role.
+#[utoipa::path(get, path = "/status", tag = "operations",
+    responses((status = 200, description = "Role, term, leader, applied LSN, members", body = AgentStatus)))]
 async fn status(State(node): State<Arc<Node>>) -> Response {
     Json(node.status().await).into_response()
 }
 
+/// `GET /health`: 200 only when the node serves and reaches its PostgreSQL.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "Serving", body = crate::openapi::Health),
+        (status = 503, description = "Down, or PostgreSQL unreachable", body = ErrorBody),
+    ))]
 async fn health(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     node.check_serving()?;
     node.store.ping().await.map_err(ApiError::unavailable)?;
     Ok(Json(serde_json::json!({"status": "ok", "role": node.role()})).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LogQuery {
+    /// Entries with an LSN greater than this (default 0: from the start).
     #[serde(default)]
+    #[param(value_type = Option<i64>, minimum = 0)]
     after: Lsn,
+    /// At most this many entries (default 1000).
+    #[param(minimum = 1, maximum = 10_000)]
     limit: Option<i64>,
 }
 
+/// `GET /replication_log/`: a page of the recovery log, for a node catching up.
+#[utoipa::path(get, path = "/replication_log/", tag = "recovery", params(LogQuery),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "The entries after `after`, in LSN order", body = LogPage),
+        (status = 400, description = "A negative `after`, a `limit` out of range, or an unknown parameter", body = ErrorBody),
+        (status = 503, description = "PostgreSQL unreachable", body = ErrorBody),
+    ))]
 async fn replication_log(State(node): State<Arc<Node>>, ApiQuery(q): ApiQuery<LogQuery>) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_LOG_PAGE);
     if !(1..=MAX_LOG_PAGE).contains(&limit) {
@@ -210,21 +264,52 @@ async fn replication_log(State(node): State<Arc<Node>>, ApiQuery(q): ApiQuery<Lo
     Ok(Json(LogPage { entries, applied_lsn, more }).into_response())
 }
 
+#[utoipa::path(post, path = "/internal/prepare", tag = "internal",
+    request_body(content = PrepareRequest, description = "Phase one for a batch of consecutive log entries"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "The vote: `YES` only if the term matches and this node holds every entry up to `prev_lsn`", body = PrepareResponse),
+        (status = 400, description = "Malformed batch", body = ErrorBody),
+        (status = 409, description = "A stale term (`stale_term`, with this node's `term`), or a batch that contradicts this node's state", body = ErrorBody),
+        (status = 503, description = "Down, or PostgreSQL unreachable", body = ErrorBody),
+    ))]
 async fn prepare(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<PrepareRequest>) -> Result<Response, ApiError> {
     Ok(Json(detached(async move { node.prepare(&req).await }).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/internal/decide", tag = "internal",
+    request_body(content = DecideRequest, description = "Phase two: COMMIT or ABORT of the prepared batch ending at `last_lsn`"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Decided (also when it already was)", body = DecideResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 409, description = "A stale term, or a decision that contradicts this node's state", body = ErrorBody),
+        (status = 503, description = "Down, or PostgreSQL unreachable", body = ErrorBody),
+    ))]
 async fn decide(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<DecideRequest>) -> Result<Response, ApiError> {
     Ok(Json(detached(async move { node.decide(&req).await }).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct BatchQuery {
+    /// The LSN of the batch's last entry.
+    #[param(value_type = i64)]
     last_lsn: Lsn,
+    /// The transaction id of the batch's last entry.
     last_txn: Uuid,
+    /// The term of the batch.
+    #[param(value_type = i64)]
     term: protocol::Term,
 }
 
+#[utoipa::path(get, path = "/internal/batch_state", tag = "internal", params(BatchQuery),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Whether this node holds the batch committed, prepared or neither", body = BatchStateResponse),
+        (status = 400, description = "A missing or malformed parameter", body = ErrorBody),
+        (status = 503, description = "PostgreSQL unreachable", body = ErrorBody),
+    ))]
 async fn batch_state(State(node): State<Arc<Node>>, ApiQuery(q): ApiQuery<BatchQuery>) -> Result<Response, ApiError> {
     let batch = protocol::PendingInfo { last_lsn: q.last_lsn, last_txn: q.last_txn, term: q.term };
     Ok(Json(node.batch_state(&batch).await?).into_response())
@@ -239,36 +324,96 @@ async fn detached<T: Send + 'static>(
     tokio::spawn(work).await.map_err(|e| ApiError::Internal(format!("the work of a request failed: {e}")))?
 }
 
+#[utoipa::path(post, path = "/internal/fence", tag = "internal",
+    request_body(content = ClusterConfig, description = "A configuration with a term at least this node's"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Adopted; where this node stands", body = FenceResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 409, description = "A stale term", body = ErrorBody),
+        (status = 503, description = "Down, or PostgreSQL unreachable", body = ErrorBody),
+    ))]
 async fn fence(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConfig>) -> Result<Response, ApiError> {
     node.check_serving()?;
     Ok(Json(detached(async move { node.fence(&req).await }).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/internal/promote", tag = "internal",
+    request_body(content = ClusterConfig, description = "A configuration naming this node as the leader"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "This node leads the term; in-doubt batches were resolved first", body = PromoteResponse),
+        (status = 400, description = "Malformed body, or a configuration that names another leader", body = ErrorBody),
+        (status = 409, description = "A stale term, or a state that forbids the promotion", body = ErrorBody),
+        (status = 503, description = "Down, or a member or PostgreSQL unreachable", body = ErrorBody),
+    ))]
 async fn promote(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConfig>) -> Result<Response, ApiError> {
     node.check_serving()?;
     Ok(Json(detached(async move { node.promote(req).await }).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/internal/config", tag = "internal",
+    request_body(content = ClusterConfig, description = "A membership change within the current term"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Adopted; this node's status", body = AgentStatus),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 409, description = "A stale term", body = ErrorBody),
+        (status = 503, description = "Down, or PostgreSQL unreachable", body = ErrorBody),
+    ))]
 async fn config(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConfig>) -> Result<Response, ApiError> {
     node.check_serving()?;
     Ok(Json(detached(async move { node.apply_config(&req).await }).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/internal/pause", tag = "internal",
+    request_body(content = PauseRequest, description = "Finish the round in flight, start no new one for at most `max_ms`"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Paused", body = PauseResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 409, description = "A stale term", body = ErrorBody),
+        (status = 421, description = "Not the leader", body = ErrorBody),
+        (status = 503, description = "Down, or no leader", body = ErrorBody),
+    ))]
 async fn pause(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<PauseRequest>) -> Result<Response, ApiError> {
     node.check_serving()?;
     Ok(Json(node.pause(&req).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/internal/recover", tag = "internal",
+    request_body(content = RecoverRequest, description = "Catch up from `leader`'s log"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Caught up", body = RecoverResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 409, description = "A stale term, the leader itself, or a diverged log (refused, never merged)", body = ErrorBody),
+        (status = 503, description = "Down, or the leader or PostgreSQL unreachable", body = ErrorBody),
+    ))]
 async fn recover(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<RecoverRequest>) -> Result<Response, ApiError> {
     Ok(Json(detached(async move { node.recover(&req).await }).await?).into_response())
 }
 
+/// `GET /down_leader/`: the drill that stops the leader.
+#[utoipa::path(get, path = "/down_leader/", tag = "drills",
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "The leader stopped serving; the supervisor elects another", body = DrillResponse),
+        (status = 409, description = "Nothing changed (not the leader, or already down)", body = DrillResponse),
+    ))]
 async fn down_leader(State(node): State<Arc<Node>>) -> Response {
     let answer = node.down_leader().await;
     let status = if answer.changed { StatusCode::OK } else { StatusCode::CONFLICT };
     (status, Json(answer)).into_response()
 }
 
+/// `GET /up_node/`: the drill that brings a downed node back as a standby.
+#[utoipa::path(get, path = "/up_node/", tag = "drills",
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Up again as a standby; the supervisor recovers it", body = DrillResponse),
+        (status = 409, description = "Nothing changed (the node was not down)", body = DrillResponse),
+    ))]
 async fn up_node(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let answer = detached(async move { Ok(node.up_node().await) }).await?;
     let status = if answer.changed { StatusCode::OK } else { StatusCode::CONFLICT };

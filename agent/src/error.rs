@@ -25,6 +25,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     NotFound(String),
+    /// Too much in flight (503 with `Retry-After`); nothing was done.
+    #[error("{0}")]
+    Overloaded(String),
     /// An internal endpoint called without the cluster token (401).
     #[error("this endpoint needs the cluster token: send 'Authorization: Bearer <token>'")]
     Unauthorized,
@@ -51,6 +54,7 @@ impl IntoResponse for ApiError {
             ApiError::StaleTerm(term) => (StatusCode::CONFLICT, "stale_term", None, Some(*term)),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None, None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, None),
+            ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", None, None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None, None),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None, None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None, None),
@@ -66,6 +70,10 @@ impl IntoResponse for ApiError {
             ApiError::NotLeader { leader: None } => "this agent is not the leader and no leader is known".into(),
             other => other.to_string(),
         };
-        (status, Json(ErrorBody { error: code.into(), message, leader, term })).into_response()
+        let mut response = (status, Json(ErrorBody { error: code.into(), message, leader, term })).into_response();
+        if code == "overloaded" {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod error;
 pub mod metrics;
 pub mod node;
+pub mod openapi;
 pub mod participant;
 pub mod peers;
 pub mod resolution;

@@ -89,7 +89,7 @@ impl Node {
             }
         };
         let term = config.term.max(pending.as_ref().map_or(0, |p| p.id.term));
-        let participant = ParticipantState { term, applied_lsn: lsn, pending, uncertain: false };
+        let participant = ParticipantState { term, applied_lsn: lsn, pending, pending_ts: None, uncertain: false };
         let (applied, _) = watch::channel((lsn, ts));
         let node = Arc::new_cyclic(|me| Node {
             cfg,
@@ -236,6 +236,7 @@ impl Node {
             tracing::warn!(gid = %batch.gid(), "PostgreSQL holds a prepared batch the agent had lost track of");
         }
         state.pending = newest;
+        state.pending_ts = None;
         state.applied_lsn = lsn;
         state.uncertain = false;
         self.publish_applied(lsn, ts);
@@ -276,11 +277,13 @@ impl Node {
                         return Ok(vote(&state, Vote::No, Some(format!("could not roll back {}: {e}", old.gid()))));
                     }
                     state.pending = None;
+                    state.pending_ts = None;
                 }
                 let batch = PendingBatch { id, last_lsn: last.lsn, last_txn: last.txn_id };
                 match self.store.prepare(&batch, &req.entries).await {
                     Ok(()) => {
                         state.pending = Some(batch);
+                        state.pending_ts = Some(last.commit_ts);
                         Ok(vote(&state, Vote::Yes, None))
                     }
                     Err(e) => {
@@ -334,12 +337,15 @@ impl Node {
         }
         state.pending = None;
         state.applied_lsn = batch.last_lsn;
-        let ts = match self.store.applied().await {
-            Ok((_, ts)) => ts,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the last commit timestamp back");
-                self.applied().1
-            }
+        let ts = match state.pending_ts.take() {
+            Some(ts) => ts,
+            None => match self.store.applied().await {
+                Ok((_, ts)) => ts,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the last commit timestamp back");
+                    self.applied().1
+                }
+            },
         };
         self.publish_applied(batch.last_lsn, ts);
         Ok(())
@@ -355,6 +361,7 @@ impl Node {
             }
         }
         state.pending = None;
+        state.pending_ts = None;
         Ok(())
     }
 

@@ -61,6 +61,9 @@ pub struct ParticipantState {
     pub term: Term,
     pub applied_lsn: Lsn,
     pub pending: Option<PendingBatch>,
+    /// The commit timestamp of the pending batch's last entry, when this process prepared it
+    /// (unknown after a restart): saves re-reading it from the log after COMMIT PREPARED.
+    pub pending_ts: Option<protocol::Timestamp>,
     /// Set when a PostgreSQL call failed half-way (a lost answer, a server stopped mid-call):
     /// PostgreSQL may then hold a prepared batch, or a commit, that this state does not show.
     /// The runtime re-reads both from PostgreSQL before acting again.
@@ -147,7 +150,7 @@ mod tests {
         RoundId { term, round }
     }
     fn fresh() -> ParticipantState {
-        ParticipantState { term: 1, applied_lsn: 10, pending: None, uncertain: false }
+        ParticipantState { term: 1, applied_lsn: 10, pending: None, pending_ts: None, uncertain: false }
     }
 
     #[test]

@@ -160,36 +160,49 @@ impl Store {
     }
 
     /// Phase one: apply `entries` and log them in one transaction, and prepare it as `batch`.
+    ///
+    /// One message, one round trip to PostgreSQL: `BEGIN`, both inserts as one statement, and
+    /// `PREPARE TRANSACTION`. The batch travels as dollar-quoted JSON: it is our own
+    /// serialisation of numbers and UUIDs, so it cannot contain the quote tag, and the gid is
+    /// made of numbers and a UUID only.
     pub async fn prepare(&self, batch: &PendingBatch, entries: &[LogEntry]) -> Result<(), StoreError> {
-        // The gid is made of numbers and a UUID only: safe to inline.
-        self.apply(entries, Some(format!("PREPARE TRANSACTION '{}'", batch.gid()))).await
+        let (log, writes) = batch_json(entries);
+        let sql = format!(
+            "BEGIN; \
+             WITH logged AS ( \
+               INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set) \
+               SELECT e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set \
+               FROM jsonb_to_recordset($rmw${log}$rmw$::jsonb) \
+                 AS e(lsn bigint, term bigint, txn_id uuid, commit_ts bigint, read_set jsonb, write_set jsonb)) \
+             INSERT INTO bank_balance (account_number, balance, created_at, updated_at) \
+             SELECT w.account_number, w.balance, w.created_at, w.updated_at \
+             FROM jsonb_to_recordset($rmw${writes}$rmw$::jsonb) \
+               AS w(account_number bigint, balance bigint, created_at bigint, updated_at bigint) \
+             ON CONFLICT (account_number) DO UPDATE SET balance = EXCLUDED.balance, updated_at = EXCLUDED.updated_at; \
+             PREPARE TRANSACTION '{gid}'",
+            gid = batch.gid()
+        );
+        let mut conn = self.pool.acquire().await?;
+        // A query without arguments goes over the simple-query protocol, which runs several
+        // statements in one message.
+        if let Err(e) = conn.execute(sql.as_str()).await {
+            // The session may be left inside the failed transaction: end it, or never reuse it.
+            if conn.execute("ROLLBACK").await.is_err() {
+                conn.close_on_drop();
+            }
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Recovery: apply entries fetched from the leader's log and commit them at once.
     pub async fn apply_committed(&self, entries: &[LogEntry]) -> Result<(), StoreError> {
-        self.apply(entries, None).await
+        self.apply(entries).await
     }
 
-    /// Applies `entries` (data and log) in one transaction, prepared as `prepare_as` (a
-    /// `PREPARE TRANSACTION` statement) or committed at once.
-    async fn apply(&self, entries: &[LogEntry], prepare_as: Option<String>) -> Result<(), StoreError> {
-        let log = serde_json::Value::Array(
-            entries
-                .iter()
-                .map(|e| {
-                    json!({"lsn": e.lsn, "term": e.term, "txn_id": e.txn_id, "commit_ts": e.commit_ts,
-                           "read_set": e.read_set, "write_set": e.write_set})
-                })
-                .collect(),
-        );
-        let writes = serde_json::Value::Array(
-            net_writes(entries)
-                .into_iter()
-                .map(|(k, (balance, created_at, updated_at))| {
-                    json!({"account_number": k, "balance": balance, "created_at": created_at, "updated_at": updated_at})
-                })
-                .collect(),
-        );
+    /// Applies `entries` (data and log) in one transaction and commits it.
+    async fn apply(&self, entries: &[LogEntry]) -> Result<(), StoreError> {
+        let (log, writes) = batch_json(entries);
         // sqlx's transaction rolls back if this future is dropped half-way, so a connection
         // never returns to the pool inside a transaction.
         let mut tx = self.pool.begin().await?;
@@ -210,11 +223,6 @@ impl Store {
         .bind(sqlx::types::Json(&writes))
         .execute(&mut *tx)
         .await?;
-        if let Some(prepare) = prepare_as {
-            // After PREPARE TRANSACTION the session holds no transaction: the COMMIT below
-            // only draws a warning, and closes sqlx's bookkeeping cleanly.
-            tx.execute(prepare.as_str()).await?;
-        }
         tx.commit().await?;
         Ok(())
     }
@@ -285,6 +293,24 @@ impl Store {
         .await?;
         rows.iter().map(log_entry).collect()
     }
+}
+
+/// A batch as the two JSON arrays its inserts read: the log entries, and the net writes.
+fn batch_json(entries: &[LogEntry]) -> (serde_json::Value, serde_json::Value) {
+    let log = entries
+        .iter()
+        .map(|e| {
+            json!({"lsn": e.lsn, "term": e.term, "txn_id": e.txn_id, "commit_ts": e.commit_ts,
+                   "read_set": e.read_set, "write_set": e.write_set})
+        })
+        .collect();
+    let writes = net_writes(entries)
+        .into_iter()
+        .map(|(k, (balance, created_at, updated_at))| {
+            json!({"account_number": k, "balance": balance, "created_at": created_at, "updated_at": updated_at})
+        })
+        .collect();
+    (serde_json::Value::Array(log), serde_json::Value::Array(writes))
 }
 
 fn log_entry(row: &sqlx::postgres::PgRow) -> Result<LogEntry, StoreError> {

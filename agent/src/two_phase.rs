@@ -38,6 +38,9 @@ use crate::validation::Validator;
 /// Most transactions in one round. Bounds the size of one PREPARE and of one PostgreSQL
 /// transaction; at the throughput of one machine a round rarely fills it.
 pub const MAX_BATCH: usize = 256;
+/// Most transactions waiting for a round. Beyond it a commit is refused with 503 and
+/// `Retry-After` rather than queued: under overload, latency must stay bounded and memory flat.
+pub const MAX_QUEUED: usize = 10_000;
 /// Outcomes remembered for idempotent retries of a `txn_id` (committed ones are also in the log).
 pub const OUTCOME_CACHE: usize = 100_000;
 /// Longest pause between retries of a decision to a member that does not answer.
@@ -217,6 +220,11 @@ impl Leader {
         }
         let admission = {
             let mut state = self.lock();
+            if state.queue.len() >= MAX_QUEUED {
+                return Err(ApiError::Overloaded(format!(
+                    "the leader already has {MAX_QUEUED} transactions waiting to be replicated; retry shortly"
+                )));
+            }
             match known(&mut state, txn_id) {
                 Some(admission) => admission,
                 None => match state.validator.admit(&txn.read_set, txn.read_ts, &txn.write_set, now_ns()) {

@@ -1,0 +1,253 @@
+//! `GET /openapi.json`: the agent's HTTP interface as an OpenAPI 3.1 document, generated from
+//! the handlers' `#[utoipa::path]` annotations (`api.rs`) and the wire types (`protocol`).
+//!
+//! The document describes this agent as configured: with a cluster token, the internal
+//! endpoints, the drills and log paging declare the `cluster_token` bearer scheme and a 401
+//! answer; without one they are open and declare neither. `tests/tests/schemathesis.rs` checks
+//! the document against a running agent.
+
+use protocol::{CommitResponse, ErrorBody, Role};
+use serde::Serialize;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{OpenApi as Document, Response, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Replication middleware agent",
+        description = "One agent runs beside each PostgreSQL server. `POST /read/` and `POST /commit/` are for \
+            users; the leader validates commits by timestamp ordering and replicates them to every member with \
+            two-phase commit. Every error answer is an `ErrorBody`. See docs/api.md."
+    ),
+    paths(
+        crate::api::read,
+        crate::api::commit,
+        crate::api::status,
+        crate::api::health,
+        crate::api::metrics,
+        openapi_json,
+        crate::api::replication_log,
+        crate::api::down_leader,
+        crate::api::up_node,
+        crate::api::prepare,
+        crate::api::decide,
+        crate::api::batch_state,
+        crate::api::fence,
+        crate::api::promote,
+        crate::api::config,
+        crate::api::pause,
+        crate::api::recover,
+    ),
+    tags(
+        (name = "transactions", description = "Reads and commits"),
+        (name = "operations", description = "Status, health, metrics and this document"),
+        (name = "recovery", description = "Paging through the recovery log"),
+        (name = "drills", description = "Failover drills"),
+        (name = "internal", description = "Agent to agent and supervisor to agent; every message carries the sender's term"),
+    ),
+    modifiers(&ClusterToken)
+)]
+struct AgentApi;
+
+/// `GET /openapi.json` (documented here; served by the router in `api.rs`).
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document", body = Object)))]
+#[allow(dead_code)]
+fn openapi_json() {}
+
+/// The answer of `GET /health` when the node serves.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+    pub role: Role,
+}
+
+/// A 503 on `POST /commit/`: an ABORT (`replication_failed`), or an error.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum CommitUnavailable {
+    Abort(CommitResponse),
+    Error(ErrorBody),
+}
+
+/// Declares the bearer scheme that the operations annotated with `security(("cluster_token" = []))` use.
+struct ClusterToken;
+
+impl Modify for ClusterToken {
+    fn modify(&self, openapi: &mut Document) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some(
+            "The cluster token (`--cluster-token-file` or `CLUSTER_TOKEN`), required on internal endpoints when \
+             one is configured."
+                .into(),
+        );
+        components.add_security_scheme("cluster_token", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The document for an agent with (`token_configured`) or without a cluster token.
+pub fn document(token_configured: bool) -> Document {
+    let mut doc = AgentApi::openapi();
+    if token_configured {
+        add_unauthorized(&mut doc, unauthorized());
+    } else {
+        drop_security(&mut doc);
+    }
+    doc
+}
+
+/// The document as JSON text, as `GET /openapi.json` serves it.
+pub fn json(token_configured: bool) -> String {
+    document(token_configured).to_json().expect("the OpenAPI document serializes")
+}
+
+fn unauthorized() -> Response {
+    ResponseBuilder::new()
+        .description("The cluster token is missing or wrong; nothing changed")
+        .content(
+            "application/json",
+            utoipa::openapi::ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+}
+
+/// Adds the 401 answer to every operation that declares a security requirement.
+pub(crate) fn add_unauthorized(doc: &mut Document, response: Response) {
+    for item in doc.paths.paths.values_mut() {
+        for op in operations(item) {
+            if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                op.responses.responses.insert("401".into(), response.clone().into());
+            }
+        }
+    }
+}
+
+/// Without a token the guarded endpoints are open: no security requirement, no scheme.
+pub(crate) fn drop_security(doc: &mut Document) {
+    for item in doc.paths.paths.values_mut() {
+        for op in operations(item) {
+            op.security = None;
+        }
+    }
+    if let Some(components) = doc.components.as_mut() {
+        components.security_schemes.clear();
+    }
+}
+
+fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch].into_iter().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route of `api::router`, as (method, path): the document must list exactly these.
+    const ROUTES: &[(&str, &str)] = &[
+        ("post", "/read/"),
+        ("post", "/commit/"),
+        ("get", "/status"),
+        ("get", "/health"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+        ("get", "/replication_log/"),
+        ("get", "/down_leader/"),
+        ("get", "/up_node/"),
+        ("post", "/internal/prepare"),
+        ("post", "/internal/decide"),
+        ("get", "/internal/batch_state"),
+        ("post", "/internal/fence"),
+        ("post", "/internal/promote"),
+        ("post", "/internal/config"),
+        ("post", "/internal/pause"),
+        ("post", "/internal/recover"),
+    ];
+
+    /// Routes open whatever the configuration.
+    const OPEN: &[&str] = &["/read/", "/commit/", "/status", "/health", "/metrics", "/openapi.json"];
+
+    fn value(token: bool) -> serde_json::Value {
+        serde_json::from_str(&json(token)).unwrap()
+    }
+
+    #[test]
+    fn every_route_is_documented_and_nothing_else() {
+        let doc = value(false);
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+        let mut expected: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        documented.sort();
+        expected.sort();
+        assert_eq!(documented, expected);
+    }
+
+    #[test]
+    fn every_operation_documents_its_answers_and_errors() {
+        let doc = value(true);
+        for (method, path) in ROUTES {
+            let op = &doc["paths"][path][method];
+            let responses = op["responses"].as_object().unwrap();
+            assert!(responses.contains_key("200"), "{method} {path}: no 200");
+            if op.get("requestBody").is_some() || op.get("parameters").is_some() {
+                assert!(responses.contains_key("400"), "{method} {path} takes input but documents no 400");
+                let body = &op["requestBody"]["content"]["application/json"]["schema"];
+                assert!(op.get("requestBody").is_none() || body.is_object(), "{method} {path}: {op}");
+            }
+            for (code, response) in responses {
+                if code.starts_with('4') || code.starts_with('5') {
+                    assert!(
+                        response["content"]["application/json"]["schema"].is_object(),
+                        "{method} {path} {code}: no JSON body: {response}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn guarded_routes_declare_the_token_only_when_one_is_configured() {
+        let with = value(true);
+        let without = value(false);
+        assert!(with["components"]["securitySchemes"]["cluster_token"].is_object());
+        assert!(without["components"]["securitySchemes"].as_object().is_none_or(|s| s.is_empty()));
+        for (method, path) in ROUTES {
+            let guarded = !OPEN.contains(path);
+            let op = &with["paths"][path][method];
+            assert_eq!(op["responses"].get("401").is_some(), guarded, "{method} {path} with a token");
+            assert_eq!(op.get("security").is_some(), guarded, "{method} {path} with a token");
+            let op = &without["paths"][path][method];
+            assert!(op["responses"].get("401").is_none(), "{method} {path} without a token");
+            assert!(op.get("security").is_none(), "{method} {path} without a token");
+        }
+    }
+
+    #[test]
+    fn account_numbers_are_integers_and_write_set_keys_decimal_strings() {
+        let doc = value(false);
+        let schemas = &doc["components"]["schemas"];
+        let body = &schemas["TransactionBody"]["properties"];
+        assert_eq!(body["read_set"]["items"]["type"], "integer");
+        assert_eq!(body["read_set"]["items"]["minimum"], 0);
+        assert_eq!(body["write_set"]["propertyNames"]["type"], "string");
+        assert_eq!(schemas["TransactionBody"]["additionalProperties"], false);
+        // No `$ref` to a schema that does not exist (an alias such as `Account` would make one).
+        let text = doc.to_string();
+        for name in text.split("#/components/schemas/").skip(1) {
+            let name = name.split('"').next().unwrap();
+            assert!(schemas.get(name).is_some(), "a $ref to the missing schema {name}");
+        }
+    }
+}
+#[test]
+fn tmp_dump() {
+    std::fs::write("/tmp/agent-openapi.json", document(true).to_pretty_json().unwrap()).unwrap();
+}

@@ -7,6 +7,8 @@
 
 pub mod auth;
 pub mod language;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod wire;
 
 pub use language::{parse_transaction, Op, ParseError, ParsedTransaction};

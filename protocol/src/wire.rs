@@ -32,15 +32,19 @@ pub const DEFAULT_LOG_PAGE: i64 = 1_000;
 
 /// The `transaction` object of `/read/` and `/commit/` as it arrives on the wire.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TransactionBody {
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::accounts))]
     pub read_set: Vec<Account>,
     /// JSON object keys are strings; serde parses them into [`Account`] here, at the edge.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::account_map))]
     pub write_set: BTreeMap<Account, Balance>,
     /// The read timestamp (`timestamp` of the read answer). Required when `read_set` is not empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub time_stamp: Option<Timestamp>,
     /// Makes a commit idempotent: committing the same id again returns the first outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,16 +53,19 @@ pub struct TransactionBody {
 
 /// `POST /read/`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReadRequest {
     pub transaction: TransactionBody,
     /// On a replica: wait (bounded) until the replica has applied at least this LSN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>, minimum = 0))]
     pub min_lsn: Option<Lsn>,
 }
 
 /// `POST /commit/`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
     pub transaction: TransactionBody,
@@ -154,15 +161,21 @@ impl CommitRequest {
 
 /// One row of `bank_balance` as a read returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountRow {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub account_number: Account,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub balance: Balance,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub created_at: Option<Timestamp>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub updated_at: Option<Timestamp>,
 }
 
 /// The role of an agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Leader,
@@ -177,16 +190,20 @@ pub enum Role {
 
 /// Answer of `POST /read/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReadResponse {
     /// Always `"success"` (failures are HTTP errors with an [`ErrorBody`]).
     pub read_status: String,
     /// The rows that exist, in account order (accounts never written are absent).
     pub data: Vec<AccountRow>,
     /// The read timestamp: pass it back as `time_stamp` when committing.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub timestamp: Timestamp,
     /// Account to balance; an account never written is absent.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::account_map))]
     pub values: BTreeMap<Account, Balance>,
     /// The snapshot is exactly the effect of the log up to this LSN.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub lsn: Lsn,
     /// Which node answered, and in which role.
     pub node: String,
@@ -194,6 +211,7 @@ pub struct ReadResponse {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Outcome {
     Commit,
@@ -202,6 +220,7 @@ pub enum Outcome {
 
 /// Why a transaction was aborted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AbortReason {
     /// A read key was written after the read timestamp.
@@ -235,17 +254,21 @@ impl AbortReason {
 
 /// Answer of `POST /commit/` (HTTP 200 for COMMIT, 409 or 503 for ABORT).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitResponse {
     pub commit: Outcome,
     pub txn_id: Uuid,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub commit_ts: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub lsn: Option<Lsn>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<AbortReason>,
     /// The conflicting account, when one account caused the abort.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub key: Option<Account>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -253,6 +276,7 @@ pub struct CommitResponse {
 
 /// The JSON body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// A stable machine-readable code: `bad_request`, `not_leader`, `stale_term`, `unavailable`,
     /// `not_found`, `internal`.
@@ -264,25 +288,34 @@ pub struct ErrorBody {
     pub leader: Option<String>,
     /// On `stale_term`: the receiver's current term.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub term: Option<Term>,
 }
 
 /// One entry of the recovery log: one committed transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogEntry {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub lsn: Lsn,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
     pub txn_id: Uuid,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub commit_ts: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::accounts))]
     pub read_set: Vec<Account>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::account_map))]
     pub write_set: BTreeMap<Account, Balance>,
 }
 
 /// `GET /replication_log/?after=N&limit=M`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogPage {
     pub entries: Vec<LogEntry>,
     /// The node's applied LSN when the page was read.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub applied_lsn: Lsn,
     /// True when entries after the last one returned exist.
     pub more: bool,
@@ -290,18 +323,22 @@ pub struct LogPage {
 
 /// `POST /internal/prepare`: phase one for a batch of consecutive log entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PrepareRequest {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
     /// The leader's round number, increasing within a term: a late PREPARE from an earlier
     /// round can then be told from a current one.
     pub round: u64,
     /// The LSN the receiver must have applied: the leader's last committed entry before this batch.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub prev_lsn: Lsn,
     /// Non-empty, consecutive LSNs starting at `prev_lsn + 1`.
     pub entries: Vec<LogEntry>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Vote {
     Yes,
@@ -309,15 +346,19 @@ pub enum Vote {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PrepareResponse {
     pub vote: Vote,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub applied_lsn: Lsn,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Decision {
     Commit,
@@ -326,8 +367,11 @@ pub enum Decision {
 
 /// `POST /internal/decide`: phase two for the batch whose last entry is `last_lsn`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DecideRequest {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub last_lsn: Lsn,
     /// Transaction id of the batch's last entry: tells the batch apart from another one that
     /// reused its LSNs after an abort.
@@ -336,13 +380,17 @@ pub struct DecideRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DecideResponse {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub applied_lsn: Lsn,
 }
 
 /// Where a node stands on a batch (`GET /internal/batch_state?last_lsn=N`), for in-doubt resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BatchState {
     /// The node's log holds the batch's last entry.
@@ -354,24 +402,31 @@ pub enum BatchState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchStateResponse {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub last_lsn: Lsn,
     pub state: BatchState,
 }
 
 /// `GET /status` of an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentStatus {
     pub node_id: String,
     /// This agent's address as peers reach it.
     pub address: String,
     pub role: Role,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
     /// The leader's address, when known.
     pub leader: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub applied_lsn: Lsn,
     /// Highest commit timestamp applied here.
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub last_commit_ts: Timestamp,
     /// Addresses of the members in sync (the leader included), in configured order.
     pub members: Vec<String>,
@@ -386,7 +441,9 @@ pub struct AgentStatus {
 /// The cluster's configuration as the supervisor decides it. Agents keep the newest they have
 /// seen (by term, then version) durably.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterConfig {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
     /// Increases with every change of leader or members.
     pub version: u64,
@@ -405,26 +462,35 @@ impl ClusterConfig {
 
 /// A batch a node holds prepared and undecided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PendingInfo {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub last_lsn: Lsn,
     pub last_txn: Uuid,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
 }
 
 /// Answer of `POST /internal/fence` (body: [`ClusterConfig`] with a term at least the agent's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FenceResponse {
     pub node_id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
     pub role: Role,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub applied_lsn: Lsn,
     pub pending: Option<PendingInfo>,
 }
 
 /// Answer of `POST /internal/promote` (body: [`ClusterConfig`] naming the receiver as leader).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PromoteResponse {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub applied_lsn: Lsn,
     /// In-doubt batches resolved before taking new transactions.
     pub in_doubt_committed: u32,
@@ -434,25 +500,33 @@ pub struct PromoteResponse {
 /// `POST /internal/pause`: the leader finishes the round in flight and starts no new one until
 /// a configuration arrives or `max_ms` pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PauseRequest {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
     pub max_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PauseResponse {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub applied_lsn: Lsn,
 }
 
 /// `POST /internal/recover`: a standby catches up from the leader's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecoverRequest {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
     pub leader: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecoverResponse {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub applied_lsn: Lsn,
     pub entries_applied: u64,
     /// What happened to a batch the node held prepared, if any.
@@ -461,7 +535,9 @@ pub struct RecoverResponse {
 
 /// `POST /report_failure` on the supervisor: the leader could not reach a member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailureReport {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
     pub member: String,
     pub reason: String,
@@ -469,6 +545,7 @@ pub struct FailureReport {
 
 /// `POST /register_client/` on the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterClient {
     /// The client's `/leader_changed/` URL, e.g. `http://127.0.0.1:5000/leader_changed/`.
@@ -477,14 +554,17 @@ pub struct RegisterClient {
 
 /// `POST /leader_changed/` on a client (as the original, with an address instead of a port).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaderChanged {
     pub leader: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub term: Option<Term>,
 }
 
 /// Answer of the drills `GET /down_leader/` and `GET /up_node/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DrillResponse {
     pub node_id: String,
     /// The node's role after the call.

@@ -69,7 +69,9 @@ impl Store {
             url.parse::<PgConnectOptions>()?.options([("log_min_messages", "error"), ("client_min_messages", "error")]);
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
-            .acquire_timeout(std::time::Duration::from_secs(5))
+            // With PostgreSQL stopped, sqlx keeps retrying the connect until this deadline: every
+            // call would hang that long. A healthy pool hands out a connection in microseconds.
+            .acquire_timeout(std::time::Duration::from_secs(1))
             .connect_with(options)
             .await?;
         Ok(Store { pool })

@@ -7,6 +7,7 @@
 #   ./setup.sh status    what runs, and each agent's role, term and applied LSN
 #   ./setup.sh test      install what the tests need, then fmt, clippy, build, test
 #   ./setup.sh bench     the benchmark: our cluster against PostgreSQL's own replication
+#   ./setup.sh torture   the torture run: a bank workload under injected faults, then a checker
 #   ./setup.sh help      this text
 #
 # The local cluster: three PostgreSQL servers (data in ./data, or /var/lib/rmw-data when the
@@ -57,7 +58,8 @@ Commands:
   status   show each process (running or stopped, pid, port) and each agent's role, term and
            applied LSN.
   test     install what the tests need (also chromium and chromium-driver for the browser
-           tests), then run cargo fmt --check, clippy, a debug build and every test.
+           tests, and schemathesis from PyPI in target/schemathesis-venv for the OpenAPI
+           test), then run cargo fmt --check, clippy, a debug build and every test.
            Independent of the cluster that 'start' runs.
   bench [--quick] [--duration N]
            build the release binaries and run the benchmark: a fresh cluster of our own
@@ -65,6 +67,14 @@ Commands:
            on free ports, then failover and recovery times. Prints a table; results go to
            bench/results/. 20 s per step (--quick: 5 s); 'bench --help' lists the options.
            Not part of 'test'. Independent of the cluster that 'start' runs.
+  torture [--minutes N] [--seed S] [--clients C]
+           build the release binaries and run the torture run: C clients (default 8) move
+           money on a fresh supervised cluster (free ports) for N minutes (default 10) while
+           faults are injected (killed agents, PostgreSQL crashes, SIGSTOP, the supervisor
+           killed, the drills, network partitions, a skewed clock), then a checker proves
+           that nothing was lost. Prints a summary table; the history, the verdict and a plot
+           go to torture-output/<time>-seed<S>/. 'torture --help' lists every option.
+           Exit status 0 when the checker's verdict is clean. Independent of 'start'.
   help     show this text.
 
 Environment:
@@ -672,9 +682,28 @@ ensure_browser() {
     fi
 }
 
+# The OpenAPI test (tests/tests/schemathesis.rs) runs schemathesis, from PyPI, in a virtualenv
+# under target/ (the test looks for it there and fails, saying to run this, when it is missing).
+SCHEMATHESIS_VENV="$ROOT/target/schemathesis-venv"
+ensure_schemathesis() {
+    [[ -x "$SCHEMATHESIS_VENV/bin/schemathesis" ]] && return 0
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+    say "Installing schemathesis into $SCHEMATHESIS_VENV"
+    rm -rf "$SCHEMATHESIS_VENV"
+    if ! python3 -m venv "$SCHEMATHESIS_VENV" >/dev/null 2>&1; then
+        # Debian's python3 makes virtualenvs only with python3-venv.
+        rm -rf "$SCHEMATHESIS_VENV"
+        apt_install python3-venv
+        python3 -m venv "$SCHEMATHESIS_VENV" || die "python3 -m venv $SCHEMATHESIS_VENV failed"
+    fi
+    "$SCHEMATHESIS_VENV/bin/pip" install --quiet --disable-pip-version-check 'schemathesis>=4,<5' ||
+        die "pip install schemathesis failed (it comes from PyPI)"
+}
+
 cmd_test() {
     ensure_system_packages
     ensure_browser
+    ensure_schemathesis
     ensure_rust
     ensure_rust_components
     ensure_postgres_user
@@ -685,7 +714,38 @@ cmd_test() {
         cargo clippy --workspace --all-targets -- -D warnings
     step "cargo build --workspace --bins" cargo build --workspace --bins
     step "cargo test --workspace -- --test-threads=2" cargo test --workspace -- --test-threads=2
+    ensure_torture_tools
+    step "torture run: 60 s, seed $TORTURE_TEST_SEED (debug build)" \
+        env RMW_PG_BINDIR="$PG_BIN" target/debug/torture --seconds 60 --seed "$TORTURE_TEST_SEED" --no-progress
     say "All test steps passed"
+}
+
+# The seed of the 60-second torture run in 'test': with it the nemesis partitions, crashes and
+# skews a clock within the first minute.
+TORTURE_TEST_SEED=7
+
+# The torture run makes partitions with nftables (the nft command) and skews a clock with
+# libfaketime; without them it runs and says what it skipped.
+ensure_torture_tools() {
+    local missing=()
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
+    command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+    if ((${#missing[@]} > 0)); then
+        (apt_install "${missing[@]}") || warn "could not install ${missing[*]}: the torture run will skip what needs them"
+    fi
+}
+
+cmd_torture() {
+    ensure_system_packages
+    ensure_rust
+    ensure_postgres_user
+    ensure_torture_tools
+    ((EUID == 0)) || warn "not root: the torture run cannot make network partitions (it says so and skips them)"
+    say "Building the release binaries (agent, supervisor, torture)"
+    cargo build --release -p agent -p supervisor -p torture || die "cargo build --release failed"
+    say "Running the torture run"
+    # It starts its own PostgreSQL servers, agents and supervisor on free ports, and stops them.
+    RMW_PG_BINDIR="$PG_BIN" "$BIN_DIR/torture" "$@"
 }
 
 cmd_bench() {
@@ -709,6 +769,10 @@ main() {
     bench)
         shift
         cmd_bench "$@"
+        ;;
+    torture)
+        shift
+        cmd_torture "$@"
         ;;
     help | -h | --help) usage ;;
     *)

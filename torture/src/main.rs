@@ -1,0 +1,127 @@
+//! `torture`: see the crate's documentation and `torture --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use torture::nemesis::FaultKind;
+use torture::run::{Options, SkewChoice};
+
+#[derive(Parser)]
+#[command(
+    name = "torture",
+    about = "A bank workload against a fresh supervised 3-node cluster under injected faults, then a checker that \
+             proves nothing was lost. Exit status: 0 clean, 1 the checker found a violation, 2 the run could not be made.",
+    after_help = "Fault kinds for --faults: kill_leader, kill_replica, stop_postgres, pause_leader, kill_supervisor, \
+                  kill_leader_and_supervisor, down_leader_drill, partition_node, partition_leader_from_supervisor"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// How long the workload runs, in minutes.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// How long the workload runs, in seconds (instead of --minutes).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// The seed of the fault schedule and of the clients (random when absent; printed either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Concurrent clients; a quarter of them (at least one) run read-only transactions on any node.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Accounts (few accounts: many conflicts).
+    #[arg(long, default_value_t = 20)]
+    accounts: i64,
+    /// Where the history, the verdict and the plot go (default: torture-output/<UTC time>-seed<seed>).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Where the agent and supervisor binaries are (default: beside this program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Skew one node's agent clock with libfaketime: `auto` (the seed decides, about every other
+    /// run), `off`, or `NODE:MILLISECONDS` (e.g. `2:-3000`).
+    #[arg(long, default_value = "auto")]
+    skew: String,
+    /// Only these fault kinds (comma-separated); default: all that this machine can make.
+    #[arg(long, value_delimiter = ',')]
+    faults: Option<Vec<String>>,
+    /// No partitions even when this machine can make them.
+    #[arg(long)]
+    no_partitions: bool,
+    /// Plain progress lines instead of a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the checker again on a saved run's folder (history.jsonl, final-state.json, samples.json, run.json).
+    Check { dir: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Check { dir }) = cli.command {
+        return match torture::run::check_saved(&dir) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("torture check: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let skew = match cli.skew.as_str() {
+        "auto" => SkewChoice::Auto,
+        "off" => SkewChoice::Off,
+        other => match other.split_once(':').and_then(|(n, ms)| Some((n.parse().ok()?, ms.parse().ok()?))) {
+            Some((node, ms)) => SkewChoice::Fixed(node, ms),
+            None => {
+                eprintln!("torture: --skew must be auto, off or NODE:MILLISECONDS, not {other:?}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let faults = match cli.faults {
+        None => None,
+        Some(names) => {
+            let mut kinds = Vec::new();
+            for n in names {
+                match FaultKind::parse(n.trim()) {
+                    Some(k) => kinds.push(k),
+                    None => {
+                        eprintln!("torture: unknown fault kind {n:?} (see --help)");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            Some(kinds)
+        }
+    };
+    if cli.clients == 0 || cli.accounts < 2 {
+        eprintln!("torture: need at least one client and two accounts");
+        return ExitCode::from(2);
+    }
+    let duration_s = cli.seconds.map_or(cli.minutes * 60.0, |s| s as f64);
+    let options = Options {
+        duration: std::time::Duration::from_secs_f64(duration_s.max(1.0)),
+        seed: cli.seed.unwrap_or_else(rand::random),
+        clients: cli.clients,
+        accounts: cli.accounts,
+        output: cli.output,
+        bin_dir: cli.bin_dir,
+        skew,
+        faults,
+        partitions: !cli.no_partitions,
+        progress_bar: !cli.no_progress,
+    };
+    match torture::run::run(options) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("torture: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! What a run reports: availability (commits per second, write outages and the fault behind
+//! each), the summary table, the verdict as JSON and the throughput plot.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checker::Verdict;
+use crate::history::{Op, OpType, TxnKind};
+use crate::nemesis::{FaultKind, FaultRecord};
+
+/// A stretch of time without any acknowledged commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outage {
+    /// Seconds since the run started.
+    pub start_s: f64,
+    pub end_s: f64,
+    pub duration_s: f64,
+    /// The fault that overlaps it most (label and what was done), or why none.
+    pub cause: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Availability {
+    /// Acknowledged transfers completed in each second of the run.
+    pub commits_per_second: Vec<u64>,
+    /// Outages of at least [`OUTAGE_MIN_S`], longest first (at most 10).
+    pub outages: Vec<Outage>,
+}
+
+impl Availability {
+    pub fn longest(&self) -> Option<&Outage> {
+        self.outages.first()
+    }
+}
+
+/// Shorter gaps between commits are not outages (a busy moment, a conflict streak).
+pub const OUTAGE_MIN_S: f64 = 0.5;
+
+/// Availability from the history's acknowledged transfers between `from_ns` (the workload's
+/// start) and `to_ns` (its end).
+pub fn availability(ops: &[Op], faults: &[FaultRecord], from_ns: u64, to_ns: u64) -> Availability {
+    let mut times: Vec<u64> =
+        ops.iter().filter(|o| o.kind == OpType::Ok && o.txn == TxnKind::Transfer).map(|o| o.time).collect();
+    times.sort_unstable();
+    let seconds = (to_ns / 1_000_000_000 + 1) as usize;
+    let mut per_second = vec![0u64; seconds];
+    for &t in &times {
+        if let Some(slot) = per_second.get_mut((t / 1_000_000_000) as usize) {
+            *slot += 1;
+        }
+    }
+    let mut edges = vec![from_ns];
+    edges.extend(times.iter().copied().filter(|&t| t >= from_ns && t <= to_ns));
+    edges.push(to_ns);
+    let mut outages: Vec<Outage> = edges
+        .windows(2)
+        .filter(|w| (w[1] - w[0]) as f64 / 1e9 >= OUTAGE_MIN_S)
+        .map(|w| {
+            let (g0, g1) = (w[0], w[1]);
+            let cause = faults
+                .iter()
+                .map(|f| {
+                    let (s, e) = (f.start, f.end(to_ns));
+                    let overlap = e.min(g1).saturating_sub(s.max(g0));
+                    (overlap, f)
+                })
+                .filter(|(o, _)| *o > 0)
+                .max_by_key(|(o, _)| *o)
+                .map_or_else(|| "no fault in progress".to_string(), |(_, f)| format!("{}: {}", f.label(), f.note));
+            Outage { start_s: g0 as f64 / 1e9, end_s: g1 as f64 / 1e9, duration_s: (g1 - g0) as f64 / 1e9, cause }
+        })
+        .collect();
+    outages.sort_by(|a, b| b.duration_s.total_cmp(&a.duration_s));
+    outages.truncate(10);
+    Availability { commits_per_second: per_second, outages }
+}
+
+/// The numbers of the summary table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub seed: u64,
+    pub duration_s: f64,
+    pub clients: usize,
+    pub transfer_clients: usize,
+    pub read_clients: usize,
+    pub accounts: i64,
+    pub clock_skew: Option<String>,
+    pub partitions: String,
+    pub transfers_attempted: u64,
+    pub committed: u64,
+    pub aborted: BTreeMap<String, u64>,
+    pub read_unavailable: u64,
+    pub indeterminate: u64,
+    pub indeterminate_committed: usize,
+    pub read_only_ok: u64,
+    pub read_only_failed: u64,
+    pub read_only_indeterminate: u64,
+    pub faults: BTreeMap<String, u64>,
+    pub fault_errors: Vec<String>,
+    pub surprises: usize,
+}
+
+/// The summary table, as printed at the end of a run.
+pub fn table(s: &Summary, v: &Verdict, a: &Availability, out_dir: &Path) -> String {
+    let mut t = String::new();
+    let row = |t: &mut String, k: &str, v: String| {
+        let _ = writeln!(t, "  {k:<34} {v}");
+    };
+    let _ = writeln!(t, "\nTorture run summary (seed {}; repeat with --seed {})", s.seed, s.seed);
+    row(&mut t, "duration", format!("{:.0} s", s.duration_s));
+    row(
+        &mut t,
+        "clients",
+        format!("{} ({} transfer, {} read-only on any node)", s.clients, s.transfer_clients, s.read_clients),
+    );
+    row(&mut t, "accounts", s.accounts.to_string());
+    row(&mut t, "clock skew", s.clock_skew.clone().unwrap_or_else(|| "none".into()));
+    row(&mut t, "partitions", s.partitions.clone());
+    row(&mut t, "transfers attempted", s.transfers_attempted.to_string());
+    row(&mut t, "  committed (acknowledged)", s.committed.to_string());
+    for (reason, n) in &s.aborted {
+        row(&mut t, &format!("  aborted: {reason}"), n.to_string());
+    }
+    if s.aborted.is_empty() {
+        row(&mut t, "  aborted", "0".into());
+    }
+    row(&mut t, "  read unavailable (not sent)", s.read_unavailable.to_string());
+    row(
+        &mut t,
+        "  indeterminate (timed out)",
+        format!("{} ({} found committed in the log)", s.indeterminate, s.indeterminate_committed),
+    );
+    row(
+        &mut t,
+        "read-only transactions",
+        format!(
+            "{} ok, {} refused, {} without an answer (timeout, connection refused)",
+            s.read_only_ok, s.read_only_failed, s.read_only_indeterminate
+        ),
+    );
+    let faults_total: u64 = s.faults.values().sum();
+    row(&mut t, "faults injected", faults_total.to_string());
+    for (kind, n) in &s.faults {
+        row(&mut t, &format!("  {kind}"), n.to_string());
+    }
+    match a.longest() {
+        Some(o) => {
+            row(&mut t, "longest write outage", format!("{:.1} s (at {:.1} s, {})", o.duration_s, o.start_s, o.cause))
+        }
+        None => row(&mut t, "longest write outage", format!("none over {OUTAGE_MIN_S} s")),
+    }
+    let busy: Vec<u64> = a.commits_per_second.iter().copied().filter(|&n| n > 0).collect();
+    if !busy.is_empty() {
+        let mean = s.committed as f64 / s.duration_s.max(1.0);
+        row(&mut t, "commits per second", format!("mean {mean:.1}, best second {}", busy.iter().max().unwrap()));
+    }
+    row(&mut t, "unexpected answers (API rules)", s.surprises.to_string());
+    row(
+        &mut t,
+        "checked",
+        format!(
+            "{} log entries, {} acknowledged commits, {} reads, {} leader samples",
+            v.counts.log_entries, v.counts.acknowledged_commits, v.counts.reads_checked, v.counts.leader_samples
+        ),
+    );
+    if !v.warning_counts.is_empty() {
+        let w: Vec<String> = v.warning_counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        row(&mut t, "warnings", w.join(", "));
+    }
+    let verdict = if v.valid {
+        "CLEAN: nothing lost, nothing invented, one leader per term".to_string()
+    } else {
+        let f: Vec<String> = v.finding_counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        format!("FAILED: {}", f.join(", "))
+    };
+    row(&mut t, "checker verdict", verdict);
+    for e in &s.fault_errors {
+        row(&mut t, "fault error", e.clone());
+    }
+    if !v.valid {
+        let _ = writeln!(t, "\nFindings (first of each kind; all in verdict.json):");
+        let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
+        for f in &v.findings {
+            let n = shown.entry(f.check.as_str()).or_default();
+            *n += 1;
+            if *n <= 3 {
+                let _ = writeln!(
+                    t,
+                    "  [{}] {} {}",
+                    f.check,
+                    f.message,
+                    if f.txns.is_empty() { String::new() } else { format!("(txns: {})", f.txns.join(", ")) }
+                );
+            }
+        }
+    }
+    let _ = writeln!(t, "\nOutput: {}", out_dir.display());
+    t
+}
+
+fn kind_color(kind: FaultKind) -> plotters::style::RGBColor {
+    use plotters::style::RGBColor;
+    match kind {
+        FaultKind::KillLeader => RGBColor(214, 39, 40),
+        FaultKind::KillReplica => RGBColor(255, 127, 14),
+        FaultKind::StopPostgres => RGBColor(148, 103, 189),
+        FaultKind::PauseLeader => RGBColor(140, 86, 75),
+        FaultKind::KillSupervisor => RGBColor(227, 119, 194),
+        FaultKind::KillLeaderAndSupervisor => RGBColor(127, 127, 127),
+        FaultKind::DownLeaderDrill => RGBColor(188, 189, 34),
+        FaultKind::PartitionNode => RGBColor(23, 190, 207),
+        FaultKind::PartitionLeaderFromSupervisor => RGBColor(44, 160, 44),
+    }
+}
+
+/// Commits per second over time, with every fault shaded from injection to heal (lighter until
+/// the cluster was whole again).
+pub fn plot(
+    path: &Path,
+    title: &str,
+    a: &Availability,
+    faults: &[FaultRecord],
+    duration_s: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+
+    let ymax = a.commits_per_second.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.35;
+    let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..duration_s.max(1.0), 0f64..ymax)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc("seconds since the start")
+        .y_desc("acknowledged commits per second")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    let end_ns = (duration_s * 1e9) as u64;
+    let mut kinds: Vec<FaultKind> = faults.iter().map(|f| f.kind).collect();
+    kinds.sort();
+    kinds.dedup();
+    for kind in kinds {
+        let color = kind_color(kind);
+        let of_kind: Vec<&FaultRecord> = faults.iter().filter(|f| f.kind == kind).collect();
+        chart.draw_series(of_kind.iter().map(|f| {
+            let (s, e) = (f.start as f64 / 1e9, f.end(end_ns) as f64 / 1e9);
+            Rectangle::new([(s, 0.0), (e, ymax)], color.mix(0.12).filled())
+        }))?;
+        chart
+            .draw_series(of_kind.iter().map(|f| {
+                let (s, e) = (f.start as f64 / 1e9, f.healed.unwrap_or(end_ns) as f64 / 1e9);
+                Rectangle::new([(s, 0.0), (e, ymax)], color.mix(0.3).filled())
+            }))?
+            .label(kind.name())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.mix(0.5).filled()));
+    }
+    let points: Vec<(f64, f64)> =
+        a.commits_per_second.iter().enumerate().map(|(i, &n)| (i as f64 + 0.5, n as f64)).collect();
+    let style = ShapeStyle { color: RGBColor(31, 119, 180).to_rgba(), filled: true, stroke_width: 2 };
+    chart
+        .draw_series(LineSeries::new(points, style))?
+        .label("commits per second")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The current UTC time as `20250131-123456`.
+pub fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Mop;
+
+    fn commit_at(ns: u64) -> Op {
+        let mut op = Op::new(OpType::Ok, 1, TxnKind::Transfer, vec![Mop::Write(1, Some(1))]);
+        op.time = ns;
+        op
+    }
+
+    #[test]
+    fn the_longest_outage_is_blamed_on_the_fault_it_overlaps() {
+        let s = 1_000_000_000;
+        let ops: Vec<Op> = [1, 2, 3, 9, 10].iter().map(|&t| commit_at(t * s)).collect();
+        let fault = FaultRecord {
+            kind: FaultKind::KillLeader,
+            node: Some(0),
+            start: 3 * s + s / 2,
+            healed: Some(6 * s),
+            recovered: Some(8 * s),
+            note: "SIGKILL".into(),
+            error: None,
+        };
+        let a = availability(&ops, &[fault], s / 2, 11 * s);
+        assert_eq!(a.commits_per_second[..4], [0, 1, 1, 1]);
+        let o = a.longest().unwrap();
+        assert_eq!(o.duration_s, 6.0);
+        assert!(o.cause.starts_with("kill_leader(node0)"), "{}", o.cause);
+        assert!(a.outages.iter().any(|o| o.cause == "no fault in progress"));
+    }
+}

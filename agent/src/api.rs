@@ -215,14 +215,37 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
     Json(node.status().await).into_response()
 }
 
-/// `GET /health`: 200 only when the node serves and reaches its PostgreSQL.
+#[derive(Deserialize)]
+struct HealthQuery {
+    term: Option<protocol::Term>,
+}
+
+/// `GET /health`: 200 only when the node serves and reaches its PostgreSQL. The supervisor's
+/// polls carry its current `term`: a leader that sees a newer term steps down at once.
 #[utoipa::path(get, path = "/health", tag = "operations",
+    params(("term" = Option<i64>, Query, description = "The supervisor's current term: a leader of an older term steps down. Honoured only with the cluster token (when one is configured) and on an agent that has a supervisor")),
     responses(
         (status = 200, description = "Serving", body = crate::openapi::Health),
+        (status = 400, description = "A `term` that is not an integer", body = ErrorBody),
         (status = 503, description = "Down, or PostgreSQL unreachable", body = ErrorBody),
     ))]
-async fn health(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+async fn health(
+    State(node): State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+    ApiQuery(q): ApiQuery<HealthQuery>,
+) -> Result<Response, ApiError> {
     node.check_serving()?;
+    // `/health` is open, but stepping down is a change of cluster state: the term counts only
+    // from a caller holding the cluster token (when one is configured), and only where a
+    // supervisor exists to elect the next leader (a fixed leader has nobody to replace it).
+    let from_supervisor = node.cfg.supervisor.is_some()
+        && node.cfg.token.as_deref().is_none_or(|token| {
+            let given = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            protocol::auth::authorized(given, token)
+        });
+    if let (Some(term), true) = (q.term, from_supervisor) {
+        node.step_down_if_behind(term);
+    }
     node.store.ping().await.map_err(ApiError::unavailable)?;
     Ok(Json(serde_json::json!({"status": "ok", "role": node.role()})).into_response())
 }

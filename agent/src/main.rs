@@ -10,8 +10,12 @@ use protocol::ClusterConfig;
 /// An agent of the replication middleware: serves reads and commits for one PostgreSQL server
 /// and replicates every commit to the other agents with two-phase commit.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version, after_help = protocol::config_file::PRECEDENCE_HELP)]
 struct Args {
+    /// A TOML file of options (`peer-timeout-ms = 500`, ...; docs/examples/agent.toml); the
+    /// environment and the flags override it.
+    #[arg(long, env = "AGENT_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// This node's name, shown in answers and logs.
     #[arg(long, env = "AGENT_NODE_ID", default_value = "node0")]
     node_id: String,
@@ -44,7 +48,7 @@ struct Args {
     /// Timeout of every call to another agent, in milliseconds. A member that does not answer
     /// a PREPARE within it is reported to the supervisor: commits stall at most this long when
     /// a member freezes, and a member slower than this is removed (it then recovers).
-    #[arg(long, env = "AGENT_PEER_TIMEOUT_MS", default_value_t = 1000)]
+    #[arg(long, env = "AGENT_PEER_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     peer_timeout_ms: u64,
     /// A file holding the cluster token. When set (or CLUSTER_TOKEN is), internal endpoints,
     /// the drills and log paging need 'Authorization: Bearer <token>', and every internal call
@@ -55,18 +59,32 @@ struct Args {
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
     /// Connections to PostgreSQL.
-    #[arg(long, env = "AGENT_DB_POOL", default_value_t = DEFAULT_POOL_SIZE)]
+    #[arg(long, env = "AGENT_DB_POOL", default_value_t = DEFAULT_POOL_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
     db_pool: u32,
+    /// Write the logs as JSON, one object per line, instead of text (`LOG_JSON=1` too).
+    #[arg(long, env = "LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    log_json: bool,
+}
+
+/// Logs to stdout, filtered by `RUST_LOG` (default `info`): text, or JSON lines.
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt()
+            // Colours only on a terminal: setup.sh and the tests send the logs to files.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_env_filter(filter)
+            .init();
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        // Colours only on a terminal: setup.sh and the tests send the logs to files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-    let args = Args::parse();
+    // Flags, then the environment, then the --config file, then the defaults.
+    let args: Args = protocol::config_file::parse();
+    init_logs(args.log_json);
     agent::metrics::install().context("installing the metrics recorder")?;
     let address = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
     if !args.members.contains(&address) {
@@ -110,4 +128,41 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, protocol::config_file::Error> {
+        protocol::config_file::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+    }
+
+    fn example() -> String {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/agent.toml").to_string()
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_flags_override_it() {
+        let args = parse(&["--config", &example()]).unwrap();
+        assert_eq!(args.node_id, "node1");
+        assert_eq!(args.listen, "127.0.0.1:8001");
+        assert_eq!(args.members, ["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002"]);
+        assert_eq!(args.peer_timeout_ms, 1000);
+        let args = parse(&["--config", &example(), "--listen", "127.0.0.1:18001", "--peer-timeout-ms", "250"]).unwrap();
+        assert_eq!((args.listen.as_str(), args.peer_timeout_ms), ("127.0.0.1:18001", 250));
+        assert_eq!(args.node_id, "node1", "what no flag names still comes from the file");
+    }
+
+    #[test]
+    fn invalid_values_are_refused_naming_the_option() {
+        let err = parse(&["--peer-timeout-ms", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--peer-timeout-ms"), "{err}");
+        let err = parse(&["--db-pool", "many"]).unwrap_err().to_string();
+        assert!(err.contains("--db-pool"), "{err}");
+        let path = std::env::temp_dir().join(format!("rmw-agent-config-{}.toml", std::process::id()));
+        std::fs::write(&path, "peer-timeout-ms = 0\n").unwrap();
+        let err = parse(&["--config", path.to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("peer-timeout-ms") && err.contains(&path.display().to_string()), "{err}");
+    }
 }

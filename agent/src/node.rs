@@ -145,6 +145,20 @@ impl Node {
         }
     }
 
+    /// A leader that learns of a newer term (from the supervisor's poll) stops acting as one
+    /// at once, in memory: it learns the new term durably when it is fenced. Until then it
+    /// would go on answering reads as "leader" with data the new leader has moved past.
+    pub fn step_down_if_behind(&self, term: Term) {
+        if let Some(leader) = self.leader().filter(|l| l.term() < term) {
+            tracing::warn!(
+                old_term = leader.term(),
+                new_term = term,
+                "stepping down: the supervisor is in a newer term"
+            );
+            leader.depose();
+        }
+    }
+
     /// Refuses anything but status while the drill holds this node down.
     pub fn check_serving(&self) -> Result<(), ApiError> {
         if self.view().down {
@@ -182,7 +196,20 @@ impl Node {
         if config.term < state.term || (config.term == current.term && config.version < current.version) {
             return Ok(());
         }
-        self.store.save_config(config).await.map_err(ApiError::internal)?;
+        if let Err(e) = self.store.save_config(config).await {
+            // The new term cannot be stored, so this node must not vote in it; but stepping
+            // down is always safe, and a leader that knows it was replaced must stop acting
+            // (and answering reads) as one.
+            if let Some(leader) = self.leader().filter(|l| l.term() < config.term) {
+                tracing::warn!(
+                    old_term = leader.term(),
+                    new_term = config.term,
+                    "stepping down: a newer term exists (it could not be stored)"
+                );
+                leader.depose();
+            }
+            return Err(ApiError::unavailable(e));
+        }
         state.term = state.term.max(config.term);
         let deposed = {
             let mut view = self.view();

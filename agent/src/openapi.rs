@@ -3,14 +3,14 @@
 //!
 //! The document describes this agent as configured: with a cluster token, the internal
 //! endpoints, the drills and log paging declare the `cluster_token` bearer scheme and a 401
-//! answer; without one they are open and declare neither. `tests/tests/schemathesis.rs` checks
+//! answer; without one they are open and declare neither
+//! ([`protocol::openapi::apply_cluster_token`]). `tests/tests/schemathesis.rs` checks
 //! the document against a running agent.
 
 use protocol::{CommitResponse, ErrorBody, Role};
 use serde::Serialize;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::{OpenApi as Document, Response, ResponseBuilder};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::openapi::OpenApi as Document;
+use utoipa::{OpenApi, ToSchema};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,18 +39,19 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::api::pause,
         crate::api::recover,
     ),
+    // Named by `ReadRequest` and `CommitRequest` through `protocol::openapi`.
+    components(schemas(protocol::TransactionBody)),
     tags(
         (name = "transactions", description = "Reads and commits"),
         (name = "operations", description = "Status, health, metrics and this document"),
         (name = "recovery", description = "Paging through the recovery log"),
         (name = "drills", description = "Failover drills"),
         (name = "internal", description = "Agent to agent and supervisor to agent; every message carries the sender's term"),
-    ),
-    modifiers(&ClusterToken)
+    )
 )]
 struct AgentApi;
 
-/// `GET /openapi.json` (documented here; served by the router in `api.rs`).
+/// `GET /openapi.json`: this document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "This document", body = Object)))]
 #[allow(dead_code)]
@@ -72,75 +73,16 @@ pub enum CommitUnavailable {
     Error(ErrorBody),
 }
 
-/// Declares the bearer scheme that the operations annotated with `security(("cluster_token" = []))` use.
-struct ClusterToken;
-
-impl Modify for ClusterToken {
-    fn modify(&self, openapi: &mut Document) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        let mut scheme = Http::new(HttpAuthScheme::Bearer);
-        scheme.description = Some(
-            "The cluster token (`--cluster-token-file` or `CLUSTER_TOKEN`), required on internal endpoints when \
-             one is configured."
-                .into(),
-        );
-        components.add_security_scheme("cluster_token", SecurityScheme::Http(scheme));
-    }
-}
-
 /// The document for an agent with (`token_configured`) or without a cluster token.
 pub fn document(token_configured: bool) -> Document {
     let mut doc = AgentApi::openapi();
-    if token_configured {
-        add_unauthorized(&mut doc, unauthorized());
-    } else {
-        drop_security(&mut doc);
-    }
+    protocol::openapi::apply_cluster_token(&mut doc, token_configured);
     doc
 }
 
 /// The document as JSON text, as `GET /openapi.json` serves it.
 pub fn json(token_configured: bool) -> String {
     document(token_configured).to_json().expect("the OpenAPI document serializes")
-}
-
-fn unauthorized() -> Response {
-    ResponseBuilder::new()
-        .description("The cluster token is missing or wrong; nothing changed")
-        .content(
-            "application/json",
-            utoipa::openapi::ContentBuilder::new()
-                .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
-                .build(),
-        )
-        .build()
-}
-
-/// Adds the 401 answer to every operation that declares a security requirement.
-pub(crate) fn add_unauthorized(doc: &mut Document, response: Response) {
-    for item in doc.paths.paths.values_mut() {
-        for op in operations(item) {
-            if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
-                op.responses.responses.insert("401".into(), response.clone().into());
-            }
-        }
-    }
-}
-
-/// Without a token the guarded endpoints are open: no security requirement, no scheme.
-pub(crate) fn drop_security(doc: &mut Document) {
-    for item in doc.paths.paths.values_mut() {
-        for op in operations(item) {
-            op.security = None;
-        }
-    }
-    if let Some(components) = doc.components.as_mut() {
-        components.security_schemes.clear();
-    }
-}
-
-fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
-    [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch].into_iter().flatten()
 }
 
 #[cfg(test)]
@@ -246,8 +188,4 @@ mod tests {
             assert!(schemas.get(name).is_some(), "a $ref to the missing schema {name}");
         }
     }
-}
-#[test]
-fn tmp_dump() {
-    std::fs::write("/tmp/agent-openapi.json", document(true).to_pretty_json().unwrap()).unwrap();
 }

@@ -5,6 +5,7 @@
 //! - `status`: the supervisor's status, read leniently, and `client status`'s table;
 //! - `web`: `client serve`'s pages (askama templates in `client/templates`).
 
+mod openapi;
 mod run;
 mod status;
 mod web;
@@ -24,8 +25,16 @@ use uuid::Uuid;
 use crate::run::{ReadFrom, RunError, RunOptions, Runner, EXIT_UNAVAILABLE, EXIT_USAGE};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Runs transactions against the replicated cluster")]
+#[command(
+    version,
+    about = "Runs transactions against the replicated cluster",
+    after_help = protocol::config_file::PRECEDENCE_HELP
+)]
 struct Cli {
+    /// A TOML file of options for the subcommand being run (`supervisor = "host:9000"`, ...;
+    /// docs/examples/client.toml); the environment and the flags override it.
+    #[arg(long, global = true, env = "CLIENT_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -88,15 +97,23 @@ enum Command {
         /// the cluster is unavailable.
         #[arg(long, env = "CLIENT_WAIT_SECS", default_value_t = 10.0)]
         wait_secs: f64,
+        /// Write the logs as JSON, one object per line, instead of text (`LOG_JSON=1` too).
+        #[arg(long, env = "LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+        log_json: bool,
     },
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // Flags, then the environment, then the --config file, then the defaults.
+    let cli: Cli = match protocol::config_file::try_parse_from(std::env::args_os()) {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(protocol::config_file::Error::Clap(e)) => {
             let _ = e.print();
             return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -117,7 +134,7 @@ fn main() -> ExitCode {
                 run(&agent, &supervisor, &transaction, RunOptions { txn_id, read_from }, wait).await
             }
             Command::Status { supervisor } => status(&supervisor).await,
-            Command::Serve { listen, agent, supervisor, advertise, cluster_token_file, wait_secs } => {
+            Command::Serve { listen, agent, supervisor, advertise, cluster_token_file, wait_secs, log_json } => {
                 let Some(wait) = wait(wait_secs) else {
                     eprintln!("error: --wait-secs must be a number of seconds from 0 to 3600");
                     return ExitCode::from(EXIT_USAGE);
@@ -129,6 +146,7 @@ fn main() -> ExitCode {
                         return ExitCode::from(EXIT_USAGE);
                     }
                 };
+                init_logs(log_json);
                 match serve(&listen, &agent, &supervisor, advertise, token, wait).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
@@ -139,6 +157,17 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Logs to stdout, filtered by `RUST_LOG` (default `info`): text, or JSON lines.
+fn init_logs(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        // Colours only on a terminal: setup.sh sends the logs to files.
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal()).init();
+    }
 }
 
 /// `--wait-secs` as a duration, if it is a sensible one.
@@ -202,11 +231,6 @@ async fn serve(
     token: Option<String>,
     wait: Duration,
 ) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        // Colours only on a terminal: setup.sh sends the logs to files.
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
     let runner = Runner::new()?.with_supervisor(Some(supervisor)).with_follow_budget(wait);
     let state = web::AppState::new(agent, runner)?.with_token(token.as_deref())?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
@@ -282,4 +306,42 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, protocol::config_file::Error> {
+        protocol::config_file::try_parse_from(std::iter::once("client").chain(args.iter().copied()))
+    }
+
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/client.toml");
+
+    #[test]
+    fn the_example_file_serves_every_subcommand_and_flags_override_it() {
+        let cli = parse(&["serve", "--config", EXAMPLE]).unwrap();
+        let Command::Serve { listen, agent, supervisor, wait_secs, log_json, .. } = cli.command else { panic!() };
+        assert_eq!(
+            (listen.as_str(), agent.as_str(), supervisor.as_str()),
+            ("127.0.0.1:5000", "127.0.0.1:8000", "127.0.0.1:9000")
+        );
+        assert_eq!((wait_secs, log_json), (10.0, false));
+        let cli = parse(&["--config", EXAMPLE, "serve", "--listen", "127.0.0.1:5001"]).unwrap();
+        let Command::Serve { listen, supervisor, .. } = cli.command else { panic!() };
+        assert_eq!((listen.as_str(), supervisor.as_str()), ("127.0.0.1:5001", "127.0.0.1:9000"));
+        // `client status` takes only the keys it knows (`listen` is for `serve`).
+        let cli = parse(&["status", "--config", EXAMPLE]).unwrap();
+        assert!(matches!(cli.command, Command::Status { supervisor } if supervisor == "127.0.0.1:9000"));
+        let cli = parse(&["run", "r(1)", "--config", EXAMPLE, "--wait-secs", "2"]).unwrap();
+        assert!(matches!(cli.command, Command::Run { wait_secs, .. } if wait_secs == 2.0));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_naming_it() {
+        let path = std::env::temp_dir().join(format!("rmw-client-config-{}.toml", std::process::id()));
+        std::fs::write(&path, "supervisr = \"x:1\"\n").unwrap();
+        let err = parse(&["status", "--config", path.to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("unknown option `supervisr`"), "{err}");
+    }
 }

@@ -93,7 +93,7 @@ struct Log {
     next_drill: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub at_ms: u64,
     pub transaction: String,
@@ -105,7 +105,7 @@ pub struct HistoryEntry {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DrillEntry {
     pub seq: u64,
     pub at_ms: u64,
@@ -234,7 +234,13 @@ impl AppState {
 }
 
 pub fn app(state: AppState) -> Router {
+    // The document describes this client as configured (with or without the token).
+    let spec: Arc<str> = crate::openapi::json(state.inner.token.is_some()).into();
     Router::new()
+        .route(
+            "/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], spec.to_string()) }),
+        )
         .route("/", get(|| async { Redirect::to("/create/") }))
         .route("/health", get(health))
         .route("/create/", get(show_form).post(create))
@@ -266,6 +272,8 @@ fn render(template: &impl Template) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Always `{\"status\": \"ok\"}`", body = crate::openapi::Health)))]
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -293,6 +301,14 @@ async fn not_found(uri: axum::http::Uri) -> Response {
 }
 
 /// The supervisor announces a new leader (as the original did, with an address for a port).
+#[utoipa::path(post, path = "/leader_changed/", tag = "supervisor",
+    request_body(content = protocol::LeaderChanged, description = "The new leader's address, and its term"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "The next transactions go to that leader", body = crate::openapi::LeaderAdopted),
+        (status = 400, description = "Not a `LeaderChanged` body", body = ErrorBody),
+        (status = 413, description = "A body over 64 KiB", body = String, content_type = "text/plain"),
+    ))]
 async fn leader_changed(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -391,7 +407,7 @@ struct Pointer {
     caret: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 struct CreateForm {
     /// Missing is the same as empty: the page then says what to type.
     #[serde(default)]
@@ -404,6 +420,9 @@ struct CreateForm {
     txn_id: String,
 }
 
+/// `GET /create/`: the transaction form.
+#[utoipa::path(get, path = "/create/", tag = "pages",
+    responses((status = 200, description = "The form, with the sample transaction", body = String, content_type = "text/html")))]
 async fn show_form(State(state): State<AppState>) -> Response {
     let cluster = state.cluster().await.ok();
     render(&CreatePage {
@@ -432,6 +451,16 @@ fn read_choices(cluster: Option<&ClusterStatus>, selected: &str) -> Vec<Choice> 
     choices
 }
 
+/// `POST /create/`: runs the transaction typed in the form and shows the outcome under it.
+#[utoipa::path(post, path = "/create/", tag = "pages",
+    request_body(content = CreateForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "The form again, with the outcome (COMMIT, ABORT with the reason, the values read) or what is wrong with the input", body = String, content_type = "text/html"),
+        (status = 400, description = "The form could not be read", body = String, content_type = "text/plain"),
+        (status = 413, description = "The form is over 64 KiB", body = String, content_type = "text/plain"),
+        (status = 415, description = "Not `application/x-www-form-urlencoded`", body = String, content_type = "text/plain"),
+        (status = 422, description = "The form could not be read", body = String, content_type = "text/plain"),
+    ))]
 async fn create(State(state): State<AppState>, Form(form): Form<CreateForm>) -> Response {
     let text = form.transaction;
     let leader = state.leader();
@@ -903,12 +932,20 @@ fn live_view(state: &AppState, cluster: &Result<ClusterStatus, String>) -> LiveV
     view
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ClusterQuery {
     /// The drill whose result to show (after the drill form's redirect).
+    #[param(schema_with = crate::openapi::uint64)]
     drill: Option<u64>,
 }
 
+/// `GET /cluster/`: the cluster as the supervisor sees it, the drills, the history.
+#[utoipa::path(get, path = "/cluster/", tag = "pages", params(ClusterQuery),
+    responses(
+        (status = 200, description = "The page", body = String, content_type = "text/html"),
+        (status = 400, description = "`drill` is not a number", body = String, content_type = "text/plain"),
+    ))]
 async fn cluster_page(State(state): State<AppState>, Query(query): Query<ClusterQuery>) -> Response {
     let cluster = state.cluster().await;
     let flash = query.drill.and_then(|seq| state.drills().into_iter().find(|d| d.seq == seq)).map(|d| Flash {
@@ -923,6 +960,9 @@ async fn cluster_page(State(state): State<AppState>, Query(query): Query<Cluster
     })
 }
 
+/// `GET /cluster/live`: the live part of the cluster page, which its script fetches every 500 ms.
+#[utoipa::path(get, path = "/cluster/live", tag = "pages",
+    responses((status = 200, description = "An HTML fragment", body = String, content_type = "text/html")))]
 async fn cluster_live(State(state): State<AppState>) -> Response {
     let cluster = state.cluster().await;
     let mut response = render(&ClusterLive { live: live_view(&state, &cluster) });
@@ -932,6 +972,8 @@ async fn cluster_live(State(state): State<AppState>) -> Response {
 
 /// The cluster page's data as JSON: the supervisor's status (or why it is missing), where this
 /// client sends commits, and what it ran.
+#[utoipa::path(get, path = "/cluster/status.json", tag = "operations",
+    responses((status = 200, description = "The cluster page's data", body = crate::openapi::ClusterJson)))]
 async fn cluster_json(State(state): State<AppState>) -> Json<Value> {
     let cluster = state.cluster().await;
     let (supervisor, error) = match cluster {
@@ -957,10 +999,13 @@ struct ConfirmPage {
     label: &'static str,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct DrillForm {
+    /// `down_leader` or `up_node`.
     #[serde(default)]
+    #[schema(pattern = "^(down_leader|up_node)$")]
     action: String,
+    /// The agent's address (`host:port`), as the supervisor lists it.
     #[serde(default)]
     node: String,
     /// `yes` once the person confirmed (the page's dialog, or the confirmation page).
@@ -970,6 +1015,17 @@ struct DrillForm {
 
 /// Runs a drill on a node: `GET /down_leader/` or `GET /up_node/` on the agent, then back to
 /// the cluster page with the agent's answer.
+#[utoipa::path(post, path = "/cluster/drill", tag = "pages",
+    request_body(content = DrillForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Without `confirmed=yes`: a page that asks for confirmation", body = String, content_type = "text/html"),
+        (status = 303, description = "Done: on to `/cluster/?drill=<n>`, which shows the agent's answer", headers(("Location" = String))),
+        (status = 400, description = "Not a drill, or not a node the supervisor lists (HTML page), or a form that could not be read (text)", body = String, content_type = "text/html"),
+        (status = 413, description = "The form is over 64 KiB", body = String, content_type = "text/plain"),
+        (status = 415, description = "Not `application/x-www-form-urlencoded`", body = String, content_type = "text/plain"),
+        (status = 422, description = "The form could not be read", body = String, content_type = "text/plain"),
+        (status = 503, description = "The supervisor cannot be reached for its list of nodes", body = String, content_type = "text/html"),
+    ))]
 async fn drill(State(state): State<AppState>, Form(form): Form<DrillForm>) -> Response {
     let (action, label, question) = match form.action.as_str() {
         "down_leader" => (

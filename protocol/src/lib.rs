@@ -6,6 +6,8 @@
 //! write's lock and a read of the same account always meet.
 
 pub mod auth;
+#[cfg(feature = "config-file")]
+pub mod config_file;
 pub mod language;
 #[cfg(feature = "openapi")]
 pub mod openapi;

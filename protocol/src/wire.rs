@@ -56,6 +56,7 @@ pub struct TransactionBody {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReadRequest {
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::read_transaction))]
     pub transaction: TransactionBody,
     /// On a replica: wait (bounded) until the replica has applied at least this LSN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,6 +69,7 @@ pub struct ReadRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::commit_transaction))]
     pub transaction: TransactionBody,
 }
 
@@ -278,8 +280,9 @@ pub struct CommitResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
-    /// A stable machine-readable code: `bad_request`, `not_leader`, `stale_term`, `unavailable`,
-    /// `not_found`, `internal`.
+    /// A stable machine-readable code: `bad_request`, `not_leader`, `stale_term`, `conflict`,
+    /// `unavailable`, `overloaded`, `unauthorized`, `not_found`, `method_not_allowed`, `internal`
+    /// (and the supervisor's `refused`).
     pub error: String,
     /// What went wrong, for a human.
     pub message: String,
@@ -549,6 +552,7 @@ pub struct FailureReport {
 #[serde(deny_unknown_fields)]
 pub struct RegisterClient {
     /// The client's `/leader_changed/` URL, e.g. `http://127.0.0.1:5000/leader_changed/`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[Hh][Tt][Tt][Pp][Ss]?://"))]
     pub url: String,
 }
 

@@ -3,6 +3,7 @@
 //! (DESIGN.md sections 5 and 6). The decisions are pure (`failover`); `run` does the I/O.
 
 mod failover;
+mod openapi;
 mod run;
 
 use std::path::PathBuf;
@@ -29,8 +30,16 @@ fn install_metrics() -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Watches the agents of the cluster, elects leaders and recovers returning nodes")]
+#[command(
+    version,
+    about = "Watches the agents of the cluster, elects leaders and recovers returning nodes",
+    after_help = protocol::config_file::PRECEDENCE_HELP
+)]
 struct Args {
+    /// A TOML file of options (`poll-interval-ms = 200`, ...; docs/examples/supervisor.toml);
+    /// the environment and the flags override it.
+    #[arg(long, env = "SUPERVISOR_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to serve the supervisor's HTTP interface on.
     #[arg(long, env = "SUPERVISOR_LISTEN", default_value = "127.0.0.1:9000")]
     listen: String,
@@ -48,10 +57,10 @@ struct Args {
     #[arg(long, env = "SUPERVISOR_STATE_FILE", default_value = "supervisor-state.json")]
     state_file: PathBuf,
     /// How often every agent is polled, in milliseconds.
-    #[arg(long, env = "SUPERVISOR_POLL_INTERVAL_MS", default_value_t = 200)]
+    #[arg(long, env = "SUPERVISOR_POLL_INTERVAL_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..))]
     poll_interval_ms: u64,
     /// Consecutive missed polls after which an agent counts as down.
-    #[arg(long, env = "SUPERVISOR_MISSES", default_value_t = 3)]
+    #[arg(long, env = "SUPERVISOR_MISSES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     misses: u32,
     /// A file holding the cluster token. When set (or CLUSTER_TOKEN is), every call to an
     /// agent carries it, and /report_failure and /register_client/ require it.
@@ -60,21 +69,30 @@ struct Args {
     /// The cluster token itself (prefer --cluster-token-file: environments leak).
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    /// Write the logs as JSON, one object per line, instead of text (`LOG_JSON=1` too).
+    #[arg(long, env = "LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    log_json: bool,
+}
+
+/// Logs to stdout, filtered by `RUST_LOG` (default `info`): text, or JSON lines.
+fn init_logs(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_ansi(ansi)
-        .init();
-    let args = Args::parse();
+    // Flags, then the environment, then the --config file, then the defaults.
+    let args: Args = protocol::config_file::parse();
+    init_logs(args.log_json);
     install_metrics().context("installing the metrics recorder")?;
     let agents: Vec<String> = args.agents.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
     anyhow::ensure!(!agents.is_empty(), "--agents is empty: give at least one agent address");
-    anyhow::ensure!(args.poll_interval_ms >= 10, "--poll-interval-ms must be at least 10");
-    anyhow::ensure!(args.misses >= 1, "--misses must be at least 1");
 
     let token = match (&args.cluster_token_file, &args.cluster_token) {
         (Some(path), _) => Some(protocol::auth::load_token(path)?),
@@ -120,4 +138,32 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, protocol::config_file::Error> {
+        protocol::config_file::try_parse_from(std::iter::once("supervisor").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_flags_override_it() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/supervisor.toml");
+        let args = parse(&["--config", example]).unwrap();
+        assert_eq!(args.listen, "127.0.0.1:9000");
+        assert_eq!(args.agents, ["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002"]);
+        assert_eq!((args.poll_interval_ms, args.misses), (200, 3));
+        let args = parse(&["--config", example, "--misses", "5"]).unwrap();
+        assert_eq!((args.poll_interval_ms, args.misses), (200, 5));
+    }
+
+    #[test]
+    fn invalid_values_are_refused_naming_the_option() {
+        for (flag, value) in [("--poll-interval-ms", "5"), ("--misses", "0"), ("--misses", "three")] {
+            let err = parse(&[flag, value]).unwrap_err().to_string();
+            assert!(err.contains(flag), "{flag} {value}: {err}");
+        }
+    }
 }

@@ -75,7 +75,7 @@ struct NodeObs {
     error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FailoverReport {
     /// Unix time in milliseconds.
     pub at_ms: u64,
@@ -92,7 +92,7 @@ pub struct FailoverReport {
     pub in_doubt_aborted: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecoveryReport {
     pub node: String,
     pub at_ms: u64,
@@ -234,8 +234,12 @@ impl Supervisor {
 
     async fn poll(&self) {
         let timeout = self.settings.poll_interval.max(Duration::from_millis(250));
+        // The poll carries the current term, so a leader of an older term steps down as soon as
+        // it answers (a resumed SIGSTOP, a healed partition), before it is fenced.
+        let health_path = format!("/health?term={}", lock(&self.published).config.term);
+        let health_path = health_path.as_str();
         let results = futures::future::join_all(self.settings.agents.iter().map(|addr| async move {
-            let health: Result<serde_json::Value, String> = self.call::<(), _>(addr, "/health", None, timeout).await;
+            let health: Result<serde_json::Value, String> = self.call::<(), _>(addr, health_path, None, timeout).await;
             // A frozen agent costs one timeout per poll, not two: detection time stays bounded.
             let status: Result<AgentStatus, String> = match &health {
                 Ok(_) => self.call::<(), _>(addr, "/status", None, timeout).await,
@@ -653,7 +657,7 @@ fn diverged(e: String) -> String {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeReport {
     pub address: String,
     pub alive: bool,
@@ -669,7 +673,7 @@ pub struct NodeReport {
 }
 
 /// `GET /status` of the supervisor.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SupervisorStatus {
     pub term: i64,
     pub config_version: u64,
@@ -693,7 +697,13 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
     if let Some(token) = sup.settings.token.clone() {
         guarded = guarded.route_layer(axum::middleware::from_fn_with_state(Arc::<str>::from(token), require_token));
     }
+    // The document describes this supervisor as configured (with or without the token).
+    let spec: Arc<str> = crate::openapi::json(sup.settings.token.is_some()).into();
     Router::new()
+        .route(
+            "/openapi.json",
+            get(move || async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], spec.to_string()) }),
+        )
         .route("/status", get(status))
         .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics_text))
@@ -724,6 +734,11 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
 }
 
 /// `GET /metrics`: counters and histograms as recorded, gauges from the last polls.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 503, description = "Metrics are not enabled in this process", body = ErrorBody),
+    ))]
 async fn metrics_text(State(sup): State<Arc<Supervisor>>) -> Response {
     let status = sup.status().await;
     metrics::gauge!("rmw_term").set(status.term as f64);
@@ -747,10 +762,22 @@ async fn metrics_text(State(sup): State<Arc<Supervisor>>) -> Response {
     }
 }
 
+/// `GET /status`: the cluster as the supervisor sees it, from its last polls.
+#[utoipa::path(get, path = "/status", tag = "operations",
+    responses((status = 200, description = "Term, leader, members, every node, failovers and recoveries", body = SupervisorStatus)))]
 async fn status(State(sup): State<Arc<Supervisor>>) -> Json<SupervisorStatus> {
     Json(sup.status().await)
 }
 
+/// `POST /register_client/`: a client asks to be told every new leader.
+#[utoipa::path(post, path = "/register_client/", tag = "clients",
+    request_body(content = RegisterClient, description = "The client's `/leader_changed/` URL"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Registered (kept in the state file); the current leader", body = crate::openapi::Registered),
+        (status = 400, description = "Not JSON, or a URL that is not http(s)", body = ErrorBody),
+        (status = 413, description = "A body over 2 MiB (axum's default limit)", body = String, content_type = "text/plain"),
+    ))]
 async fn register_client(State(sup): State<Arc<Supervisor>>, body: axum::body::Bytes) -> Response {
     let req: RegisterClient = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -770,6 +797,17 @@ async fn register_client(State(sup): State<Arc<Supervisor>>, body: axum::body::B
         .into_response()
 }
 
+/// `POST /report_failure`: the leader could not reach a member.
+#[utoipa::path(post, path = "/report_failure", tag = "agents",
+    request_body(content = FailureReport, description = "The leader's term and the member it could not reach"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "The configuration without that member (or unchanged, if it was already removed)", body = ClusterConfig),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 413, description = "A body over 2 MiB (axum's default limit)", body = String, content_type = "text/plain"),
+        (status = 409, description = "A report from another term, or about the leader itself (`refused`)", body = ErrorBody),
+        (status = 500, description = "The change could not be stored in the state file", body = ErrorBody),
+    ))]
 async fn report_failure(State(sup): State<Arc<Supervisor>>, body: axum::body::Bytes) -> Response {
     let report: FailureReport = match serde_json::from_slice(&body) {
         Ok(r) => r,

@@ -163,6 +163,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("rmw-agent-config-{}.toml", std::process::id()));
         std::fs::write(&path, "peer-timeout-ms = 0\n").unwrap();
         let err = parse(&["--config", path.to_str().unwrap()]).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
         assert!(err.contains("peer-timeout-ms") && err.contains(&path.display().to_string()), "{err}");
     }
 }

@@ -342,6 +342,7 @@ mod config_tests {
         let path = std::env::temp_dir().join(format!("rmw-client-config-{}.toml", std::process::id()));
         std::fs::write(&path, "supervisr = \"x:1\"\n").unwrap();
         let err = parse(&["status", "--config", path.to_str().unwrap()]).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
         assert!(err.contains("unknown option `supervisr`"), "{err}");
     }
 }

@@ -240,10 +240,26 @@ mod tests {
         ENV.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn file(name: &str, text: &str) -> PathBuf {
+    /// A configuration file for one test, removed when the test ends (even on failure).
+    struct TempFile(PathBuf);
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    impl std::ops::Deref for TempFile {
+        type Target = std::path::Path;
+        fn deref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    fn file(name: &str, text: &str) -> TempFile {
         let path = std::env::temp_dir().join(format!("rmw-config-test-{}-{name}.toml", std::process::id()));
         std::fs::write(&path, text).unwrap();
-        path
+        TempFile(path)
     }
 
     fn parse(args: &[&str]) -> Result<Args, Error> {
@@ -302,7 +318,7 @@ mod tests {
     fn the_file_can_be_named_by_the_environment() {
         let path = file("from-env", "listen = \"env-named:1\"\n");
         let _env = env_lock();
-        std::env::set_var("CFGTEST_CONFIG", &path);
+        std::env::set_var("CFGTEST_CONFIG", &*path);
         let args = try_parse_from::<Args, _, _>(["prog"]);
         std::env::remove_var("CFGTEST_CONFIG");
         assert_eq!(args.unwrap().listen, "env-named:1");

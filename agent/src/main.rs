@@ -97,11 +97,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to PostgreSQL at {}", args.database_url))?;
     store.init_schema().await.context("creating the tables")?;
-    let token = match (&args.cluster_token_file, &args.cluster_token) {
-        (Some(path), _) => Some(protocol::auth::load_token(path)?),
-        (None, Some(token)) if !token.trim().is_empty() => Some(token.trim().to_string()),
-        _ => None,
-    };
+    let token = protocol::auth::resolve_token(args.cluster_token_file.as_deref(), args.cluster_token.as_deref())?;
     let cfg = NodeConfig {
         node_id: args.node_id,
         address,

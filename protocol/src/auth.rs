@@ -24,9 +24,9 @@ pub fn authorized(header: Option<&str>, token: &str) -> bool {
 pub enum TokenError {
     #[error("cannot read the cluster token file {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("the cluster token file {0} is empty")]
+    #[error("the cluster token from {0} is empty")]
     Empty(String),
-    #[error("the cluster token in {0} has characters other than ASCII letters, digits, '-', '_' and '.'")]
+    #[error("the cluster token from {0} has characters other than ASCII letters, digits, '-', '_' and '.'")]
     Invalid(String),
 }
 
@@ -34,19 +34,47 @@ pub enum TokenError {
 pub fn load_token(path: &Path) -> Result<String, TokenError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read { path: shown.clone(), source })?;
-    let token = text.trim().to_string();
+    checked(text.trim(), shown)
+}
+
+/// The cluster token a program runs with: from `file` (`--cluster-token-file`) if given, else
+/// `value` (the `CLUSTER_TOKEN` variable), else none. Both sources are held to the same rules,
+/// so a token that could not travel in a header is refused at start-up, not dropped silently.
+pub fn resolve_token(file: Option<&Path>, value: Option<&str>) -> Result<Option<String>, TokenError> {
+    match (file, value.map(str::trim)) {
+        (Some(path), _) => load_token(path).map(Some),
+        (None, Some(token)) if !token.is_empty() => checked(token, "CLUSTER_TOKEN".into()).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn checked(token: &str, source: String) -> Result<String, TokenError> {
     if token.is_empty() {
-        return Err(TokenError::Empty(shown));
+        return Err(TokenError::Empty(source));
     }
     if !token.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(TokenError::Invalid(shown));
+        return Err(TokenError::Invalid(source));
     }
-    Ok(token)
+    Ok(token.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_file_wins_and_both_sources_are_checked() {
+        assert_eq!(resolve_token(None, None).unwrap(), None);
+        assert_eq!(resolve_token(None, Some("  ")).unwrap(), None);
+        assert_eq!(resolve_token(None, Some(" abc-1.2_x ")).unwrap().as_deref(), Some("abc-1.2_x"));
+        let err = resolve_token(None, Some("has space")).unwrap_err().to_string();
+        assert!(err.contains("CLUSTER_TOKEN"), "{err}");
+        let path = std::env::temp_dir().join(format!("rmw-token-test-{}", std::process::id()));
+        std::fs::write(&path, "from-file\n").unwrap();
+        let token = resolve_token(Some(&path), Some("from-env"));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(token.unwrap().as_deref(), Some("from-file"));
+    }
 
     #[test]
     fn only_the_exact_bearer_token_passes() {

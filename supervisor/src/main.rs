@@ -94,11 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let agents: Vec<String> = args.agents.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
     anyhow::ensure!(!agents.is_empty(), "--agents is empty: give at least one agent address");
 
-    let token = match (&args.cluster_token_file, &args.cluster_token) {
-        (Some(path), _) => Some(protocol::auth::load_token(path)?),
-        (None, Some(token)) if !token.trim().is_empty() => Some(token.trim().to_string()),
-        _ => None,
-    };
+    let token = protocol::auth::resolve_token(args.cluster_token_file.as_deref(), args.cluster_token.as_deref())?;
     let settings = Settings {
         token,
         agents,

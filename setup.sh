@@ -501,6 +501,18 @@ What runs stays up; './setup.sh stop' stops it."
     done
 }
 
+# Healthy processes are not yet a cluster: waits (briefly) until the supervisor has named a
+# leader, so that the roles printed next are the real ones. Not fatal: the status says why.
+wait_leader() {
+    local deadline=$((SECONDS + 10)) status=""
+    while ((SECONDS < deadline)); do
+        status="$(curl -s --max-time 2 "http://$HOST:$SUPERVISOR_PORT/status" || true)"
+        [[ "$status" == *'"writes_available":true'* ]] && return 0
+        sleep 0.2
+    done
+    warn "no leader after 10s; the supervisor says: $(grep -o '"message":"[^"]*"' <<<"$status" | cut -d'"' -f4)"
+}
+
 # Fails, naming port and process, when a port we need is taken by something not ours.
 check_ports_free() {
     local problems=() i name user binary
@@ -581,6 +593,7 @@ cmd_start() {
         start_service "$name"
     done
     wait_healthy "${AGENT_NAMES[@]}" supervisor client
+    wait_leader
 
     echo
     say "The cluster is up"
@@ -742,7 +755,7 @@ cmd_torture() {
     ensure_torture_tools
     ((EUID == 0)) || warn "not root: the torture run cannot make network partitions (it says so and skips them)"
     say "Building the release binaries (agent, supervisor, torture)"
-    cargo build --release -p agent -p supervisor -p torture || die "cargo build --release failed"
+    cargo build --release --workspace --bins || die "cargo build --release failed"
     say "Running the torture run"
     # It starts its own PostgreSQL servers, agents and supervisor on free ports, and stops them.
     RMW_PG_BINDIR="$PG_BIN" "$BIN_DIR/torture" "$@"
@@ -753,7 +766,7 @@ cmd_bench() {
     ensure_rust
     ensure_postgres_user
     say "Building the release binaries (agent, supervisor, bench)"
-    cargo build --release -p agent -p supervisor -p bench || die "cargo build --release failed"
+    cargo build --release --workspace --bins || die "cargo build --release failed"
     say "Running the benchmark"
     # The benchmark starts its own PostgreSQL servers, agents and supervisor, and stops them.
     RMW_PG_BINDIR="$PG_BIN" "$BIN_DIR/bench" "$@"

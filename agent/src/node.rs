@@ -19,7 +19,7 @@ use protocol::{
 use tokio::sync::{watch, Mutex};
 
 use crate::error::ApiError;
-use crate::participant::{DecideStep, ParticipantState, PendingBatch, PrepareStep, RoundId};
+use crate::participant::{DecideStep, ParticipantState, PendingBatch, PrepareStep, PreparedHere, RoundId};
 use crate::peers::Peers;
 use crate::resolution::{resolve, Resolution};
 use crate::store::Store;
@@ -89,7 +89,7 @@ impl Node {
             }
         };
         let term = config.term.max(pending.as_ref().map_or(0, |p| p.id.term));
-        let participant = ParticipantState { term, applied_lsn: lsn, pending, pending_ts: None, uncertain: false };
+        let participant = ParticipantState { term, applied_lsn: lsn, pending, pending_detail: None, uncertain: false };
         let (applied, _) = watch::channel((lsn, ts));
         let node = Arc::new_cyclic(|me| Node {
             cfg,
@@ -263,7 +263,7 @@ impl Node {
             tracing::warn!(gid = %batch.gid(), "PostgreSQL holds a prepared batch the agent had lost track of");
         }
         state.pending = newest;
-        state.pending_ts = None;
+        state.pending_detail = None;
         state.applied_lsn = lsn;
         state.uncertain = false;
         self.publish_applied(lsn, ts);
@@ -304,13 +304,19 @@ impl Node {
                         return Ok(vote(&state, Vote::No, Some(format!("could not roll back {}: {e}", old.gid()))));
                     }
                     state.pending = None;
-                    state.pending_ts = None;
+                    state.pending_detail = None;
                 }
                 let batch = PendingBatch { id, last_lsn: last.lsn, last_txn: last.txn_id };
                 match self.store.prepare(&batch, &req.entries).await {
                     Ok(()) => {
+                        for e in &req.entries {
+                            tracing::debug!(txn_id = %e.txn_id, lsn = e.lsn, term = req.term, round = req.round, "txn prepared");
+                        }
                         state.pending = Some(batch);
-                        state.pending_ts = Some(last.commit_ts);
+                        state.pending_detail = Some(PreparedHere {
+                            last_commit_ts: last.commit_ts,
+                            txns: req.entries.iter().map(|e| (e.lsn, e.txn_id)).collect(),
+                        });
                         Ok(vote(&state, Vote::Yes, None))
                     }
                     Err(e) => {
@@ -364,8 +370,11 @@ impl Node {
         }
         state.pending = None;
         state.applied_lsn = batch.last_lsn;
-        let ts = match state.pending_ts.take() {
-            Some(ts) => ts,
+        let ts = match state.pending_detail.take() {
+            Some(detail) => {
+                log_decided(&detail, "txn committed");
+                detail.last_commit_ts
+            }
             None => match self.store.applied().await {
                 Ok((_, ts)) => ts,
                 Err(e) => {
@@ -388,7 +397,9 @@ impl Node {
             }
         }
         state.pending = None;
-        state.pending_ts = None;
+        if let Some(detail) = state.pending_detail.take() {
+            log_decided(&detail, "txn rolled back");
+        }
         Ok(())
     }
 
@@ -745,6 +756,16 @@ impl Node {
             prepared_batch: state.pending.as_ref().map(PendingBatch::info),
             config_version: config.version,
             supervisor: self.cfg.supervisor.clone(),
+        }
+    }
+}
+
+/// One debug line per transaction of a decided batch, so that a `txn_id` can be followed
+/// through every node's log (`RUST_LOG=agent=debug`).
+fn log_decided(detail: &PreparedHere, what: &'static str) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for (lsn, txn_id) in &detail.txns {
+            tracing::debug!(%txn_id, lsn, "{what}");
         }
     }
 }

@@ -61,13 +61,23 @@ pub struct ParticipantState {
     pub term: Term,
     pub applied_lsn: Lsn,
     pub pending: Option<PendingBatch>,
-    /// The commit timestamp of the pending batch's last entry, when this process prepared it
-    /// (unknown after a restart): saves re-reading it from the log after COMMIT PREPARED.
-    pub pending_ts: Option<protocol::Timestamp>,
+    /// What this process knows of the pending batch because it prepared it (nothing after a
+    /// restart).
+    pub pending_detail: Option<PreparedHere>,
     /// Set when a PostgreSQL call failed half-way (a lost answer, a server stopped mid-call):
     /// PostgreSQL may then hold a prepared batch, or a commit, that this state does not show.
     /// The runtime re-reads both from PostgreSQL before acting again.
     pub uncertain: bool,
+}
+
+/// Details of a batch this process prepared itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedHere {
+    /// The commit timestamp of the batch's last entry: saves re-reading it from the log after
+    /// COMMIT PREPARED.
+    pub last_commit_ts: protocol::Timestamp,
+    /// Every entry's LSN and transaction id, so that the decision can be logged per transaction.
+    pub txns: Vec<(Lsn, Uuid)>,
 }
 
 /// What to do with a PREPARE.
@@ -150,7 +160,7 @@ mod tests {
         RoundId { term, round }
     }
     fn fresh() -> ParticipantState {
-        ParticipantState { term: 1, applied_lsn: 10, pending: None, pending_ts: None, uncertain: false }
+        ParticipantState { term: 1, applied_lsn: 10, pending: None, pending_detail: None, uncertain: false }
     }
 
     #[test]

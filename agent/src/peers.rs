@@ -83,6 +83,7 @@ impl Peers {
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, peer: &str, path: &str, body: &B) -> Result<T, PeerError> {
+        let started = std::time::Instant::now();
         let resp = self
             .http
             .post(format!("http://{peer}{path}"))
@@ -90,7 +91,10 @@ impl Peers {
             .send()
             .await
             .map_err(|source| unreachable(peer, source))?;
-        decode(peer, resp).await
+        let answer = decode(peer, resp).await;
+        // The round trip as the caller sees it: network, the peer's work, and both sides' scheduling.
+        metrics::histogram!("rmw_peer_call_seconds", "path" => path.to_string()).record(started.elapsed().as_secs_f64());
+        answer
     }
 }
 

@@ -184,6 +184,7 @@ impl Store {
              PREPARE TRANSACTION '{gid}'",
             gid = batch.gid()
         );
+        let started = std::time::Instant::now();
         let mut conn = self.pool.acquire().await?;
         // A query without arguments goes over the simple-query protocol, which runs several
         // statements in one message.
@@ -194,6 +195,7 @@ impl Store {
             }
             return Err(e.into());
         }
+        metrics::histogram!("rmw_store_seconds", "op" => "prepare").record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -230,7 +232,9 @@ impl Store {
     }
 
     pub async fn commit_prepared(&self, batch: &PendingBatch) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         self.pool.execute(format!("COMMIT PREPARED '{}'", batch.gid()).as_str()).await?;
+        metrics::histogram!("rmw_store_seconds", "op" => "commit_prepared").record(started.elapsed().as_secs_f64());
         Ok(())
     }
 

@@ -230,6 +230,7 @@ impl Leader {
                 None => match state.validator.admit(&txn.read_set, txn.read_ts, &txn.write_set, now_ns()) {
                     Err(conflict) => {
                         metrics::counter!("rmw_aborts_total", "reason" => conflict.reason.as_str()).increment(1);
+                        tracing::debug!(%txn_id, reason = conflict.reason.as_str(), key = conflict.key, "txn aborted");
                         let outcome = TxnOutcome::Aborted {
                             reason: conflict.reason,
                             key: Some(conflict.key),
@@ -239,6 +240,7 @@ impl Leader {
                         Admission::Done(outcome)
                     }
                     Ok(commit_ts) => {
+                        tracing::debug!(%txn_id, commit_ts, "txn admitted");
                         let (tx, rx) = oneshot::channel();
                         state.waiting.insert(txn_id, vec![tx]);
                         state.queue.push_back(Admitted {
@@ -319,6 +321,7 @@ impl Leader {
             drop(idle);
             let mut state = self.lock();
             for (txn, outcome) in batch.iter().zip(outcomes) {
+                tracing::debug!(txn_id = %txn.txn_id, round, ?outcome, "txn answered");
                 let committed_at = match &outcome {
                     TxnOutcome::Committed { commit_ts, .. } => Some(*commit_ts),
                     _ => None,

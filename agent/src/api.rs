@@ -287,6 +287,7 @@ async fn replication_log(State(node): State<Arc<Node>>, ApiQuery(q): ApiQuery<Lo
     Ok(Json(LogPage { entries, applied_lsn, more }).into_response())
 }
 
+/// Phase one of a round: prepare the leader's batch in PostgreSQL (`PREPARE TRANSACTION`) and vote.
 #[utoipa::path(post, path = "/internal/prepare", tag = "internal",
     request_body(content = PrepareRequest, description = "Phase one for a batch of consecutive log entries"),
     security(("cluster_token" = [])),
@@ -300,6 +301,7 @@ async fn prepare(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<PrepareReq
     Ok(Json(detached(async move { node.prepare(&req).await }).await?).into_response())
 }
 
+/// Phase two: commit or roll back the prepared batch, as the leader decided.
 #[utoipa::path(post, path = "/internal/decide", tag = "internal",
     request_body(content = DecideRequest, description = "Phase two: COMMIT or ABORT of the prepared batch ending at `last_lsn`"),
     security(("cluster_token" = [])),
@@ -326,6 +328,7 @@ struct BatchQuery {
     term: protocol::Term,
 }
 
+/// Where this member stands on a batch (prepared, committed, absent): in-doubt resolution asks it.
 #[utoipa::path(get, path = "/internal/batch_state", tag = "internal", params(BatchQuery),
     security(("cluster_token" = [])),
     responses(
@@ -347,6 +350,7 @@ async fn detached<T: Send + 'static>(
     tokio::spawn(work).await.map_err(|e| ApiError::Internal(format!("the work of a request failed: {e}")))?
 }
 
+/// The supervisor's new term and configuration: adopted durably; a leader of a lower term stops.
 #[utoipa::path(post, path = "/internal/fence", tag = "internal",
     request_body(content = ClusterConfig, description = "A configuration with a term at least this node's"),
     security(("cluster_token" = [])),
@@ -361,6 +365,7 @@ async fn fence(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConfi
     Ok(Json(detached(async move { node.fence(&req).await }).await?).into_response())
 }
 
+/// Makes this node the leader of the given term: resolves in-doubt batches, then takes commits.
 #[utoipa::path(post, path = "/internal/promote", tag = "internal",
     request_body(content = ClusterConfig, description = "A configuration naming this node as the leader"),
     security(("cluster_token" = [])),
@@ -375,6 +380,7 @@ async fn promote(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterCon
     Ok(Json(detached(async move { node.promote(req).await }).await?).into_response())
 }
 
+/// A new configuration version in the same term (a member removed or added).
 #[utoipa::path(post, path = "/internal/config", tag = "internal",
     request_body(content = ClusterConfig, description = "A membership change within the current term"),
     security(("cluster_token" = [])),
@@ -389,6 +395,7 @@ async fn config(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConf
     Ok(Json(detached(async move { node.apply_config(&req).await }).await?).into_response())
 }
 
+/// Recovery's final catch-up: the leader finishes its round and starts no new one for a moment.
 #[utoipa::path(post, path = "/internal/pause", tag = "internal",
     request_body(content = PauseRequest, description = "Finish the round in flight, start no new one for at most `max_ms`"),
     security(("cluster_token" = [])),
@@ -404,6 +411,7 @@ async fn pause(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<PauseRequest
     Ok(Json(node.pause(&req).await?).into_response())
 }
 
+/// Brings this node up to date from the leader's log (its prepared batch resolved first).
 #[utoipa::path(post, path = "/internal/recover", tag = "internal",
     request_body(content = RecoverRequest, description = "Catch up from `leader`'s log"),
     security(("cluster_token" = [])),

@@ -93,7 +93,8 @@ impl Peers {
             .map_err(|source| unreachable(peer, source))?;
         let answer = decode(peer, resp).await;
         // The round trip as the caller sees it: network, the peer's work, and both sides' scheduling.
-        metrics::histogram!("rmw_peer_call_seconds", "path" => path.to_string()).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("rmw_peer_call_seconds", "path" => path.to_string())
+            .record(started.elapsed().as_secs_f64());
         answer
     }
 }

@@ -1,17 +1,5 @@
-//! The client: runs transactions typed in the transaction language (`r(1)w(2=22)`) against the
-//! cluster, from the command line or from a web page, and shows the cluster's status.
-//!
-//! - `run`: the transaction logic shared by `client run` and the form, with leader following;
-//! - `status`: the supervisor's status, read leniently, and `client status`'s table;
-//! - `web`: `client serve`'s pages (askama templates in `client/templates`).
-
-mod openapi;
-mod run;
-mod status;
-mod web;
-
-#[cfg(test)]
-mod fake_agent;
+//! The client's program: parses the options and runs `client run`, `status` or `serve` with
+//! the [`client`] library (see `lib.rs` for the modules).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -22,7 +10,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
-use crate::run::{ReadFrom, RunError, RunOptions, Runner, EXIT_UNAVAILABLE, EXIT_USAGE};
+use client::run::{ReadFrom, RunError, RunOptions, Runner, EXIT_UNAVAILABLE, EXIT_USAGE};
+use client::{metrics, status, web};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -231,8 +220,10 @@ async fn serve(
     token: Option<String>,
     wait: Duration,
 ) -> anyhow::Result<()> {
+    // Only here: the one-shot commands have nobody to scrape them.
+    let metrics = metrics::install().context("installing the metrics recorder")?;
     let runner = Runner::new()?.with_supervisor(Some(supervisor)).with_follow_budget(wait);
-    let state = web::AppState::new(agent, runner)?.with_token(token.as_deref())?;
+    let state = web::AppState::new(agent, runner)?.with_token(token.as_deref())?.with_metrics(metrics)?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let url = format!("http://{}/leader_changed/", advertise.as_deref().unwrap_or(listen));
     if !supervisor.trim().is_empty() {

@@ -1,7 +1,7 @@
 //! `GET /openapi.json`: the web client's HTTP interface as an OpenAPI 3.1 document, generated
 //! from the handlers' `#[utoipa::path]` annotations (`web.rs`). Most answers are HTML pages;
-//! `/cluster/status.json`, `/health` and `/leader_changed/` are JSON. With a cluster token
-//! configured, `/leader_changed/` declares it and its 401 answer
+//! `/cluster/status.json`, `/health` and `/leader_changed/` are JSON, `/metrics` is Prometheus
+//! text. With a cluster token configured, `/leader_changed/` declares it and its 401 answer
 //! ([`protocol::openapi::apply_cluster_token`]).
 
 use protocol::ErrorBody;
@@ -21,6 +21,7 @@ use crate::web::{DrillEntry, HistoryEntry};
     paths(
         root,
         crate::web::health,
+        crate::web::metrics_text,
         crate::web::show_form,
         crate::web::create,
         cluster_redirect,
@@ -36,7 +37,7 @@ use crate::web::{DrillEntry, HistoryEntry};
     components(schemas(ErrorBody)),
     tags(
         (name = "pages", description = "HTML pages for a person"),
-        (name = "operations", description = "Health, the cluster page's data, this document"),
+        (name = "operations", description = "Health, metrics, the cluster page's data, this document"),
         (name = "supervisor", description = "Called by the supervisor"),
     )
 )]
@@ -54,11 +55,13 @@ fn root() {}
 #[allow(dead_code)]
 fn cluster_redirect() {}
 
+/// The pages' style sheet.
 #[utoipa::path(get, path = "/static/style.css", tag = "pages",
     responses((status = 200, description = "The pages' style sheet", body = String, content_type = "text/css")))]
 #[allow(dead_code)]
 fn style_css() {}
 
+/// The pages' script (live updates, confirmation dialogs).
 #[utoipa::path(get, path = "/static/app.js", tag = "pages",
     responses((status = 200, description = "The pages' script (live updates, confirmation dialogs)", body = String, content_type = "text/javascript")))]
 #[allow(dead_code)]
@@ -129,6 +132,7 @@ mod tests {
     const ROUTES: &[(&str, &str)] = &[
         ("get", "/"),
         ("get", "/health"),
+        ("get", "/metrics"),
         ("get", "/create/"),
         ("post", "/create/"),
         ("get", "/cluster"),

@@ -496,7 +496,11 @@ impl Runner {
             Ok(response) if response.status().is_success() => {
                 response.json::<StatusLeader>().await.ok().and_then(|s| s.leader)
             }
-            _ => None,
+            Ok(_) => None,
+            Err(e) => {
+                crate::metrics::agent_call_failed("/status", &e);
+                None
+            }
         };
         match from_agent {
             Some(leader) => Some(leader),
@@ -527,17 +531,22 @@ impl Runner {
             .map_err(|e| format!("the supervisor at {supervisor} sent a status that is not understood: {e}"))
     }
 
+    /// Posts `body` to `path` on `agent`: the answer, whatever its status, or why none came.
     async fn post(
         &self,
         agent: &str,
-        path: &str,
+        path: &'static str,
         body: &impl Serialize,
     ) -> Result<(StatusCode, Vec<u8>), reqwest::Error> {
         let url = format!("{}{path}", base_url(agent));
-        let response = self.http.post(&url).json(body).send().await?;
-        let code = response.status();
-        let bytes = response.bytes().await?;
-        Ok((code, bytes.to_vec()))
+        let answer: Result<_, reqwest::Error> = async {
+            let response = self.http.post(&url).json(body).send().await?;
+            let code = response.status();
+            let bytes = response.bytes().await?;
+            Ok((code, bytes.to_vec()))
+        }
+        .await;
+        answer.inspect_err(|e| crate::metrics::agent_call_failed(path, e))
     }
 }
 
@@ -574,7 +583,7 @@ impl<'a> Route<'a> {
     /// `txn` is the commit's id (`None` for a read), the same in every try.
     async fn send_to_leader(
         &mut self,
-        path: &str,
+        path: &'static str,
         body: &impl Serialize,
         txn: Option<Uuid>,
     ) -> Result<(StatusCode, Vec<u8>), RunError> {

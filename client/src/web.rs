@@ -7,6 +7,7 @@
 //!   run from this client. Its live part is `/cluster/live`, an HTML fragment the page's script
 //!   fetches every 500 ms; `/cluster/status.json` is the same as JSON.
 //! - `/leader_changed/`: the supervisor tells this client the new leader.
+//! - `/metrics`: what this client did, in Prometheus text format (see `metrics.rs`).
 //!
 //! Pages are askama templates (`client/templates`), which escape every value; the pages work
 //! without JavaScript (`static/app.js` only adds the live updates and confirmation dialogs).
@@ -26,11 +27,13 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use protocol::{DrillResponse, ErrorBody, Outcome};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::metrics::{Announcement, DrillResult, FormOutcome};
 use crate::run::{
     base_url, describe_writes, role_name, root_cause, wire_name, ReadFrom, RunError, RunOptions, RunReport, Runner,
     Verdict,
@@ -74,6 +77,8 @@ struct Shared {
     next_any: AtomicUsize,
     /// The cluster token, when the cluster has one: `/leader_changed/` must carry it.
     token: Option<String>,
+    /// Renders `GET /metrics`; `None` (503) unless `client serve` installed a recorder.
+    metrics: Option<PrometheusHandle>,
 }
 
 /// `builder` with the cluster token as a default `Authorization` header, when there is one.
@@ -138,6 +143,7 @@ impl AppState {
                 log: Mutex::new(Log::default()),
                 next_any: AtomicUsize::new(0),
                 token: None,
+                metrics: None,
             }),
         })
     }
@@ -151,6 +157,13 @@ impl AppState {
         let shared = Arc::get_mut(&mut self.inner).ok_or_else(|| anyhow::anyhow!("the state is already shared"))?;
         shared.http = http;
         shared.token = Some(token.to_string());
+        Ok(self)
+    }
+
+    /// Serves `GET /metrics` from this recorder's handle.
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> anyhow::Result<AppState> {
+        let shared = Arc::get_mut(&mut self.inner).ok_or_else(|| anyhow::anyhow!("the state is already shared"))?;
+        shared.metrics = Some(handle);
         Ok(self)
     }
 
@@ -243,6 +256,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/", get(|| async { Redirect::to("/create/") }))
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .route("/create/", get(show_form).post(create))
         .route("/cluster", get(|| async { Redirect::permanent("/cluster/") }))
         .route("/cluster/", get(cluster_page))
@@ -272,10 +286,41 @@ fn render(template: &impl Template) -> Response {
     }
 }
 
+/// `GET /health`: the client serves.
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, description = "Always `{\"status\": \"ok\"}`", body = crate::openapi::Health)))]
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// `GET /metrics`: counters and histograms as recorded, the leader followed read now.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format: the `rmw_client_*` metrics", body = String, content_type = "text/plain"),
+        (status = 503, description = "Metrics are not enabled in this process", body = ErrorBody),
+    ))]
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let Some(handle) = state.inner.metrics.as_ref() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody {
+                error: "unavailable".into(),
+                message: "metrics are not enabled in this process".into(),
+                leader: None,
+                term: None,
+            }),
+        )
+            .into_response();
+    };
+    // The order of the supervisor's nodes does not change, so any status it gave will do: ask it
+    // only when there is none yet.
+    let cluster = match state.cached_cluster().await {
+        Some(cluster) => Some(cluster),
+        None => state.cluster().await.ok(),
+    };
+    let leader = state.leader();
+    crate::metrics::leader_followed(cluster.and_then(|c| c.nodes.iter().position(|n| n.address == leader)));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }
 
 #[derive(Template)]
@@ -318,6 +363,7 @@ async fn leader_changed(
         let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if !protocol::auth::authorized(given, token) {
             tracing::warn!("refused a /leader_changed/ without the cluster token");
+            crate::metrics::leader_announcement(Announcement::Unauthorized, None);
             return (
                 StatusCode::UNAUTHORIZED,
                 Json(json!({ "error": "unauthorized", "message": "this endpoint needs the cluster token" })),
@@ -328,20 +374,24 @@ async fn leader_changed(
     match serde_json::from_slice::<protocol::LeaderChanged>(&body) {
         Ok(change) => {
             tracing::info!(leader = %change.leader, term = ?change.term, "the supervisor announced a new leader");
+            crate::metrics::leader_announcement(Announcement::Accepted, change.term);
             state.set_leader(&change.leader);
             state.forget_cluster().await;
             Json(json!({ "leader": change.leader })).into_response()
         }
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            Json(ErrorBody {
-                error: "bad_request".into(),
-                message: format!("expected {{\"leader\": \"host:port\", \"term\": N}}: {e}"),
-                leader: None,
-                term: None,
-            }),
-        )
-            .into_response(),
+        Err(e) => {
+            crate::metrics::leader_announcement(Announcement::BadRequest, None);
+            (
+                StatusCode::BAD_REQUEST,
+                Json(ErrorBody {
+                    error: "bad_request".into(),
+                    message: format!("expected {{\"leader\": \"host:port\", \"term\": N}}: {e}"),
+                    leader: None,
+                    term: None,
+                }),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -480,12 +530,15 @@ async fn create(State(state): State<AppState>, Form(form): Form<CreateForm>) -> 
     let options = match run_options(&state, cluster.as_ref(), &selected, &form.txn_id) {
         Ok(options) => options,
         Err(message) => {
+            crate::metrics::transaction(FormOutcome::Refused, None);
             let error =
                 ErrorView { title: "Cannot run this".into(), message, pointer: None, retry_txn: None, notes: vec![] };
             return render(&page(None, Some(error)));
         }
     };
+    let started = Instant::now();
     let result = state.inner.runner.run(&leader, &text, &options).await;
+    crate::metrics::transaction(FormOutcome::of(&result), Some(started.elapsed()));
     match &result {
         Ok(report) => {
             tracing::info!(
@@ -1027,9 +1080,10 @@ struct DrillForm {
         (status = 503, description = "The supervisor cannot be reached for its list of nodes", body = String, content_type = "text/html"),
     ))]
 async fn drill(State(state): State<AppState>, Form(form): Form<DrillForm>) -> Response {
-    let (action, label, question) = match form.action.as_str() {
+    let (action, path, label, question) = match form.action.as_str() {
         "down_leader" => (
             "down_leader",
+            "/down_leader/",
             "Stop the leader",
             format!(
                 "Stop the leader {} (GET /down_leader/)? The supervisor will elect the next member as leader.",
@@ -1038,29 +1092,33 @@ async fn drill(State(state): State<AppState>, Form(form): Form<DrillForm>) -> Re
         ),
         "up_node" => (
             "up_node",
+            "/up_node/",
             "Bring it back",
             format!("Bring {} back (GET /up_node/)? It replays the leader's log and rejoins the members.", form.node),
         ),
         other => {
+            crate::metrics::drill("unknown", DrillResult::Refused);
             return message_page(
                 StatusCode::BAD_REQUEST,
                 "No such drill",
                 format!("{other:?} is not a drill: the drills are down_leader and up_node."),
-            )
+            );
         }
     };
     state.forget_cluster().await;
     let nodes = match state.cluster().await {
         Ok(cluster) => cluster.nodes,
         Err(e) => {
+            crate::metrics::drill(action, DrillResult::Failed);
             return message_page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Cannot run the drill",
                 format!("The drill needs the supervisor's list of nodes, and {e}."),
-            )
+            );
         }
     };
     if !nodes.iter().any(|n| n.address == form.node) {
+        crate::metrics::drill(action, DrillResult::Refused);
         return message_page(
             StatusCode::BAD_REQUEST,
             "No such node",
@@ -1071,31 +1129,36 @@ async fn drill(State(state): State<AppState>, Form(form): Form<DrillForm>) -> Re
         return render(&ConfirmPage { active: "cluster", question, action, node: form.node, label });
     }
 
-    let (changed, message) = call_drill(&state.inner.http, &form.node, action).await;
+    let (result, message) = call_drill(&state.inner.http, &form.node, path).await;
+    crate::metrics::drill(action, result);
+    let changed = result == DrillResult::Changed;
     tracing::info!(node = %form.node, action, changed, %message, "ran a drill");
     let seq = state.record_drill(action, &form.node, changed, message);
     state.forget_cluster().await;
     Redirect::to(&format!("/cluster/?drill={seq}")).into_response()
 }
 
-/// Calls the drill on the agent; returns whether it changed something and what it said.
-async fn call_drill(http: &reqwest::Client, node: &str, action: &str) -> (bool, String) {
-    let url = format!("{}/{action}/", base_url(node));
+/// Calls the drill at `path` on the agent; returns what came of it and what the agent said.
+async fn call_drill(http: &reqwest::Client, node: &str, path: &'static str) -> (DrillResult, String) {
+    let url = format!("{}{path}", base_url(node));
     let response = match http.get(&url).timeout(DRILL_TIMEOUT).send().await {
         Ok(response) => response,
-        Err(e) => return (false, format!("cannot reach {node}: {}", root_cause(&e))),
+        Err(e) => {
+            crate::metrics::agent_call_failed(path, &e);
+            return (DrillResult::Failed, format!("cannot reach {node}: {}", root_cause(&e)));
+        }
     };
     let code = response.status();
     let bytes = response.bytes().await.unwrap_or_default();
     if let Ok(answer) = serde_json::from_slice::<DrillResponse>(&bytes) {
-        return (answer.changed, format!("{} (now {})", answer.message, role_name(answer.role)));
+        let result = if answer.changed { DrillResult::Changed } else { DrillResult::Unchanged };
+        return (result, format!("{} (now {})", answer.message, role_name(answer.role)));
     }
-    match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(error) => (false, format!("HTTP {code}: {}", error.message)),
-        Err(_) => {
-            (false, format!("HTTP {code}: {}", String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()))
-        }
-    }
+    let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(error) => error.message,
+        Err(_) => String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+    };
+    (DrillResult::Failed, format!("HTTP {code}: {message}"))
 }
 
 #[cfg(test)]
@@ -1389,6 +1452,105 @@ mod tests {
         let sent = post_form(&state, "/cluster/drill", &format!("action=rm&node={leader_address}&confirmed=yes")).await;
         assert_eq!(sent.code, StatusCode::BAD_REQUEST);
         assert_eq!(leader.drills().len(), 2);
+    }
+
+    /// The value of one series in Prometheus text, such as
+    /// `rmw_client_transactions_total{outcome="commit"}`; `None` when it was never recorded.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    // The metrics tests give the app a recorder of their own, set as their thread's recorder: a
+    // `#[tokio::test]` runs the app, the runner and the fakes on that one thread, so these tests
+    // count exactly what they did, whatever the other tests do at the same time on theirs.
+
+    #[tokio::test]
+    async fn metrics_count_the_form_s_transactions_by_outcome() {
+        let agent = fake_agent::start(Fake { balances: BTreeMap::from([(1, 100)]), ..Fake::default() }).await;
+        let sent = get_page(&state_for(&agent, None), "/metrics").await;
+        assert_eq!(sent.code, StatusCode::SERVICE_UNAVAILABLE, "no recorder, no metrics");
+        assert!(sent.body.contains("metrics are not enabled"), "{}", sent.body);
+
+        let recorder = crate::metrics::recorder();
+        let _local = ::metrics::set_default_local_recorder(&recorder);
+        let state = state_for(&agent, None).with_metrics(recorder.handle()).unwrap();
+        let commits = r#"rmw_client_transactions_total{outcome="commit"}"#;
+        let before = get_page(&state, "/metrics").await;
+        assert_eq!(before.code, StatusCode::OK);
+        assert_eq!(sample(&before.body, commits), None, "{}", before.body);
+
+        let html = post_form(&state, "/create/", "transaction=r%281%29w%282%3D22%29").await.body;
+        assert!(html.contains(r#"<h2 id="outcome">COMMIT</h2>"#), "{html}");
+        let after = get_page(&state, "/metrics").await.body;
+        assert_eq!(sample(&after, commits), Some(1.0), "{after}");
+        assert_eq!(sample(&after, r#"rmw_client_transaction_seconds_count{outcome="commit"}"#), Some(1.0), "{after}");
+        assert!(after.contains("# TYPE rmw_client_transaction_seconds histogram"), "{after}");
+
+        // An abort, a text that is not a transaction, and a leader that cannot be reached.
+        let stale = fake_agent::start(Fake { stale_account: Some(1), ..Fake::default() }).await;
+        state.set_leader(&stale);
+        post_form(&state, "/create/", "transaction=r%281%29w%281%3D5%29").await;
+        post_form(&state, "/create/", "transaction=r%281").await;
+        state.set_leader(&fake_agent::closed_port().await);
+        post_form(&state, "/create/", "transaction=r%281%29").await;
+        let text = get_page(&state, "/metrics").await.body;
+        for (outcome, count) in [("commit", 1.0), ("abort", 1.0), ("refused", 1.0), ("unavailable", 1.0)] {
+            let series = format!(r#"rmw_client_transactions_total{{outcome="{outcome}"}}"#);
+            assert_eq!(sample(&text, &series), Some(count), "{series} in {text}");
+        }
+        let failed = r#"rmw_client_agent_call_failures_total{path="/read/",error="connect"}"#;
+        assert_eq!(sample(&text, failed), Some(1.0), "{text}");
+    }
+
+    #[tokio::test]
+    async fn metrics_count_leader_announcements_and_drills_and_show_the_leader_followed() {
+        let leader = fake_agent::start(Fake::default()).await;
+        let replica = fake_agent::start(Fake::replica_of(&leader)).await;
+        let supervisor = supervisor_of(&[(&leader, "leader"), (&replica, "replica")]).await;
+        let recorder = crate::metrics::recorder();
+        let _local = ::metrics::set_default_local_recorder(&recorder);
+        let state = state_for(&leader, Some(&supervisor.address)).with_metrics(recorder.handle()).unwrap();
+        let text = get_page(&state, "/metrics").await.body;
+        assert_eq!(sample(&text, "rmw_client_leader_node"), Some(0.0), "{text}");
+
+        let announce = |body: &str| {
+            Request::post("/leader_changed/")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        };
+        let body = format!(r#"{{"leader": "{replica}", "term": 3}}"#);
+        assert_eq!(send(&state, announce(&body)).await.code, StatusCode::OK);
+        assert_eq!(send(&state, announce("{")).await.code, StatusCode::BAD_REQUEST);
+        let guarded = state_for(&leader, None).with_token(Some("t0ken")).unwrap();
+        assert_eq!(send(&guarded, announce(&body)).await.code, StatusCode::UNAUTHORIZED);
+        let text = get_page(&state, "/metrics").await.body;
+        for (result, count) in [("accepted", 1.0), ("bad_request", 1.0), ("unauthorized", 1.0)] {
+            let series = format!(r#"rmw_client_leader_announcements_total{{result="{result}"}}"#);
+            assert_eq!(sample(&text, &series), Some(count), "{series} in {text}");
+        }
+        assert_eq!(sample(&text, "rmw_client_leader_term"), Some(3.0), "{text}");
+        assert_eq!(sample(&text, "rmw_client_leader_node"), Some(1.0), "{text}");
+
+        // Asking for confirmation is not a drill; the agent stopping, then having nothing to
+        // stop, are; so are a drill that is not one and a node the supervisor does not list.
+        let drill = format!("action=down_leader&node={leader}");
+        post_form(&state, "/cluster/drill", &drill).await;
+        post_form(&state, "/cluster/drill", &format!("{drill}&confirmed=yes")).await;
+        post_form(&state, "/cluster/drill", &format!("{drill}&confirmed=yes")).await;
+        post_form(&state, "/cluster/drill", "action=down_leader&node=example.com%3A80&confirmed=yes").await;
+        post_form(&state, "/cluster/drill", &format!("action=rm&node={leader}&confirmed=yes")).await;
+        let text = get_page(&state, "/metrics").await.body;
+        for (action, result) in [
+            ("down_leader", "changed"),
+            ("down_leader", "unchanged"),
+            ("down_leader", "refused"),
+            ("unknown", "refused"),
+        ] {
+            let series = format!(r#"rmw_client_drills_total{{action="{action}",result="{result}"}}"#);
+            assert_eq!(sample(&text, &series), Some(1.0), "{series} in {text}");
+        }
+        assert_eq!(text.matches("rmw_client_drills_total{").count(), 4, "{text}");
     }
 
     #[tokio::test]

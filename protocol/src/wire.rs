@@ -450,7 +450,7 @@ pub struct ClusterConfig {
     pub term: Term,
     /// Increases with every change of leader or members.
     pub version: u64,
-    /// `None` while an election is in progress.
+    /// null while an election is in progress.
     pub leader: Option<String>,
     /// The agents in sync, in configured order, the leader included.
     pub members: Vec<String>,

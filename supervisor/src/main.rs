@@ -1,10 +1,5 @@
-//! The supervisor: watches every agent, fails over to the next member round-robin when the
-//! leader fails, removes members that stop answering, and brings returning nodes back
-//! (DESIGN.md sections 5 and 6). The decisions are pure (`failover`); `run` does the I/O.
-
-mod failover;
-mod openapi;
-mod run;
+//! The supervisor's program: parses the options, installs the metrics recorder and serves the
+//! [`supervisor`] library's router (see `lib.rs` for the modules).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,11 +8,8 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::run::{router, Settings, Supervisor};
-
-/// The Prometheus recorder's handle, for `GET /metrics`.
-pub(crate) static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-    std::sync::OnceLock::new();
+use supervisor::run::{router, Settings, Supervisor};
+use supervisor::METRICS;
 
 /// Installs the process-wide metrics recorder (durations in seconds).
 fn install_metrics() -> anyhow::Result<()> {

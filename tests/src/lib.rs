@@ -49,6 +49,7 @@
 //! cargo target folder the tests were built into), `RMW_PG_BINDIR` (PostgreSQL's binaries;
 //! default: the newest under `/usr/lib/postgresql`, else `pg_config --bindir`), `RMW_KEEP`.
 
+pub mod api_docs;
 pub mod browser;
 mod cluster;
 mod follow;

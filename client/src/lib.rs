@@ -1,0 +1,19 @@
+//! The client: runs transactions typed in the transaction language (`r(1)w(2=22)`) against the
+//! cluster, from the command line or from a web page, and shows the cluster's status.
+//!
+//! - [`run`]: the transaction logic shared by `client run` and the form, with leader following;
+//! - [`status`]: the supervisor's status, read leniently, and `client status`'s table;
+//! - [`web`]: `client serve`'s pages (askama templates in `client/templates`);
+//! - [`metrics`]: what `client serve` counts, for `GET /metrics`;
+//! - [`openapi`]: the web client's OpenAPI document (also rendered into docs/api.md).
+//!
+//! `main.rs` only parses the options and runs a subcommand.
+
+pub mod metrics;
+pub mod openapi;
+pub mod run;
+pub mod status;
+pub mod web;
+
+#[cfg(test)]
+mod fake_agent;

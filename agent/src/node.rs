@@ -369,6 +369,8 @@ impl Node {
             }
         }
         state.pending = None;
+        // Every member counts what it committed, so a replica's counter moves too.
+        metrics::counter!("rmw_committed_entries_total").increment((batch.last_lsn - state.applied_lsn).max(0) as u64);
         state.applied_lsn = batch.last_lsn;
         let ts = match state.pending_detail.take() {
             Some(detail) => {

@@ -17,6 +17,7 @@
 //!   returns it from the outcome cache or the log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -419,17 +420,13 @@ impl Leader {
         let phase_two = std::time::Instant::now();
         // Phase two: replicas first; the leader commits its own once one replica has.
         let decide = DecideRequest { term: self.term, last_lsn, last_txn, decision };
-        let mut pending: FuturesUnordered<_> =
-            replicas.iter().map(|peer| self.decide_until_acked(node, peer, &decide)).collect();
-        let mut acked = 0;
-        if decision == Decision::Commit && !pending.is_empty() {
-            acked += usize::from(pending.next().await == Some(true));
-        }
-        let leader_decides = decision == Decision::Abort || replicas.is_empty() || acked > 0;
-        let leader_done = leader_decides && self.decide_locally(node, &decide).await;
-        while let Some(ok) = pending.next().await {
-            acked += usize::from(ok);
-        }
+        let wait_for_ack = decision == Decision::Commit && !replicas.is_empty();
+        let (acked, leader_done) = decide_in_order(
+            replicas.iter().map(|peer| self.decide_until_acked(node, peer, &decide)).collect(),
+            wait_for_ack,
+            self.decide_locally(node, &decide),
+        )
+        .await;
 
         metrics::histogram!("rmw_phase_seconds", "phase" => "decide").record(phase_two.elapsed().as_secs_f64());
         let durable_everywhere = leader_done && acked == replicas.len();
@@ -529,6 +526,45 @@ impl Leader {
     }
 }
 
+/// Phase two's order (DESIGN 4): the decision goes to every replica at once; the leader applies
+/// it to its own batch once one replica acknowledged a COMMIT (at once for an ABORT, or when it
+/// is the only member). Returns the replicas that acknowledged (or were removed) and whether
+/// the leader's own decision landed.
+///
+/// The replicas' futures are polled all along, also while the leader decides locally: one of
+/// them may hold the participant lock (reporting a member adopts the supervisor's answer under
+/// it) that the local decision needs. Awaiting the first acknowledgement and then the local
+/// decision, with the other futures left unpolled, deadlocked the leader in the torture run.
+async fn decide_in_order<R, L>(replicas: Vec<R>, wait_for_ack: bool, local: L) -> (usize, bool)
+where
+    R: Future<Output = bool>,
+    L: Future<Output = bool>,
+{
+    let (first_ack, acked_once) = oneshot::channel::<()>();
+    let replicas_done = async move {
+        let mut pending: FuturesUnordered<R> = replicas.into_iter().collect();
+        let mut first_ack = Some(first_ack);
+        let mut acked = 0;
+        while let Some(ok) = pending.next().await {
+            if ok {
+                acked += 1;
+                if let Some(tx) = first_ack.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        acked
+    };
+    let leader = async move {
+        // Without any acknowledgement the sender is dropped when every replica has finished.
+        if wait_for_ack && acked_once.await.is_err() {
+            return false;
+        }
+        local.await
+    };
+    tokio::join!(replicas_done, leader)
+}
+
 /// The outcome, or a place in the queue of waiters, of a transaction id already seen.
 fn known(state: &mut LeaderState, txn_id: Uuid) -> Option<Admission> {
     if let Some(outcome) = state.outcomes.map.get(&txn_id) {
@@ -546,4 +582,73 @@ async fn wait(rx: oneshot::Receiver<TxnOutcome>) -> Result<TxnOutcome, ApiError>
 
 fn now_ns() -> Timestamp {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as Timestamp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::future::{BoxFuture, FutureExt};
+
+    async fn within_5s<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(5), f).await.expect("phase two stalled")
+    }
+
+    /// The torture run's deadlock, reduced: replica B's future takes the lock the leader's own
+    /// decision needs and holds it across an await; replica A acknowledges meanwhile.
+    #[tokio::test]
+    async fn a_replica_holding_the_lock_does_not_stall_the_leaders_own_decision() {
+        let lock = Arc::new(AsyncMutex::new(()));
+        let b_lock = lock.clone();
+        let a: BoxFuture<'static, bool> = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            true
+        }
+        .boxed();
+        let b: BoxFuture<'static, bool> = async move {
+            let _held = b_lock.lock().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            true
+        }
+        .boxed();
+        let local = async move {
+            let _needed = lock.lock().await;
+            true
+        };
+        assert_eq!(within_5s(decide_in_order(vec![a, b], true, local)).await, (2, true));
+    }
+
+    #[tokio::test]
+    async fn the_leader_commits_only_after_an_acknowledgement() {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (o1, o2) = (order.clone(), order.clone());
+        let replica = async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            o1.lock().unwrap().push("replica");
+            true
+        };
+        let local = async move {
+            o2.lock().unwrap().push("leader");
+            true
+        };
+        assert_eq!(within_5s(decide_in_order(vec![replica], true, local)).await, (1, true));
+        assert_eq!(*order.lock().unwrap(), ["replica", "leader"]);
+    }
+
+    #[tokio::test]
+    async fn without_any_acknowledgement_the_leader_does_not_commit() {
+        let replicas: Vec<BoxFuture<'static, bool>> = vec![async { false }.boxed(), async { false }.boxed()];
+        assert_eq!(within_5s(decide_in_order(replicas, true, async { true })).await, (0, false));
+    }
+
+    #[tokio::test]
+    async fn an_abort_or_a_lone_leader_decides_at_once() {
+        let never: BoxFuture<'static, bool> = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            false
+        }
+        .boxed();
+        assert_eq!(within_5s(decide_in_order(vec![never], false, async { true })).await, (0, true));
+        let none: Vec<BoxFuture<'static, bool>> = Vec::new();
+        assert_eq!(within_5s(decide_in_order(none, false, async { true })).await, (0, true));
+    }
 }

@@ -282,25 +282,22 @@ pub fn plot(
 
 /// The current UTC time as `20250131-123456`.
 pub fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    // `2025-01-31T12:34:56Z` without its separators.
+    let rfc3339 = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    rfc3339.replace(['-', ':', 'Z'], "").replace('T', "-")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::history::Mop;
+
+    #[test]
+    fn stamp_format() {
+        let s = utc_stamp();
+        assert_eq!(s.len(), 15, "{s}");
+        assert!(s.as_bytes()[8] == b'-' && s.bytes().filter(|b| b.is_ascii_digit()).count() == 14, "{s}");
+    }
 
     fn commit_at(ns: u64) -> Op {
         let mut op = Op::new(OpType::Ok, 1, TxnKind::Transfer, vec![Mop::Write(1, Some(1))]);

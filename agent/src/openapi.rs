@@ -75,14 +75,12 @@ pub enum CommitUnavailable {
 
 /// The document for an agent with (`token_configured`) or without a cluster token.
 pub fn document(token_configured: bool) -> Document {
-    let mut doc = AgentApi::openapi();
-    protocol::openapi::apply_cluster_token(&mut doc, token_configured);
-    doc
+    protocol::openapi::document::<AgentApi>(token_configured)
 }
 
 /// The document as JSON text, as `GET /openapi.json` serves it.
 pub fn json(token_configured: bool) -> String {
-    document(token_configured).to_json().expect("the OpenAPI document serializes")
+    protocol::openapi::json::<AgentApi>(token_configured)
 }
 
 #[cfg(test)]

@@ -114,14 +114,12 @@ pub fn uint64() -> utoipa::openapi::schema::Object {
 
 /// The document for a client with (`token_configured`) or without a cluster token.
 pub fn document(token_configured: bool) -> Document {
-    let mut doc = ClientApi::openapi();
-    protocol::openapi::apply_cluster_token(&mut doc, token_configured);
-    doc
+    protocol::openapi::document::<ClientApi>(token_configured)
 }
 
 /// The document as JSON text, as `GET /openapi.json` serves it.
 pub fn json(token_configured: bool) -> String {
-    document(token_configured).to_json().expect("the OpenAPI document serializes")
+    protocol::openapi::json::<ClientApi>(token_configured)
 }
 
 #[cfg(test)]

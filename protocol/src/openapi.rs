@@ -99,6 +99,19 @@ pub fn commit_transaction() -> Schema {
 /// `security(("cluster_token" = []))` is one that requires the token when one is configured.
 pub const CLUSTER_TOKEN: &str = "cluster_token";
 
+/// Program `A`'s document as it serves it: with (`token_configured`) or without a cluster
+/// token (see [`apply_cluster_token`]).
+pub fn document<A: utoipa::OpenApi>(token_configured: bool) -> OpenApi {
+    let mut doc = A::openapi();
+    apply_cluster_token(&mut doc, token_configured);
+    doc
+}
+
+/// [`document`] as JSON text, as `GET /openapi.json` serves it.
+pub fn json<A: utoipa::OpenApi>(token_configured: bool) -> String {
+    document::<A>(token_configured).to_json().expect("the OpenAPI document serializes")
+}
+
 /// Makes `doc` describe a program as configured. With a token, declares the `cluster_token`
 /// bearer scheme and adds the 401 answer (an `ErrorBody`, which the document must list) to
 /// every operation that names it; without one those operations are open, so their security

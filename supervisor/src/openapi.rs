@@ -63,14 +63,12 @@ pub struct Registered {
 
 /// The document for a supervisor with (`token_configured`) or without a cluster token.
 pub fn document(token_configured: bool) -> Document {
-    let mut doc = SupervisorApi::openapi();
-    protocol::openapi::apply_cluster_token(&mut doc, token_configured);
-    doc
+    protocol::openapi::document::<SupervisorApi>(token_configured)
 }
 
 /// The document as JSON text, as `GET /openapi.json` serves it.
 pub fn json(token_configured: bool) -> String {
-    document(token_configured).to_json().expect("the OpenAPI document serializes")
+    protocol::openapi::json::<SupervisorApi>(token_configured)
 }
 
 #[cfg(test)]

@@ -107,15 +107,21 @@ pub async fn blind_commit(http: &reqwest::Client, leader: &str, rng: &mut SmallR
         rng.random_range(0..1_000_000),
         rng.random_range(0..1_000_000)
     );
-    let resp = http
-        .post(format!("http://{leader}/commit/"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await?;
-    let status = resp.status();
-    let _ = resp.bytes().await?;
+    let (status, _) = post(http, leader, "/commit/", body).await?;
     Ok(status)
+}
+
+/// POSTs a JSON `body` to `path` on `node`; the status and the whole answer.
+async fn post(
+    http: &reqwest::Client,
+    node: &str,
+    path: &str,
+    body: String,
+) -> Result<(reqwest::StatusCode, bytes::Bytes)> {
+    let resp =
+        http.post(format!("http://{node}{path}")).header("content-type", "application/json").body(body).send().await?;
+    let status = resp.status();
+    Ok((status, resp.bytes().await?))
 }
 
 async fn attempt(http: &reqwest::Client, leader: &str, workload: Workload, rng: &mut SmallRng) -> Attempt {
@@ -127,14 +133,8 @@ async fn attempt(http: &reqwest::Client, leader: &str, workload: Workload, rng: 
             }
             Workload::ReadCommit => {
                 let (a, b) = two_accounts(rng);
-                let resp = http
-                    .post(format!("http://{leader}/read/"))
-                    .header("content-type", "application/json")
-                    .body(format!(r#"{{"transaction":{{"read_set":[{a},{b}],"write_set":{{}}}}}}"#))
-                    .send()
-                    .await?;
-                let status = resp.status();
-                let bytes = resp.bytes().await?;
+                let read_body = format!(r#"{{"transaction":{{"read_set":[{a},{b}],"write_set":{{}}}}}}"#);
+                let (status, bytes) = post(http, leader, "/read/", read_body).await?;
                 if !status.is_success() {
                     return Ok(Attempt::Failed(format!("read: {status}: {}", String::from_utf8_lossy(&bytes))));
                 }
@@ -145,14 +145,7 @@ async fn attempt(http: &reqwest::Client, leader: &str, workload: Workload, rng: 
                     rng.random_range(0..1_000_000),
                     read.timestamp
                 );
-                let resp = http
-                    .post(format!("http://{leader}/commit/"))
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await?;
-                let status = resp.status();
-                let bytes = resp.bytes().await?;
+                let (status, bytes) = post(http, leader, "/commit/", body).await?;
                 Ok(classify(status, &String::from_utf8_lossy(&bytes)))
             }
         }

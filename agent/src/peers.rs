@@ -82,7 +82,12 @@ impl Peers {
         decode(peer, resp).await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(&self, peer: &str, path: &str, body: &B) -> Result<T, PeerError> {
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        peer: &str,
+        path: &'static str,
+        body: &B,
+    ) -> Result<T, PeerError> {
         let started = std::time::Instant::now();
         let resp = self
             .http
@@ -93,8 +98,7 @@ impl Peers {
             .map_err(|source| unreachable(peer, source))?;
         let answer = decode(peer, resp).await;
         // The round trip as the caller sees it: network, the peer's work, and both sides' scheduling.
-        metrics::histogram!("rmw_peer_call_seconds", "path" => path.to_string())
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("rmw_peer_call_seconds", "path" => path).record(started.elapsed().as_secs_f64());
         answer
     }
 }

@@ -8,6 +8,7 @@ mod ours;
 mod pgbench;
 mod procs;
 mod report;
+mod rounds;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -81,6 +82,8 @@ pub struct Step {
     pub host_busy: f64,
     /// Largest resident memory of each agent seen during the step, MiB.
     pub agent_rss_mib: Option<Vec<f64>>,
+    /// Ours only: the leader's rounds during the step (count, batch size, phase times).
+    pub rounds: Option<rounds::Rounds>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -492,6 +495,7 @@ async fn run_peer_steps(
                 postgres_cpu_s: pg_cpu,
                 host_busy,
                 agent_rss_mib: None,
+                rounds: None,
             };
             progress.println(&report::step_line(&step));
             report.steps.push(step);
@@ -544,6 +548,7 @@ async fn run_ours_step(
     let pg_before = stats::postgres_cpu(&postmasters);
     let host_before = stats::host_cpu();
     let self_before = stats::self_cpu_s();
+    let scrape_before = rounds::Scrape::fetch(&ours.http, &leader).await;
     let outcome =
         load::run(&leader, workload, clients, Limit { duration: Some(duration), ..Limit::default() }, live).await;
     let loadgen_cpu = stats::self_cpu_s() - self_before;
@@ -551,6 +556,7 @@ async fn run_ours_step(
     let agents_cpu = stats::delta(&agents_before, &stats::pids_cpu(&agent_pids));
     let pg_cpu = stats::delta(&pg_before, &stats::postgres_cpu(&postmasters));
     sampler.abort();
+    let rounds = scrape_before.rounds_until(&rounds::Scrape::fetch(&ours.http, &leader).await);
     sample_rss(&agent_pids, &rss);
     let rss = rss.lock().unwrap().clone();
     bar.finish_and_clear();
@@ -572,6 +578,7 @@ async fn run_ours_step(
         postgres_cpu_s: pg_cpu,
         host_busy,
         agent_rss_mib: Some(rss),
+        rounds,
     })
 }
 

@@ -52,7 +52,7 @@ pub struct Ours {
     pub supervisor: Daemon,
     pub addresses: Vec<String>,
     pub supervisor_address: String,
-    http: reqwest::Client,
+    pub http: reqwest::Client,
 }
 
 impl Ours {

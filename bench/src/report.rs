@@ -285,10 +285,31 @@ fn figures(r: &Report, missed: u64) -> Vec<String> {
     out
 }
 
-/// Where the CPU went, per step of ours, as % of one core: load generator, agents, PostgreSQL.
-fn cpu_lines(r: &Report) -> Vec<String> {
+/// Where the time went in ours: the leader's rounds per step (how many, how big, how long
+/// each phase), and the CPU, as % of one core, of the load generator, agents and PostgreSQL.
+fn profile_lines(r: &Report) -> Vec<String> {
     let mut out = Vec::new();
     let ours: Vec<&Step> = r.steps.iter().filter(|s| s.setup == SETUP_OURS).collect();
+    let rounds: Vec<String> = ours
+        .iter()
+        .filter_map(|s| {
+            let n = s.rounds.as_ref()?;
+            Some(format!(
+                "{} {}c: {} rounds of {:.1}, prepare {:.2} ms (own PG {:.2}), decide {:.2} ms (own COMMIT PREPARED {:.2})",
+                if s.workload == Workload::Blind.key() { "blind" } else { "r+c" },
+                s.clients,
+                n.rounds,
+                n.mean_batch,
+                n.prepare_ms,
+                n.store_prepare_ms,
+                n.decide_ms,
+                n.store_commit_ms
+            ))
+        })
+        .collect();
+    if !rounds.is_empty() {
+        out.push(format!("the leader's rounds (means from its /metrics): {}", rounds.join("; ")));
+    }
     if !ours.is_empty() {
         let parts: Vec<String> = ours
             .iter()
@@ -412,7 +433,7 @@ pub fn print(r: &Report, missed: u64, files: &[PathBuf]) {
     println!();
     print!("{}", text_table(&["target", "measured", "result"], &target_rows(r), 99));
     println!();
-    for l in cpu_lines(r) {
+    for l in profile_lines(r) {
         println!("{l}");
     }
     println!(
@@ -436,7 +457,7 @@ pub fn markdown(r: &Report, missed: u64) -> String {
     out.push('\n');
     out.push_str(&md_table(&["target", "measured", "result"], &target_rows(r)));
     out.push('\n');
-    for l in cpu_lines(r) {
+    for l in profile_lines(r) {
         out.push_str(&format!("- {l}\n"));
     }
     out.push_str(&format!("\n`{}`\n", final_line(r)));

@@ -37,6 +37,23 @@ impl Workload {
             Workload::ReadCommit => "read_commit",
         }
     }
+
+    /// The workload a step's `key` names.
+    pub fn of_key(key: &str) -> Workload {
+        if key == Workload::Blind.key() {
+            Workload::Blind
+        } else {
+            Workload::ReadCommit
+        }
+    }
+
+    /// Its name in the one-line lists of the report.
+    pub fn short(self) -> &'static str {
+        match self {
+            Workload::Blind => "blind",
+            Workload::ReadCommit => "r+c",
+        }
+    }
 }
 
 /// When the clients stop: the first of the limits that are set.

@@ -544,11 +544,12 @@ async fn run_ours_step(
             }
         })
     };
+    // Before the CPU counters start, so that the scrape is not counted as the step's work.
+    let scrape_before = rounds::Scrape::fetch(&ours.http, &leader).await;
     let agents_before = stats::pids_cpu(&agent_pids);
     let pg_before = stats::postgres_cpu(&postmasters);
     let host_before = stats::host_cpu();
     let self_before = stats::self_cpu_s();
-    let scrape_before = rounds::Scrape::fetch(&ours.http, &leader).await;
     let outcome =
         load::run(&leader, workload, clients, Limit { duration: Some(duration), ..Limit::default() }, live).await;
     let loadgen_cpu = stats::self_cpu_s() - self_before;

@@ -18,11 +18,7 @@ pub fn setup_label(setup: &str) -> &'static str {
 }
 
 fn workload_label(key: &str) -> &'static str {
-    if key == Workload::Blind.key() {
-        Workload::Blind.name()
-    } else {
-        Workload::ReadCommit.name()
-    }
+    Workload::of_key(key).name()
 }
 
 pub fn median(v: &[f64]) -> f64 {
@@ -71,7 +67,7 @@ fn ratio_cell(steps: &[Step], step: &Step, peer: &str) -> String {
     if step.setup != SETUP_OURS {
         return String::new();
     }
-    let workload = if step.workload == Workload::Blind.key() { Workload::Blind } else { Workload::ReadCommit };
+    let workload = Workload::of_key(&step.workload);
     ratio(steps, workload, step.clients, peer).map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
 }
 
@@ -296,7 +292,7 @@ fn profile_lines(r: &Report) -> Vec<String> {
             let n = s.rounds.as_ref()?;
             Some(format!(
                 "{} {}c: {} rounds of {:.1}, prepare {:.2} ms (own PG {:.2}), decide {:.2} ms (own COMMIT PREPARED {:.2})",
-                if s.workload == Workload::Blind.key() { "blind" } else { "r+c" },
+                Workload::of_key(&s.workload).short(),
                 s.clients,
                 n.rounds,
                 n.mean_batch,
@@ -316,7 +312,7 @@ fn profile_lines(r: &Report) -> Vec<String> {
             .map(|s| {
                 format!(
                     "{} {}c: gen {} agents {} pg {}",
-                    if s.workload == Workload::Blind.key() { "blind" } else { "r+c" },
+                    Workload::of_key(&s.workload).short(),
                     s.clients,
                     pct_of_core(s.loadgen_cpu_s, s.duration_s),
                     pct_of_core(s.agents_cpu_s.unwrap_or(0.0), s.duration_s),

@@ -25,13 +25,12 @@ pub struct Rounds {
     pub store_commit_ms: f64,
 }
 
-const SERIES: [&str; 5] = [
-    "rmw_batch_size",
-    "rmw_phase_seconds{phase=\"prepare\"}",
-    "rmw_phase_seconds{phase=\"decide\"}",
-    "rmw_store_seconds{op=\"prepare\"}",
-    "rmw_store_seconds{op=\"commit_prepared\"}",
-];
+const BATCH: &str = "rmw_batch_size";
+const PREPARE: &str = "rmw_phase_seconds{phase=\"prepare\"}";
+const DECIDE: &str = "rmw_phase_seconds{phase=\"decide\"}";
+const STORE_PREPARE: &str = "rmw_store_seconds{op=\"prepare\"}";
+const STORE_COMMIT: &str = "rmw_store_seconds{op=\"commit_prepared\"}";
+const SERIES: [&str; 5] = [BATCH, PREPARE, DECIDE, STORE_PREPARE, STORE_COMMIT];
 
 impl Scrape {
     /// Reads the `_sum` and `_count` lines of the series above from Prometheus text.
@@ -40,16 +39,16 @@ impl Scrape {
         for line in text.lines() {
             let Some((series, value)) = line.rsplit_once(' ') else { continue };
             let Ok(value) = value.parse::<f64>() else { continue };
-            for (suffix, slot) in [("_sum", 0), ("_count", 1)] {
-                let Some(key) = strip_suffix(series, suffix) else { continue };
-                if SERIES.contains(&key.as_str()) {
-                    let entry = out.entry(key).or_default();
-                    if slot == 0 {
-                        entry.0 = value;
-                    } else {
-                        entry.1 = value;
-                    }
-                }
+            let (key, is_sum) = match strip_suffix(series, "_sum") {
+                Some(key) => (key, true),
+                None => match strip_suffix(series, "_count") {
+                    Some(key) => (key, false),
+                    None => continue,
+                },
+            };
+            if SERIES.contains(&key.as_str()) {
+                let (sum, count) = out.entry(key).or_default();
+                *if is_sum { sum } else { count } = value;
             }
         }
         Scrape(out)
@@ -61,28 +60,28 @@ impl Scrape {
         text.await.map(|t| Scrape::parse(&t)).unwrap_or_default()
     }
 
-    /// The rounds run between `self` (before) and `after`; None if no round ran (or the
-    /// leader changed in between, so that the counters are not comparable).
+    /// The rounds run between `self` (before) and `after`; None if the batch counter did not
+    /// grow (no round ran, or the leader restarted and its counters began again).
     pub fn rounds_until(&self, after: &Scrape) -> Option<Rounds> {
         let delta = |key: &str| {
             let (s0, c0) = self.0.get(key).copied().unwrap_or_default();
             let (s1, c1) = after.0.get(key).copied()?;
             (c1 > c0).then(|| ((s1 - s0) / (c1 - c0), c1 - c0))
         };
-        let (mean_batch, rounds) = delta(SERIES[0])?;
+        let (mean_batch, rounds) = delta(BATCH)?;
         let ms = |key: &str| delta(key).map_or(0.0, |(mean, _)| mean * 1000.0);
         Some(Rounds {
             rounds: rounds as u64,
             mean_batch,
-            prepare_ms: ms(SERIES[1]),
-            decide_ms: ms(SERIES[2]),
-            store_prepare_ms: ms(SERIES[3]),
-            store_commit_ms: ms(SERIES[4]),
+            prepare_ms: ms(PREPARE),
+            decide_ms: ms(DECIDE),
+            store_prepare_ms: ms(STORE_PREPARE),
+            store_commit_ms: ms(STORE_COMMIT),
         })
     }
 }
 
-/// `name{labels}_sum` and `name_sum{labels}` both name the series `name{labels}`.
+/// The series `name{labels}` (or `name`) of a `name_sum{labels}` (or `name_sum`) line.
 fn strip_suffix(series: &str, suffix: &str) -> Option<String> {
     match series.split_once('{') {
         Some((name, labels)) => Some(format!("{}{{{labels}", name.strip_suffix(suffix)?)),

@@ -70,6 +70,20 @@ pub enum TxnKind {
     Transfer,
     /// A read-only transaction, sent to any node (replicas included).
     ReadOnly,
+    /// A transfer's `txn_id` that was already answered (200 COMMIT or 409 ABORT) sent again,
+    /// with the same body, later (often after a failover): the answer must be the first one.
+    /// Its value is empty (Elle sees a no-op); `retry_of` names the first answer.
+    Retry,
+    /// A transfer committed with a far-future `time_stamp` after a read on the leader: it must
+    /// be refused (400 `bad_timestamp`), never acknowledged.
+    FutureTs,
+}
+
+impl TxnKind {
+    /// Whether the transaction was sent to `/commit/` (anything but a read-only one).
+    pub fn is_commit(self) -> bool {
+        !matches!(self, TxnKind::ReadOnly)
+    }
 }
 
 /// One line of the history.
@@ -104,6 +118,15 @@ pub struct Op {
     /// Why a transaction failed or is indeterminate; the abort reason for an ABORT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The HTTP status of the answer the client kept (none: no answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// For a retry: the history index of the completion whose answer it repeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<u64>,
+    /// The `time_stamp` sent with the commit when it is not the read's (a far-future one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_stamp: Option<Timestamp>,
 }
 
 impl Op {
@@ -125,7 +148,20 @@ impl Op {
             node: None,
             role: None,
             error: None,
+            http_status: None,
+            retry_of: None,
+            time_stamp: None,
         }
+    }
+
+    /// The HTTP status of the answer: the field, else the `(HTTP 409)` an older history wrote
+    /// into `error`.
+    pub fn status(&self) -> Option<u16> {
+        self.http_status.or_else(|| {
+            let e = self.error.as_deref()?;
+            let at = e.find("(HTTP ")? + "(HTTP ".len();
+            e[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        })
     }
 
     /// The reads of the value, with what they saw.
@@ -157,6 +193,8 @@ struct Inner {
     next_index: u64,
     ops: Vec<Op>,
     write_error: Option<String>,
+    /// The lowest LSN acknowledged (an `ok` with an `lsn`) since the last [`History::checkpoint`].
+    acked_low: Option<Lsn>,
 }
 
 impl History {
@@ -165,7 +203,13 @@ impl History {
         let file = LineWriter::new(File::create(path)?);
         Ok(History {
             start,
-            inner: Mutex::new(Inner { file: Some(file), next_index: 0, ops: Vec::new(), write_error: None }),
+            inner: Mutex::new(Inner {
+                file: Some(file),
+                next_index: 0,
+                ops: Vec::new(),
+                write_error: None,
+                acked_low: None,
+            }),
         })
     }
 
@@ -187,8 +231,19 @@ impl History {
                 inner.file = None;
             }
         }
+        if let (OpType::Ok, Some(lsn)) = (op.kind, op.lsn) {
+            inner.acked_low = Some(inner.acked_low.map_or(lsn, |l| l.min(lsn)));
+        }
         inner.ops.push(op.clone());
         op
+    }
+
+    /// Now, and the lowest LSN acknowledged since the previous checkpoint (taken atomically:
+    /// every acknowledgement recorded before the returned time is counted in it, or in an
+    /// earlier checkpoint's). For the log snapshots taken during the run.
+    pub fn checkpoint(&self) -> (u64, Option<Lsn>) {
+        let mut inner = self.inner.lock().unwrap();
+        (self.now(), inner.acked_low.take())
     }
 
     /// Everything recorded so far, in order.
@@ -250,5 +305,15 @@ mod tests {
         let op = Op::new(OpType::Invoke, 0, TxnKind::ReadOnly, vec![Mop::Read(1, None)]);
         let line = serde_json::to_value(&op).unwrap();
         assert_eq!(line["value"], serde_json::json!([["r", 1, null]]));
+    }
+
+    #[test]
+    fn the_status_comes_from_the_field_or_an_older_error_text() {
+        let mut op = Op::new(OpType::Fail, 0, TxnKind::Transfer, vec![]);
+        assert_eq!(op.status(), None);
+        op.error = Some("stale_read (HTTP 409)".into());
+        assert_eq!(op.status(), Some(409));
+        op.http_status = Some(503);
+        assert_eq!(op.status(), Some(503));
     }
 }

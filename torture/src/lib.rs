@@ -6,6 +6,7 @@ pub mod checker;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod pgdata;
 pub mod report;
 pub mod run;
 pub mod workload;

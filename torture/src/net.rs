@@ -11,6 +11,11 @@
 //!   cgroup) still reach every node, as clients on both sides of a real partition would.
 //! - *cut the leader from the supervisor* (asymmetric): only leader <-> supervisor is dropped;
 //!   the leader still reaches its replicas.
+//! - *cut two endpoints apart* ([`Net::cut`], for the asymmetric partitions): for each pair
+//!   (a, b) of processes, a's packets to b's port and b's packets to a's port are dropped, and
+//!   nothing else: the leader from both replicas (it still reaches the supervisor), the
+//!   supervisor from both replicas (the leader reaches everyone), or one replica from the
+//!   leader only (it still reaches the supervisor and the other replica).
 //!
 //! Healing deletes the rules. Connections in flight stall (dropped packets, TCP retransmits), as
 //! across a real partition; nothing is reset.
@@ -122,6 +127,24 @@ fn remove_cgroup_tree(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
+/// A process of the cluster as the network sees it: its cgroup and the port it listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub group: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Node `i`'s agent, listening on `port`.
+    pub fn node(i: usize, port: u16) -> Endpoint {
+        Endpoint { group: node_group(i), port }
+    }
+    /// The supervisor, listening on `port`.
+    pub fn supervisor(port: u16) -> Endpoint {
+        Endpoint { group: SUPERVISOR_GROUP.to_string(), port }
+    }
+}
+
 /// The name of the cgroup of node `i`'s agent, and of the supervisor.
 pub fn node_group(i: usize) -> String {
     format!("node{i}")
@@ -213,6 +236,26 @@ impl Net {
         ))
     }
 
+    /// Cuts every pair of `pairs` apart, both ways; every other path stays open.
+    pub fn cut(&self, pairs: &[(Endpoint, Endpoint)]) -> Result<(), String> {
+        nft(&self.cut_script(pairs))
+    }
+
+    fn cut_script(&self, pairs: &[(Endpoint, Endpoint)]) -> String {
+        let mut script = String::new();
+        for (a, b) in pairs {
+            for (from, to) in [(a, b), (b, a)] {
+                script += &format!(
+                    "add rule inet {} out {} tcp dport {} drop\n",
+                    self.table,
+                    self.from(&from.group),
+                    to.port
+                );
+            }
+        }
+        script
+    }
+
     /// Removes every rule: the network is whole again.
     pub fn heal(&self) -> Result<(), String> {
         nft(&format!("flush chain inet {} out\n", self.table))
@@ -280,4 +323,28 @@ pub fn write_wrappers(dir: &Path, real_bin_dir: &Path, net: Option<&Net>, skew: 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_drops_both_directions_of_each_pair_only() {
+        let net = Net { base: PathBuf::from("/sys/fs/cgroup/x"), base_rel: "x".into(), level: 2, table: "t".into() };
+        let script = net.cut_script(&[
+            (Endpoint::node(0, 8000), Endpoint::node(1, 8001)),
+            (Endpoint::supervisor(9000), Endpoint::node(2, 8002)),
+        ]);
+        let lines: Vec<&str> = script.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "add rule inet t out socket cgroupv2 level 2 \"x/node0\" tcp dport 8001 drop",
+                "add rule inet t out socket cgroupv2 level 2 \"x/node1\" tcp dport 8000 drop",
+                "add rule inet t out socket cgroupv2 level 2 \"x/supervisor\" tcp dport 8002 drop",
+                "add rule inet t out socket cgroupv2 level 2 \"x/node2\" tcp dport 9000 drop",
+            ]
+        );
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod checker;
 pub mod history;
+pub mod logs;
 pub mod nemesis;
 pub mod net;
 pub mod pgdata;

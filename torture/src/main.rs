@@ -52,6 +52,10 @@ struct Cli {
     /// Plain progress lines instead of a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// How many nodes must hold every acknowledged commit (default: what the agents report in
+    /// /status as min_copies, else 2).
+    #[arg(long)]
+    min_copies: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
         faults,
         partitions: !cli.no_partitions,
         progress_bar: !cli.no_progress,
+        min_copies: cli.min_copies,
     };
     match torture::run::run(options) {
         Ok(true) => ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checker::Verdict;
+use crate::checker::{Verdict, NEW_CHECKS};
 use crate::history::{Op, OpType, TxnKind};
 use crate::nemesis::{FaultKind, FaultRecord};
 
@@ -162,10 +162,20 @@ pub fn table(s: &Summary, v: &Verdict, a: &Availability, out_dir: &Path) -> Stri
         &mut t,
         "checked",
         format!(
-            "{} log entries, {} acknowledged commits, {} reads, {} leader samples",
-            v.counts.log_entries, v.counts.acknowledged_commits, v.counts.reads_checked, v.counts.leader_samples
+            "{} log entries ({} recorded ABORTs), {} acknowledged commits, {} reads, {} leader samples, {} log snapshots, min_copies {}",
+            v.counts.log_entries,
+            v.counts.aborted_entries,
+            v.counts.acknowledged_commits,
+            v.counts.reads_checked,
+            v.counts.leader_samples,
+            v.counts.snapshots,
+            v.counts.min_copies
         ),
     );
+    row(&mut t, "violations by kind (newer checks)", String::new());
+    for check in NEW_CHECKS {
+        row(&mut t, &format!("  {check}"), v.finding_counts.get(check).copied().unwrap_or(0).to_string());
+    }
     if !v.warning_counts.is_empty() {
         let w: Vec<String> = v.warning_counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
         row(&mut t, "warnings", w.join(", "));

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use e2e::{Cluster, ClusterOptions};
-use protocol::{AgentStatus, Role};
+use protocol::Role;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::checker::{self, CheckInput, Entry, Finding, NodeState, Row, StatusSample, Verdict};
+use crate::checker::{self, CheckInput, Entry, Finding, LogSnapshot, NodeState, Row, StatusSample, Verdict};
 use crate::history::{read_history, History};
 use crate::nemesis::{self, FaultKind, FaultRecord, Nemesis};
 use crate::net::{self, Net, Skew};
@@ -50,6 +50,9 @@ pub struct Options {
     pub faults: Option<Vec<FaultKind>>,
     pub partitions: bool,
     pub progress_bar: bool,
+    /// How many nodes must hold every acknowledged commit (default: what the agents report in
+    /// `/status`, else [`checker::DEFAULT_MIN_COPIES`]).
+    pub min_copies: Option<usize>,
 }
 
 /// What `torture check` needs besides the history and the nodes' states.
@@ -66,6 +69,9 @@ pub struct RunInfo {
     /// The cluster's ports: agents (node order), supervisor.
     pub agent_ports: Vec<u16>,
     pub supervisor_port: u16,
+    /// The durability floor the checker held the run to.
+    #[serde(default)]
+    pub min_copies: Option<usize>,
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
@@ -85,12 +91,17 @@ pub fn check_saved(dir: &Path) -> anyhow::Result<bool> {
     let ops = read_history(&dir.join("history.jsonl"))?;
     let nodes: Vec<NodeState> = read_json(&dir.join("final-state.json"))?;
     let samples: Vec<StatusSample> = read_json(&dir.join("samples.json"))?;
+    // Runs made before the snapshots existed have none.
+    let snapshots: Vec<LogSnapshot> =
+        if dir.join("snapshots.json").exists() { read_json(&dir.join("snapshots.json"))? } else { Vec::new() };
     let verdict = checker::check(&CheckInput {
         accounts: info.accounts,
         initial_balance: info.initial_balance,
         ops,
         nodes,
         samples,
+        min_copies: info.min_copies.unwrap_or(checker::DEFAULT_MIN_COPIES),
+        snapshots,
     });
     println!("{}", serde_json::to_string_pretty(&verdict)?);
     Ok(verdict.valid)
@@ -220,15 +231,31 @@ async fn sample_statuses(
             while !stop.load(Ordering::SeqCst) {
                 tick.tick().await;
                 let req = http.get(&url).timeout(Duration::from_millis(300)).send();
-                let Some(s) = async { req.await.ok()?.json::<AgentStatus>().await.ok() }.await else { continue };
-                let role =
-                    serde_json::to_value(s.role).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-                let sample = StatusSample { time: history.now(), node, role, term: s.term, applied_lsn: s.applied_lsn };
-                out.lock().unwrap().push(sample);
+                let Some(s) = async { req.await.ok()?.json::<serde_json::Value>().await.ok() }.await else { continue };
+                if let Some(sample) = status_sample(history.now(), node, &s) {
+                    out.lock().unwrap().push(sample);
+                }
             }
         }
     });
     futures::future::join_all(pollers).await;
+}
+
+/// A sample from an agent's `/status` (read as JSON: newer agents add optional fields).
+fn status_sample(time: u64, node: usize, s: &serde_json::Value) -> Option<StatusSample> {
+    Some(StatusSample {
+        time,
+        node,
+        role: s["role"].as_str()?.to_string(),
+        term: s["term"].as_i64()?,
+        applied_lsn: s["applied_lsn"].as_i64()?,
+        last_term: s["last_term"].as_i64(),
+        cluster_id: s.get("cluster_id").filter(|v| !v.is_null()).map(|v| match v.as_str() {
+            Some(text) => text.to_string(),
+            None => v.to_string(),
+        }),
+        min_copies: s["min_copies"].as_u64().and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0),
+    })
 }
 
 fn describe_leader(samples: &Mutex<Vec<StatusSample>>) -> String {
@@ -267,17 +294,35 @@ async fn wait_converged(c: &Cluster, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// Node `i`'s table, straight from its PostgreSQL, and its log as its agent serves it
+/// (`GET /replication_log/`, which marks the entries of ABORTED transactions); when the agent
+/// cannot serve it, the log straight from PostgreSQL.
 async fn node_state(c: &Arc<Cluster>, i: usize) -> NodeState {
     let address = c.node(i).address();
     let c2 = c.clone();
-    let read = harness(async move {
-        let table = c2.table(i).await;
-        let log = c2.log(i).await;
-        (table, log)
-    })
-    .await;
-    match read {
-        Ok((table, log)) => NodeState {
+    let table = harness(async move { c2.table(i).await }).await;
+    let log = match crate::logs::fetch(c, i, 0).await {
+        Ok(log) => Ok(log),
+        Err(http) => {
+            eprintln!("torture: node{i}'s log over HTTP: {http}; reading it from PostgreSQL instead");
+            let c2 = c.clone();
+            harness(async move { c2.log(i).await }).await.map(|rows| {
+                rows.iter()
+                    .map(|e| Entry {
+                        lsn: e.lsn,
+                        term: e.term,
+                        txn_id: e.txn_id,
+                        commit_ts: e.commit_ts,
+                        read_set: e.reads(),
+                        write_set: e.writes(),
+                        aborted: None,
+                    })
+                    .collect()
+            })
+        }
+    };
+    match (table, log) {
+        (Ok(table), Ok(log)) => NodeState {
             index: i,
             address,
             error: None,
@@ -285,19 +330,9 @@ async fn node_state(c: &Arc<Cluster>, i: usize) -> NodeState {
                 .into_iter()
                 .map(|(account, balance, created_at, updated_at)| Row { account, balance, created_at, updated_at })
                 .collect(),
-            log: log
-                .iter()
-                .map(|e| Entry {
-                    lsn: e.lsn,
-                    term: e.term,
-                    txn_id: e.txn_id,
-                    commit_ts: e.commit_ts,
-                    read_set: e.reads(),
-                    write_set: e.writes(),
-                })
-                .collect(),
+            log,
         },
-        Err(e) => NodeState {
+        (Err(e), _) | (_, Err(e)) => NodeState {
             index: i,
             address,
             error: Some(e.lines().next().unwrap_or("").to_string()),
@@ -360,6 +395,7 @@ async fn run_async(
         fault_kinds: kinds.clone(),
         agent_ports,
         supervisor_port,
+        min_copies: opts.min_copies,
     };
     write_json(&out.join("run.json"), &info)?;
 
@@ -511,12 +547,30 @@ async fn drive(
         nodes.push(node_state(&c, i).await);
     }
     let samples = std::mem::take(&mut *samples.lock().unwrap());
+    // The durability floor: as given, else the highest the agents report, else the default.
+    let min_copies = opts
+        .min_copies
+        .or_else(|| samples.iter().filter_map(|s| s.min_copies).max().map(|n| n as usize))
+        .unwrap_or(checker::DEFAULT_MIN_COPIES);
+    write_json(&out.join("run.json"), &RunInfo { min_copies: Some(min_copies), ..info.clone() })?;
     write_json(&out.join("final-state.json"), &nodes)?;
     write_json(&out.join("samples.json"), &samples)?;
     write_json(&out.join("faults.json"), &fault_records)?;
     let ops = history.ops();
-    println!("torture: checking {} history operations against {} nodes", ops.len(), nodes.len());
-    let input = CheckInput { accounts: opts.accounts, initial_balance: INITIAL_BALANCE, ops, nodes, samples };
+    println!(
+        "torture: checking {} history operations against {} nodes (min_copies {min_copies})",
+        ops.len(),
+        nodes.len()
+    );
+    let input = CheckInput {
+        accounts: opts.accounts,
+        initial_balance: INITIAL_BALANCE,
+        ops,
+        nodes,
+        samples,
+        min_copies,
+        snapshots: Vec::new(),
+    };
     let mut verdict = checker::check(&input);
     for f in fault_records.iter().filter(|f| f.error.is_some()) {
         add_finding(

@@ -13,7 +13,9 @@ use torture::run::{Options, SkewChoice};
     about = "A bank workload against a fresh supervised 3-node cluster under injected faults, then a checker that \
              proves nothing was lost. Exit status: 0 clean, 1 the checker found a violation, 2 the run could not be made.",
     after_help = "Fault kinds for --faults: kill_leader, kill_replica, stop_postgres, pause_leader, kill_supervisor, \
-                  kill_leader_and_supervisor, down_leader_drill, partition_node, partition_leader_from_supervisor"
+                  kill_leader_and_supervisor, down_leader_drill, partition_node, partition_leader_from_supervisor, \
+                  partition_leader_from_replicas, partition_supervisor_from_replicas, partition_replica_from_leader, \
+                  pause_replicas, wipe_node, wipe_supervisor_state, two_faults (two compatible kinds at once)"
 )]
 struct Cli {
     #[command(subcommand)]

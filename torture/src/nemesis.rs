@@ -1,8 +1,11 @@
-//! The nemesis: one fault at a time, chosen at random from the run's seed, each held for a
-//! random interval and then healed the way an operator would (restart what was killed, start
-//! PostgreSQL again, SIGCONT, `GET /up_node/`, remove the partition). Between faults it either
-//! waits for the cluster to be whole again (every node a member, writes available) or, now and
-//! then, strikes again while a node is still recovering.
+//! The nemesis: one fault at a time (or two compatible ones together), chosen at random from the
+//! run's seed, each held for a random interval and then healed the way an operator would
+//! (restart what was killed, start PostgreSQL again, SIGCONT, `GET /up_node/`, remove the
+//! partition, make a wiped data folder again, restart the supervisor). Between faults it either
+//! waits for the cluster to be whole again (every node a member, writes available), then reads
+//! the part of every node's log that commits acknowledged since the last such read fall in (a
+//! snapshot the checker holds those commits against), or, now and then, strikes again while a
+//! node is still recovering.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +20,10 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::checker::{LogSnapshot, SnapshotNode};
 use crate::history::History;
-use crate::net::Net;
+use crate::net::{Endpoint, Net};
+use crate::pgdata::{self, Kept};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,10 +46,27 @@ pub enum FaultKind {
     PartitionNode,
     /// The leader cut off from the supervisor only; it still reaches its replicas.
     PartitionLeaderFromSupervisor,
+    /// The leader cut off from both replicas; it still reaches the supervisor.
+    PartitionLeaderFromReplicas,
+    /// The supervisor cut off from both replicas; the leader still reaches everyone.
+    PartitionSupervisorFromReplicas,
+    /// One replica cut off from the leader only; it still reaches the supervisor and the other
+    /// replica.
+    PartitionReplicaFromLeader,
+    /// SIGSTOP of both replicas' agents, SIGCONT later.
+    PauseReplicas,
+    /// A node's agent SIGKILLed, its PostgreSQL stopped and its data folder removed; later the
+    /// folder is made again as the harness makes a fresh node, PostgreSQL and the agent started
+    /// with the same name and address.
+    WipeNode,
+    /// SIGKILL of the supervisor and its state file deleted; restarted later without it.
+    WipeSupervisorState,
+    /// Two compatible faults of the kinds above at once, healed together.
+    TwoFaults,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::KillLeader,
         FaultKind::KillReplica,
         FaultKind::StopPostgres,
@@ -54,6 +76,13 @@ impl FaultKind {
         FaultKind::DownLeaderDrill,
         FaultKind::PartitionNode,
         FaultKind::PartitionLeaderFromSupervisor,
+        FaultKind::PartitionLeaderFromReplicas,
+        FaultKind::PartitionSupervisorFromReplicas,
+        FaultKind::PartitionReplicaFromLeader,
+        FaultKind::PauseReplicas,
+        FaultKind::WipeNode,
+        FaultKind::WipeSupervisorState,
+        FaultKind::TwoFaults,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +96,13 @@ impl FaultKind {
             FaultKind::DownLeaderDrill => "down_leader_drill",
             FaultKind::PartitionNode => "partition_node",
             FaultKind::PartitionLeaderFromSupervisor => "partition_leader_from_supervisor",
+            FaultKind::PartitionLeaderFromReplicas => "partition_leader_from_replicas",
+            FaultKind::PartitionSupervisorFromReplicas => "partition_supervisor_from_replicas",
+            FaultKind::PartitionReplicaFromLeader => "partition_replica_from_leader",
+            FaultKind::PauseReplicas => "pause_replicas",
+            FaultKind::WipeNode => "wipe_node",
+            FaultKind::WipeSupervisorState => "wipe_supervisor_state",
+            FaultKind::TwoFaults => "two_faults",
         }
     }
 
@@ -75,8 +111,99 @@ impl FaultKind {
     }
 
     pub fn is_partition(self) -> bool {
-        matches!(self, FaultKind::PartitionNode | FaultKind::PartitionLeaderFromSupervisor)
+        matches!(
+            self,
+            FaultKind::PartitionNode
+                | FaultKind::PartitionLeaderFromSupervisor
+                | FaultKind::PartitionLeaderFromReplicas
+                | FaultKind::PartitionSupervisorFromReplicas
+                | FaultKind::PartitionReplicaFromLeader
+        )
     }
+
+    /// Whom the fault hits.
+    fn target(self) -> Target {
+        match self {
+            FaultKind::KillLeader
+            | FaultKind::PauseLeader
+            | FaultKind::KillLeaderAndSupervisor
+            | FaultKind::DownLeaderDrill
+            | FaultKind::PartitionLeaderFromSupervisor
+            | FaultKind::PartitionLeaderFromReplicas => Target::Leader,
+            FaultKind::KillReplica | FaultKind::PartitionReplicaFromLeader => Target::Replica,
+            FaultKind::StopPostgres | FaultKind::PartitionNode | FaultKind::WipeNode => Target::AnyNode,
+            FaultKind::PauseReplicas | FaultKind::PartitionSupervisorFromReplicas => Target::Replicas,
+            FaultKind::KillSupervisor | FaultKind::WipeSupervisorState => Target::Supervisor,
+            FaultKind::TwoFaults => Target::Composite,
+        }
+    }
+
+    /// Whether the fault needs to know the leader (a replica is "not the leader": without a
+    /// leader, a plain replica kill takes any node).
+    fn needs_leader(self) -> bool {
+        match self.target() {
+            Target::Leader | Target::Replicas => true,
+            Target::Replica => self != FaultKind::KillReplica,
+            _ => false,
+        }
+    }
+
+    /// The kinds a [`FaultKind::TwoFaults`] combines (the kill of the leader and the supervisor
+    /// is already two).
+    pub const PAIRABLE: [FaultKind; 14] = [
+        FaultKind::KillLeader,
+        FaultKind::KillReplica,
+        FaultKind::StopPostgres,
+        FaultKind::PauseLeader,
+        FaultKind::KillSupervisor,
+        FaultKind::DownLeaderDrill,
+        FaultKind::PartitionNode,
+        FaultKind::PartitionLeaderFromSupervisor,
+        FaultKind::PartitionLeaderFromReplicas,
+        FaultKind::PartitionSupervisorFromReplicas,
+        FaultKind::PartitionReplicaFromLeader,
+        FaultKind::PauseReplicas,
+        FaultKind::WipeNode,
+        FaultKind::WipeSupervisorState,
+    ];
+
+    /// Whether two faults can be injected together: never two on the leader, two on the
+    /// supervisor, or one on both replicas with another on a replica. (The nodes are then
+    /// chosen so that no node is hit twice.)
+    pub fn compatible(a: FaultKind, b: FaultKind) -> bool {
+        use Target::*;
+        if a == b || !FaultKind::PAIRABLE.contains(&a) || !FaultKind::PAIRABLE.contains(&b) {
+            return false;
+        }
+        !matches!(
+            (a.target(), b.target()),
+            (Leader, Leader)
+                | (Supervisor, Supervisor)
+                | (Replicas, Replicas)
+                | (Replicas, Replica)
+                | (Replica, Replicas)
+        )
+    }
+}
+
+/// Whom a fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Leader,
+    /// One node that is not the leader.
+    Replica,
+    AnyNode,
+    /// Every node but the leader.
+    Replicas,
+    Supervisor,
+    Composite,
+}
+
+/// One of the faults of a [`FaultKind::TwoFaults`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultPart {
+    pub kind: FaultKind,
+    pub nodes: Vec<usize>,
 }
 
 /// One fault as it happened.
@@ -93,14 +220,31 @@ pub struct FaultRecord {
     pub note: String,
     /// Something that went wrong while injecting, healing or waiting for recovery.
     pub error: Option<String>,
+    /// The two faults of a [`FaultKind::TwoFaults`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<FaultPart>,
+}
+
+fn label_of(kind: FaultKind, nodes: &[usize]) -> String {
+    if nodes.is_empty() {
+        return kind.name().to_string();
+    }
+    let nodes: Vec<String> = nodes.iter().map(|n| format!("node{n}")).collect();
+    format!("{}({})", kind.name(), nodes.join(","))
 }
 
 impl FaultRecord {
     pub fn label(&self) -> String {
-        match self.node {
-            Some(n) => format!("{}(node{n})", self.kind.name()),
-            None => self.kind.name().to_string(),
+        if !self.parts.is_empty() {
+            let parts: Vec<String> = self.parts.iter().map(|p| label_of(p.kind, &p.nodes)).collect();
+            return format!("{}[{}]", self.kind.name(), parts.join(" + "));
         }
+        label_of(self.kind, &self.node.into_iter().collect::<Vec<_>>())
+    }
+
+    /// The pair of a [`FaultKind::TwoFaults`] as `a+b`, for counting.
+    pub fn pair_name(&self) -> Option<String> {
+        (self.parts.len() == 2).then(|| format!("{}+{}", self.parts[0].kind.name(), self.parts[1].kind.name()))
     }
     /// When the fault stopped mattering: recovered, else healed, else `fallback`.
     pub fn end(&self, fallback: u64) -> u64 {
@@ -115,6 +259,8 @@ struct Broken {
     pg_stopped: Vec<bool>,
     paused: Vec<bool>,
     drilled_down: Vec<bool>,
+    /// A wiped data folder, with what must be put back.
+    wiped: Vec<Option<Kept>>,
     supervisor_killed: bool,
     partitioned: bool,
 }
@@ -129,7 +275,12 @@ pub struct Nemesis {
     pub faults: Arc<Mutex<Vec<FaultRecord>>>,
     /// The fault in progress, for the progress display.
     pub current: Arc<Mutex<String>>,
+    /// Log snapshots taken once the cluster was whole again (shared with the report).
+    pub snapshots: Arc<Mutex<Vec<LogSnapshot>>>,
     broken: Broken,
+    /// Nodes wiped since the last snapshot: the next one reads their whole log.
+    wiped_since_snapshot: Vec<bool>,
+    wipes: usize,
     http: reqwest::Client,
 }
 
@@ -187,13 +338,17 @@ impl Nemesis {
             kinds,
             faults: Arc::default(),
             current: Arc::new(Mutex::new("none yet".into())),
+            snapshots: Arc::default(),
             broken: Broken {
                 agent_killed: vec![false; n],
                 pg_stopped: vec![false; n],
                 paused: vec![false; n],
                 drilled_down: vec![false; n],
+                wiped: vec![None; n],
                 ..Broken::default()
             },
+            wiped_since_snapshot: vec![false; n],
+            wipes: 0,
             http: reqwest::Client::builder().no_proxy().build().expect("an HTTP client"),
         }
     }
@@ -240,10 +395,11 @@ impl Nemesis {
                 bag.shuffle(&mut self.rng);
             }
             let kind = bag.pop().expect("the bag was just filled");
-            let hold = if kind == FaultKind::PauseLeader {
-                Duration::from_millis(self.rng.random_range(500..=5_000))
-            } else {
-                Duration::from_millis(self.rng.random_range(1_000..=8_000))
+            let hold = match kind {
+                FaultKind::PauseLeader => Duration::from_millis(self.rng.random_range(500..=5_000)),
+                // "A few seconds": both replicas frozen stall every commit.
+                FaultKind::PauseReplicas => Duration::from_millis(self.rng.random_range(1_000..=5_000)),
+                _ => Duration::from_millis(self.rng.random_range(1_000..=8_000)),
             };
             let wait_for_recovery = self.rng.random_bool(0.75);
             let mut record = self.inject(kind).await;
@@ -259,7 +415,11 @@ impl Nemesis {
             if wait_for_recovery || stop.load(Ordering::SeqCst) {
                 self.set_current(format!("waiting for the cluster to recover from {}", record.label()));
                 match wait_whole(&self.cluster, RECOVERY_TIMEOUT, &stop).await {
-                    Ok(()) => record.recovered = Some(self.history.now()),
+                    Ok(()) => {
+                        record.recovered = Some(self.history.now());
+                        self.set_current(format!("reading the logs after {}", record.label()));
+                        self.snapshot().await;
+                    }
                     Err(e) if !stop.load(Ordering::SeqCst) => {
                         record
                             .error
@@ -307,115 +467,305 @@ impl Nemesis {
     }
 
     async fn inject(&mut self, kind: FaultKind) -> FaultRecord {
-        let c = self.cluster.clone();
-        let n = c.len();
-        let mut record =
-            FaultRecord { kind, node: None, start: 0, healed: None, recovered: None, note: String::new(), error: None };
-        let needs_leader = !matches!(
+        let mut record = FaultRecord {
             kind,
-            FaultKind::KillReplica | FaultKind::StopPostgres | FaultKind::KillSupervisor | FaultKind::PartitionNode
-        );
-        let leader = if needs_leader { self.leader().await } else { None };
-        if needs_leader && leader.is_none() {
+            node: None,
+            start: 0,
+            healed: None,
+            recovered: None,
+            note: String::new(),
+            error: None,
+            parts: Vec::new(),
+        };
+        let parts: Vec<FaultKind> = if kind == FaultKind::TwoFaults {
+            match self.pick_pair() {
+                Some((a, b)) => vec![a, b],
+                None => {
+                    record.start = self.history.now();
+                    record.note = "skipped: no two compatible fault kinds can be made here".into();
+                    return record;
+                }
+            }
+        } else {
+            vec![kind]
+        };
+        let leader = self.leader().await;
+        if parts.iter().any(|k| k.needs_leader()) && leader.is_none() {
             record.start = self.history.now();
             record.note = "skipped: no serving leader to hit".into();
             return record;
         }
-        let result: Result<(), String> = match kind {
-            FaultKind::KillLeader => {
-                let l = leader.unwrap();
-                record.node = Some(l);
-                record.note = format!("SIGKILL agent of node{l} (the leader)");
-                record.start = self.history.now();
-                self.broken.agent_killed[l] = true;
-                sync_call("kill the agent", || c.kill_agent(l))
+        // Choose every part's nodes first (no node hit twice), then strike.
+        let mut used: Vec<usize> = Vec::new();
+        let mut targets: Vec<Vec<usize>> = Vec::new();
+        for &k in &parts {
+            match self.resolve(k, leader, &mut used) {
+                Some(nodes) => targets.push(nodes),
+                None => {
+                    record.start = self.history.now();
+                    record.note = format!("skipped: no node left for {}", k.name());
+                    return record;
+                }
             }
-            FaultKind::KillReplica => {
-                let l = self.leader().await;
-                let candidates: Vec<usize> = (0..n).filter(|i| Some(*i) != l).collect();
-                let i = candidates[self.rng.random_range(0..candidates.len())];
-                record.node = Some(i);
-                record.note = format!("SIGKILL agent of node{i} (not the leader)");
-                record.start = self.history.now();
+        }
+        // One node named for a fault on one node; a fault on both replicas names them in its note.
+        record.node = match targets[0].as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        };
+        record.start = self.history.now();
+        let mut notes = Vec::new();
+        let mut errors = Vec::new();
+        for (i, (&k, nodes)) in parts.iter().zip(&targets).enumerate() {
+            if i > 0 {
+                // The second fault lands while the cluster reacts to the first.
+                let gap = Duration::from_millis(self.rng.random_range(0..=1_000));
+                notes.push(format!("{} ms later", gap.as_millis()));
+                tokio::time::sleep(gap).await;
+            }
+            let (note, result) = self.apply(k, nodes, leader).await;
+            notes.push(note);
+            if let Err(e) = result {
+                errors.push(format!("injecting {}: {e}", k.name()));
+            }
+        }
+        if kind == FaultKind::TwoFaults {
+            record.parts =
+                parts.iter().zip(&targets).map(|(&kind, nodes)| FaultPart { kind, nodes: nodes.clone() }).collect();
+        }
+        record.note = notes.join(", ");
+        if !errors.is_empty() {
+            record.error = Some(errors.join("; "));
+        }
+        record
+    }
+
+    /// Two compatible kinds for a [`FaultKind::TwoFaults`], among those this machine can make.
+    fn pick_pair(&mut self) -> Option<(FaultKind, FaultKind)> {
+        let pool: Vec<FaultKind> =
+            FaultKind::PAIRABLE.into_iter().filter(|k| self.net.is_some() || !k.is_partition()).collect();
+        let pairs: Vec<(FaultKind, FaultKind)> = pool
+            .iter()
+            .flat_map(|&a| pool.iter().map(move |&b| (a, b)))
+            .filter(|&(a, b)| FaultKind::compatible(a, b))
+            .collect();
+        (!pairs.is_empty()).then(|| pairs[self.rng.random_range(0..pairs.len())])
+    }
+
+    /// The nodes a fault of `kind` hits, none of them in `used` (to which they are added).
+    fn resolve(&mut self, kind: FaultKind, leader: Option<usize>, used: &mut Vec<usize>) -> Option<Vec<usize>> {
+        let n = self.cluster.len();
+        let free: Vec<usize> = (0..n).filter(|i| !used.contains(i)).collect();
+        let nodes = match kind.target() {
+            Target::Leader => vec![leader.filter(|l| free.contains(l))?],
+            Target::Replica => {
+                let candidates: Vec<usize> = free.iter().copied().filter(|i| Some(*i) != leader).collect();
+                if candidates.is_empty() {
+                    return None;
+                }
+                vec![candidates[self.rng.random_range(0..candidates.len())]]
+            }
+            Target::AnyNode => {
+                if free.is_empty() {
+                    return None;
+                }
+                vec![free[self.rng.random_range(0..free.len())]]
+            }
+            Target::Replicas => {
+                let replicas: Vec<usize> = (0..n).filter(|i| Some(*i) != leader).collect();
+                if replicas.iter().any(|r| used.contains(r)) {
+                    return None;
+                }
+                replicas
+            }
+            Target::Supervisor | Target::Composite => Vec::new(),
+        };
+        used.extend(&nodes);
+        Some(nodes)
+    }
+
+    /// Injects one fault on `nodes`: what was done, and whether it worked.
+    async fn apply(&mut self, kind: FaultKind, nodes: &[usize], leader: Option<usize>) -> (String, Result<(), String>) {
+        let c = self.cluster.clone();
+        let supervisor_port = port_of(&c.supervisor_address());
+        let no_net = || Err::<(), String>("partitions are not available".into());
+        match kind {
+            FaultKind::KillLeader | FaultKind::KillReplica => {
+                let i = nodes[0];
                 self.broken.agent_killed[i] = true;
-                sync_call("kill the agent", || c.kill_agent(i))
+                let what = if Some(i) == leader { "the leader" } else { "not the leader" };
+                (format!("SIGKILL agent of node{i} ({what})"), sync_call("kill the agent", || c.kill_agent(i)))
             }
             FaultKind::StopPostgres => {
-                let i = self.rng.random_range(0..n);
-                record.node = Some(i);
-                record.note = format!("pg_ctl stop -m immediate of node{i}'s PostgreSQL");
-                record.start = self.history.now();
+                let i = nodes[0];
                 self.broken.pg_stopped[i] = true;
                 let c2 = c.clone();
-                async_call("stop PostgreSQL", async move { c2.stop_postgres(i).await }).await
+                (
+                    format!("pg_ctl stop -m immediate of node{i}'s PostgreSQL"),
+                    async_call("stop PostgreSQL", async move { c2.stop_postgres(i).await }).await,
+                )
             }
             FaultKind::PauseLeader => {
-                let l = leader.unwrap();
-                record.node = Some(l);
-                record.note = format!("SIGSTOP agent of node{l} (the leader)");
-                record.start = self.history.now();
+                let l = nodes[0];
                 self.broken.paused[l] = true;
-                sync_call("SIGSTOP the agent", || c.pause_agent(l))
+                (format!("SIGSTOP agent of node{l} (the leader)"), sync_call("SIGSTOP the agent", || c.pause_agent(l)))
+            }
+            FaultKind::PauseReplicas => {
+                let mut result = Ok(());
+                for &i in nodes {
+                    self.broken.paused[i] = true;
+                    result = result.and(sync_call("SIGSTOP the agent", || c.pause_agent(i)));
+                }
+                (format!("SIGSTOP agents of {}", names(nodes)), result)
             }
             FaultKind::KillSupervisor => {
-                record.note = "SIGKILL the supervisor".into();
-                record.start = self.history.now();
                 self.broken.supervisor_killed = true;
-                sync_call("kill the supervisor", || c.kill_supervisor())
+                ("SIGKILL the supervisor".into(), sync_call("kill the supervisor", || c.kill_supervisor()))
+            }
+            FaultKind::WipeSupervisorState => {
+                self.broken.supervisor_killed = true;
+                let path = c.supervisor_state_file().to_path_buf();
+                let killed = sync_call("kill the supervisor", || c.kill_supervisor());
+                let removed = match std::fs::remove_file(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(format!("delete {}: {e}", path.display())),
+                };
+                (format!("SIGKILL the supervisor, delete its state file {}", path.display()), killed.and(removed))
             }
             FaultKind::KillLeaderAndSupervisor => {
-                let l = leader.unwrap();
+                let l = nodes[0];
                 let gap = Duration::from_millis(self.rng.random_range(200..=1_200));
-                record.node = Some(l);
-                record.note = format!(
+                let note = format!(
                     "SIGKILL agent of node{l} (the leader), {} ms later SIGKILL the supervisor",
                     gap.as_millis()
                 );
-                record.start = self.history.now();
                 self.broken.agent_killed[l] = true;
                 let first = sync_call("kill the agent", || c.kill_agent(l));
                 tokio::time::sleep(gap).await;
                 self.broken.supervisor_killed = true;
-                first.and(sync_call("kill the supervisor", || c.kill_supervisor()))
+                (note, first.and(sync_call("kill the supervisor", || c.kill_supervisor())))
             }
             FaultKind::DownLeaderDrill => {
-                let l = leader.unwrap();
-                record.node = Some(l);
-                record.note = format!("GET /down_leader/ on node{l}");
-                record.start = self.history.now();
+                let l = nodes[0];
                 self.broken.drilled_down[l] = true;
-                self.drill(l, "/down_leader/").await.map(|_| ())
+                (format!("GET /down_leader/ on node{l}"), self.drill(l, "/down_leader/").await.map(|_| ()))
             }
             FaultKind::PartitionNode => {
-                let i = self.rng.random_range(0..n);
-                record.node = Some(i);
-                record.note = format!("cut node{i} off from the other agents and the supervisor");
-                record.start = self.history.now();
+                let i = nodes[0];
                 self.broken.partitioned = true;
-                match &self.net {
-                    Some(net) => {
-                        let ports: Vec<u16> = c.nodes().map(|n| n.port).collect();
-                        net.isolate(i, &ports, port_of(&c.supervisor_address()))
-                    }
-                    None => Err("partitions are not available".into()),
-                }
+                let note = format!("cut node{i} off from the other agents and the supervisor");
+                let ports: Vec<u16> = c.nodes().map(|n| n.port).collect();
+                (note, self.net.as_ref().map_or_else(no_net, |net| net.isolate(i, &ports, supervisor_port)))
             }
             FaultKind::PartitionLeaderFromSupervisor => {
-                let l = leader.unwrap();
-                record.node = Some(l);
-                record.note = format!("cut node{l} (the leader) off from the supervisor only");
-                record.start = self.history.now();
+                let l = nodes[0];
                 self.broken.partitioned = true;
-                match &self.net {
-                    Some(net) => net.cut_from_supervisor(l, c.node(l).port, port_of(&c.supervisor_address())),
-                    None => Err("partitions are not available".into()),
-                }
+                let note = format!("cut node{l} (the leader) off from the supervisor only");
+                (
+                    note,
+                    self.net
+                        .as_ref()
+                        .map_or_else(no_net, |net| net.cut_from_supervisor(l, c.node(l).port, supervisor_port)),
+                )
             }
-        };
-        if let Err(e) = result {
-            record.error = Some(format!("injecting: {e}"));
+            FaultKind::PartitionLeaderFromReplicas => {
+                let l = nodes[0];
+                self.broken.partitioned = true;
+                let replicas: Vec<usize> = (0..c.len()).filter(|&i| i != l).collect();
+                let pairs: Vec<(Endpoint, Endpoint)> = replicas
+                    .iter()
+                    .map(|&r| (Endpoint::node(l, c.node(l).port), Endpoint::node(r, c.node(r).port)))
+                    .collect();
+                let note =
+                    format!("cut node{l} (the leader) off from {} (it still reaches the supervisor)", names(&replicas));
+                (note, self.net.as_ref().map_or_else(no_net, |net| net.cut(&pairs)))
+            }
+            FaultKind::PartitionSupervisorFromReplicas => {
+                self.broken.partitioned = true;
+                let pairs: Vec<(Endpoint, Endpoint)> = nodes
+                    .iter()
+                    .map(|&r| (Endpoint::supervisor(supervisor_port), Endpoint::node(r, c.node(r).port)))
+                    .collect();
+                let note = format!(
+                    "cut the supervisor off from {} (the replicas; the leader still reaches everyone)",
+                    names(nodes)
+                );
+                (note, self.net.as_ref().map_or_else(no_net, |net| net.cut(&pairs)))
+            }
+            FaultKind::PartitionReplicaFromLeader => {
+                let (r, l) = (nodes[0], leader.expect("a replica-from-leader cut needs the leader"));
+                self.broken.partitioned = true;
+                let pairs = [(Endpoint::node(r, c.node(r).port), Endpoint::node(l, c.node(l).port))];
+                let note = format!(
+                    "cut node{r} (a replica) off from node{l} (the leader) only; it still reaches the supervisor and the other replica"
+                );
+                (note, self.net.as_ref().map_or_else(no_net, |net| net.cut(&pairs)))
+            }
+            FaultKind::WipeNode => self.wipe(nodes[0], leader).await,
+            FaultKind::TwoFaults => ("two faults are injected part by part".into(), Err("not a single fault".into())),
         }
-        record
+    }
+
+    /// Kills node `i`'s agent, stops its PostgreSQL and removes its data folder.
+    async fn wipe(&mut self, i: usize, leader: Option<usize>) -> (String, Result<(), String>) {
+        let c = self.cluster.clone();
+        let dir = c.node(i).data_dir.clone();
+        let role = if leader == Some(i) { "the leader" } else { "not the leader" };
+        let note = format!(
+            "node{i} ({role}): SIGKILL its agent, pg_ctl stop -m immediate, remove its data folder {}",
+            dir.display()
+        );
+        self.broken.agent_killed[i] = true;
+        if let Err(e) = sync_call("kill the agent", || c.kill_agent(i)) {
+            return (note, Err(e));
+        }
+        let c2 = c.clone();
+        if let Err(e) = async_call("stop PostgreSQL", async move { c2.stop_postgres(i).await }).await {
+            self.broken.pg_stopped[i] = true;
+            return (note, Err(e));
+        }
+        self.wipes += 1;
+        let keep_log = c.dir().join(format!("pg{i}-server-before-wipe-{}.log", self.wipes));
+        match tokio::task::spawn_blocking(move || pgdata::wipe(&dir, &keep_log)).await {
+            Ok(Ok(kept)) => {
+                self.broken.wiped[i] = Some(kept);
+                self.wiped_since_snapshot[i] = true;
+                (note, Ok(()))
+            }
+            Ok(Err(e)) => {
+                // The folder may be whole still: start it again at the heal.
+                self.broken.pg_stopped[i] = true;
+                (note, Err(e))
+            }
+            Err(e) => (note, Err(format!("the wipe task: {e}"))),
+        }
+    }
+
+    /// Reads, on every node, the log from the lowest LSN acknowledged since the previous
+    /// snapshot (a wiped node's whole log) up to what it has applied.
+    async fn snapshot(&mut self) {
+        let (time, low) = self.history.checkpoint();
+        let mut nodes = Vec::new();
+        for i in 0..self.cluster.len() {
+            let after = if self.wiped_since_snapshot[i] {
+                0
+            } else {
+                match low {
+                    Some(l) => (l - 1).max(0),
+                    None => continue,
+                }
+            };
+            match crate::logs::fetch(&self.cluster, i, after).await {
+                Ok(entries) => {
+                    self.wiped_since_snapshot[i] = false;
+                    nodes.push(SnapshotNode { index: i, after, entries, error: None });
+                }
+                Err(e) => nodes.push(SnapshotNode { index: i, after, entries: Vec::new(), error: Some(e) }),
+            }
+        }
+        if !nodes.is_empty() {
+            self.snapshots.lock().unwrap().push(LogSnapshot { time, nodes });
+        }
     }
 
     /// Heals everything broken, in an operator's order: the network, stopped processes,
@@ -441,6 +791,23 @@ impl Nemesis {
             if std::mem::take(&mut self.broken.pg_stopped[i]) {
                 let c2 = c.clone();
                 if let Err(e) = async_call("start PostgreSQL", async move { c2.start_postgres(i).await }).await {
+                    errors.push(format!("node{i}: {e}"));
+                }
+            }
+        }
+        for i in 0..c.len() {
+            if let Some(kept) = self.broken.wiped[i].take() {
+                let dir = c.node(i).data_dir.clone();
+                let made = match tokio::task::spawn_blocking(move || pgdata::recreate(&dir, &kept)).await {
+                    Ok(made) => made,
+                    Err(e) => Err(format!("the task: {e}")),
+                };
+                let c2 = c.clone();
+                let started = match made {
+                    Ok(()) => async_call("start PostgreSQL", async move { c2.start_postgres(i).await }).await,
+                    Err(e) => Err(format!("make the data folder again: {e}")),
+                };
+                if let Err(e) = started {
                     errors.push(format!("node{i}: {e}"));
                 }
             }
@@ -472,6 +839,10 @@ impl Nemesis {
             Err(errors.join("; "))
         }
     }
+}
+
+fn names(nodes: &[usize]) -> String {
+    nodes.iter().map(|n| format!("node{n}")).collect::<Vec<_>>().join(" and ")
 }
 
 /// Whether the cluster is whole: the supervisor names a leader that serves in its term, every
@@ -508,5 +879,58 @@ pub async fn wait_whole(c: &Cluster, timeout: Duration, stop: &AtomicBool) -> Re
             return Err(last);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_a_name_that_parses_back() {
+        for k in FaultKind::ALL {
+            assert_eq!(FaultKind::parse(k.name()), Some(k));
+            let json = serde_json::to_value(k).unwrap();
+            assert_eq!(json, k.name());
+        }
+        assert_eq!(FaultKind::ALL.len(), 16);
+    }
+
+    #[test]
+    fn pairs_never_hit_one_target_twice() {
+        use FaultKind::*;
+        assert!(FaultKind::compatible(KillLeader, KillReplica));
+        assert!(FaultKind::compatible(KillLeader, KillSupervisor));
+        assert!(FaultKind::compatible(PauseReplicas, KillLeader));
+        assert!(FaultKind::compatible(WipeNode, PartitionSupervisorFromReplicas));
+        assert!(!FaultKind::compatible(KillLeader, PauseLeader));
+        assert!(!FaultKind::compatible(KillSupervisor, WipeSupervisorState));
+        assert!(!FaultKind::compatible(PauseReplicas, KillReplica));
+        assert!(!FaultKind::compatible(KillReplica, KillReplica));
+        assert!(!FaultKind::compatible(TwoFaults, KillLeader));
+        assert!(!FaultKind::compatible(KillLeaderAndSupervisor, KillReplica));
+        // Every pairable kind has at least one partner.
+        for a in FaultKind::PAIRABLE {
+            assert!(FaultKind::PAIRABLE.iter().any(|&b| FaultKind::compatible(a, b)), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn a_pair_is_labelled_with_both_parts() {
+        let r = FaultRecord {
+            kind: FaultKind::TwoFaults,
+            node: Some(0),
+            start: 0,
+            healed: None,
+            recovered: None,
+            note: String::new(),
+            error: None,
+            parts: vec![
+                FaultPart { kind: FaultKind::KillLeader, nodes: vec![0] },
+                FaultPart { kind: FaultKind::PauseReplicas, nodes: vec![1, 2] },
+            ],
+        };
+        assert_eq!(r.label(), "two_faults[kill_leader(node0) + pause_replicas(node1,node2)]");
+        assert_eq!(r.pair_name().as_deref(), Some("kill_leader+pause_replicas"));
     }
 }

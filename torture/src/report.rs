@@ -99,8 +99,36 @@ pub struct Summary {
     pub read_only_failed: u64,
     pub read_only_indeterminate: u64,
     pub faults: BTreeMap<String, u64>,
+    /// How often each pair of a `two_faults` came up (`kill_leader+kill_supervisor`).
+    #[serde(default)]
+    pub fault_pairs: BTreeMap<String, u64>,
     pub fault_errors: Vec<String>,
     pub surprises: usize,
+    /// Retries of answered txn_ids, as the retrier saw them.
+    #[serde(default)]
+    pub retries: u64,
+    #[serde(default)]
+    pub retries_after_failover: u64,
+    #[serde(default)]
+    pub retries_same: u64,
+    #[serde(default)]
+    pub retries_changed: u64,
+    #[serde(default)]
+    pub retries_no_outcome: u64,
+    /// Commits with a far-future time_stamp.
+    #[serde(default)]
+    pub future_ts_sent: u64,
+    #[serde(default)]
+    pub future_ts_refused: u64,
+    #[serde(default)]
+    pub future_ts_acked: u64,
+    #[serde(default)]
+    pub future_ts_other: u64,
+    #[serde(default)]
+    pub min_copies: usize,
+    /// Log snapshots taken during the run.
+    #[serde(default)]
+    pub snapshots: usize,
 }
 
 /// The summary table, as printed at the end of a run.
@@ -141,10 +169,31 @@ pub fn table(s: &Summary, v: &Verdict, a: &Availability, out_dir: &Path) -> Stri
             s.read_only_ok, s.read_only_failed, s.read_only_indeterminate
         ),
     );
-    let faults_total: u64 = s.faults.values().sum();
+    row(
+        &mut t,
+        "retries of answered txn_ids",
+        format!(
+            "{} ({} right after a failover): {} same answer, {} CHANGED, {} no outcome (503, 421, no answer)",
+            s.retries, s.retries_after_failover, s.retries_same, s.retries_changed, s.retries_no_outcome
+        ),
+    );
+    row(
+        &mut t,
+        "far-future time_stamp commits",
+        format!(
+            "{}: {} refused (400 bad_timestamp), {} ACKNOWLEDGED, {} other answers",
+            s.future_ts_sent, s.future_ts_refused, s.future_ts_acked, s.future_ts_other
+        ),
+    );
+    let faults_total: u64 = s.faults.iter().filter(|(k, _)| !k.ends_with("(skipped)")).map(|(_, n)| n).sum();
     row(&mut t, "faults injected", faults_total.to_string());
     for (kind, n) in &s.faults {
         row(&mut t, &format!("  {kind}"), n.to_string());
+        if kind == "two_faults" {
+            for (pair, n) in &s.fault_pairs {
+                row(&mut t, &format!("    {pair}"), n.to_string());
+            }
+        }
     }
     match a.longest() {
         Some(o) => {
@@ -223,6 +272,13 @@ fn kind_color(kind: FaultKind) -> plotters::style::RGBColor {
         FaultKind::DownLeaderDrill => RGBColor(188, 189, 34),
         FaultKind::PartitionNode => RGBColor(23, 190, 207),
         FaultKind::PartitionLeaderFromSupervisor => RGBColor(44, 160, 44),
+        FaultKind::PartitionLeaderFromReplicas => RGBColor(31, 119, 180),
+        FaultKind::PartitionSupervisorFromReplicas => RGBColor(174, 199, 232),
+        FaultKind::PartitionReplicaFromLeader => RGBColor(152, 223, 138),
+        FaultKind::PauseReplicas => RGBColor(196, 156, 148),
+        FaultKind::WipeNode => RGBColor(0, 0, 0),
+        FaultKind::WipeSupervisorState => RGBColor(247, 182, 210),
+        FaultKind::TwoFaults => RGBColor(255, 152, 150),
     }
 }
 
@@ -327,6 +383,7 @@ mod tests {
             recovered: Some(8 * s),
             note: "SIGKILL".into(),
             error: None,
+            parts: vec![],
         };
         let a = availability(&ops, &[fault], s / 2, 11 * s);
         assert_eq!(a.commits_per_second[..4], [0, 1, 1, 1]);

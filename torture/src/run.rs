@@ -21,7 +21,7 @@ use crate::history::{read_history, History};
 use crate::nemesis::{self, FaultKind, FaultRecord, Nemesis};
 use crate::net::{self, Net, Skew};
 use crate::report::{self, Availability, Summary};
-use crate::workload::{self, Stats};
+use crate::workload::{self, Shared, Stats};
 
 pub const NODES: usize = 3;
 pub const INITIAL_BALANCE: i64 = 1_000;
@@ -198,6 +198,7 @@ pub fn run(opts: Options) -> anyhow::Result<bool> {
     if let Some(net) = &net {
         net.teardown();
     }
+    crate::pgdata::cleanup();
     let _ = std::panic::take_hook();
     result
 }
@@ -356,6 +357,15 @@ fn copy_logs(c: &Cluster, out: &Path) {
         files.push((n.log_path.clone(), format!("agent{}.log", n.index)));
         files.push((n.data_dir.join("server.log"), format!("postgres{}.log", n.index)));
     }
+    // The server logs of data folders the nemesis wiped.
+    if let Ok(entries) = fs::read_dir(c.dir()) {
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.contains("-server-before-wipe-") {
+                files.push((e.path(), name.replacen("pg", "postgres", 1)));
+            }
+        }
+    }
     for (from, name) in files {
         let _ = fs::copy(&from, logs.join(name));
     }
@@ -440,19 +450,31 @@ async fn drive(
     let writers = clients - readers;
     // The nemesis's seed first, so that the fault schedule does not depend on the client count.
     let nemesis_seed: u64 = rng.random();
+    let shared = Arc::new(Shared {
+        cluster: c.clone(),
+        history: history.clone(),
+        stats: stats.clone(),
+        stop: stop.clone(),
+        answered: Default::default(),
+    });
     let mut tasks = Vec::new();
     for p in 0..clients {
         let seed = rng.random::<u64>();
-        let args = (c.clone(), history.clone(), stats.clone(), stop.clone(), p as u64, seed, opts.accounts);
         tasks.push(if p < writers {
-            tokio::spawn(workload::transfer_client(args.0, args.1, args.2, args.3, args.4, args.5, args.6))
+            tokio::spawn(workload::transfer_client(shared.clone(), p as u64, seed, opts.accounts))
         } else {
-            tokio::spawn(workload::read_client(args.0, args.1, args.2, args.3, args.4, args.5, args.6))
+            tokio::spawn(workload::read_client(shared.clone(), p as u64, seed, opts.accounts))
         });
     }
+    // The retrier (retries of answered txn_ids, far-future commits): process clients + 1 (the
+    // deposit was process `clients`).
+    let retrier_seed = rng.random::<u64>();
+    tasks.push(tokio::spawn(workload::retry_client(shared.clone(), clients as u64 + 1, retrier_seed, opts.accounts)));
+    drop(shared);
     let nemesis = Nemesis::new(c.clone(), net.clone(), history.clone(), StdRng::seed_from_u64(nemesis_seed), kinds);
     let faults = nemesis.faults.clone();
     let current = nemesis.current.clone();
+    let snapshots = nemesis.snapshots.clone();
     let nemesis_task = tokio::spawn(nemesis.run(stop.clone()));
 
     // ---- the run, with progress ----
@@ -547,6 +569,7 @@ async fn drive(
         nodes.push(node_state(&c, i).await);
     }
     let samples = std::mem::take(&mut *samples.lock().unwrap());
+    let snapshots = std::mem::take(&mut *snapshots.lock().unwrap());
     // The durability floor: as given, else the highest the agents report, else the default.
     let min_copies = opts
         .min_copies
@@ -555,12 +578,14 @@ async fn drive(
     write_json(&out.join("run.json"), &RunInfo { min_copies: Some(min_copies), ..info.clone() })?;
     write_json(&out.join("final-state.json"), &nodes)?;
     write_json(&out.join("samples.json"), &samples)?;
+    write_json(&out.join("snapshots.json"), &snapshots)?;
     write_json(&out.join("faults.json"), &fault_records)?;
     let ops = history.ops();
     println!(
-        "torture: checking {} history operations against {} nodes (min_copies {min_copies})",
+        "torture: checking {} history operations against {} nodes and {} log snapshots (min_copies {min_copies})",
         ops.len(),
-        nodes.len()
+        nodes.len(),
+        snapshots.len()
     );
     let input = CheckInput {
         accounts: opts.accounts,
@@ -569,7 +594,7 @@ async fn drive(
         nodes,
         samples,
         min_copies,
-        snapshots: Vec::new(),
+        snapshots,
     };
     let mut verdict = checker::check(&input);
     for f in fault_records.iter().filter(|f| f.error.is_some()) {
@@ -592,7 +617,9 @@ async fn drive(
 
     // ---- report ----
     let availability: Availability = report::availability(&input.ops, &fault_records, workload_start, workload_end);
-    let mut fault_counts: BTreeMap<String, u64> = BTreeMap::new();
+    // Every kind the run could inject, those that never came up included.
+    let mut fault_counts: BTreeMap<String, u64> = info.fault_kinds.iter().map(|k| (k.name().to_string(), 0)).collect();
+    let mut fault_pairs: BTreeMap<String, u64> = BTreeMap::new();
     for f in &fault_records {
         let key = if f.note.starts_with("skipped") {
             format!("{} (skipped)", f.kind.name())
@@ -600,7 +627,11 @@ async fn drive(
             f.kind.name().to_string()
         };
         *fault_counts.entry(key).or_default() += 1;
+        if let Some(pair) = f.pair_name() {
+            *fault_pairs.entry(pair).or_default() += 1;
+        }
     }
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
     let surprises = std::mem::take(&mut *stats.surprises.lock().unwrap());
     let summary = Summary {
         seed: opts.seed,
@@ -621,11 +652,23 @@ async fn drive(
         read_only_failed: stats.ro_failed.load(Ordering::Relaxed),
         read_only_indeterminate: stats.ro_info.load(Ordering::Relaxed),
         faults: fault_counts,
+        fault_pairs,
         fault_errors: fault_records
             .iter()
             .filter_map(|f| f.error.as_ref().map(|e| format!("{}: {e}", f.label())))
             .collect(),
         surprises: surprises.len(),
+        retries: load(&stats.retries),
+        retries_after_failover: load(&stats.retries_after_failover),
+        retries_same: load(&stats.retries_same),
+        retries_changed: load(&stats.retries_changed),
+        retries_no_outcome: load(&stats.retries_no_outcome),
+        future_ts_sent: load(&stats.future_ts_sent),
+        future_ts_refused: load(&stats.future_ts_refused),
+        future_ts_acked: load(&stats.future_ts_acked),
+        future_ts_other: load(&stats.future_ts_other),
+        min_copies,
+        snapshots: verdict.counts.snapshots,
     };
     write_json(
         &out.join("verdict.json"),

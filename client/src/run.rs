@@ -293,6 +293,9 @@ pub fn plain_reason(commit: &CommitResponse) -> String {
         (Some(AbortReason::ReplicationFailed), _) => {
             "a member of the cluster refused or did not answer in time, so no member applied it".into()
         }
+        (Some(AbortReason::NotEnoughReplicas), _) => {
+            "too few nodes are reachable to keep the required number of copies, so no member applied it; it can be run again once they are back".into()
+        }
         (Some(reason), _) => reason.explain().to_string(),
         (None, _) => commit.message.clone().unwrap_or_else(|| "the leader gave no reason".into()),
     }
@@ -413,6 +416,7 @@ impl Runner {
                 time_stamp: read.as_ref().map(|r| r.timestamp),
                 txn_id: Some(txn_id),
             },
+            min_copies: None,
         };
         let (code, bytes) = route.send_to_leader("/commit/", &body, Some(txn_id)).await?;
         let commit: CommitResponse = match code {

@@ -38,8 +38,9 @@ pub struct TransactionBody {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::accounts))]
     pub read_set: Vec<Account>,
-    /// JSON object keys are strings; serde parses them into [`Account`] here, at the edge.
-    #[serde(default)]
+    /// JSON object keys are strings; serde parses them into [`Account`] here, at the edge. A key
+    /// given twice (`{"1": 1, "1": 2}`, or `"1"` and `"01"`) is refused, not silently resolved.
+    #[serde(default, deserialize_with = "unique_accounts")]
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::account_map))]
     pub write_set: BTreeMap<Account, Balance>,
     /// The read timestamp (`timestamp` of the read answer). Required when `read_set` is not empty.
@@ -71,6 +72,42 @@ pub struct ReadRequest {
 pub struct CommitRequest {
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::commit_transaction))]
     pub transaction: TransactionBody,
+    /// This commit's own durability floor: acknowledge it only once at least this many nodes
+    /// hold it (the cluster's `--min-copies` applies when it is higher or this is absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 16))]
+    pub min_copies: Option<u32>,
+}
+
+/// Largest `min_copies` a commit may ask for: more nodes than any cluster of ours has.
+pub const MAX_MIN_COPIES: u32 = 16;
+
+/// Deserializes a write set, refusing an account given twice: JSON allows duplicate keys and
+/// serde would keep the last one silently, so a client's typo would write a value it did not
+/// mean.
+fn unique_accounts<'de, D>(deserializer: D) -> Result<BTreeMap<Account, Balance>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = BTreeMap<Account, Balance>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of account numbers (as strings) to balances")
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((account, balance)) = map.next_entry::<Account, Balance>()? {
+                if out.insert(account, balance).is_some() {
+                    return Err(serde::de::Error::custom(format!(
+                        "account {account} appears twice in write_set; give each account once"
+                    )));
+                }
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_map(Visitor)
 }
 
 /// Why a request body was refused (HTTP 400). The message is for a human.
@@ -93,6 +130,14 @@ pub struct ValidCommit {
     /// Present whenever `read_set` is not empty.
     pub read_ts: Option<Timestamp>,
     pub txn_id: Option<Uuid>,
+    /// The commit's own durability floor, if it asked for one (1..=[`MAX_MIN_COPIES`]).
+    pub min_copies: Option<usize>,
+}
+
+/// The first account that appears twice in `accounts`, if any.
+fn first_duplicate(accounts: &[Account]) -> Option<Account> {
+    let mut seen = BTreeSet::new();
+    accounts.iter().copied().find(|a| !seen.insert(*a))
 }
 
 fn check_accounts<'a>(
@@ -125,6 +170,11 @@ impl ReadRequest {
             return Err(InvalidTransaction("read_set is empty: name at least one account to read".into()));
         }
         check_accounts("read_set", t.read_set.iter())?;
+        if let Some(account) = first_duplicate(&t.read_set) {
+            return Err(InvalidTransaction(format!(
+                "account {account} appears twice in read_set; give each account once"
+            )));
+        }
         if let Some(lsn) = self.min_lsn {
             if lsn < 0 {
                 return Err(InvalidTransaction(format!("min_lsn {lsn} is negative")));
@@ -142,6 +192,20 @@ impl CommitRequest {
         }
         check_accounts("read_set", t.read_set.iter())?;
         check_accounts("write_set", t.write_set.keys())?;
+        if let Some(account) = first_duplicate(&t.read_set) {
+            return Err(InvalidTransaction(format!(
+                "account {account} appears twice in read_set; give each account once"
+            )));
+        }
+        let min_copies = match self.min_copies {
+            None => None,
+            Some(n @ 1..=MAX_MIN_COPIES) => Some(n as usize),
+            Some(n) => {
+                return Err(InvalidTransaction(format!(
+                    "min_copies {n} is out of range: ask for 1 to {MAX_MIN_COPIES} copies"
+                )))
+            }
+        };
         if !t.read_set.is_empty() && t.time_stamp.is_none() {
             return Err(InvalidTransaction(
                 "time_stamp is missing: a commit with a read_set must carry the timestamp its read returned".into(),
@@ -157,6 +221,7 @@ impl CommitRequest {
             write_set: t.write_set,
             read_ts: t.time_stamp,
             txn_id: t.txn_id,
+            min_copies,
         })
     }
 }
@@ -231,6 +296,9 @@ pub enum AbortReason {
     KeyLocked,
     /// A member refused or could not be reached during PREPARE; nothing was applied.
     ReplicationFailed,
+    /// Fewer nodes are reachable than the durability floor (`min_copies`) asks for; nothing
+    /// was applied.
+    NotEnoughReplicas,
 }
 
 impl AbortReason {
@@ -240,6 +308,7 @@ impl AbortReason {
             AbortReason::StaleRead => "stale_read",
             AbortReason::KeyLocked => "key_locked",
             AbortReason::ReplicationFailed => "replication_failed",
+            AbortReason::NotEnoughReplicas => "not_enough_replicas",
         }
     }
 
@@ -250,7 +319,16 @@ impl AbortReason {
             AbortReason::ReplicationFailed => {
                 "a member of the cluster refused or did not answer the PREPARE; nothing was applied"
             }
+            AbortReason::NotEnoughReplicas => {
+                "fewer nodes are reachable than the durability floor (min_copies) needs; nothing was applied"
+            }
         }
+    }
+
+    /// A conflict is a final answer (409), remembered for the `txn_id` on every node; the
+    /// others mean "nothing applied, retry" (503) and are not outcomes.
+    pub fn is_final(self) -> bool {
+        matches!(self, AbortReason::StaleRead | AbortReason::KeyLocked)
     }
 }
 
@@ -310,6 +388,22 @@ pub struct LogEntry {
     pub read_set: Vec<Account>,
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::account_map))]
     pub write_set: BTreeMap<Account, Balance>,
+    /// Set on the entry of a transaction that was ABORTED by a conflict: the log keeps the
+    /// outcome so that a retry of the `txn_id` gets the same answer on any leader. Such an
+    /// entry has empty sets and changes no balance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<AbortRecord>,
+}
+
+/// The outcome of an aborted transaction, as its log entry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AbortRecord {
+    pub reason: AbortReason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
+    pub key: Option<Account>,
+    pub message: String,
 }
 
 /// `GET /replication_log/?after=N&limit=M`.
@@ -338,6 +432,9 @@ pub struct PrepareRequest {
     pub prev_lsn: Lsn,
     /// Non-empty, consecutive LSNs starting at `prev_lsn + 1`.
     pub entries: Vec<LogEntry>,
+    /// The sending leader's address: a member votes for one leader per term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -431,6 +528,14 @@ pub struct AgentStatus {
     /// Highest commit timestamp applied here.
     #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub last_commit_ts: Timestamp,
+    /// Term of the last entry in this node's log (0 for an empty log). Elections compare
+    /// logs by (`last_term`, `applied_lsn`): a node behind another is never elected.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
+    pub last_term: Term,
+    /// The durability floor this agent keeps when it leads (`--min-copies`).
+    #[serde(default)]
+    pub min_copies: u32,
     /// Addresses of the members in sync (the leader included), in configured order.
     pub members: Vec<String>,
     /// The batch this node holds prepared and undecided, if any.
@@ -517,6 +622,18 @@ pub struct PauseResponse {
     pub applied_lsn: Lsn,
 }
 
+/// `POST /internal/join` on the leader: adopt `config`, which adds a node that has caught up to
+/// `applied_lsn`, only if the leader's own log still ends there (no commit slipped in after the
+/// node's last page). The leader stores it before the supervisor records it, and adopting it
+/// ends the recovery pause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JoinRequest {
+    pub config: ClusterConfig,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
+    pub applied_lsn: Lsn,
+}
+
 /// `POST /internal/recover`: a standby catches up from the leader's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -544,6 +661,25 @@ pub struct FailureReport {
     pub term: Term,
     pub member: String,
     pub reason: String,
+    /// What the leader saw. Only `unreachable` is checked against the supervisor's own view
+    /// (a member the supervisor reaches stays, unless it is reported again); the others carry
+    /// the member's own answer as evidence.
+    #[serde(default)]
+    pub kind: FailureKind,
+}
+
+/// What made the leader report a member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// A PREPARE got no answer within the peer timeout.
+    #[default]
+    Unreachable,
+    /// The member answered NO: it is behind and must recover before it can vote YES.
+    VotedNo,
+    /// The member did not acknowledge a decision.
+    DecisionFailed,
 }
 
 /// `POST /register_client/` on the supervisor.
@@ -593,6 +729,9 @@ mod tests {
         assert_eq!(c.write_set, BTreeMap::from([(2, 22)]));
         assert_eq!(c.read_set, BTreeSet::from([1]));
         assert_eq!(c.read_ts, Some(5));
+        assert_eq!(c.min_copies, None);
+        let c = commit(r#"{"transaction": {"write_set": {"2": 22}}, "min_copies": 3}"#).unwrap();
+        assert_eq!(c.min_copies, Some(3));
     }
 
     #[test]
@@ -606,6 +745,11 @@ mod tests {
             (r#"{"transaction": {"write_set": {"-1": 1}}}"#, "negative"),
             (r#"{"transaction": {"write_set": {"1": 1}, "bogus": 1}}"#, "unknown field"),
             (r#"{"transaction": {"read_set": ["1"], "time_stamp": 1}}"#, "invalid type"),
+            (r#"{"transaction": {"write_set": {"1": 1, "1": 2}}}"#, "account 1 appears twice in write_set"),
+            (r#"{"transaction": {"write_set": {"7": 1, "07": 2}}}"#, "invalid number"),
+            (r#"{"transaction": {"read_set": [3, 4, 3], "time_stamp": 1}}"#, "account 3 appears twice in read_set"),
+            (r#"{"transaction": {"write_set": {"1": 1}}, "min_copies": 0}"#, "min_copies 0 is out of range"),
+            (r#"{"transaction": {"write_set": {"1": 1}}, "min_copies": 17}"#, "min_copies 17 is out of range"),
         ] {
             let err = commit(body).unwrap_err();
             assert!(err.contains(expect), "{body}: {err}");
@@ -615,7 +759,8 @@ mod tests {
     #[test]
     fn oversized_write_set_is_refused() {
         let ws: BTreeMap<Account, Balance> = (0..=MAX_SET_LEN as i64).map(|k| (k, 1)).collect();
-        let req = CommitRequest { transaction: TransactionBody { write_set: ws, ..Default::default() } };
+        let req =
+            CommitRequest { transaction: TransactionBody { write_set: ws, ..Default::default() }, min_copies: None };
         assert!(req.validate().unwrap_err().0.contains("at most"));
     }
 }

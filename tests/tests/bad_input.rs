@@ -72,6 +72,7 @@ fn read_only() -> Vec<Case> {
         case("read with a write_set", "/read/", r#"{"transaction": {"read_set": [1], "write_set": {"2": 1}}}"#),
         case("read with negative min_lsn", "/read/", r#"{"transaction": {"read_set": [1]}, "min_lsn": -1}"#),
         case("read with string min_lsn", "/read/", r#"{"transaction": {"read_set": [1]}, "min_lsn": "1"}"#),
+        case("read of an account twice", "/read/", r#"{"transaction": {"read_set": [1, 1]}}"#),
     ]
 }
 
@@ -103,6 +104,11 @@ fn commit_only() -> Vec<Case> {
         case("txn_id not a UUID", c, r#"{"transaction": {"write_set": {"2": 1}, "txn_id": "abc"}}"#),
         case("txn_id a number", c, r#"{"transaction": {"write_set": {"2": 1}, "txn_id": 7}}"#),
         case("write_set of 1001 accounts", c, json!({"transaction": {"write_set": many}}).to_string()),
+        case("an account twice in write_set", c, r#"{"transaction": {"write_set": {"1": 1, "1": 2}}}"#),
+        case("an account twice in read_set", c, r#"{"transaction": {"read_set": [4, 4], "time_stamp": 1}}"#),
+        case("min_copies 0", c, r#"{"transaction": {"write_set": {"2": 1}}, "min_copies": 0}"#),
+        case("min_copies above 16", c, r#"{"transaction": {"write_set": {"2": 1}}, "min_copies": 17}"#),
+        case("min_copies negative", c, r#"{"transaction": {"write_set": {"2": 1}}, "min_copies": -1}"#),
     ]
 }
 

@@ -13,9 +13,9 @@ use axum::{Json, Router};
 #[allow(unused_imports)] // Some are named only in the OpenAPI annotations.
 use protocol::{
     AgentStatus, BatchStateResponse, ClusterConfig, CommitRequest, CommitResponse, DecideRequest, DecideResponse,
-    DrillResponse, ErrorBody, FenceResponse, LogPage, Lsn, Outcome, PauseRequest, PauseResponse, PrepareRequest,
-    PrepareResponse, PromoteResponse, ReadRequest, ReadResponse, RecoverRequest, RecoverResponse, DEFAULT_LOG_PAGE,
-    MAX_BODY_BYTES, MAX_LOG_PAGE,
+    DrillResponse, ErrorBody, FenceResponse, JoinRequest, LogPage, Lsn, Outcome, PauseRequest, PauseResponse,
+    PrepareRequest, PrepareResponse, PromoteResponse, ReadRequest, ReadResponse, RecoverRequest, RecoverResponse,
+    DEFAULT_LOG_PAGE, MAX_BODY_BYTES, MAX_LOG_PAGE,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -39,6 +39,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/internal/promote", post(promote))
         .route("/internal/config", post(config))
         .route("/internal/pause", post(pause))
+        .route("/internal/join", post(join))
         .route("/internal/recover", post(recover))
         .route("/replication_log/", get(replication_log))
         .route("/down_leader/", get(down_leader))
@@ -128,10 +129,10 @@ async fn read(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ReadRequest>)
     request_body(content = CommitRequest, description = "The read set with the read's `time_stamp`, the write set, and optionally a `txn_id` that makes retries safe"),
     responses(
         (status = 200, description = "COMMIT: durable on every member", body = CommitResponse),
-        (status = 400, description = "Malformed input (empty transaction, missing `time_stamp`, a negative account, a set over its limit); nothing changed", body = ErrorBody),
-        (status = 409, description = "ABORT by a conflict: `reason` is `stale_read` or `key_locked`, `key` the account", body = CommitResponse),
+        (status = 400, description = "Malformed input (empty transaction, missing `time_stamp`, a negative account, an account given twice, a set over its limit, `min_copies` out of range), or `bad_timestamp`: a `time_stamp` above every timestamp the cluster handed out; nothing changed", body = ErrorBody),
+        (status = 409, description = "ABORT by a conflict: `reason` is `stale_read` or `key_locked`, `key` the account. Final: a retry of the `txn_id` gets the same answer on any leader", body = CommitResponse),
         (status = 421, description = "Not the leader: send the commit to `leader`", body = ErrorBody),
-        (status = 503, description = "ABORT with `reason` `replication_failed` (nothing applied), or an error: the node is down, no leader is known, the outcome is not known yet (retry with the same `txn_id`), or too many commits are waiting (`Retry-After`)",
+        (status = 503, description = "ABORT with `reason` `not_enough_replicas` (fewer nodes reachable than the durability floor) or `replication_failed` (nothing applied either way; retry with the same `txn_id`), or an error: the node is down, no leader is known, the outcome is not known yet (retry with the same `txn_id`), or too many commits are waiting (`Retry-After`)",
             body = crate::openapi::CommitUnavailable,
             headers(("Retry-After" = u32, description = "Seconds to wait, when the leader is overloaded"))),
     ))]
@@ -172,10 +173,8 @@ fn commit_response(txn_id: Uuid, outcome: TxnOutcome) -> Response {
             ApiError::Internal("undecided outcome reached the response".into()).into_response()
         }
         TxnOutcome::Aborted { reason, key, message } => {
-            let status = match reason {
-                protocol::AbortReason::ReplicationFailed => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::CONFLICT,
-            };
+            // A conflict is a final answer; anything else applied nothing and may be retried.
+            let status = if reason.is_final() { StatusCode::CONFLICT } else { StatusCode::SERVICE_UNAVAILABLE };
             let body = CommitResponse {
                 commit: Outcome::Abort,
                 txn_id,
@@ -409,6 +408,23 @@ async fn config(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConf
 async fn pause(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<PauseRequest>) -> Result<Response, ApiError> {
     node.check_serving()?;
     Ok(Json(node.pause(&req).await?).into_response())
+}
+
+/// Recovery's last step: the leader stores the member set that adds the caught-up node, if its
+/// own log still ends where the node's does; adopting it ends the pause.
+#[utoipa::path(post, path = "/internal/join", tag = "internal",
+    request_body(content = JoinRequest, description = "The new configuration and the LSN the joining node reached"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Stored: the leader's status with the new configuration", body = AgentStatus),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 409, description = "A stale term, or the leader's log moved past the node's (`conflict`): nothing changed", body = ErrorBody),
+        (status = 421, description = "Not the leader", body = ErrorBody),
+        (status = 503, description = "Down, or PostgreSQL unreachable", body = ErrorBody),
+    ))]
+async fn join(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<JoinRequest>) -> Result<Response, ApiError> {
+    node.check_serving()?;
+    Ok(Json(detached(async move { node.join(&req).await }).await?).into_response())
 }
 
 /// Brings this node up to date from the leader's log (its prepared batch resolved first).

@@ -11,6 +11,9 @@ pub enum ApiError {
     /// Malformed input (400): the message says what is wrong.
     #[error("{0}")]
     BadRequest(String),
+    /// A commit's `time_stamp` above every timestamp the cluster handed out (400).
+    #[error("{0}")]
+    BadTimestamp(String),
     /// This agent is not the leader (421).
     #[error("this agent is not the leader")]
     NotLeader { leader: Option<String> },
@@ -50,6 +53,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, leader, term) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", None, None),
+            ApiError::BadTimestamp(_) => (StatusCode::BAD_REQUEST, "bad_timestamp", None, None),
             ApiError::NotLeader { leader } => (StatusCode::MISDIRECTED_REQUEST, "not_leader", leader.clone(), None),
             ApiError::StaleTerm(term) => (StatusCode::CONFLICT, "stale_term", None, Some(*term)),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None, None),

@@ -50,6 +50,12 @@ struct Args {
     /// a member freezes, and a member slower than this is removed (it then recovers).
     #[arg(long, env = "AGENT_PEER_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     peer_timeout_ms: u64,
+    /// The durability floor: as leader, this agent acknowledges a commit only once at least
+    /// this many nodes (itself included) hold it durably; with fewer reachable members commits
+    /// answer 503 `not_enough_replicas` and apply nothing. 1 keeps commits available down to
+    /// the leader alone, at the price of acknowledged commits living on one disk meanwhile.
+    #[arg(long, env = "AGENT_MIN_COPIES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    min_copies: u32,
     /// A file holding the cluster token. When set (or CLUSTER_TOKEN is), internal endpoints,
     /// the drills and log paging need 'Authorization: Bearer <token>', and every internal call
     /// this agent makes carries it.
@@ -90,6 +96,13 @@ async fn main() -> anyhow::Result<()> {
     if !args.members.contains(&address) {
         anyhow::bail!("--members ({}) must include this agent's own address {address}", args.members.join(","));
     }
+    if args.min_copies as usize > args.members.len() {
+        anyhow::bail!(
+            "--min-copies {} asks for more copies than there are members ({}): no commit could ever be acknowledged",
+            args.min_copies,
+            args.members.len()
+        );
+    }
     if !args.members.contains(&args.leader) {
         anyhow::bail!("--leader {} is not one of --members ({})", args.leader, args.members.join(","));
     }
@@ -105,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         supervisor: args.supervisor,
         token,
         peer_timeout: Duration::from_millis(args.peer_timeout_ms),
+        min_copies: args.min_copies as usize,
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

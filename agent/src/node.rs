@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use protocol::{
     AgentStatus, BatchState, BatchStateResponse, ClusterConfig, DecideRequest, DecideResponse, Decision, DrillResponse,
-    FailureReport, FenceResponse, Lsn, PauseRequest, PauseResponse, PendingInfo, PrepareRequest, PrepareResponse,
-    PromoteResponse, ReadResponse, RecoverRequest, RecoverResponse, Role, Term, Timestamp, ValidRead, Vote,
+    FailureKind, FailureReport, FenceResponse, JoinRequest, Lsn, PauseRequest, PauseResponse, PendingInfo,
+    PrepareRequest, PrepareResponse, PromoteResponse, ReadResponse, RecoverRequest, RecoverResponse, Role, Term,
+    Timestamp, ValidRead, Vote,
 };
 use tokio::sync::{watch, Mutex};
 
@@ -22,7 +23,7 @@ use crate::error::ApiError;
 use crate::participant::{DecideStep, ParticipantState, PendingBatch, PrepareStep, PreparedHere, RoundId};
 use crate::peers::Peers;
 use crate::resolution::{resolve, Resolution};
-use crate::store::Store;
+use crate::store::{LogEnd, Store};
 use crate::two_phase::Leader;
 
 /// How long a read waits for an in-flight write of one of its accounts to finish, or for a
@@ -43,6 +44,9 @@ pub struct NodeConfig {
     /// The cluster token: required on internal endpoints and sent on every internal call.
     pub token: Option<String>,
     pub peer_timeout: Duration,
+    /// The durability floor: as leader, acknowledge a commit only once at least this many
+    /// nodes (this one included) hold it durably.
+    pub min_copies: usize,
 }
 
 /// What this node believes about the cluster.
@@ -58,8 +62,8 @@ pub struct Node {
     pub store: Store,
     pub peers: Peers,
     participant: Mutex<ParticipantState>,
-    /// (applied LSN, its commit timestamp), published after every local commit.
-    applied: watch::Sender<(Lsn, Timestamp)>,
+    /// Where the local log ends, published after every local commit.
+    applied: watch::Sender<LogEnd>,
     view: SyncMutex<View>,
     me: Weak<Node>,
 }
@@ -69,7 +73,8 @@ impl Node {
     /// if the configuration names it leader, resolves what it left prepared and starts leading.
     pub async fn start(cfg: NodeConfig, store: Store) -> anyhow::Result<Arc<Node>> {
         let peers = Peers::new(cfg.peer_timeout, cfg.token.as_deref())?;
-        let (lsn, ts) = store.applied().await?;
+        let end = store.applied().await?;
+        let lsn = end.lsn;
         let mut prepared = store.prepared_batches().await?;
         if prepared.len() > 1 {
             tracing::error!(
@@ -89,8 +94,10 @@ impl Node {
             }
         };
         let term = config.term.max(pending.as_ref().map_or(0, |p| p.id.term));
-        let participant = ParticipantState { term, applied_lsn: lsn, pending, pending_detail: None, uncertain: false };
-        let (applied, _) = watch::channel((lsn, ts));
+        let term_leader = config.leader.clone().filter(|_| config.term == term);
+        let participant =
+            ParticipantState { term, term_leader, applied_lsn: lsn, pending, pending_detail: None, uncertain: false };
+        let (applied, _) = watch::channel(end);
         let node = Arc::new_cyclic(|me| Node {
             cfg,
             store,
@@ -106,11 +113,35 @@ impl Node {
         // the cluster decided. The supervisor elects a leader, or recovers this node.
         // On a first start nothing can have happened yet, so the configured leader leads at once.
         let named_leader = config.leader.as_deref() == Some(node.cfg.address.as_str());
-        if named_leader && (node.cfg.supervisor.is_none() || !restarted) {
+        let first_start = !restarted && lsn == 0;
+        if named_leader && node.cfg.supervisor.is_some() && first_start {
+            // An empty database under the first leader's name is either a new cluster or a
+            // node whose data was wiped. In the second case leading would serve an empty log
+            // and refuse the good nodes as "diverged": a peer with a history tells.
+            if let Some(peer) = node.peer_with_history(&config).await {
+                tracing::warn!(%peer, "this node's database is empty but the cluster has a history: \
+                    not leading; the supervisor recovers it as a new node");
+            } else {
+                node.promote(config).await.map_err(|e| anyhow::anyhow!("starting as leader: {e}"))?;
+            }
+        } else if named_leader && (node.cfg.supervisor.is_none() || !restarted) {
             node.promote(config).await.map_err(|e| anyhow::anyhow!("resuming as leader: {e}"))?;
         }
         tracing::info!(node = %node.cfg.node_id, role = ?node.role(), term, applied_lsn = lsn, "node ready");
         Ok(node)
+    }
+
+    /// A member of `config` that reports a log or a term beyond a fresh cluster's, if any
+    /// answers.
+    async fn peer_with_history(&self, config: &ClusterConfig) -> Option<String> {
+        for peer in config.members.iter().filter(|m| **m != self.cfg.address) {
+            match self.peers.status(peer).await {
+                Ok(status) if status.applied_lsn > 0 || status.term > config.term => return Some(peer.clone()),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%peer, error = %e, "peer unreachable at start-up"),
+            }
+        }
+        None
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
@@ -177,12 +208,19 @@ impl Node {
         }
     }
 
+    /// (applied LSN, its commit timestamp).
     pub fn applied(&self) -> (Lsn, Timestamp) {
+        let end = *self.applied.borrow();
+        (end.lsn, end.commit_ts)
+    }
+
+    /// Where the local log ends, with the term of its last entry.
+    pub fn log_end(&self) -> LogEnd {
         *self.applied.borrow()
     }
 
-    fn publish_applied(&self, lsn: Lsn, ts: Timestamp) {
-        self.applied.send_replace((lsn, ts));
+    fn publish_applied(&self, end: LogEnd) {
+        self.applied.send_replace(end);
     }
 
     /// The members other than this node, in configured order.
@@ -210,7 +248,10 @@ impl Node {
             }
             return Err(ApiError::unavailable(e));
         }
-        state.term = state.term.max(config.term);
+        if !state.learn_leader(config.term, config.leader.as_deref()) {
+            tracing::error!(term = config.term, known = ?state.term_leader, named = ?config.leader,
+                "a configuration names a second leader for this term; this member keeps voting for the first");
+        }
         let deposed = {
             let mut view = self.view();
             view.config = config.clone();
@@ -252,7 +293,7 @@ impl Node {
         if !state.uncertain {
             return Ok(());
         }
-        let (lsn, ts) = self.store.applied().await.map_err(ApiError::unavailable)?;
+        let end = self.store.applied().await.map_err(ApiError::unavailable)?;
         let mut prepared = self.store.prepared_batches().await.map_err(ApiError::unavailable)?;
         let newest = prepared.pop();
         for stale in prepared {
@@ -264,9 +305,9 @@ impl Node {
         }
         state.pending = newest;
         state.pending_detail = None;
-        state.applied_lsn = lsn;
+        state.applied_lsn = end.lsn;
         state.uncertain = false;
-        self.publish_applied(lsn, ts);
+        self.publish_applied(end);
         Ok(())
     }
 
@@ -289,7 +330,7 @@ impl Node {
             applied_lsn: state.applied_lsn,
             reason,
         };
-        match state.on_prepare(id, req.prev_lsn, last.lsn, last.txn_id) {
+        match state.on_prepare(id, req.prev_lsn, last.lsn, last.txn_id, req.leader.as_deref()) {
             PrepareStep::StaleTerm(term) => Err(ApiError::StaleTerm(term)),
             PrepareStep::Refuse(reason) => {
                 tracing::warn!(%reason, "voting NO");
@@ -378,14 +419,14 @@ impl Node {
                 detail.last_commit_ts
             }
             None => match self.store.applied().await {
-                Ok((_, ts)) => ts,
+                Ok(end) => end.commit_ts,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read the last commit timestamp back");
                     self.applied().1
                 }
             },
         };
-        self.publish_applied(batch.last_lsn, ts);
+        self.publish_applied(LogEnd { lsn: batch.last_lsn, commit_ts: ts, term: batch.id.term });
         Ok(())
     }
 
@@ -478,11 +519,14 @@ impl Node {
             }
         }
         self.adopt(&mut state, &config).await?;
+        // What an earlier leader acknowledged ends here; a batch resolved below may be on
+        // fewer than min_copies nodes until the first round copies it.
+        let acknowledged_before = state.applied_lsn;
         let (committed, aborted) = self.resolve_in_doubt(&mut state, &config).await?;
         let (lsn, ts) = self.applied();
         let last_write = self.store.write_timestamps().await.map_err(ApiError::unavailable)?;
-        let leader = Leader::new(self.me.clone(), config.term);
-        leader.start(last_write, ts, lsn);
+        let leader = Leader::new(self.me.clone(), config.term, self.cfg.min_copies);
+        leader.start(last_write, ts, lsn, acknowledged_before);
         self.view().leader = Some(leader);
         tracing::info!(term = config.term, applied_lsn = lsn, committed, aborted, "promoted to leader");
         Ok(PromoteResponse {
@@ -557,6 +601,37 @@ impl Node {
         Ok(PauseResponse { applied_lsn: self.applied().0 })
     }
 
+    /// `POST /internal/join` on the leader: adopt a member set that adds a node which caught up
+    /// to `req.applied_lsn`, only if this leader's log still ends there. No round runs while
+    /// it checks and stores, so no commit can slip in between (DESIGN 6).
+    pub async fn join(&self, req: &JoinRequest) -> Result<AgentStatus, ApiError> {
+        let Some(leader) = self.leader() else {
+            return Err(self.not_leader());
+        };
+        if leader.term() != req.config.term {
+            return Err(ApiError::StaleTerm(leader.term()));
+        }
+        if req.config.leader.as_deref() != Some(self.cfg.address.as_str()) {
+            return Err(ApiError::BadRequest("the configuration names another leader".into()));
+        }
+        {
+            let _no_round = leader.hold_rounds().await;
+            let applied = self.applied().0;
+            if applied != req.applied_lsn {
+                return Err(ApiError::Conflict(format!(
+                    "this leader has applied LSN {applied} and the joining node LSN {}: it must catch up again \
+                     before it can be a member",
+                    req.applied_lsn
+                )));
+            }
+            let mut state = self.participant.lock().await;
+            self.adopt(&mut state, &req.config).await?;
+        }
+        tracing::info!(version = req.config.version, members = ?req.config.members, lsn = req.applied_lsn,
+            "a caught-up node joined the members");
+        Ok(self.status().await)
+    }
+
     /// `POST /internal/recover`: a node outside the member set catches up from the leader's
     /// log (DESIGN 6). Safe to call again; the supervisor calls it once in bulk and once more
     /// for the tail while the leader pauses.
@@ -620,7 +695,7 @@ impl Node {
             let Some(last) = page.entries.last() else {
                 break;
             };
-            let (last_lsn, last_ts) = (last.lsn, last.commit_ts);
+            let (last_lsn, last_end) = (last.lsn, LogEnd { lsn: last.lsn, commit_ts: last.commit_ts, term: last.term });
             let dense = page.entries.iter().enumerate().all(|(i, e)| e.lsn == after + 1 + i as Lsn);
             if !dense {
                 return Err(ApiError::Conflict(format!("the leader's log page after LSN {after} is not dense")));
@@ -632,7 +707,7 @@ impl Node {
             }
             entries_applied += page.entries.len() as u64;
             state.applied_lsn = last_lsn;
-            self.publish_applied(last_lsn, last_ts);
+            self.publish_applied(last_end);
             after = last_lsn;
             if !page.more {
                 break;
@@ -644,9 +719,15 @@ impl Node {
 
     /// The leader could not reach `member`: ask the supervisor to remove it. Returns the new
     /// configuration when it did; the leader never drops a member on its own.
-    pub async fn report_failure(&self, term: Term, member: &str, reason: &str) -> Option<ClusterConfig> {
+    pub async fn report_failure(
+        &self,
+        term: Term,
+        member: &str,
+        reason: &str,
+        kind: FailureKind,
+    ) -> Option<ClusterConfig> {
         let supervisor = self.cfg.supervisor.as_ref()?;
-        let report = FailureReport { term, member: member.to_string(), reason: reason.to_string() };
+        let report = FailureReport { term, member: member.to_string(), reason: reason.to_string(), kind };
         match self.peers.report_failure(supervisor, &report).await {
             Ok(config) => {
                 let mut state = self.participant.lock().await;
@@ -720,7 +801,7 @@ impl Node {
         }
         if let Some(min_lsn) = read.min_lsn {
             let mut applied = self.applied.subscribe();
-            let reached = tokio::time::timeout_at(deadline, applied.wait_for(|(lsn, _)| *lsn >= min_lsn)).await;
+            let reached = tokio::time::timeout_at(deadline, applied.wait_for(|end| end.lsn >= min_lsn)).await;
             if !matches!(reached, Ok(Ok(_))) {
                 return Err(ApiError::Unavailable(format!(
                     "this node has applied LSN {} and did not reach min_lsn {min_lsn} within {} s",
@@ -744,7 +825,7 @@ impl Node {
 
     pub async fn status(&self) -> AgentStatus {
         let state = self.participant.lock().await;
-        let (applied_lsn, last_commit_ts) = self.applied();
+        let end = self.log_end();
         let config = self.config();
         AgentStatus {
             node_id: self.cfg.node_id.clone(),
@@ -752,8 +833,10 @@ impl Node {
             role: self.role(),
             term: state.term,
             leader: config.leader,
-            applied_lsn,
-            last_commit_ts,
+            applied_lsn: end.lsn,
+            last_commit_ts: end.commit_ts,
+            last_term: end.term,
+            min_copies: self.cfg.min_copies as u32,
             members: config.members,
             prepared_batch: state.pending.as_ref().map(PendingBatch::info),
             config_version: config.version,

@@ -37,6 +37,7 @@ use utoipa::{OpenApi, ToSchema};
         crate::api::promote,
         crate::api::config,
         crate::api::pause,
+        crate::api::join,
         crate::api::recover,
     ),
     // Named by `ReadRequest` and `CommitRequest` through `protocol::openapi`.
@@ -105,6 +106,7 @@ mod tests {
         ("post", "/internal/promote"),
         ("post", "/internal/config"),
         ("post", "/internal/pause"),
+        ("post", "/internal/join"),
         ("post", "/internal/recover"),
     ];
 

@@ -10,6 +10,10 @@
 //!   `prev_lsn` is this member's applied LSN: the leader's committed log ends there, so the
 //!   pending batch was aborted (its ABORT was lost or arrived before a late PREPARE).
 //! - A PREPARE from an earlier round than the pending batch is stale and refused.
+//! - One leader per term: the first leader a member hears of in a term (from the supervisor's
+//!   fence or from the first PREPARE) is the only one it votes for in that term. A second
+//!   leader of the same term (a supervisor that lost its state and reused the term) gets
+//!   `stale_term` and steps down, so two leaders can never both collect this member's YES.
 
 use protocol::{Decision, Lsn, Term};
 use uuid::Uuid;
@@ -59,6 +63,8 @@ impl PendingBatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParticipantState {
     pub term: Term,
+    /// The leader this member votes for in `term`, once it knows it.
+    pub term_leader: Option<String>,
     pub applied_lsn: Lsn,
     pub pending: Option<PendingBatch>,
     /// What this process knows of the pending batch because it prepared it (nothing after a
@@ -108,11 +114,35 @@ pub enum DecideStep {
 }
 
 impl ParticipantState {
-    pub fn on_prepare(&mut self, id: RoundId, prev_lsn: Lsn, last_lsn: Lsn, last_txn: Uuid) -> PrepareStep {
-        if id.term < self.term {
+    /// Learns the leader of `term` (a newer term replaces the old leader; within a term the
+    /// first one known stays). Returns false if `leader` contradicts the one known.
+    pub fn learn_leader(&mut self, term: Term, leader: Option<&str>) -> bool {
+        if term > self.term {
+            self.term = term;
+            self.term_leader = leader.map(str::to_string);
+            return true;
+        }
+        match (&self.term_leader, leader) {
+            (Some(known), Some(leader)) if term == self.term => known == leader,
+            (None, Some(leader)) if term == self.term => {
+                self.term_leader = Some(leader.to_string());
+                true
+            }
+            _ => true,
+        }
+    }
+
+    pub fn on_prepare(
+        &mut self,
+        id: RoundId,
+        prev_lsn: Lsn,
+        last_lsn: Lsn,
+        last_txn: Uuid,
+        leader: Option<&str>,
+    ) -> PrepareStep {
+        if id.term < self.term || !self.learn_leader(id.term, leader) {
             return PrepareStep::StaleTerm(self.term);
         }
-        self.term = id.term;
         if let Some(p) = &self.pending {
             if p.last_txn == last_txn && p.last_lsn == last_lsn {
                 return PrepareStep::AlreadyPrepared;
@@ -160,7 +190,14 @@ mod tests {
         RoundId { term, round }
     }
     fn fresh() -> ParticipantState {
-        ParticipantState { term: 1, applied_lsn: 10, pending: None, pending_detail: None, uncertain: false }
+        ParticipantState {
+            term: 1,
+            term_leader: None,
+            applied_lsn: 10,
+            pending: None,
+            pending_detail: None,
+            uncertain: false,
+        }
     }
 
     #[test]
@@ -173,22 +210,39 @@ mod tests {
     #[test]
     fn votes_yes_only_after_its_predecessor() {
         let mut s = fresh();
-        assert_eq!(s.on_prepare(round(1, 5), 10, 12, txn(1)), PrepareStep::Prepare { supersede: None });
-        assert!(matches!(s.on_prepare(round(1, 5), 11, 12, txn(1)), PrepareStep::Refuse(_)));
+        assert_eq!(s.on_prepare(round(1, 5), 10, 12, txn(1), None), PrepareStep::Prepare { supersede: None });
+        assert!(matches!(s.on_prepare(round(1, 5), 11, 12, txn(1), None), PrepareStep::Refuse(_)));
     }
 
     #[test]
     fn a_lower_term_is_fenced_off() {
         let mut s = ParticipantState { term: 4, ..fresh() };
-        assert_eq!(s.on_prepare(round(3, 9), 10, 11, txn(1)), PrepareStep::StaleTerm(4));
+        assert_eq!(s.on_prepare(round(3, 9), 10, 11, txn(1), None), PrepareStep::StaleTerm(4));
         assert_eq!(s.on_decide(3, 11, txn(1), Decision::Commit), DecideStep::StaleTerm(4));
+    }
+
+    // Finding 4: a supervisor that lost its state reuses a term for a second leader.
+    #[test]
+    fn a_member_votes_for_one_leader_per_term() {
+        let mut s = fresh();
+        assert_eq!(s.on_prepare(round(2, 1), 10, 11, txn(1), Some("a:1")), PrepareStep::Prepare { supersede: None });
+        assert_eq!(s.term_leader.as_deref(), Some("a:1"));
+        // Another leader claiming the same term is refused as stale: it steps down.
+        assert_eq!(s.on_prepare(round(2, 2), 10, 11, txn(2), Some("b:2")), PrepareStep::StaleTerm(2));
+        // A higher term belongs to whoever leads it.
+        assert!(matches!(s.on_prepare(round(3, 1), 10, 11, txn(3), Some("b:2")), PrepareStep::Prepare { .. }));
+        assert_eq!((s.term, s.term_leader.as_deref()), (3, Some("b:2")));
+        // The fence names the leader first: then only that one gets votes in the term.
+        let mut s = fresh();
+        assert!(s.learn_leader(4, Some("c:3")));
+        assert_eq!(s.on_prepare(round(4, 1), 10, 11, txn(1), Some("a:1")), PrepareStep::StaleTerm(4));
     }
 
     #[test]
     fn a_repeated_prepare_is_answered_again() {
         let mut s = fresh();
         s.pending = Some(PendingBatch { id: round(1, 5), last_lsn: 12, last_txn: txn(1) });
-        assert_eq!(s.on_prepare(round(1, 5), 10, 12, txn(1)), PrepareStep::AlreadyPrepared);
+        assert_eq!(s.on_prepare(round(1, 5), 10, 12, txn(1), None), PrepareStep::AlreadyPrepared);
     }
 
     #[test]
@@ -196,14 +250,14 @@ mod tests {
         let mut s = fresh();
         let old = PendingBatch { id: round(1, 5), last_lsn: 12, last_txn: txn(1) };
         s.pending = Some(old.clone());
-        assert_eq!(s.on_prepare(round(1, 6), 10, 11, txn(2)), PrepareStep::Prepare { supersede: Some(old) });
+        assert_eq!(s.on_prepare(round(1, 6), 10, 11, txn(2), None), PrepareStep::Prepare { supersede: Some(old) });
     }
 
     #[test]
     fn a_late_prepare_from_an_earlier_round_is_refused() {
         let mut s = fresh();
         s.pending = Some(PendingBatch { id: round(1, 6), last_lsn: 11, last_txn: txn(2) });
-        assert!(matches!(s.on_prepare(round(1, 5), 10, 12, txn(1)), PrepareStep::Refuse(_)));
+        assert!(matches!(s.on_prepare(round(1, 5), 10, 12, txn(1), None), PrepareStep::Refuse(_)));
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub enum PeerError {
     Refused { peer: String, status: StatusCode, message: String },
 }
 
+/// How long the leader waits for a member it could not reach lately before it counts it as
+/// still gone: short, because a round at the durability floor waits for it.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+
 #[derive(Clone)]
 pub struct Peers {
     http: reqwest::Client,
@@ -61,6 +65,12 @@ impl Peers {
         let url = format!("http://{peer}/internal/batch_state?last_lsn={last_lsn}&last_txn={last_txn}&term={term}");
         let resp = self.http.get(url).send().await.map_err(|source| unreachable(peer, source))?;
         decode(peer, resp).await
+    }
+
+    /// Whether `peer` answers `/health` within [`PROBE_TIMEOUT`].
+    pub async fn probe(&self, peer: &str) -> bool {
+        let req = self.http.get(format!("http://{peer}/health")).timeout(PROBE_TIMEOUT);
+        matches!(req.send().await, Ok(resp) if resp.status().is_success())
     }
 
     pub async fn status(&self, peer: &str) -> Result<AgentStatus, PeerError> {

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use protocol::{Account, AccountRow, Balance, ClusterConfig, LogEntry, Lsn, Timestamp};
+use protocol::{AbortRecord, Account, AccountRow, Balance, ClusterConfig, LogEntry, Lsn, Term, Timestamp};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool, Row};
@@ -30,6 +30,16 @@ pub struct Snapshot {
     pub rows: Vec<AccountRow>,
     pub lsn: Lsn,
     pub commit_ts: Timestamp,
+    /// The term of the entry at `lsn` (0 for an empty log).
+    pub term: Term,
+}
+
+/// Where a node's log ends: what elections compare.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogEnd {
+    pub lsn: Lsn,
+    pub commit_ts: Timestamp,
+    pub term: Term,
 }
 
 #[derive(Clone)]
@@ -50,7 +60,10 @@ CREATE TABLE IF NOT EXISTS recovery_log (
     txn_id UUID NOT NULL UNIQUE,
     commit_ts BIGINT NOT NULL,
     read_set JSONB NOT NULL,
-    write_set JSONB NOT NULL
+    write_set JSONB NOT NULL,
+    -- A transaction ABORTED by a conflict keeps its outcome in the log too (empty sets, no
+    -- writes), so that a retry of its txn_id is answered ABORT by any leader, forever.
+    aborted JSONB
 );
 -- The newest cluster configuration this agent has seen: its term must survive a restart, or a
 -- deposed leader could win this agent's vote again.
@@ -83,8 +96,12 @@ impl Store {
         // Several agents may share one server in tests; serialise DDL per database.
         conn.execute("SELECT pg_advisory_lock(7478)").await?;
         let created = conn.execute(SCHEMA).await;
+        let upgraded = match created {
+            Ok(_) => upgrade_log(&mut conn).await,
+            Err(e) => Err(e.into()),
+        };
         conn.execute("SELECT pg_advisory_unlock(7478)").await?;
-        created?;
+        upgraded?;
         let max: String = sqlx::query_scalar("SHOW max_prepared_transactions").fetch_one(&mut *conn).await?;
         if max.parse::<i64>().unwrap_or(0) < 2 {
             anyhow::bail!(
@@ -122,8 +139,8 @@ impl Store {
     /// Reads `accounts` and the last applied log position in one statement (one snapshot).
     pub async fn read(&self, accounts: &[Account]) -> Result<Snapshot, StoreError> {
         let rows = sqlx::query(
-            "WITH last AS (SELECT lsn, commit_ts FROM recovery_log ORDER BY lsn DESC LIMIT 1) \
-             SELECT b.account_number, b.balance, b.created_at, b.updated_at, l.lsn, l.commit_ts \
+            "WITH last AS (SELECT lsn, commit_ts, term FROM recovery_log ORDER BY lsn DESC LIMIT 1) \
+             SELECT b.account_number, b.balance, b.created_at, b.updated_at, l.lsn, l.commit_ts, l.term \
              FROM (SELECT 1) AS one \
              LEFT JOIN last AS l ON true \
              LEFT JOIN bank_balance AS b ON b.account_number = ANY($1) \
@@ -132,10 +149,11 @@ impl Store {
         .bind(accounts)
         .fetch_all(&self.pool)
         .await?;
-        let mut snapshot = Snapshot { rows: Vec::new(), lsn: 0, commit_ts: 0 };
+        let mut snapshot = Snapshot { rows: Vec::new(), lsn: 0, commit_ts: 0, term: 0 };
         for row in rows {
             snapshot.lsn = row.try_get::<Option<i64>, _>("lsn")?.unwrap_or(0);
             snapshot.commit_ts = row.try_get::<Option<i64>, _>("commit_ts")?.unwrap_or(0);
+            snapshot.term = row.try_get::<Option<i64>, _>("term")?.unwrap_or(0);
             if let Some(account_number) = row.try_get::<Option<i64>, _>("account_number")? {
                 snapshot.rows.push(AccountRow {
                     account_number,
@@ -148,10 +166,10 @@ impl Store {
         Ok(snapshot)
     }
 
-    /// The last applied LSN and its commit timestamp (0, 0 for an empty log).
-    pub async fn applied(&self) -> Result<(Lsn, Timestamp), StoreError> {
+    /// The last applied entry's LSN, commit timestamp and term (all 0 for an empty log).
+    pub async fn applied(&self) -> Result<LogEnd, StoreError> {
         let snapshot = self.read(&[]).await?;
-        Ok((snapshot.lsn, snapshot.commit_ts))
+        Ok(LogEnd { lsn: snapshot.lsn, commit_ts: snapshot.commit_ts, term: snapshot.term })
     }
 
     /// `updated_at` of every account: what the leader's validator needs in memory.
@@ -172,10 +190,10 @@ impl Store {
         let sql = format!(
             "BEGIN; \
              WITH logged AS ( \
-               INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set) \
-               SELECT e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set \
+               INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set, aborted) \
+               SELECT e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set, e.aborted \
                FROM jsonb_to_recordset($rmw${log}$rmw$::jsonb) \
-                 AS e(lsn bigint, term bigint, txn_id uuid, commit_ts bigint, read_set jsonb, write_set jsonb)) \
+                 AS e(lsn bigint, term bigint, txn_id uuid, commit_ts bigint, read_set jsonb, write_set jsonb, aborted jsonb)) \
              INSERT INTO bank_balance (account_number, balance, created_at, updated_at) \
              SELECT w.account_number, w.balance, w.created_at, w.updated_at \
              FROM jsonb_to_recordset($rmw${writes}$rmw$::jsonb) \
@@ -211,9 +229,9 @@ impl Store {
         // never returns to the pool inside a transaction.
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set) \
-             SELECT e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set \
-             FROM jsonb_to_recordset($1) AS e(lsn bigint, term bigint, txn_id uuid, commit_ts bigint, read_set jsonb, write_set jsonb)",
+            "INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set, aborted) \
+             SELECT e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set, e.aborted \
+             FROM jsonb_to_recordset($1) AS e(lsn bigint, term bigint, txn_id uuid, commit_ts bigint, read_set jsonb, write_set jsonb, aborted jsonb)",
         )
         .bind(sqlx::types::Json(&log))
         .execute(&mut *tx)
@@ -279,18 +297,19 @@ impl Store {
 
     /// The log entry of a committed transaction.
     pub async fn find_txn(&self, txn_id: Uuid) -> Result<Option<LogEntry>, StoreError> {
-        let row =
-            sqlx::query("SELECT lsn, term, txn_id, commit_ts, read_set, write_set FROM recovery_log WHERE txn_id = $1")
-                .bind(txn_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT lsn, term, txn_id, commit_ts, read_set, write_set, aborted FROM recovery_log WHERE txn_id = $1",
+        )
+        .bind(txn_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| log_entry(&r)).transpose()
     }
 
     /// Up to `limit` log entries after `after`, in LSN order.
     pub async fn log_page(&self, after: Lsn, limit: i64) -> Result<Vec<LogEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT lsn, term, txn_id, commit_ts, read_set, write_set FROM recovery_log \
+            "SELECT lsn, term, txn_id, commit_ts, read_set, write_set, aborted FROM recovery_log \
              WHERE lsn > $1 ORDER BY lsn LIMIT $2",
         )
         .bind(after)
@@ -301,13 +320,39 @@ impl Store {
     }
 }
 
+/// Adds the `aborted` column to a recovery log made by an older agent. Only then: ALTER TABLE
+/// waits for every lock on the table, and a batch left prepared by a crash holds one until this
+/// agent resolves it, after start-up.
+async fn upgrade_log(conn: &mut sqlx::PgConnection) -> Result<(), anyhow::Error> {
+    let has_column: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = 'recovery_log' AND column_name = 'aborted')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if has_column {
+        return Ok(());
+    }
+    tracing::warn!("upgrading recovery_log: adding the column that records aborted transactions");
+    conn.execute("SET lock_timeout = '10s'").await?;
+    let altered = conn.execute("ALTER TABLE recovery_log ADD COLUMN IF NOT EXISTS aborted JSONB").await;
+    conn.execute("RESET lock_timeout").await?;
+    altered.map_err(|e| {
+        anyhow::anyhow!(
+            "could not add the column 'aborted' to recovery_log ({e}); if a prepared transaction holds the \
+             table (SELECT gid FROM pg_prepared_xacts), start the previous agent version once to resolve it"
+        )
+    })?;
+    Ok(())
+}
+
 /// A batch as the two JSON arrays its inserts read: the log entries, and the net writes.
 fn batch_json(entries: &[LogEntry]) -> (serde_json::Value, serde_json::Value) {
     let log = entries
         .iter()
         .map(|e| {
             json!({"lsn": e.lsn, "term": e.term, "txn_id": e.txn_id, "commit_ts": e.commit_ts,
-                   "read_set": e.read_set, "write_set": e.write_set})
+                   "read_set": e.read_set, "write_set": e.write_set, "aborted": e.aborted})
         })
         .collect();
     let writes = net_writes(entries)
@@ -322,6 +367,7 @@ fn batch_json(entries: &[LogEntry]) -> (serde_json::Value, serde_json::Value) {
 fn log_entry(row: &sqlx::postgres::PgRow) -> Result<LogEntry, StoreError> {
     let read_set: sqlx::types::Json<Vec<Account>> = row.try_get("read_set")?;
     let write_set: sqlx::types::Json<BTreeMap<Account, Balance>> = row.try_get("write_set")?;
+    let aborted: Option<sqlx::types::Json<AbortRecord>> = row.try_get("aborted")?;
     Ok(LogEntry {
         lsn: row.try_get("lsn")?,
         term: row.try_get("term")?,
@@ -329,6 +375,7 @@ fn log_entry(row: &sqlx::postgres::PgRow) -> Result<LogEntry, StoreError> {
         commit_ts: row.try_get("commit_ts")?,
         read_set: read_set.0,
         write_set: write_set.0,
+        aborted: aborted.map(|a| a.0),
     })
 }
 
@@ -363,6 +410,7 @@ mod tests {
             commit_ts: ts,
             read_set: vec![],
             write_set: writes.iter().copied().collect(),
+            aborted: None,
         };
         let net = net_writes(&[entry(1, 10, &[(1, 5), (2, 6)]), entry(2, 20, &[(1, 7)])]);
         assert_eq!(net[&1], (7, 10, 20));

@@ -14,18 +14,26 @@
 //! - The leader commits its own prepared batch only after at least one replica acknowledged
 //!   COMMIT (or it is the only member), and answers clients only after every member did.
 //! - A transaction id has one outcome: a repeated commit waits for the first one's outcome or
-//!   returns it from the outcome cache or the log.
+//!   returns it from the outcome cache or the log. A conflict's ABORT is final too: it is
+//!   written to the log as an entry of its own (no writes) by the next round, and the client
+//!   hears 409 only once that round is durable, so every later leader finds it.
+//! - The durability floor: a round commits only with at least `min_copies` members (this one
+//!   included) having voted YES, and the largest floor any of its transactions asked for;
+//!   otherwise nothing is applied and the clients hear 503 `not_enough_replicas`. An entry
+//!   found in the log is answered COMMIT only up to `durable_lsn`, the last LSN this leader
+//!   saw reach the floor, so an in-doubt batch a new leader committed alone is not
+//!   acknowledged before a round has copied it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use protocol::{
-    AbortReason, Account, Balance, DecideRequest, Decision, LogEntry, Lsn, PrepareRequest, Term, Timestamp,
-    ValidCommit, Vote,
+    AbortReason, AbortRecord, Account, Balance, DecideRequest, Decision, FailureKind, LogEntry, Lsn, PrepareRequest,
+    Term, Timestamp, ValidCommit, Vote,
 };
 use tokio::sync::{oneshot, Mutex as AsyncMutex, Notify};
 use tokio::time::Instant;
@@ -46,6 +54,12 @@ pub const MAX_QUEUED: usize = 10_000;
 pub const OUTCOME_CACHE: usize = 100_000;
 /// Longest pause between retries of a decision to a member that does not answer.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How long an ABORT is retried to a member that does not acknowledge it before the round
+/// ends anyway. Its clients then hear "outcome unknown, retry with the same txn_id" rather than
+/// "nothing applied": the member may hold the batch prepared, and a later leader could commit
+/// it by the in-doubt rules. A COMMIT, by contrast, is retried until the member acknowledges it
+/// or is removed.
+const ABORT_ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// What happened to one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,18 +83,37 @@ pub enum TxnOutcome {
 }
 
 impl TxnOutcome {
-    /// Outcomes this leader decided itself, and so may repeat to a retry.
+    /// Outcomes that are answers for good, and so may be repeated to a retry: a commit, and a
+    /// conflict's abort. "Nothing applied, retry" (503) is not one.
     fn is_final(&self) -> bool {
-        matches!(self, TxnOutcome::Committed { .. } | TxnOutcome::Aborted { .. })
+        match self {
+            TxnOutcome::Committed { .. } => true,
+            TxnOutcome::Aborted { reason, .. } => reason.is_final(),
+            TxnOutcome::NotApplied | TxnOutcome::Unknown { .. } => false,
+        }
+    }
+
+    /// The outcome a log entry records.
+    fn of_entry(entry: &LogEntry) -> TxnOutcome {
+        match &entry.aborted {
+            None => TxnOutcome::Committed { lsn: entry.lsn, commit_ts: entry.commit_ts },
+            Some(record) => {
+                TxnOutcome::Aborted { reason: record.reason, key: record.key, message: record.message.clone() }
+            }
+        }
     }
 }
 
-/// A validated transaction waiting for its round.
+/// A validated transaction waiting for its round, or the record of a conflict's abort that
+/// the round makes durable before the client hears it.
 struct Admitted {
     txn_id: Uuid,
     read_set: BTreeSet<Account>,
     write_set: BTreeMap<Account, Balance>,
     commit_ts: Timestamp,
+    /// The copies this transaction needs before it is acknowledged.
+    min_copies: usize,
+    aborted: Option<AbortRecord>,
 }
 
 #[derive(Default)]
@@ -115,6 +148,15 @@ impl OutcomeCache {
 pub struct Leader {
     node: Weak<Node>,
     term: Term,
+    /// The cluster's durability floor (`--min-copies`).
+    min_copies: usize,
+    /// The highest LSN this leader knows to be durable on at least `min_copies` nodes: what
+    /// a retry may be told from the log.
+    durable_lsn: AtomicI64,
+    /// Members whose last call failed. Before a round, each is probed; when too few members
+    /// answer for the floor, the round is refused at once (503 `not_enough_replicas`) with
+    /// nothing prepared anywhere, instead of waiting a peer timeout per round.
+    suspects: Mutex<BTreeSet<String>>,
     state: Mutex<LeaderState>,
     /// Set once a higher term is seen (or the drill downs the node): no new round starts.
     deposed: AtomicBool,
@@ -139,10 +181,13 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Leader {
-    pub fn new(node: Weak<Node>, term: Term) -> Arc<Leader> {
+    pub fn new(node: Weak<Node>, term: Term, min_copies: usize) -> Arc<Leader> {
         Arc::new(Leader {
             node,
             term,
+            min_copies: min_copies.max(1),
+            durable_lsn: AtomicI64::new(0),
+            suspects: Mutex::new(BTreeSet::new()),
             state: Mutex::new(LeaderState::default()),
             deposed: AtomicBool::new(false),
             paused_until: Mutex::new(None),
@@ -152,14 +197,18 @@ impl Leader {
         })
     }
 
-    /// Loads the committed write timestamps and starts the pipeline task.
+    /// Loads the committed write timestamps and starts the pipeline task. `durable_lsn` is
+    /// where this node's log ended before it resolved in-doubt batches: everything up to it
+    /// was acknowledged by an earlier leader, hence held by `min_copies` nodes.
     pub fn start(
         self: &Arc<Self>,
         last_write: HashMap<Account, Timestamp>,
         highest_committed: Timestamp,
         applied_lsn: Lsn,
+        durable_lsn: Lsn,
     ) {
         self.lock().validator = Validator::new(last_write, highest_committed);
+        self.durable_lsn.store(durable_lsn, Ordering::SeqCst);
         tracing::info!(term = self.term, applied_lsn, highest_committed, "leader pipeline started");
         let leader = self.clone();
         tokio::spawn(async move { leader.pipeline().await });
@@ -190,6 +239,12 @@ impl Leader {
         tracing::info!(max_ms = max.as_millis() as u64, "commits paused");
     }
 
+    /// Waits for the round in flight to end and keeps any other from starting while the
+    /// guard lives.
+    pub async fn hold_rounds(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.round_lock.lock().await
+    }
+
     pub fn resume(&self) {
         if locked(&self.paused_until).take().is_some() {
             tracing::info!("commits resumed");
@@ -211,9 +266,21 @@ impl Leader {
                 Some(Admission::Wait(rx)) => return Ok((txn_id, wait(rx).await?)),
                 None => {}
             }
-            // Not in memory: it may have committed before a restart or under another leader.
+            // Not in memory: it may have been decided before a restart or under another leader.
             if let Some(entry) = node.store.find_txn(txn_id).await.map_err(ApiError::unavailable)? {
-                return Ok((txn_id, TxnOutcome::Committed { lsn: entry.lsn, commit_ts: entry.commit_ts }));
+                let durable = self.durable_lsn.load(Ordering::SeqCst);
+                if entry.lsn > durable {
+                    return Ok((
+                        txn_id,
+                        TxnOutcome::Unknown {
+                            message: format!(
+                                "its log entry (LSN {}) is not yet known to be on {} nodes; retry with the same txn_id",
+                                entry.lsn, self.min_copies
+                            ),
+                        },
+                    ));
+                }
+                return Ok((txn_id, TxnOutcome::of_entry(&entry)));
             }
         }
         if self.is_deposed() {
@@ -226,33 +293,51 @@ impl Leader {
                     "the leader already has {MAX_QUEUED} transactions waiting to be replicated; retry shortly"
                 )));
             }
-            match known(&mut state, txn_id) {
-                Some(admission) => admission,
-                None => match state.validator.admit(&txn.read_set, txn.read_ts, &txn.write_set, now_ns()) {
+            if let Some(admission) = known(&mut state, txn_id) {
+                admission
+            } else {
+                if let Err(bound) = state.validator.check_read_ts(txn.read_ts) {
+                    return Err(ApiError::BadTimestamp(format!(
+                        "time_stamp {} is above the highest timestamp this cluster has handed out ({bound}); \
+                         commit with the timestamp your read returned",
+                        txn.read_ts.unwrap_or_default()
+                    )));
+                }
+                let min_copies = txn.min_copies.unwrap_or(0).max(self.min_copies);
+                let queued = match state.validator.admit(&txn.read_set, txn.read_ts, &txn.write_set, now_ns()) {
                     Err(conflict) => {
-                        metrics::counter!("rmw_aborts_total", "reason" => conflict.reason.as_str()).increment(1);
-                        tracing::debug!(%txn_id, reason = conflict.reason.as_str(), key = conflict.key, "txn aborted");
-                        let outcome = TxnOutcome::Aborted {
-                            reason: conflict.reason,
-                            key: Some(conflict.key),
-                            message: format!("account {}: {}", conflict.key, conflict.reason.explain()),
-                        };
-                        state.outcomes.insert(txn_id, outcome.clone());
-                        Admission::Done(outcome)
+                        tracing::debug!(%txn_id, reason = conflict.reason.as_str(), key = conflict.key, "txn aborted by a conflict");
+                        // The abort is an outcome for good: it goes to the log with the next
+                        // round, and the client hears it once that round is durable.
+                        Admitted {
+                            txn_id,
+                            read_set: BTreeSet::new(),
+                            write_set: BTreeMap::new(),
+                            commit_ts: state.validator.stamp(now_ns()),
+                            min_copies: self.min_copies,
+                            aborted: Some(AbortRecord {
+                                reason: conflict.reason,
+                                key: Some(conflict.key),
+                                message: format!("account {}: {}", conflict.key, conflict.reason.explain()),
+                            }),
+                        }
                     }
                     Ok(commit_ts) => {
                         tracing::debug!(%txn_id, commit_ts, "txn admitted");
-                        let (tx, rx) = oneshot::channel();
-                        state.waiting.insert(txn_id, vec![tx]);
-                        state.queue.push_back(Admitted {
+                        Admitted {
                             txn_id,
                             read_set: txn.read_set,
                             write_set: txn.write_set,
                             commit_ts,
-                        });
-                        Admission::Wait(rx)
+                            min_copies,
+                            aborted: None,
+                        }
                     }
-                },
+                };
+                let (tx, rx) = oneshot::channel();
+                state.waiting.insert(txn_id, vec![tx]);
+                state.queue.push_back(queued);
+                Admission::Wait(rx)
             }
         };
         let outcome = match admission {
@@ -353,7 +438,36 @@ impl Leader {
     /// One round of two-phase commit for `batch`; returns each transaction's outcome.
     async fn run_round(&self, node: &Node, round: u64, batch: &[Admitted]) -> Vec<TxnOutcome> {
         let prev_lsn = node.applied().0;
-        let entries: Vec<LogEntry> = batch
+        let mut replicas = node.replicas();
+        // A transaction that asks for more copies than there are members cannot be
+        // acknowledged: it is answered before anything is prepared, and the rest go on.
+        let members = 1 + replicas.len();
+        let mut outcomes: Vec<Option<TxnOutcome>> =
+            batch.iter().map(|t| (t.min_copies > members).then(|| not_enough(t.min_copies, members))).collect();
+        let included: Vec<&Admitted> =
+            batch.iter().zip(&outcomes).filter(|(_, o)| o.is_none()).map(|(t, _)| t).collect();
+        if included.is_empty() {
+            return outcomes.into_iter().flatten().collect();
+        }
+        let required = included.iter().map(|t| t.min_copies).max().unwrap_or(self.min_copies).max(self.min_copies);
+        let answering = 1 + replicas.len() - self.still_gone(node, &replicas).await;
+        if answering < required {
+            let message = format!(
+                "{answering} of {members} members answer and this commit needs {required} copies; \
+                 nothing was applied, retry with the same txn_id once more nodes are back"
+            );
+            metrics::counter!("rmw_aborts_total", "reason" => AbortReason::NotEnoughReplicas.as_str())
+                .increment(included.len() as u64);
+            for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
+                *slot = Some(TxnOutcome::Aborted {
+                    reason: AbortReason::NotEnoughReplicas,
+                    key: None,
+                    message: message.clone(),
+                });
+            }
+            return outcomes.into_iter().flatten().collect();
+        }
+        let entries: Vec<LogEntry> = included
             .iter()
             .enumerate()
             .map(|(i, t)| LogEntry {
@@ -363,14 +477,15 @@ impl Leader {
                 commit_ts: t.commit_ts,
                 read_set: t.read_set.iter().copied().collect(),
                 write_set: t.write_set.clone(),
+                aborted: t.aborted.clone(),
             })
             .collect();
         let last_lsn = prev_lsn + entries.len() as Lsn;
         let last_txn = entries.last().map(|e| e.txn_id).unwrap_or_default();
-        let prepare = PrepareRequest { term: self.term, round, prev_lsn, entries };
-        let mut replicas = node.replicas();
+        let prepare =
+            PrepareRequest { term: self.term, round, prev_lsn, entries, leader: Some(node.cfg.address.clone()) };
 
-        metrics::histogram!("rmw_batch_size").record(batch.len() as f64);
+        metrics::histogram!("rmw_batch_size").record(included.len() as f64);
         let phase_one = std::time::Instant::now();
         // Phase one: every member in parallel, this one included.
         let prepare_ref = &prepare;
@@ -386,13 +501,29 @@ impl Leader {
         };
         let (local, remote) = tokio::join!(local, remote);
         let mut refusals: Vec<String> = local.err().into_iter().collect();
+        let mut yes = usize::from(refusals.is_empty());
         for (peer, answer) in remote {
             match answer {
-                Ok(answer) if answer.vote == Vote::Yes => {}
+                Ok(answer) if answer.vote == Vote::Yes => {
+                    locked(&self.suspects).remove(&peer);
+                    yes += 1
+                }
+                Ok(answer) if answer.applied_lsn > prev_lsn => {
+                    // The member holds entries this leader does not: this leader's log is the
+                    // shorter one, so it must not lead (and the member must not be removed).
+                    tracing::error!(%peer, member_lsn = answer.applied_lsn, prev_lsn,
+                        "a member is ahead of this leader's log: stepping down");
+                    self.depose();
+                    refusals.push(format!(
+                        "{peer} has applied LSN {}, beyond this leader's {prev_lsn}: this leader stepped down",
+                        answer.applied_lsn
+                    ));
+                }
                 Ok(answer) => {
                     let reason = format!("{peer} voted NO: {}", answer.reason.unwrap_or_default());
-                    // A member that is behind cannot vote YES until it recovers.
-                    self.report(node, &peer, &reason).await;
+                    // A member that is behind cannot vote YES until it recovers: the NO is the
+                    // evidence the supervisor needs to remove it.
+                    self.report(node, &peer, &reason, FailureKind::VotedNo).await;
                     refusals.push(reason);
                 }
                 Err(PeerError::StaleTerm { term, .. }) => {
@@ -400,10 +531,12 @@ impl Leader {
                     refusals.push(format!("{peer} is in term {term}: this leader was deposed"));
                 }
                 Err(e) => {
-                    // Not answering is not a NO: the supervisor may remove the member, and the
+                    // Not answering is not a NO: the supervisor may remove the member (it checks
+                    // that it cannot reach it either, and never goes below the floor), and the
                     // round then goes on without it (it resolves its batch when it recovers).
                     let reason = e.to_string();
-                    if self.report(node, &peer, &reason).await {
+                    locked(&self.suspects).insert(peer.clone());
+                    if self.report(node, &peer, &reason, FailureKind::Unreachable).await {
                         replicas.retain(|r| *r != peer);
                     } else {
                         refusals.push(reason);
@@ -411,9 +544,14 @@ impl Leader {
                 }
             }
         }
-        let decision = if refusals.is_empty() && !self.is_deposed() { Decision::Commit } else { Decision::Abort };
+        let copies = 1 + replicas.len();
+        let decision = if refusals.is_empty() && !self.is_deposed() && copies >= required {
+            Decision::Commit
+        } else {
+            Decision::Abort
+        };
         if decision == Decision::Abort {
-            tracing::warn!(round, last_lsn, ?refusals, "aborting round");
+            tracing::warn!(round, last_lsn, ?refusals, copies, required, "aborting round");
         }
 
         metrics::histogram!("rmw_phase_seconds", "phase" => "prepare").record(phase_one.elapsed().as_secs_f64());
@@ -421,51 +559,61 @@ impl Leader {
         // Phase two: replicas first; the leader commits its own once one replica has.
         let decide = DecideRequest { term: self.term, last_lsn, last_txn, decision };
         let wait_for_ack = decision == Decision::Commit && !replicas.is_empty();
+        let give_up_at = (decision == Decision::Abort).then(|| Instant::now() + ABORT_ACK_WAIT);
         let (acked, leader_done) = decide_in_order(
-            replicas.iter().map(|peer| self.decide_until_acked(node, peer, &decide)).collect(),
+            replicas.iter().map(|peer| self.decide_until_acked(node, peer, &decide, give_up_at)).collect(),
             wait_for_ack,
             self.decide_locally(node, &decide),
         )
         .await;
 
         metrics::histogram!("rmw_phase_seconds", "phase" => "decide").record(phase_two.elapsed().as_secs_f64());
+        // A replica removed during phase two counts as acknowledged (it learns the outcome when
+        // it recovers) but holds no copy: the floor counts the members that are left.
+        let still_members = node.replicas();
+        let copies_now = 1 + replicas.iter().filter(|r| still_members.contains(r)).count();
         let durable_everywhere = leader_done && acked == replicas.len();
-        if !durable_everywhere {
+        if !durable_everywhere || (decision == Decision::Commit && copies_now < required) {
             let message = format!(
-                "leadership changed while this transaction was being replicated (round {round}); \
-                 the new leader decides it: retry with the same txn_id to learn the outcome"
+                "leadership or membership changed while this transaction was being replicated (round {round}); \
+                 retry with the same txn_id to learn the outcome"
             );
-            return batch.iter().map(|_| TxnOutcome::Unknown { message: message.clone() }).collect();
-        }
-        let counted = batch.len() as u64;
-        match decision {
-            Decision::Commit => metrics::counter!("rmw_commits_total").increment(counted),
-            Decision::Abort => {
-                metrics::counter!("rmw_aborts_total", "reason" => AbortReason::ReplicationFailed.as_str())
-                    .increment(counted)
+            for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
+                *slot = Some(TxnOutcome::Unknown { message: message.clone() });
             }
+            return outcomes.into_iter().flatten().collect();
         }
-        match decision {
+        let mut decided = match decision {
             Decision::Commit => {
-                prepare.entries.iter().map(|e| TxnOutcome::Committed { lsn: e.lsn, commit_ts: e.commit_ts }).collect()
+                self.durable_lsn.fetch_max(last_lsn, Ordering::SeqCst);
+                let written = prepare.entries.iter().filter(|e| e.aborted.is_none()).count() as u64;
+                metrics::counter!("rmw_commits_total").increment(written);
+                for e in prepare.entries.iter().filter_map(|e| e.aborted.as_ref()) {
+                    metrics::counter!("rmw_aborts_total", "reason" => e.reason.as_str()).increment(1);
+                }
+                prepare.entries.iter().map(TxnOutcome::of_entry).collect::<Vec<_>>()
             }
             Decision::Abort => {
-                let message = format!("{}; nothing was applied", refusals.join("; "));
-                batch
+                let reason =
+                    if yes < required { AbortReason::NotEnoughReplicas } else { AbortReason::ReplicationFailed };
+                metrics::counter!("rmw_aborts_total", "reason" => reason.as_str()).increment(included.len() as u64);
+                let message = format!("{}; nothing was applied, retry with the same txn_id", refusals.join("; "));
+                included
                     .iter()
-                    .map(|_| TxnOutcome::Aborted {
-                        reason: AbortReason::ReplicationFailed,
-                        key: None,
-                        message: message.clone(),
-                    })
-                    .collect()
+                    .map(|_| TxnOutcome::Aborted { reason, key: None, message: message.clone() })
+                    .collect::<Vec<_>>()
             }
         }
+        .into_iter();
+        for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
+            *slot = decided.next();
+        }
+        outcomes.into_iter().flatten().collect()
     }
 
     /// Asks the supervisor to remove `peer`; true if it did.
-    async fn report(&self, node: &Node, peer: &str, reason: &str) -> bool {
-        match node.report_failure(self.term, peer, reason).await {
+    async fn report(&self, node: &Node, peer: &str, reason: &str, kind: FailureKind) -> bool {
+        match node.report_failure(self.term, peer, reason, kind).await {
             Some(config) => !config.members.iter().any(|m| m == peer),
             None => false,
         }
@@ -474,21 +622,34 @@ impl Leader {
     /// Sends a decision until the member acknowledges it (true), or is removed from the
     /// members, or this leader is deposed (false). The round cannot end before: a client is
     /// answered only once the decision is durable on every member.
-    async fn decide_until_acked(&self, node: &Node, peer: &str, req: &DecideRequest) -> bool {
+    async fn decide_until_acked(
+        &self,
+        node: &Node,
+        peer: &str,
+        req: &DecideRequest,
+        give_up_at: Option<Instant>,
+    ) -> bool {
         let mut pause = Duration::from_millis(20);
         let mut reported = false;
         loop {
             match node.peers.decide(peer, req).await {
-                Ok(_) => return true,
+                Ok(_) => {
+                    locked(&self.suspects).remove(peer);
+                    return true;
+                }
                 Err(PeerError::StaleTerm { .. }) => {
                     self.depose();
                     return false;
                 }
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, last_lsn = req.last_lsn, "decision not acknowledged; retrying");
+                    locked(&self.suspects).insert(peer.to_string());
+                    if give_up_at.is_some_and(|at| Instant::now() >= at) {
+                        return false;
+                    }
                     if !reported {
                         reported = true;
-                        if self.report(node, peer, &e.to_string()).await {
+                        if self.report(node, peer, &e.to_string(), FailureKind::DecisionFailed).await {
                             // Removed: the member learns the outcome when it recovers.
                             return true;
                         }
@@ -504,6 +665,24 @@ impl Leader {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_RETRY_PAUSE);
         }
+    }
+
+    /// How many of `replicas` failed their last call and do not answer a probe now.
+    async fn still_gone(&self, node: &Node, replicas: &[String]) -> usize {
+        let suspects: Vec<String> = {
+            let suspects = locked(&self.suspects);
+            replicas.iter().filter(|r| suspects.contains(*r)).cloned().collect()
+        };
+        let probes = futures::future::join_all(suspects.iter().map(|s| node.peers.probe(s))).await;
+        let mut gone = 0;
+        for (suspect, answered) in suspects.iter().zip(probes) {
+            if answered {
+                locked(&self.suspects).remove(suspect);
+            } else {
+                gone += 1;
+            }
+        }
+        gone
     }
 
     /// Applies the decision to this node's own prepared batch; false if deposed first.
@@ -578,6 +757,18 @@ fn known(state: &mut LeaderState, txn_id: Uuid) -> Option<Admission> {
 
 async fn wait(rx: oneshot::Receiver<TxnOutcome>) -> Result<TxnOutcome, ApiError> {
     rx.await.map_err(|_| ApiError::Unavailable("the leader stopped before the transaction finished".into()))
+}
+
+/// The answer for a transaction that asks for more copies than the cluster has members.
+fn not_enough(wanted: usize, members: usize) -> TxnOutcome {
+    TxnOutcome::Aborted {
+        reason: AbortReason::NotEnoughReplicas,
+        key: None,
+        message: format!(
+            "this commit needs {wanted} copies and the cluster has {members} members in sync; nothing was applied, \
+             retry with the same txn_id once more nodes are back"
+        ),
+    }
 }
 
 fn now_ns() -> Timestamp {

@@ -8,6 +8,9 @@
 //! - A transaction commits only if, for every account it read, the last committed write of that
 //!   account is at or before its read timestamp and no transaction in flight writes it. Together
 //!   with the first point this makes the history serializable in commit-timestamp order.
+//! - No read timestamp above the highest timestamp handed out is accepted ([`Validator::check_read_ts`]):
+//!   such a timestamp was never returned by a read, and it would pass every `updated_at <= rts`
+//!   check, hiding a stale read (write skew from one buggy or hostile client).
 //! - Write locks are counted, not owned: blind writes to the same account by two in-flight
 //!   transactions are ordered by their LSNs, and both are applied in that order.
 
@@ -72,6 +75,23 @@ impl Validator {
             *self.locks.entry(key).or_insert(0) += 1;
         }
         Ok(commit_ts)
+    }
+
+    /// Refuses a read timestamp that no read can have returned: above the highest timestamp
+    /// assigned (every read timestamp is a committed, hence assigned, timestamp). Returns the
+    /// bound in the error.
+    pub fn check_read_ts(&self, read_ts: Option<Timestamp>) -> Result<(), Timestamp> {
+        match read_ts {
+            Some(ts) if ts > self.last_assigned => Err(self.last_assigned),
+            _ => Ok(()),
+        }
+    }
+
+    /// A timestamp for a log entry that records an abort: it takes its place in the clock's
+    /// order (a read after it returns it) but locks and writes nothing.
+    pub fn stamp(&mut self, now: Timestamp) -> Timestamp {
+        self.last_assigned = next_timestamp(now, self.last_assigned);
+        self.last_assigned
     }
 
     /// Releases the locks of an admitted transaction; `committed_at` records its writes.
@@ -168,6 +188,19 @@ mod tests {
         let b = v.admit(&set(&[]), None, &writes(&[(2, 1)]), 3).unwrap();
         let c = v.admit(&set(&[]), None, &writes(&[(3, 1)]), 2_000).unwrap();
         assert_eq!((a, b, c), (1_001, 1_002, 2_000));
+    }
+
+    #[test]
+    fn a_read_timestamp_from_the_future_is_refused() {
+        let mut v = Validator::new(HashMap::from([(1, 100)]), 100);
+        assert_eq!(v.check_read_ts(Some(100)), Ok(()));
+        assert_eq!(v.check_read_ts(None), Ok(()));
+        assert_eq!(v.check_read_ts(Some(9_000_000_000_000_000_000)), Err(100));
+        // Timestamps assigned in flight count as handed out (a replica may answer a read at
+        // one before the leader committed it).
+        let ts = v.admit(&set(&[]), None, &writes(&[(2, 1)]), 500).unwrap();
+        assert_eq!(v.check_read_ts(Some(ts)), Ok(()));
+        assert!(v.stamp(0) > ts);
     }
 
     #[test]

@@ -4,13 +4,14 @@
 //! Invariants kept here:
 //! - Only a member can become leader: a node outside the member set may lack committed entries.
 //! - The next leader is the first live member after the old one in configured order
-//!   (round-robin), so repeated failovers walk the ring and wrap.
+//!   (round-robin) among those whose log is the most advanced (last term, then applied LSN):
+//!   a member behind another is never elected, so no acknowledged commit is left behind.
 //! - Every election uses a term higher than any term the supervisor or any agent has seen;
 //!   the runtime stores it before fencing, so two leaders never share a term.
-//! - Membership only shrinks by removing a node that is down or reported unreachable, and only
-//!   grows through recovery (see `Action::Recover`).
+//! - Membership only shrinks on a report from the leader that carries evidence, never below
+//!   the durability floor (`min_copies`), and only grows through recovery (`Action::Recover`).
 
-use protocol::{AgentStatus, ClusterConfig, Role, Term};
+use protocol::{AgentStatus, ClusterConfig, FailureKind, FailureReport, Lsn, Role, Term};
 
 /// What the supervisor knows of one agent after its last polls.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +33,6 @@ pub enum Action {
     /// election was interrupted (the supervisor itself restarted). Finish electing it in the
     /// same term: the term is already durable and no other node was promoted in it.
     Promote { candidate: String, config: ClusterConfig },
-    /// Remove failed members (same term, new version).
-    RemoveMembers { removed: Vec<String>, config: ClusterConfig },
     /// Bring a live node outside the member set back in sync.
     Recover { node: String },
     /// No live member can lead: writes are unavailable (reads go on).
@@ -57,17 +56,17 @@ pub fn round_robin_next<'a>(
 
 /// Decides the next step. `agents` is the configured order; `recovering` lists nodes whose
 /// recovery is under way or backing off; `unelectable` lists nodes that failed to be fenced or
-/// promoted lately, which are passed over as candidates.
+/// promoted lately, which are passed over as candidates; `min_copies` is the durability floor.
 pub fn decide(
     config: &ClusterConfig,
     agents: &[String],
     observed: &[Observed],
     recovering: &[String],
     unelectable: &[String],
+    min_copies: usize,
 ) -> Action {
     let seen = |addr: &str| observed.iter().find(|o| o.address == addr);
     let alive = |addr: &str| seen(addr).is_some_and(|o| o.alive);
-    let electable = |addr: &str| alive(addr) && !unelectable.iter().any(|u| u == addr);
     let is_member = |addr: &str| config.members.iter().any(|m| m == addr);
 
     // The leader is healthy only if it answers and still leads the current term.
@@ -78,20 +77,16 @@ pub fn decide(
     });
     if !leader_ok {
         let old = config.leader.as_deref();
-        let unfinished = old.filter(|leader| {
-            electable(leader)
-                && is_member(leader)
-                && seen(leader)
-                    .and_then(|o| o.status.as_ref())
-                    .is_some_and(|s| s.role == Role::Replica && s.term <= config.term)
-        });
-        if let Some(leader) = unfinished {
-            return Action::Promote { candidate: leader.to_string(), config: config.clone() };
+        let live_members: Vec<&String> = agents.iter().filter(|a| is_member(a) && alive(a)).collect();
+        // Logs are compared among the members that answer; one whose log is unknown could be
+        // the most advanced, so nobody is elected until it answers or counts as down.
+        if let Some(unknown) = live_members.iter().find(|a| seen(a).and_then(|o| o.status.as_ref()).is_none()) {
+            return Action::NoLeaderPossible {
+                reason: format!("waiting for member {unknown} to report its log before electing a leader"),
+            };
         }
-        let members: Vec<String> =
-            agents.iter().filter(|a| is_member(a) && Some(a.as_str()) != old && alive(a)).cloned().collect();
-        let eligible = |a: &str| members.iter().any(|m| m == a) && electable(a);
-        let Some(candidate) = round_robin_next(agents, old, eligible) else {
+        let position = |a: &str| seen(a).and_then(|o| o.status.as_ref()).map(log_position);
+        let Some(best) = live_members.iter().filter_map(|a| position(a)).max() else {
             return Action::NoLeaderPossible {
                 reason: format!(
                     "no live member can lead (members: {}); writes are unavailable until one comes back",
@@ -99,6 +94,40 @@ pub fn decide(
                 ),
             };
         };
+        let most_advanced = |a: &str| position(a) == Some(best);
+        let electable = |a: &str| alive(a) && is_member(a) && most_advanced(a) && !unelectable.iter().any(|u| u == a);
+        let unfinished = old.filter(|leader| {
+            electable(leader)
+                && seen(leader)
+                    .and_then(|o| o.status.as_ref())
+                    .is_some_and(|s| s.role == Role::Replica && s.term <= config.term)
+        });
+        if let Some(leader) = unfinished {
+            return Action::Promote { candidate: leader.to_string(), config: config.clone() };
+        }
+        let Some(candidate) = round_robin_next(agents, old, |a| Some(a) != old && electable(a)) else {
+            return Action::NoLeaderPossible {
+                reason: format!(
+                    "no live member with the most advanced log (term {}, LSN {}) can lead (members: {}); \
+                     writes are unavailable until one comes back",
+                    best.0,
+                    best.1,
+                    config.members.join(", ")
+                ),
+            };
+        };
+        let mut members: Vec<String> =
+            live_members.iter().filter(|a| Some(a.as_str()) != old).map(|a| a.to_string()).collect();
+        // Below the floor, members that do not answer stay in the set: commits then wait for
+        // them (503 `not_enough_replicas`) instead of being acknowledged on too few disks.
+        let silent: Vec<&String> = config.members.iter().filter(|m| !members.contains(m)).collect();
+        for dead in silent {
+            if members.len() >= min_copies {
+                break;
+            }
+            members.push(dead.clone());
+        }
+        members.sort_by_key(|m| agents.iter().position(|a| a == m));
         return Action::Failover {
             old_leader: old.map(str::to_string),
             candidate: candidate.clone(),
@@ -111,14 +140,9 @@ pub fn decide(
         };
     }
 
-    let removed: Vec<String> = config.members.iter().filter(|m| !alive(m)).cloned().collect();
-    if !removed.is_empty() {
-        let mut next = config.clone();
-        next.version += 1;
-        next.members.retain(|m| !removed.contains(m));
-        return Action::RemoveMembers { removed, config: next };
-    }
-
+    // A member that stops answering is not removed here: only a report from the leader,
+    // checked against these polls (`on_failure_report`), removes one. A member the leader
+    // still reaches must stay even when the supervisor cannot poll it.
     let returning = agents.iter().find(|a| {
         !is_member(a)
             && !recovering.contains(a)
@@ -130,6 +154,12 @@ pub fn decide(
     }
 }
 
+/// Where a node's log ends, as elections compare it: the term of its last entry, then its
+/// applied LSN.
+pub fn log_position(status: &AgentStatus) -> (Term, Lsn) {
+    (status.last_term, status.applied_lsn)
+}
+
 /// The member set after `node` rejoins, in configured order.
 pub fn with_member(config: &ClusterConfig, agents: &[String], node: &str) -> ClusterConfig {
     let mut next = config.clone();
@@ -138,25 +168,74 @@ pub fn with_member(config: &ClusterConfig, agents: &[String], node: &str) -> Clu
     next
 }
 
-/// The configuration after the leader reports `member` unreachable, or `None` to refuse.
-pub fn on_failure_report(config: &ClusterConfig, term: Term, member: &str) -> Result<ClusterConfig, String> {
-    if term != config.term {
-        return Err(format!("the report is from term {term}; the current term is {}", config.term));
+/// Why a failure report did not remove the member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    /// Refused only because of the durability floor: the member stays and, if it is behind,
+    /// must be recovered in place.
+    pub at_floor: bool,
+}
+
+/// What the supervisor saw of a reported member when the report arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportCheck {
+    /// The supervisor's own probe of the member answered.
+    pub supervisor_reaches: bool,
+    /// The same member was reported, and kept, a short while ago.
+    pub reported_before: bool,
+}
+
+/// The configuration after the leader reports `report.member`, or why it stays.
+///
+/// A member is removed only with evidence: the supervisor cannot reach it either, or the
+/// member itself answered badly (a NO, a failed decision), or the leader reports it again
+/// after a first report was refused. Never below `min_copies` members.
+pub fn on_failure_report(
+    config: &ClusterConfig,
+    report: &FailureReport,
+    check: ReportCheck,
+    min_copies: usize,
+) -> Result<ClusterConfig, Refusal> {
+    let refuse = |message: String| Err(Refusal { message, at_floor: false });
+    if report.term != config.term {
+        return refuse(format!("the report is from term {}; the current term is {}", report.term, config.term));
     }
-    if config.leader.as_deref() == Some(member) {
-        return Err("the leader cannot be removed by a report; it is replaced by a failover".into());
+    if config.leader.as_deref() == Some(report.member.as_str()) {
+        return refuse("the leader cannot be removed by a report; it is replaced by a failover".into());
+    }
+    if !config.members.contains(&report.member) {
+        return Ok(config.clone());
+    }
+    let evidence = report.kind != FailureKind::Unreachable || !check.supervisor_reaches || check.reported_before;
+    if !evidence {
+        return refuse(format!(
+            "the supervisor reaches {} itself, so it stays a member; reported again, it is removed",
+            report.member
+        ));
+    }
+    if config.members.len() <= min_copies {
+        return Err(Refusal {
+            message: format!(
+                "removing {} would leave {} members, below the durability floor of {min_copies}; \
+                 commits wait for it (503 not_enough_replicas)",
+                report.member,
+                config.members.len() - 1
+            ),
+            at_floor: true,
+        });
     }
     let mut next = config.clone();
-    if next.members.iter().any(|m| m == member) {
-        next.version += 1;
-        next.members.retain(|m| m != member);
-    }
+    next.version += 1;
+    next.members.retain(|m| *m != report.member);
     Ok(next)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FLOOR: usize = 2;
 
     fn agents() -> Vec<String> {
         ["a:1", "b:2", "c:3"].iter().map(|s| s.to_string()).collect()
@@ -171,15 +250,17 @@ mod tests {
         }
     }
 
-    fn status(addr: &str, role: Role, term: Term) -> AgentStatus {
+    fn status(addr: &str, role: Role, term: Term, last_term: Term, lsn: Lsn) -> AgentStatus {
         AgentStatus {
             node_id: addr.into(),
             address: addr.into(),
             role,
             term,
             leader: None,
-            applied_lsn: 0,
+            applied_lsn: lsn,
             last_commit_ts: 0,
+            last_term,
+            min_copies: FLOOR as u32,
             members: vec![],
             prepared_batch: None,
             config_version: 0,
@@ -187,26 +268,43 @@ mod tests {
         }
     }
 
+    /// A live agent whose log ends at LSN 10 of term 1.
     fn up(addr: &str, role: Role, term: Term) -> Observed {
-        Observed { address: addr.into(), alive: true, status: Some(status(addr, role, term)) }
+        at(addr, role, term, (1, 10))
+    }
+
+    /// A live agent whose log ends at `(last term, lsn)`.
+    fn at(addr: &str, role: Role, term: Term, (last_term, lsn): (Term, Lsn)) -> Observed {
+        Observed { address: addr.into(), alive: true, status: Some(status(addr, role, term, last_term, lsn)) }
     }
 
     fn down(addr: &str) -> Observed {
         Observed { address: addr.into(), alive: false, status: None }
     }
 
+    fn decide2(c: &ClusterConfig, seen: &[Observed], unelectable: &[String]) -> Action {
+        decide(c, &agents(), seen, &[], unelectable, FLOOR)
+    }
+
+    fn report(term: Term, member: &str, kind: FailureKind) -> FailureReport {
+        FailureReport { term, member: member.into(), reason: "test".into(), kind }
+    }
+
+    const UNREACHABLE: ReportCheck = ReportCheck { supervisor_reaches: false, reported_before: false };
+    const REACHABLE: ReportCheck = ReportCheck { supervisor_reaches: true, reported_before: false };
+
     #[test]
     fn a_healthy_cluster_is_left_alone() {
         let c = config(1, "a:1", &["a:1", "b:2", "c:3"]);
         let seen = [up("a:1", Role::Leader, 1), up("b:2", Role::Replica, 1), up("c:3", Role::Replica, 1)];
-        assert_eq!(decide(&c, &agents(), &seen, &[], &[]), Action::Steady);
+        assert_eq!(decide2(&c, &seen, &[]), Action::Steady);
     }
 
     #[test]
     fn the_next_live_member_in_order_takes_over_in_a_new_term() {
         let c = config(1, "a:1", &["a:1", "b:2", "c:3"]);
         let seen = [down("a:1"), up("b:2", Role::Replica, 1), up("c:3", Role::Replica, 1)];
-        match decide(&c, &agents(), &seen, &[], &[]) {
+        match decide2(&c, &seen, &[]) {
             Action::Failover { candidate, config, old_leader } => {
                 assert_eq!(candidate, "b:2");
                 assert_eq!(old_leader.as_deref(), Some("a:1"));
@@ -221,7 +319,7 @@ mod tests {
     fn round_robin_skips_dead_members_and_wraps() {
         let c = config(4, "b:2", &["a:1", "b:2", "c:3"]);
         let seen = [up("a:1", Role::Replica, 4), down("b:2"), down("c:3")];
-        match decide(&c, &agents(), &seen, &[], &[]) {
+        match decide(&c, &agents(), &seen, &[], &[], 1) {
             Action::Failover { candidate, config, .. } => {
                 assert_eq!(candidate, "a:1");
                 assert_eq!(config.members, vec!["a:1"]);
@@ -231,17 +329,28 @@ mod tests {
     }
 
     #[test]
+    fn below_the_floor_a_failover_keeps_members_that_do_not_answer() {
+        // With one live member and a floor of two, the set keeps a dead member: the new leader
+        // then answers 503 until it is back, instead of acknowledging commits on one disk.
+        let c = config(4, "b:2", &["a:1", "b:2", "c:3"]);
+        let seen = [up("a:1", Role::Replica, 4), down("b:2"), down("c:3")];
+        let Action::Failover { candidate, config, .. } = decide2(&c, &seen, &[]) else { panic!() };
+        assert_eq!(candidate, "a:1");
+        assert_eq!(config.members, vec!["a:1", "b:2"]);
+    }
+
+    #[test]
     fn a_live_node_outside_the_members_never_leads() {
         let c = config(3, "a:1", &["a:1", "b:2"]);
         let seen = [down("a:1"), down("b:2"), up("c:3", Role::Standby, 3)];
-        assert!(matches!(decide(&c, &agents(), &seen, &[], &[]), Action::NoLeaderPossible { .. }));
+        assert!(matches!(decide2(&c, &seen, &[]), Action::NoLeaderPossible { .. }));
     }
 
     #[test]
     fn the_new_term_exceeds_every_term_an_agent_reports() {
         let c = config(3, "a:1", &["a:1", "b:2", "c:3"]);
         let seen = [down("a:1"), up("b:2", Role::Replica, 9), up("c:3", Role::Replica, 3)];
-        let Action::Failover { config, .. } = decide(&c, &agents(), &seen, &[], &[]) else { panic!() };
+        let Action::Failover { config, .. } = decide2(&c, &seen, &[]) else { panic!() };
         assert_eq!(config.term, 10);
     }
 
@@ -250,15 +359,9 @@ mod tests {
         // Its agent restarted, or the supervisor restarted before promoting it.
         let c = config(2, "a:1", &["a:1", "b:2", "c:3"]);
         let seen = [up("a:1", Role::Replica, 1), up("b:2", Role::Replica, 2), up("c:3", Role::Replica, 2)];
-        assert_eq!(
-            decide(&c, &agents(), &seen, &[], &[]),
-            Action::Promote { candidate: "a:1".into(), config: c.clone() }
-        );
+        assert_eq!(decide2(&c, &seen, &[]), Action::Promote { candidate: "a:1".into(), config: c.clone() });
         // Passed over once it failed to be promoted: the next member is elected in a new term.
-        let Action::Failover { candidate, config: next, .. } = decide(&c, &agents(), &seen, &[], &["a:1".into()])
-        else {
-            panic!()
-        };
+        let Action::Failover { candidate, config: next, .. } = decide2(&c, &seen, &["a:1".into()]) else { panic!() };
         assert_eq!((candidate.as_str(), next.term), ("b:2", 3));
     }
 
@@ -266,44 +369,121 @@ mod tests {
     fn a_leader_that_stepped_down_or_went_down_is_replaced() {
         let c = config(2, "a:1", &["a:1", "b:2", "c:3"]);
         let seen = [up("a:1", Role::Down, 2), up("b:2", Role::Replica, 2), up("c:3", Role::Replica, 2)];
-        assert!(matches!(decide(&c, &agents(), &seen, &[], &[]), Action::Failover { .. }));
+        assert!(matches!(decide2(&c, &seen, &[]), Action::Failover { .. }));
         let seen = [up("a:1", Role::Standby, 2), up("b:2", Role::Replica, 2), up("c:3", Role::Replica, 2)];
-        assert!(matches!(decide(&c, &agents(), &seen, &[], &[]), Action::Failover { .. }));
+        assert!(matches!(decide2(&c, &seen, &[]), Action::Failover { .. }));
     }
 
     #[test]
     fn candidates_that_failed_promotion_are_passed_over() {
         let c = config(1, "a:1", &["a:1", "b:2", "c:3"]);
         let seen = [down("a:1"), up("b:2", Role::Replica, 1), up("c:3", Role::Replica, 1)];
-        let Action::Failover { candidate, .. } = decide(&c, &agents(), &seen, &[], &["b:2".into()]) else { panic!() };
+        let Action::Failover { candidate, .. } = decide2(&c, &seen, &["b:2".into()]) else { panic!() };
         assert_eq!(candidate, "c:3");
     }
 
     #[test]
-    fn a_dead_replica_is_removed_and_a_returning_one_recovered() {
-        let c = config(1, "a:1", &["a:1", "b:2", "c:3"]);
-        let seen = [up("a:1", Role::Leader, 1), up("b:2", Role::Replica, 1), down("c:3")];
-        let Action::RemoveMembers { removed, config } = decide(&c, &agents(), &seen, &[], &[]) else { panic!() };
-        assert_eq!(removed, vec!["c:3"]);
-        assert_eq!(config.version, 8);
+    fn a_returning_node_is_recovered() {
+        let c = config(1, "a:1", &["a:1", "b:2"]);
         let seen = [up("a:1", Role::Leader, 1), up("b:2", Role::Replica, 1), up("c:3", Role::Standby, 1)];
-        assert_eq!(decide(&config, &agents(), &seen, &[], &[]), Action::Recover { node: "c:3".into() });
-        assert_eq!(decide(&config, &agents(), &seen, &["c:3".into()], &[]), Action::Steady);
-        assert_eq!(with_member(&config, &agents(), "c:3").members, vec!["a:1", "b:2", "c:3"]);
+        assert_eq!(decide2(&c, &seen, &[]), Action::Recover { node: "c:3".into() });
+        assert_eq!(decide(&c, &agents(), &seen, &["c:3".into()], &[], FLOOR), Action::Steady);
+        assert_eq!(with_member(&c, &agents(), "c:3").members, vec!["a:1", "b:2", "c:3"]);
     }
 
     #[test]
     fn a_downed_node_is_not_recovered_until_it_is_up() {
         let c = config(1, "b:2", &["b:2", "c:3"]);
         let seen = [up("a:1", Role::Down, 1), up("b:2", Role::Leader, 1), up("c:3", Role::Replica, 1)];
-        assert_eq!(decide(&c, &agents(), &seen, &[], &[]), Action::Steady);
+        assert_eq!(decide2(&c, &seen, &[]), Action::Steady);
+    }
+
+    // Finding 1: a re-added member that missed acknowledged commits must not be elected.
+    #[test]
+    fn a_member_behind_another_is_never_elected() {
+        let c = config(3, "a:1", &["a:1", "b:2", "c:3"]);
+        let seen = [down("a:1"), at("b:2", Role::Replica, 3, (3, 40)), at("c:3", Role::Replica, 3, (3, 57))];
+        let Action::Failover { candidate, config, .. } = decide2(&c, &seen, &[]) else { panic!() };
+        assert_eq!(candidate, "c:3", "b:2 is next in order but behind");
+        assert_eq!(config.members, vec!["b:2", "c:3"]);
+        // The last entry's term counts first: a longer log from an older term loses.
+        let seen = [down("a:1"), at("b:2", Role::Replica, 3, (2, 90)), at("c:3", Role::Replica, 3, (3, 57))];
+        let Action::Failover { candidate, .. } = decide2(&c, &seen, &[]) else { panic!() };
+        assert_eq!(candidate, "c:3");
+        // Equal logs: round-robin decides.
+        let seen = [down("a:1"), at("b:2", Role::Replica, 3, (3, 57)), at("c:3", Role::Replica, 3, (3, 57))];
+        let Action::Failover { candidate, .. } = decide2(&c, &seen, &[]) else { panic!() };
+        assert_eq!(candidate, "b:2");
+    }
+
+    #[test]
+    fn a_member_whose_log_is_unknown_holds_the_election() {
+        let c = config(3, "a:1", &["a:1", "b:2", "c:3"]);
+        let silent = Observed { address: "c:3".into(), alive: true, status: None };
+        let seen = [down("a:1"), at("b:2", Role::Replica, 3, (3, 40)), silent];
+        assert!(matches!(decide2(&c, &seen, &[]), Action::NoLeaderPossible { .. }));
+    }
+
+    // Finding 3: a wiped node (empty log) under the old leader's name is not re-promoted.
+    #[test]
+    fn a_named_leader_with_a_shorter_log_is_not_promoted_again() {
+        let c = config(2, "a:1", &["a:1", "b:2", "c:3"]);
+        let seen = [
+            at("a:1", Role::Replica, 2, (0, 0)),
+            at("b:2", Role::Replica, 2, (2, 30)),
+            at("c:3", Role::Replica, 2, (2, 30)),
+        ];
+        let Action::Failover { candidate, config, .. } = decide2(&c, &seen, &[]) else { panic!() };
+        assert_eq!((candidate.as_str(), config.term), ("b:2", 3));
+    }
+
+    // Finding 2: no floor, and removals the leader did not ask for.
+    #[test]
+    fn polls_alone_never_remove_a_member() {
+        // The supervisor cannot poll the replicas (a partition), the leader still reaches them.
+        let c = config(1, "a:1", &["a:1", "b:2", "c:3"]);
+        let seen = [up("a:1", Role::Leader, 1), down("b:2"), down("c:3")];
+        assert_eq!(decide2(&c, &seen, &[]), Action::Steady);
+    }
+
+    #[test]
+    fn a_reported_member_the_supervisor_reaches_stays_until_reported_again() {
+        let c = config(2, "a:1", &["a:1", "b:2", "c:3"]);
+        let unreachable = report(2, "b:2", FailureKind::Unreachable);
+        let refused = on_failure_report(&c, &unreachable, REACHABLE, FLOOR).unwrap_err();
+        assert!(!refused.at_floor);
+        let again = ReportCheck { supervisor_reaches: true, reported_before: true };
+        assert_eq!(on_failure_report(&c, &unreachable, again, FLOOR).unwrap().members, vec!["a:1", "c:3"]);
+        // Unreachable for the supervisor too: removed at once.
+        assert_eq!(on_failure_report(&c, &unreachable, UNREACHABLE, FLOOR).unwrap().members, vec!["a:1", "c:3"]);
+        // A NO or a failed decision is evidence of its own.
+        for kind in [FailureKind::VotedNo, FailureKind::DecisionFailed] {
+            assert_eq!(on_failure_report(&c, &report(2, "b:2", kind), REACHABLE, FLOOR).unwrap().version, 8);
+        }
+    }
+
+    #[test]
+    fn reports_never_shrink_the_members_below_the_floor() {
+        // Both replicas frozen: the first is removed, the second stays and commits wait.
+        let c = config(2, "a:1", &["a:1", "b:2", "c:3"]);
+        let c = on_failure_report(&c, &report(2, "b:2", FailureKind::Unreachable), UNREACHABLE, FLOOR).unwrap();
+        let refused =
+            on_failure_report(&c, &report(2, "c:3", FailureKind::Unreachable), UNREACHABLE, FLOOR).unwrap_err();
+        assert!(refused.at_floor, "{}", refused.message);
+        // With a floor of one (availability first), the leader may be left alone.
+        let alone = on_failure_report(&c, &report(2, "c:3", FailureKind::Unreachable), UNREACHABLE, 1).unwrap();
+        assert_eq!(alone.members, vec!["a:1"]);
     }
 
     #[test]
     fn failure_reports_from_an_old_term_or_about_the_leader_are_refused() {
         let c = config(2, "a:1", &["a:1", "b:2", "c:3"]);
-        assert!(on_failure_report(&c, 1, "b:2").is_err());
-        assert!(on_failure_report(&c, 2, "a:1").is_err());
-        assert_eq!(on_failure_report(&c, 2, "b:2").unwrap().members, vec!["a:1", "c:3"]);
+        assert!(on_failure_report(&c, &report(1, "b:2", FailureKind::Unreachable), UNREACHABLE, FLOOR).is_err());
+        assert!(on_failure_report(&c, &report(2, "a:1", FailureKind::Unreachable), UNREACHABLE, FLOOR).is_err());
+        let gone = config(2, "a:1", &["a:1", "c:3"]);
+        assert_eq!(
+            on_failure_report(&gone, &report(2, "b:2", FailureKind::VotedNo), REACHABLE, FLOOR),
+            Ok(gone.clone())
+        );
     }
 }

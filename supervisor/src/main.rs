@@ -54,6 +54,11 @@ struct Args {
     /// Consecutive missed polls after which an agent counts as down.
     #[arg(long, env = "SUPERVISOR_MISSES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     misses: u32,
+    /// The durability floor: the member set never shrinks below this many nodes, so that
+    /// every acknowledged commit is on at least this many disks (give the agents the same
+    /// `--min-copies`). 1 lets the set shrink to the leader alone.
+    #[arg(long, env = "SUPERVISOR_MIN_COPIES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    min_copies: u32,
     /// A file holding the cluster token. When set (or CLUSTER_TOKEN is), every call to an
     /// agent carries it, and /report_failure and /register_client/ require it.
     #[arg(long, env = "SUPERVISOR_CLUSTER_TOKEN_FILE")]
@@ -85,6 +90,12 @@ async fn main() -> anyhow::Result<()> {
     install_metrics().context("installing the metrics recorder")?;
     let agents: Vec<String> = args.agents.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
     anyhow::ensure!(!agents.is_empty(), "--agents is empty: give at least one agent address");
+    anyhow::ensure!(
+        args.min_copies as usize <= agents.len(),
+        "--min-copies {} asks for more copies than there are agents ({})",
+        args.min_copies,
+        agents.len()
+    );
 
     let token = protocol::auth::resolve_token(args.cluster_token_file.as_deref(), args.cluster_token.as_deref())?;
     let settings = Settings {
@@ -92,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         agents,
         poll_interval: Duration::from_millis(args.poll_interval_ms),
         misses: args.misses,
+        min_copies: args.min_copies as usize,
         state_file: args.state_file,
     };
     let supervisor = Supervisor::new(settings)?;

@@ -21,14 +21,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::{
-    AgentStatus, ClusterConfig, ErrorBody, FailureReport, FenceResponse, LeaderChanged, PauseRequest, PauseResponse,
-    PromoteResponse, RecoverRequest, RecoverResponse, RegisterClient, Role,
+    AgentStatus, ClusterConfig, ErrorBody, FailureKind, FailureReport, FenceResponse, JoinRequest, LeaderChanged, Lsn,
+    PauseRequest, PauseResponse, PromoteResponse, RecoverRequest, RecoverResponse, RegisterClient, Role,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::failover::{decide, on_failure_report, with_member, Action, Observed};
+use crate::failover::{decide, on_failure_report, with_member, Action, Observed, ReportCheck};
 
 /// How long recovery may take to apply the bulk of a returning node's missing log.
 const BULK_RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -44,8 +44,19 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 const HISTORY: usize = 20;
 /// Longest wait before a failed recovery is tried again.
 const MAX_RECOVERY_BACKOFF: Duration = Duration::from_secs(10);
-/// A candidate that failed this many elections in a row is passed over.
+/// A candidate that failed this many elections in a row is passed over for a while.
 const MAX_PROMOTION_FAILURES: u32 = 2;
+/// How long a candidate passed over after failed elections waits, at most, before it may be
+/// tried again (the wait doubles with each failure from 1 s): a node that failed once, say
+/// its PostgreSQL was restarting, must not stay unelectable forever.
+const MAX_PROMOTION_BACKOFF: Duration = Duration::from_secs(30);
+/// A member reported again within this long after a report that was refused is removed.
+const REPORTED_AGAIN_WITHIN: Duration = Duration::from_secs(30);
+/// The supervisor's own probe of a member the leader reports unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// How many times the supervisor sends a joining configuration to the leader before it gives up
+/// (the recovery is then tried again from the start).
+const JOIN_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -54,6 +65,8 @@ pub struct Settings {
     pub agents: Vec<String>,
     pub poll_interval: Duration,
     pub misses: u32,
+    /// The durability floor: the member set never shrinks below it.
+    pub min_copies: usize,
     pub state_file: PathBuf,
 }
 
@@ -114,9 +127,11 @@ struct History {
     /// Nodes whose last recovery failed: not retried before the instant, and how many times
     /// in a row it failed (the pause doubles each time, up to `MAX_RECOVERY_BACKOFF`).
     retry_after: std::collections::BTreeMap<String, (Instant, u32)>,
-    /// Candidates that could not be fenced or promoted, with how many times in a row: after
-    /// `MAX_PROMOTION_FAILURES` they are passed over until an election succeeds.
-    failed_promotions: std::collections::BTreeMap<String, u32>,
+    /// Candidates that could not be fenced or promoted: how many times in a row, and until
+    /// when they are passed over (from `MAX_PROMOTION_FAILURES` on, with a doubling backoff).
+    failed_promotions: std::collections::BTreeMap<String, (u32, Instant)>,
+    /// Members the leader reported and the supervisor kept (it could reach them), and when.
+    kept_after_report: std::collections::BTreeMap<String, Instant>,
     no_leader: Option<String>,
 }
 
@@ -321,7 +336,7 @@ impl Supervisor {
             let unelectable: Vec<String> = history
                 .failed_promotions
                 .iter()
-                .filter(|(_, failures)| **failures >= MAX_PROMOTION_FAILURES)
+                .filter(|(_, (failures, until))| *failures >= MAX_PROMOTION_FAILURES && *until > now)
                 .map(|(n, _)| n.clone())
                 .collect();
             (state.config.clone(), skip, unelectable)
@@ -329,7 +344,7 @@ impl Supervisor {
         if config.term == 0 {
             return; // no configuration adopted yet
         }
-        match decide(&config, &self.settings.agents, &observed, &recovering, &unelectable) {
+        match decide(&config, &self.settings.agents, &observed, &recovering, &unelectable, self.settings.min_copies) {
             Action::Steady => lock(&self.history).no_leader = None,
             Action::NoLeaderPossible { reason } => {
                 let mut history = lock(&self.history);
@@ -344,10 +359,6 @@ impl Supervisor {
             Action::Promote { candidate, config: next } => {
                 tracing::warn!(%candidate, term = next.term, "the named leader does not lead: finishing its election");
                 self.failover(&config, None, candidate, next).await
-            }
-            Action::RemoveMembers { removed, config: next } => {
-                tracing::warn!(?removed, "removing members that stopped answering");
-                let _ = self.change_config(&config, next).await;
             }
             Action::Recover { node } => {
                 lock(&self.history).recovering.insert(node.clone());
@@ -371,19 +382,6 @@ impl Supervisor {
                 });
             }
         }
-    }
-
-    /// Stores `next` and pushes it to every agent, if the configuration is still `current`.
-    async fn change_config(self: &Arc<Self>, current: &ClusterConfig, next: ClusterConfig) -> Result<(), String> {
-        let mut state = self.state.lock().await;
-        if state.config != *current {
-            return Err("the configuration changed meanwhile".into());
-        }
-        state.config = next.clone();
-        self.save(&state).map_err(|e| e.to_string())?;
-        drop(state);
-        self.push_config(&next);
-        Ok(())
     }
 
     /// Sends `config` to every agent in the background: an agent that is frozen or gone must
@@ -441,7 +439,7 @@ impl Supervisor {
             self.call(&candidate, "/internal/fence", Some(&next), FENCE_TIMEOUT).await;
         if let Err(e) = fenced {
             tracing::error!(%candidate, error = %e, "the candidate could not be fenced; trying again at the next poll");
-            *lock(&self.history).failed_promotions.entry(candidate).or_insert(0) += 1;
+            self.promotion_failed(&candidate);
             return;
         }
         // 3. The new leader resolves in-doubt batches, then takes commits.
@@ -451,7 +449,7 @@ impl Supervisor {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(%candidate, error = %e, "promotion failed; a new election follows at the next poll");
-                *lock(&self.history).failed_promotions.entry(candidate).or_insert(0) += 1;
+                self.promotion_failed(&candidate);
                 return;
             }
         };
@@ -484,6 +482,18 @@ impl Supervisor {
         self.push_config(&next);
         let me = self.clone();
         tokio::spawn(async move { me.announce(&candidate, next.term).await });
+    }
+
+    /// Counts a failed election of `candidate`; from `MAX_PROMOTION_FAILURES` on it is passed
+    /// over for a doubling while.
+    fn promotion_failed(&self, candidate: &str) {
+        let mut history = lock(&self.history);
+        let entry = history.failed_promotions.entry(candidate.to_string()).or_insert((0, Instant::now()));
+        entry.0 += 1;
+        let backoff = (Duration::from_secs(1)
+            * 2u32.saturating_pow(entry.0.saturating_sub(MAX_PROMOTION_FAILURES).min(8)))
+        .min(MAX_PROMOTION_BACKOFF);
+        entry.1 = Instant::now() + backoff;
     }
 
     /// Tells every registered client the new leader (`POST /leader_changed/`).
@@ -558,33 +568,97 @@ impl Supervisor {
         let tail: Result<RecoverResponse, String> =
             self.call(node, "/internal/recover", Some(&req), CONTROL_TIMEOUT).await;
         let next = with_member(&config, &self.settings.agents, node);
-        let joined = match tail {
-            Ok(tail) if tail.applied_lsn == paused.applied_lsn => {
-                report.entries_applied += tail.entries_applied;
-                state.config = next.clone();
-                self.save(&state).map_err(|e| e.to_string())
-            }
-            Ok(tail) if tail.applied_lsn > paused.applied_lsn => Err(format!(
-                "diverged: the node has applied LSN {}, beyond the leader's {}; it must be rebuilt",
+        let caught_up = match tail {
+            Ok(tail) if tail.applied_lsn < paused.applied_lsn => Err(format!(
+                "the node reached LSN {} but the leader is at {}; trying again",
                 tail.applied_lsn, paused.applied_lsn
             )),
+            // Beyond the paused LSN is not divergence: the pause ended by itself and the
+            // leader committed more, which the tail fetched. The leader's own check decides.
             Ok(tail) => {
-                Err(format!("the node reached LSN {} but the leader is at {}", tail.applied_lsn, paused.applied_lsn))
+                report.entries_applied += tail.entries_applied;
+                Ok(tail.applied_lsn)
             }
             Err(e) => Err(diverged(e)),
         };
-        // The new configuration (or the old one, on failure) ends the pause.
-        let resume_with = if joined.is_ok() { &next } else { &config };
-        let resumed: Result<AgentStatus, String> =
-            self.call(&leader, "/internal/config", Some(resume_with), CONTROL_TIMEOUT).await;
+        // Step one: the leader stores the new member set, and only if its log still ends where
+        // the node's does (it checks that itself, with no round in flight). Adopting it ends
+        // the pause. Step two, below: the supervisor records it.
+        let joined = match caught_up {
+            Ok(lsn) => self.join(&leader, &next, lsn).await,
+            Err(e) => Err(e),
+        };
         report.commit_pause_ms = Some(paused_at.elapsed().as_millis() as u64);
-        drop(state);
-        joined?;
-        if let Err(e) = resumed {
-            tracing::error!(error = %e, "the leader did not take the new configuration; its pause ends by itself");
+        if let Err(e) = joined {
+            // The old configuration ends the pause; the leader never took the new one.
+            let resumed: Result<AgentStatus, String> =
+                self.call(&leader, "/internal/config", Some(&config), CONTROL_TIMEOUT).await;
+            if let Err(r) = resumed {
+                tracing::warn!(error = %r, "the leader did not confirm the resume; its pause ends by itself");
+            }
+            return Err(e);
         }
+        state.config = next.clone();
+        self.save(&state).map_err(|e| e.to_string())?;
+        drop(state);
         self.push_config(&next);
         Ok(())
+    }
+
+    /// Sends `next` to the leader until it confirms it stored it (or refuses it for good):
+    /// the joining node must not count as a member anywhere before the leader has it.
+    async fn join(&self, leader: &str, next: &ClusterConfig, applied_lsn: Lsn) -> Result<(), String> {
+        let req = JoinRequest { config: next.clone(), applied_lsn };
+        let mut last = String::new();
+        for attempt in 1..=JOIN_ATTEMPTS {
+            match self.call::<_, AgentStatus>(leader, "/internal/join", Some(&req), CONTROL_TIMEOUT).await {
+                Ok(status) if status.config_version == next.version && status.term == next.term => return Ok(()),
+                Ok(status) => {
+                    last = format!("the leader answered with configuration version {}", status.config_version)
+                }
+                // Refused: the leader's log moved past the node's, or the term changed. The
+                // recovery starts over; nothing was adopted.
+                Err(e) if e.contains("409") => return Err(e),
+                Err(e) => last = e,
+            }
+            // The answer may have been lost after the leader stored it: its status tells.
+            let status: Result<AgentStatus, String> = self.call::<(), _>(leader, "/status", None, PUSH_TIMEOUT).await;
+            if let Ok(status) = status {
+                if status.term == next.term && status.config_version >= next.version {
+                    return Ok(());
+                }
+            }
+            tracing::warn!(attempt, error = %last, "the leader did not confirm the joining configuration; sending it again");
+        }
+        Err(format!("the leader did not confirm the new member set: {last}"))
+    }
+
+    /// A member that must stay (the floor) but voted NO because it is behind: it catches up
+    /// from the leader's log where it is. The leader cannot commit without it meanwhile, so
+    /// no entry can slip past.
+    fn recover_in_place(self: Arc<Self>, member: String, config: ClusterConfig) {
+        {
+            let mut history = lock(&self.history);
+            if !history.recovering.insert(member.clone()) {
+                return;
+            }
+        }
+        tokio::spawn(async move {
+            let result: Result<RecoverResponse, String> = match config.leader.clone() {
+                Some(leader) => {
+                    let req = RecoverRequest { term: config.term, leader };
+                    self.call(&member, "/internal/recover", Some(&req), BULK_RECOVERY_TIMEOUT).await
+                }
+                None => Err("no leader".into()),
+            };
+            match &result {
+                Ok(r) => {
+                    tracing::info!(%member, entries = r.entries_applied, "a member behind the leader caught up in place")
+                }
+                Err(e) => tracing::warn!(%member, error = %e, "a member behind the leader could not catch up in place"),
+            }
+            lock(&self.history).recovering.remove(&member);
+        });
     }
 
     async fn status(&self) -> SupervisorStatus {
@@ -813,12 +887,29 @@ async fn report_failure(State(sup): State<Arc<Supervisor>>, body: axum::body::By
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")),
     };
+    // The supervisor's own view of the member, taken before the state lock: a member the
+    // leader cannot reach but the supervisor can may be cut from the leader only.
+    let supervisor_reaches = report.kind == FailureKind::Unreachable
+        && sup.call::<(), serde_json::Value>(&report.member, "/health", None, PROBE_TIMEOUT).await.is_ok();
+    let reported_before =
+        lock(&sup.history).kept_after_report.get(&report.member).is_some_and(|at| at.elapsed() < REPORTED_AGAIN_WITHIN);
+    let check = ReportCheck { supervisor_reaches, reported_before };
     let mut state = sup.state.lock().await;
-    match on_failure_report(&state.config, report.term, &report.member) {
-        Err(message) => error(StatusCode::CONFLICT, "refused", message),
+    match on_failure_report(&state.config, &report, check, sup.settings.min_copies) {
+        Err(refusal) => {
+            tracing::warn!(member = %report.member, kind = ?report.kind, reason = %report.reason,
+                refused = %refusal.message, "kept a member the leader reported");
+            lock(&sup.history).kept_after_report.insert(report.member.clone(), Instant::now());
+            if refusal.at_floor && report.kind == FailureKind::VotedNo {
+                // It stays (the floor) but is behind: bring it up to date where it is.
+                sup.clone().recover_in_place(report.member.clone(), state.config.clone());
+            }
+            error(StatusCode::CONFLICT, "refused", refusal.message)
+        }
         Ok(next) => {
             if next != state.config {
-                tracing::warn!(member = %report.member, reason = %report.reason, "the leader reported a member unreachable: removing it");
+                tracing::warn!(member = %report.member, kind = ?report.kind, reason = %report.reason,
+                    "the leader reported a member, with evidence: removing it");
                 state.config = next.clone();
                 if let Err(e) = sup.save(&state) {
                     return error(
@@ -827,6 +918,7 @@ async fn report_failure(State(sup): State<Arc<Supervisor>>, body: axum::body::By
                         format!("could not store the change: {e}"),
                     );
                 }
+                lock(&sup.history).kept_after_report.remove(&report.member);
                 // The leader gets the configuration in this answer; the others by push.
                 sup.push_config(&next);
             }

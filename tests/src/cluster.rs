@@ -32,9 +32,17 @@ pub struct LogRow {
     pub commit_ts: i64,
     pub read_set: Value,
     pub write_set: Value,
+    /// The recorded outcome of a transaction ABORTED by a conflict (such an entry writes
+    /// nothing); `None` for a commit.
+    pub aborted: Option<Value>,
 }
 
 impl LogRow {
+    /// Whether this entry is a commit (and not the record of an abort).
+    pub fn is_commit(&self) -> bool {
+        self.aborted.is_none()
+    }
+
     /// The write set, parsed (stored as a JSON object from account to balance).
     pub fn writes(&self) -> BTreeMap<Account, Balance> {
         serde_json::from_value(self.write_set.clone()).unwrap_or_else(|e| {
@@ -733,11 +741,12 @@ impl Cluster {
 
     /// `recovery_log` of node `i`, ordered by LSN.
     pub async fn log(&self, node: usize) -> Vec<LogRow> {
-        let rows =
-            sqlx::query("SELECT lsn, term, txn_id, commit_ts, read_set, write_set FROM recovery_log ORDER BY lsn")
-                .fetch_all(&self.db(node).await)
-                .await
-                .unwrap_or_else(|e| panic!("read recovery_log of node {node}: {e}"));
+        let rows = sqlx::query(
+            "SELECT lsn, term, txn_id, commit_ts, read_set, write_set, aborted FROM recovery_log ORDER BY lsn",
+        )
+        .fetch_all(&self.db(node).await)
+        .await
+        .unwrap_or_else(|e| panic!("read recovery_log of node {node}: {e}"));
         rows.iter()
             .map(|r| {
                 let get = |what: &str| -> String { format!("recovery_log of node {node}, column {what}") };
@@ -748,6 +757,7 @@ impl Cluster {
                     commit_ts: r.try_get("commit_ts").unwrap_or_else(|e| panic!("{}: {e}", get("commit_ts"))),
                     read_set: r.try_get("read_set").unwrap_or_else(|e| panic!("{}: {e}", get("read_set"))),
                     write_set: r.try_get("write_set").unwrap_or_else(|e| panic!("{}: {e}", get("write_set"))),
+                    aborted: r.try_get("aborted").unwrap_or_else(|e| panic!("{}: {e}", get("aborted"))),
                 }
             })
             .collect()

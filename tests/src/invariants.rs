@@ -146,7 +146,15 @@ mod tests {
     use super::*;
 
     fn entry(lsn: i64, commit_ts: i64, writes: serde_json::Value) -> LogRow {
-        LogRow { lsn, term: 1, txn_id: Uuid::new_v4(), commit_ts, read_set: json!([]), write_set: writes }
+        LogRow {
+            lsn,
+            term: 1,
+            txn_id: Uuid::new_v4(),
+            commit_ts,
+            read_set: json!([]),
+            write_set: writes,
+            aborted: None,
+        }
     }
 
     #[test]

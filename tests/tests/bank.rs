@@ -168,7 +168,16 @@ async fn concurrent_transfers_keep_the_bank_consistent() {
         assert_eq!(sum, TOTAL, "node {i}: balances add up to {sum}");
     }
     let log = &converged.log;
-    assert_eq!(log.len(), 1 + committed.len(), "log entries = the initial write + acknowledged commits");
+    // A conflict's ABORT is final: the log records it (writing nothing) before the client hears
+    // 409. Other aborts (503) applied nothing and left no entry.
+    let final_aborts: HashSet<Uuid> = aborted
+        .iter()
+        .filter(|(_, reason)| reason == "stale_read" || reason == "key_locked")
+        .map(|(id, _)| *id)
+        .collect();
+    let commits: Vec<&LogRow> = log.iter().filter(|e| e.is_commit()).collect();
+    assert_eq!(commits.len(), 1 + committed.len(), "commits in the log = the initial write + acknowledged commits");
+    assert_eq!(log.len(), commits.len() + final_aborts.len(), "every 409 ABORT is recorded in the log, once");
     assert_eq!(log[0].txn_id, init.txn_id);
 
     // Each acknowledged commit is in every node's log, at the acknowledged LSN and timestamp.
@@ -182,8 +191,12 @@ async fn concurrent_transfers_keep_the_bank_consistent() {
             assert_eq!((entry.lsn, entry.commit_ts), (ack.lsn, ack.commit_ts), "node {i}: {ack:?}");
         }
         let aborted_ids: HashSet<Uuid> = aborted.iter().map(|(id, _)| *id).collect();
-        if let Some(e) = node_log.iter().find(|e| aborted_ids.contains(&e.txn_id)) {
-            panic!("node {i}: an aborted transfer is in the log: {e:?}");
+        if let Some(e) = node_log.iter().find(|e| e.is_commit() && aborted_ids.contains(&e.txn_id)) {
+            panic!("node {i}: an aborted transfer is in the log as a commit: {e:?}");
+        }
+        for e in node_log.iter().filter(|e| !e.is_commit()) {
+            assert!(final_aborts.contains(&e.txn_id), "node {i}: an abort record for a txn not answered 409: {e:?}");
+            assert!(e.writes().is_empty(), "node {i}: an abort record with writes: {e:?}");
         }
     }
 
@@ -191,7 +204,7 @@ async fn concurrent_transfers_keep_the_bank_consistent() {
     // place in that order, and moved money between its two accounts without creating any.
     let reads: HashMap<Uuid, &Committed> = committed.iter().map(|c| (c.txn_id, c)).collect();
     let mut state: BTreeMap<Account, Balance> = BTreeMap::new();
-    for entry in log {
+    for entry in log.iter().filter(|e| e.is_commit()) {
         let writes = entry.writes();
         if let Some(ack) = reads.get(&entry.txn_id) {
             for (account, balance) in ack.read {
@@ -228,6 +241,9 @@ async fn concurrent_transfers_keep_the_bank_consistent() {
         }
     }
     assert_eq!(from_api.len(), log.len(), "/replication_log/ and recovery_log disagree on length");
+    for (api, db) in from_api.iter().zip(log) {
+        assert_eq!(api.aborted.is_some(), db.aborted.is_some(), "lsn {}: the abort record differs", api.lsn);
+    }
     for (api, db) in from_api.iter().zip(log) {
         assert_eq!(
             (api.lsn, api.term, api.txn_id, api.commit_ts, &api.write_set),

@@ -1,7 +1,7 @@
 //! Replication as a user relies on it: an acknowledged commit is on every node, a stale read
 //! aborts and changes nothing, and a retried transaction id is applied once.
 
-use e2e::Cluster;
+use e2e::{BalanceRow, Cluster, LogRow};
 use protocol::{CommitResponse, Outcome};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -72,13 +72,21 @@ async fn a_stale_read_aborts_and_changes_nothing() {
     assert_eq!(answer["key"], 1, "the abort names the account that changed: {answer}");
     assert_eq!(answer["txn_id"], txn.to_string(), "{answer}");
     assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
-    assert_eq!(c.snapshot().await, before, "an aborted commit changed a table");
+    // The ABORT is final: every node's log records it (an entry that writes nothing), and
+    // nothing else changed.
+    let after = c.snapshot().await;
+    assert_eq!(without_abort_of(&after, txn), before, "an aborted commit changed a table");
+    for (i, (_, log)) in after.iter().enumerate() {
+        let record = log.iter().find(|e| e.txn_id == txn).unwrap_or_else(|| panic!("node {i}: no abort record"));
+        assert!(!record.is_commit() && record.writes().is_empty(), "node {i}: {record:?}");
+        assert_eq!(record.aborted.as_ref().map(|a| &a["reason"]), Some(&json!("stale_read")), "node {i}");
+    }
 
     // Retrying the aborted transaction returns the same outcome and still changes nothing.
     let (status, again) = c.commit(0, body).await;
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
     assert_eq!(outcome(&again), outcome(&answer));
-    assert_eq!(c.snapshot().await, before, "a retried abort changed a table");
+    assert_eq!(c.snapshot().await, after, "a retried abort changed a table or a log");
 
     // Read again, and the same transaction commits.
     let fresh = c.read(0, &[1]).await;
@@ -91,7 +99,18 @@ async fn a_stale_read_aborts_and_changes_nothing() {
         assert_eq!(c.read(i, &[2]).await.values, [(2, 99)].into(), "node {i}");
     }
     let converged = c.assert_converged().await;
-    assert!(converged.log.iter().all(|e| e.txn_id != txn), "the aborted txn is in the log");
+    assert!(
+        converged.log.iter().all(|e| e.txn_id != txn || !e.is_commit()),
+        "the aborted txn is in the log as a commit"
+    );
+}
+
+/// `snapshot` without the log entries that record the abort of `txn`.
+fn without_abort_of(snapshot: &[(Vec<BalanceRow>, Vec<LogRow>)], txn: Uuid) -> Vec<(Vec<BalanceRow>, Vec<LogRow>)> {
+    snapshot
+        .iter()
+        .map(|(table, log)| (table.clone(), log.iter().filter(|e| e.txn_id != txn || e.is_commit()).cloned().collect()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

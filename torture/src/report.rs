@@ -135,7 +135,7 @@ pub struct Summary {
 pub fn table(s: &Summary, v: &Verdict, a: &Availability, out_dir: &Path) -> String {
     let mut t = String::new();
     let row = |t: &mut String, k: &str, v: String| {
-        let _ = writeln!(t, "  {k:<34} {v}");
+        let _ = writeln!(t, "  {k:<38} {v}");
     };
     let _ = writeln!(t, "\nTorture run summary (seed {}; repeat with --seed {})", s.seed, s.seed);
     row(&mut t, "duration", format!("{:.0} s", s.duration_s));
@@ -188,12 +188,12 @@ pub fn table(s: &Summary, v: &Verdict, a: &Availability, out_dir: &Path) -> Stri
     let faults_total: u64 = s.faults.iter().filter(|(k, _)| !k.ends_with("(skipped)")).map(|(_, n)| n).sum();
     row(&mut t, "faults injected", faults_total.to_string());
     for (kind, n) in &s.faults {
-        row(&mut t, &format!("  {kind}"), n.to_string());
-        if kind == "two_faults" {
-            for (pair, n) in &s.fault_pairs {
-                row(&mut t, &format!("    {pair}"), n.to_string());
-            }
+        let mut value = n.to_string();
+        if kind == "two_faults" && !s.fault_pairs.is_empty() {
+            let pairs: Vec<String> = s.fault_pairs.iter().map(|(pair, n)| format!("{pair} x{n}")).collect();
+            value += &format!(" ({})", pairs.join(", "));
         }
+        row(&mut t, &format!("  {kind}"), value);
     }
     match a.longest() {
         Some(o) => {
@@ -391,5 +391,32 @@ mod tests {
         assert_eq!(o.duration_s, 6.0);
         assert!(o.cause.starts_with("kill_leader(node0)"), "{}", o.cause);
         assert!(a.outages.iter().any(|o| o.cause == "no fault in progress"));
+    }
+
+    #[test]
+    fn the_table_lists_every_fault_kind_and_the_newer_checks() {
+        let summary = Summary {
+            faults: BTreeMap::from([("two_faults".to_string(), 1), ("wipe_node".to_string(), 0)]),
+            fault_pairs: BTreeMap::from([("kill_leader+wipe_node".to_string(), 1)]),
+            future_ts_sent: 3,
+            future_ts_refused: 3,
+            ..Summary::default()
+        };
+        let verdict = Verdict {
+            valid: false,
+            findings: vec![],
+            finding_counts: BTreeMap::from([("changed_outcome".to_string(), 2)]),
+            warnings: vec![],
+            warning_counts: BTreeMap::new(),
+            counts: Default::default(),
+        };
+        let t = table(&summary, &verdict, &Availability::default(), Path::new("out"));
+        let line = |key: &str| t.lines().find(|l| l.trim_start().starts_with(key)).unwrap_or_default().to_string();
+        assert!(line("two_faults").ends_with("1 (kill_leader+wipe_node x1)"), "{t}");
+        assert!(line("wipe_node").ends_with(" 0"), "{t}");
+        assert!(line("changed_outcome").ends_with(" 2"), "{t}");
+        assert!(line("same_lsn_acked").ends_with(" 0"), "{t}");
+        assert!(line("far-future").contains("3 refused (400 bad_timestamp)"), "{t}");
+        assert!(line("checker verdict").contains("FAILED: changed_outcome 2"), "{t}");
     }
 }

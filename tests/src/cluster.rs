@@ -537,6 +537,32 @@ impl Cluster {
         tokio::task::spawn_blocking(move || pg::start(&dir)).await.unwrap();
     }
 
+    /// Makes node `i`'s PostgreSQL data folder again, exactly as [`Cluster::start_with`] made it
+    /// for a fresh node: a copy of this process's `initdb` template (the one every node was made
+    /// from) with the node's `port` and `unix_socket_directories` appended to its
+    /// `postgresql.conf`. Started with [`Cluster::start_postgres`], the node's PostgreSQL comes
+    /// back as a brand-new empty server (none of the agent's tables, no log) on the same port
+    /// with the same configuration, as after an operator replaced a lost disk.
+    ///
+    /// Precondition: that PostgreSQL is stopped ([`Cluster::stop_postgres`]) and its data folder
+    /// ([`Node::data_dir`]) no longer exists; the caller removes it (keep its `server.log` first if
+    /// it is wanted). Panics when the folder exists or cannot be made. Starts nothing.
+    pub async fn recreate_data_dir(&self, i: usize) {
+        let node = &self.nodes[i];
+        let (dir, port) = (node.data_dir.clone(), node.pg_port);
+        assert!(
+            !dir.exists(),
+            "node {i}'s data folder {} still exists: stop its PostgreSQL and remove the folder first",
+            dir.display()
+        );
+        tokio::task::spawn_blocking(move || pg::create_data_dir(&dir, port)).await.unwrap_or_else(|e| {
+            match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => panic!("make node {i}'s data folder again: {e}"),
+            }
+        });
+    }
+
     /// Polls `GET /health` on node `i` until it answers 200; panics with the agent's log after
     /// [`READY_TIMEOUT`] or when the agent exits.
     pub async fn wait_healthy(&self, i: usize) {

@@ -134,7 +134,8 @@ fn append(file: &Path, text: &str) {
 }
 
 /// Creates the data folder `dir` (which must not exist) from the template, set up to listen on
-/// 127.0.0.1:`port` with its socket in `dir` itself.
+/// 127.0.0.1:`port` with its socket in `dir` itself. Used for every node at the start, and again
+/// by `Cluster::recreate_data_dir` for a node whose folder was removed.
 pub(crate) fn create_data_dir(dir: &Path, port: u16) {
     let template = template();
     let out = Command::new("cp").arg("-a").arg(template).arg(dir).output().expect("run cp");

@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::checker::{LogSnapshot, SnapshotNode};
 use crate::history::History;
 use crate::net::{Endpoint, Net};
-use crate::pgdata::{self, Kept};
+use crate::pgdata;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -259,8 +259,8 @@ struct Broken {
     pg_stopped: Vec<bool>,
     paused: Vec<bool>,
     drilled_down: Vec<bool>,
-    /// A wiped data folder, with what must be put back.
-    wiped: Vec<Option<Kept>>,
+    /// A wiped data folder, to be made again.
+    wiped: Vec<bool>,
     supervisor_killed: bool,
     partitioned: bool,
 }
@@ -344,7 +344,7 @@ impl Nemesis {
                 pg_stopped: vec![false; n],
                 paused: vec![false; n],
                 drilled_down: vec![false; n],
-                wiped: vec![None; n],
+                wiped: vec![false; n],
                 ..Broken::default()
             },
             wiped_since_snapshot: vec![false; n],
@@ -727,8 +727,8 @@ impl Nemesis {
         self.wipes += 1;
         let keep_log = c.dir().join(format!("pg{i}-server-before-wipe-{}.log", self.wipes));
         match tokio::task::spawn_blocking(move || pgdata::wipe(&dir, &keep_log)).await {
-            Ok(Ok(kept)) => {
-                self.broken.wiped[i] = Some(kept);
+            Ok(Ok(())) => {
+                self.broken.wiped[i] = true;
                 self.wiped_since_snapshot[i] = true;
                 (note, Ok(()))
             }
@@ -796,16 +796,13 @@ impl Nemesis {
             }
         }
         for i in 0..c.len() {
-            if let Some(kept) = self.broken.wiped[i].take() {
-                let dir = c.node(i).data_dir.clone();
-                let made = match tokio::task::spawn_blocking(move || pgdata::recreate(&dir, &kept)).await {
-                    Ok(made) => made,
-                    Err(e) => Err(format!("the task: {e}")),
-                };
+            if std::mem::take(&mut self.broken.wiped[i]) {
+                let c2 = c.clone();
+                let made = async_call("make the data folder again", async move { c2.recreate_data_dir(i).await }).await;
                 let c2 = c.clone();
                 let started = match made {
                     Ok(()) => async_call("start PostgreSQL", async move { c2.start_postgres(i).await }).await,
-                    Err(e) => Err(format!("make the data folder again: {e}")),
+                    Err(e) => Err(e),
                 };
                 if let Err(e) = started {
                     errors.push(format!("node{i}: {e}"));

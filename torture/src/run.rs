@@ -198,7 +198,6 @@ pub fn run(opts: Options) -> anyhow::Result<bool> {
     if let Some(net) = &net {
         net.teardown();
     }
-    crate::pgdata::cleanup();
     let _ = std::panic::take_hook();
     result
 }

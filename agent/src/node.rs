@@ -18,9 +18,12 @@ use protocol::{
     Timestamp, ValidRead, Vote,
 };
 use tokio::sync::{watch, Mutex};
+use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::participant::{DecideStep, ParticipantState, PendingBatch, PrepareStep, PreparedHere, RoundId};
+use crate::participant::{
+    membership, DecideStep, Membership, ParticipantState, PendingBatch, PrepareStep, PreparedHere, RoundId,
+};
 use crate::peers::Peers;
 use crate::resolution::{resolve, Resolution};
 use crate::store::{LogEnd, Store};
@@ -65,6 +68,8 @@ pub struct Node {
     /// Where the local log ends, published after every local commit.
     applied: watch::Sender<LogEnd>,
     view: SyncMutex<View>,
+    /// The cluster this node's database belongs to (`agent_identity`), once it has one.
+    cluster_id: SyncMutex<Option<Uuid>>,
     me: Weak<Node>,
 }
 
@@ -86,6 +91,7 @@ impl Node {
         for stale in prepared {
             store.rollback_prepared(&stale).await?;
         }
+        let cluster_id = store.cluster_id().await?;
         let (config, restarted) = match store.load_config().await? {
             Some(stored) if !cfg.initial.is_newer_than(&stored) => (stored, true),
             _ => {
@@ -105,6 +111,7 @@ impl Node {
             participant: Mutex::new(participant),
             applied,
             view: SyncMutex::new(View { config: config.clone(), down: false, leader: None }),
+            cluster_id: SyncMutex::new(cluster_id),
             me: me.clone(),
         });
         // Without a supervisor the leader is fixed and resumes at once. With one, a restarted
@@ -142,6 +149,21 @@ impl Node {
             }
         }
         None
+    }
+
+    /// The cluster this node's database belongs to, if any.
+    pub fn cluster_id(&self) -> Option<Uuid> {
+        *self.cluster_id.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `id` as this database's cluster (a database keeps the first one it stores).
+    async fn adopt_cluster_id(&self, id: Uuid) -> Result<Uuid, ApiError> {
+        let kept = self.store.adopt_cluster_id(id).await.map_err(ApiError::unavailable)?;
+        *self.cluster_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(kept);
+        if kept == id {
+            tracing::info!(cluster_id = %id, "this node's database now belongs to the cluster");
+        }
+        Ok(kept)
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
@@ -330,6 +352,15 @@ impl Node {
             applied_lsn: state.applied_lsn,
             reason,
         };
+        let joining = match membership(self.cluster_id(), req.cluster_id) {
+            Membership::Same => None,
+            Membership::Adopt(id) => Some(id),
+            Membership::Foreign { ours, theirs } => {
+                let reason = format!("this node's database belongs to cluster {ours}, the leader's to {theirs}");
+                tracing::error!(%reason, "voting NO");
+                return Ok(vote(&state, Vote::No, Some(reason)));
+            }
+        };
         match state.on_prepare(id, req.prev_lsn, last.lsn, last.txn_id, req.leader.as_deref()) {
             PrepareStep::StaleTerm(term) => Err(ApiError::StaleTerm(term)),
             PrepareStep::Refuse(reason) => {
@@ -350,6 +381,16 @@ impl Node {
                 let batch = PendingBatch { id, last_lsn: last.lsn, last_txn: last.txn_id };
                 match self.store.prepare(&batch, &req.entries).await {
                     Ok(()) => {
+                        // It holds every entry before this batch: it is one of the cluster now.
+                        if let Some(cluster) = joining {
+                            if let Err(e) = self.adopt_cluster_id(cluster).await {
+                                return Ok(vote(
+                                    &state,
+                                    Vote::No,
+                                    Some(format!("could not store the cluster id: {e}")),
+                                ));
+                            }
+                        }
                         for e in &req.entries {
                             tracing::debug!(txn_id = %e.txn_id, lsn = e.lsn, term = req.term, round = req.round, "txn prepared");
                         }
@@ -519,6 +560,11 @@ impl Node {
             }
         }
         self.adopt(&mut state, &config).await?;
+        // A leader elected by log position owns the cluster's log: a database without an id
+        // (the first leader of a new cluster, or one made before ids existed) gets one now.
+        if self.cluster_id().is_none() {
+            self.adopt_cluster_id(Uuid::new_v4()).await?;
+        }
         // What an earlier leader acknowledged ends here; a batch resolved below may be on
         // fewer than min_copies nodes until the first round copies it.
         let acknowledged_before = state.applied_lsn;
@@ -646,6 +692,15 @@ impl Node {
             return Err(ApiError::StaleTerm(state.term));
         }
         self.adopt_term(&mut state, req.term).await?;
+        let joining = match membership(self.cluster_id(), req.cluster_id) {
+            Membership::Same => None,
+            Membership::Adopt(id) => Some(id),
+            Membership::Foreign { ours, theirs } => {
+                return Err(ApiError::Conflict(format!(
+                    "diverged: this node's database belongs to cluster {ours}, not {theirs}; it must be rebuilt, not merged"
+                )))
+            }
+        };
         let leader = &req.leader;
         let unreachable =
             |e: crate::peers::PeerError| ApiError::Unavailable(format!("recovery could not reach the leader: {e}"));
@@ -714,6 +769,10 @@ impl Node {
             }
         }
         metrics::counter!("rmw_recovered_entries_total").increment(entries_applied);
+        // Caught up with the cluster's leader: this database is one of the cluster now.
+        if let Some(cluster) = joining {
+            self.adopt_cluster_id(cluster).await?;
+        }
         Ok(RecoverResponse { applied_lsn: state.applied_lsn, entries_applied, resolved_pending })
     }
 
@@ -837,6 +896,7 @@ impl Node {
             last_commit_ts: end.commit_ts,
             last_term: end.term,
             min_copies: self.cfg.min_copies as u32,
+            cluster_id: self.cluster_id(),
             members: config.members,
             prepared_batch: state.pending.as_ref().map(PendingBatch::info),
             config_version: config.version,

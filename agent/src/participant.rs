@@ -99,6 +99,29 @@ pub enum PrepareStep {
     StaleTerm(Term),
 }
 
+/// How a member's cluster id relates to the one a leader or the supervisor names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Same cluster, or no id named (a cluster made before ids existed).
+    Same,
+    /// This database has no id yet (new or wiped): it takes this one once it holds the
+    /// cluster's log up to the point it was asked to follow.
+    Adopt(Uuid),
+    /// This database belongs to another cluster: it never votes YES, never recovers, never
+    /// leads here.
+    Foreign { ours: Uuid, theirs: Uuid },
+}
+
+/// The rule behind [`Membership`].
+pub fn membership(ours: Option<Uuid>, theirs: Option<Uuid>) -> Membership {
+    match (ours, theirs) {
+        (_, None) => Membership::Same,
+        (None, Some(theirs)) => Membership::Adopt(theirs),
+        (Some(ours), Some(theirs)) if ours == theirs => Membership::Same,
+        (Some(ours), Some(theirs)) => Membership::Foreign { ours, theirs },
+    }
+}
+
 /// What to do with a decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecideStep {
@@ -236,6 +259,18 @@ mod tests {
         let mut s = fresh();
         assert!(s.learn_leader(4, Some("c:3")));
         assert_eq!(s.on_prepare(round(4, 1), 10, 11, txn(1), Some("a:1")), PrepareStep::StaleTerm(4));
+    }
+
+    // Finding 3: a wiped database takes the cluster's id only by catching up; another
+    // cluster's database never joins.
+    #[test]
+    fn cluster_ids_are_adopted_once_and_never_mixed() {
+        let (a, b) = (txn(100), txn(200));
+        assert_eq!(membership(Some(a), Some(a)), Membership::Same);
+        assert_eq!(membership(None, Some(a)), Membership::Adopt(a));
+        assert_eq!(membership(Some(a), Some(b)), Membership::Foreign { ours: a, theirs: b });
+        assert_eq!(membership(Some(a), None), Membership::Same);
+        assert_eq!(membership(None, None), Membership::Same);
     }
 
     #[test]

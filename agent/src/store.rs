@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS recovery_log (
     -- writes), so that a retry of its txn_id is answered ABORT by any leader, forever.
     aborted JSONB
 );
+-- The cluster this database belongs to, stored once: when it bootstraps a new cluster as its
+-- first leader, or when it has caught up with a cluster's leader. A wiped database has none.
+CREATE TABLE IF NOT EXISTS agent_identity (
+    id INT PRIMARY KEY CHECK (id = 1),
+    cluster_id UUID NOT NULL
+);
 -- The newest cluster configuration this agent has seen: its term must survive a restart, or a
 -- deposed leader could win this agent's vote again.
 CREATE TABLE IF NOT EXISTS agent_cluster_config (
@@ -129,6 +135,20 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The cluster this database belongs to, if it joined one.
+    pub async fn cluster_id(&self) -> Result<Option<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT cluster_id FROM agent_identity WHERE id = 1").fetch_optional(&self.pool).await?)
+    }
+
+    /// Stores `id` as this database's cluster unless it already has one; returns the one kept.
+    pub async fn adopt_cluster_id(&self, id: Uuid) -> Result<Uuid, StoreError> {
+        sqlx::query("INSERT INTO agent_identity (id, cluster_id) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(self.cluster_id().await?.unwrap_or(id))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

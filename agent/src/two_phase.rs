@@ -259,6 +259,14 @@ impl Leader {
     /// Validates, replicates and commits one transaction; returns its outcome.
     pub async fn commit(&self, txn: ValidCommit, node: &Node) -> Result<(Uuid, TxnOutcome), ApiError> {
         let txn_id = txn.txn_id.unwrap_or_else(Uuid::new_v4);
+        // More copies than the cluster has nodes can never be had: that is the caller's
+        // mistake (400), not a passing shortage (503).
+        let nodes = node.cfg.initial.members.len();
+        if let Some(wanted) = txn.min_copies.filter(|wanted| *wanted > nodes) {
+            return Err(ApiError::BadRequest(format!(
+                "min_copies {wanted} is more than the {nodes} nodes of this cluster; ask for at most {nodes}"
+            )));
+        }
         if txn.txn_id.is_some() {
             let seen = known(&mut self.lock(), txn_id);
             match seen {
@@ -482,8 +490,14 @@ impl Leader {
             .collect();
         let last_lsn = prev_lsn + entries.len() as Lsn;
         let last_txn = entries.last().map(|e| e.txn_id).unwrap_or_default();
-        let prepare =
-            PrepareRequest { term: self.term, round, prev_lsn, entries, leader: Some(node.cfg.address.clone()) };
+        let prepare = PrepareRequest {
+            term: self.term,
+            round,
+            prev_lsn,
+            entries,
+            leader: Some(node.cfg.address.clone()),
+            cluster_id: node.cluster_id(),
+        };
 
         metrics::histogram!("rmw_batch_size").record(included.len() as f64);
         let phase_one = std::time::Instant::now();

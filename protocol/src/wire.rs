@@ -435,6 +435,10 @@ pub struct PrepareRequest {
     /// The sending leader's address: a member votes for one leader per term.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
+    /// The leader's cluster id: a member of another cluster votes NO; a member with an empty
+    /// database that holds every earlier entry takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -536,6 +540,10 @@ pub struct AgentStatus {
     /// The durability floor this agent keeps when it leads (`--min-copies`).
     #[serde(default)]
     pub min_copies: u32,
+    /// The id of the cluster this node's database belongs to, stored in PostgreSQL when it
+    /// first joined one; null for an empty (new or wiped) database, which is never elected.
+    #[serde(default)]
+    pub cluster_id: Option<Uuid>,
     /// Addresses of the members in sync (the leader included), in configured order.
     pub members: Vec<String>,
     /// The batch this node holds prepared and undecided, if any.
@@ -641,6 +649,10 @@ pub struct RecoverRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = i64))]
     pub term: Term,
     pub leader: String,
+    /// The cluster's id, when the supervisor knows it: a node with an empty database takes it
+    /// once it has caught up; a node of another cluster refuses (it must be rebuilt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,7 @@
 //!   the durability floor (`min_copies`), and only grows through recovery (`Action::Recover`).
 
 use protocol::{AgentStatus, ClusterConfig, FailureKind, FailureReport, Lsn, Role, Term};
+use uuid::Uuid;
 
 /// What the supervisor knows of one agent after its last polls.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,25 +55,39 @@ pub fn round_robin_next<'a>(
     (0..agents.len()).map(|k| &agents[(start + k) % agents.len()]).find(|a| Some(a.as_str()) != old && eligible(a))
 }
 
+/// What the supervisor knows of the cluster besides its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// The durability floor (`--min-copies`).
+    pub min_copies: usize,
+    /// The cluster's id, once learnt from its leader: a node whose database carries no id or
+    /// another one is never elected, and only one without an id is recovered as a new node.
+    pub cluster_id: Option<Uuid>,
+}
+
 /// Decides the next step. `agents` is the configured order; `recovering` lists nodes whose
 /// recovery is under way or backing off; `unelectable` lists nodes that failed to be fenced or
-/// promoted lately, which are passed over as candidates; `min_copies` is the durability floor.
+/// promoted lately, which are passed over as candidates.
 pub fn decide(
     config: &ClusterConfig,
     agents: &[String],
     observed: &[Observed],
     recovering: &[String],
     unelectable: &[String],
-    min_copies: usize,
+    known: Known,
 ) -> Action {
+    let Known { min_copies, cluster_id } = known;
     let seen = |addr: &str| observed.iter().find(|o| o.address == addr);
-    let alive = |addr: &str| seen(addr).is_some_and(|o| o.alive);
+    let carried_id = |addr: &str| seen(addr).and_then(|o| o.status.as_ref()).map(|s| s.cluster_id);
+    // Ours: the database carries the cluster's id (or the cluster has none yet).
+    let ours = |addr: &str| cluster_id.is_none() || carried_id(addr).is_none_or(|id| id == cluster_id);
+    let alive = |addr: &str| seen(addr).is_some_and(|o| o.alive) && ours(addr);
     let is_member = |addr: &str| config.members.iter().any(|m| m == addr);
 
     // The leader is healthy only if it answers and still leads the current term.
     let leader_ok = config.leader.as_deref().is_some_and(|leader| {
         seen(leader).is_some_and(|o| {
-            o.alive && o.status.as_ref().is_none_or(|s| s.role == Role::Leader && s.term == config.term)
+            o.alive && ours(leader) && o.status.as_ref().is_none_or(|s| s.role == Role::Leader && s.term == config.term)
         })
     });
     if !leader_ok {
@@ -143,9 +158,12 @@ pub fn decide(
     // A member that stops answering is not removed here: only a report from the leader,
     // checked against these polls (`on_failure_report`), removes one. A member the leader
     // still reaches must stay even when the supervisor cannot poll it.
+    // A database with another cluster's id is never recovered here: it needs a rebuild.
+    let foreign = |a: &str| cluster_id.is_some() && carried_id(a).flatten().is_some_and(|id| Some(id) != cluster_id);
     let returning = agents.iter().find(|a| {
         !is_member(a)
             && !recovering.contains(a)
+            && !foreign(a)
             && seen(a).is_some_and(|o| o.alive && o.status.as_ref().is_some_and(|s| s.role != Role::Down))
     });
     match returning {
@@ -261,6 +279,7 @@ mod tests {
             last_commit_ts: 0,
             last_term,
             min_copies: FLOOR as u32,
+            cluster_id: None,
             members: vec![],
             prepared_batch: None,
             config_version: 0,
@@ -282,8 +301,10 @@ mod tests {
         Observed { address: addr.into(), alive: false, status: None }
     }
 
+    const KNOWN: Known = Known { min_copies: FLOOR, cluster_id: None };
+
     fn decide2(c: &ClusterConfig, seen: &[Observed], unelectable: &[String]) -> Action {
-        decide(c, &agents(), seen, &[], unelectable, FLOOR)
+        decide(c, &agents(), seen, &[], unelectable, KNOWN)
     }
 
     fn report(term: Term, member: &str, kind: FailureKind) -> FailureReport {
@@ -319,7 +340,7 @@ mod tests {
     fn round_robin_skips_dead_members_and_wraps() {
         let c = config(4, "b:2", &["a:1", "b:2", "c:3"]);
         let seen = [up("a:1", Role::Replica, 4), down("b:2"), down("c:3")];
-        match decide(&c, &agents(), &seen, &[], &[], 1) {
+        match decide(&c, &agents(), &seen, &[], &[], Known { min_copies: 1, ..KNOWN }) {
             Action::Failover { candidate, config, .. } => {
                 assert_eq!(candidate, "a:1");
                 assert_eq!(config.members, vec!["a:1"]);
@@ -387,7 +408,7 @@ mod tests {
         let c = config(1, "a:1", &["a:1", "b:2"]);
         let seen = [up("a:1", Role::Leader, 1), up("b:2", Role::Replica, 1), up("c:3", Role::Standby, 1)];
         assert_eq!(decide2(&c, &seen, &[]), Action::Recover { node: "c:3".into() });
-        assert_eq!(decide(&c, &agents(), &seen, &["c:3".into()], &[], FLOOR), Action::Steady);
+        assert_eq!(decide(&c, &agents(), &seen, &["c:3".into()], &[], KNOWN), Action::Steady);
         assert_eq!(with_member(&c, &agents(), "c:3").members, vec!["a:1", "b:2", "c:3"]);
     }
 
@@ -435,6 +456,42 @@ mod tests {
         ];
         let Action::Failover { candidate, config, .. } = decide2(&c, &seen, &[]) else { panic!() };
         assert_eq!((candidate.as_str(), config.term), ("b:2", 3));
+    }
+
+    // Finding 3 again, by identity: with the cluster's id known, an empty database (no id) or
+    // another cluster's is never elected, even when its log looks longer.
+    #[test]
+    fn a_node_without_the_clusters_id_is_never_elected() {
+        let id = Uuid::from_u128(7);
+        let known = Known { cluster_id: Some(id), ..KNOWN };
+        let with_id = |mut o: Observed, cluster: Option<Uuid>| {
+            if let Some(s) = o.status.as_mut() {
+                s.cluster_id = cluster;
+            }
+            o
+        };
+        let c = config(2, "a:1", &["a:1", "b:2", "c:3"]);
+        let seen = [
+            down("a:1"),
+            with_id(at("b:2", Role::Replica, 2, (2, 99)), Some(Uuid::from_u128(8))),
+            with_id(at("c:3", Role::Replica, 2, (2, 30)), Some(id)),
+        ];
+        let Action::Failover { candidate, config: next, .. } = decide(&c, &agents(), &seen, &[], &[], known) else {
+            panic!()
+        };
+        assert_eq!(candidate, "c:3");
+        assert!(next.members.contains(&"c:3".to_string()));
+        // Wiped (no id): not a candidate; a live non-member without an id is recovered, one of
+        // another cluster is not.
+        let c = config(2, "a:1", &["a:1", "c:3"]);
+        let seen = [
+            with_id(at("a:1", Role::Leader, 2, (2, 30)), Some(id)),
+            with_id(at("b:2", Role::Standby, 2, (0, 0)), None),
+            with_id(at("c:3", Role::Replica, 2, (2, 30)), Some(id)),
+        ];
+        assert_eq!(decide(&c, &agents(), &seen, &[], &[], known), Action::Recover { node: "b:2".into() });
+        let seen = [seen[0].clone(), with_id(seen[1].clone(), Some(Uuid::from_u128(8))), seen[2].clone()];
+        assert_eq!(decide(&c, &agents(), &seen, &[], &[], known), Action::Steady);
     }
 
     // Finding 2: no floor, and removals the leader did not ask for.

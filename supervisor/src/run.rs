@@ -27,8 +27,9 @@ use protocol::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use uuid::Uuid;
 
-use crate::failover::{decide, on_failure_report, with_member, Action, Observed, ReportCheck};
+use crate::failover::{decide, on_failure_report, with_member, Action, Known, Observed, ReportCheck};
 
 /// How long recovery may take to apply the bulk of a returning node's missing log.
 const BULK_RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -75,6 +76,9 @@ pub struct Settings {
 struct Persisted {
     config: ClusterConfig,
     clients: Vec<String>,
+    /// The cluster's id, learnt from its leader (absent in state files of older versions).
+    #[serde(default)]
+    cluster_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -172,6 +176,7 @@ impl Supervisor {
                 // Term 0: the first poll adopts whatever the agents report.
                 config: ClusterConfig { term: 0, version: 0, leader: None, members: vec![] },
                 clients: vec![],
+                cluster_id: None,
             },
             Err(e) => return Err(e).with_context(|| format!("reading {}", settings.state_file.display())),
         };
@@ -326,8 +331,9 @@ impl Supervisor {
             return;
         }
         let observed = self.observed();
-        let (config, recovering, unelectable) = {
-            let state = self.state.lock().await;
+        let (config, recovering, unelectable, cluster_id) = {
+            let mut state = self.state.lock().await;
+            self.learn_cluster_id(&mut state, &observed);
             let history = lock(&self.history);
             let now = Instant::now();
             let backing_off = history.retry_after.iter().filter(|(_, (until, _))| *until > now).map(|(n, _)| n);
@@ -339,12 +345,13 @@ impl Supervisor {
                 .filter(|(_, (failures, until))| *failures >= MAX_PROMOTION_FAILURES && *until > now)
                 .map(|(n, _)| n.clone())
                 .collect();
-            (state.config.clone(), skip, unelectable)
+            (state.config.clone(), skip, unelectable, state.cluster_id)
         };
         if config.term == 0 {
             return; // no configuration adopted yet
         }
-        match decide(&config, &self.settings.agents, &observed, &recovering, &unelectable, self.settings.min_copies) {
+        let known = Known { min_copies: self.settings.min_copies, cluster_id };
+        match decide(&config, &self.settings.agents, &observed, &recovering, &unelectable, known) {
             Action::Steady => lock(&self.history).no_leader = None,
             Action::NoLeaderPossible { reason } => {
                 let mut history = lock(&self.history);
@@ -484,6 +491,29 @@ impl Supervisor {
         tokio::spawn(async move { me.announce(&candidate, next.term).await });
     }
 
+    /// Learns the cluster's id from the leader of the configuration once it reports one (the
+    /// first leader of a new cluster makes it; a supervisor that lost its state file learns it
+    /// again the same way).
+    fn learn_cluster_id(&self, state: &mut Persisted, observed: &[Observed]) {
+        if state.cluster_id.is_some() {
+            return;
+        }
+        let Some(leader) = state.config.leader.as_deref() else { return };
+        let reported = observed
+            .iter()
+            .find(|o| o.address == leader && o.alive)
+            .and_then(|o| o.status.as_ref())
+            .filter(|s| s.role == Role::Leader && s.term == state.config.term)
+            .and_then(|s| s.cluster_id);
+        if let Some(id) = reported {
+            tracing::info!(cluster_id = %id, "learnt the cluster's id from its leader");
+            state.cluster_id = Some(id);
+            if let Err(e) = self.save(state) {
+                tracing::error!(error = %e, "could not write the state file");
+            }
+        }
+    }
+
     /// Counts a failed election of `candidate`; from `MAX_PROMOTION_FAILURES` on it is passed
     /// over for a doubling while.
     fn promotion_failed(&self, candidate: &str) {
@@ -548,10 +578,13 @@ impl Supervisor {
     }
 
     async fn try_recover(self: &Arc<Self>, node: &str, report: &mut RecoveryReport) -> Result<(), String> {
-        let config = self.state.lock().await.config.clone();
+        let (config, cluster_id) = {
+            let state = self.state.lock().await;
+            (state.config.clone(), state.cluster_id)
+        };
         let leader = config.leader.clone().ok_or("no leader to recover from")?;
         let _: FenceResponse = self.call(node, "/internal/fence", Some(&config), CONTROL_TIMEOUT).await?;
-        let req = RecoverRequest { term: config.term, leader: leader.clone() };
+        let req = RecoverRequest { term: config.term, leader: leader.clone(), cluster_id };
         let bulk: RecoverResponse =
             self.call(node, "/internal/recover", Some(&req), BULK_RECOVERY_TIMEOUT).await.map_err(diverged)?;
         report.entries_applied += bulk.entries_applied;
@@ -636,7 +669,7 @@ impl Supervisor {
     /// A member that must stay (the floor) but voted NO because it is behind: it catches up
     /// from the leader's log where it is. The leader cannot commit without it meanwhile, so
     /// no entry can slip past.
-    fn recover_in_place(self: Arc<Self>, member: String, config: ClusterConfig) {
+    fn recover_in_place(self: Arc<Self>, member: String, config: ClusterConfig, cluster_id: Option<Uuid>) {
         {
             let mut history = lock(&self.history);
             if !history.recovering.insert(member.clone()) {
@@ -646,7 +679,7 @@ impl Supervisor {
         tokio::spawn(async move {
             let result: Result<RecoverResponse, String> = match config.leader.clone() {
                 Some(leader) => {
-                    let req = RecoverRequest { term: config.term, leader };
+                    let req = RecoverRequest { term: config.term, leader, cluster_id };
                     self.call(&member, "/internal/recover", Some(&req), BULK_RECOVERY_TIMEOUT).await
                 }
                 None => Err("no leader".into()),
@@ -662,7 +695,7 @@ impl Supervisor {
     }
 
     async fn status(&self) -> SupervisorStatus {
-        let Persisted { config, clients } = lock(&self.published).clone();
+        let Persisted { config, clients, cluster_id } = lock(&self.published).clone();
         let observed = lock(&self.observed).clone();
         let history = lock(&self.history);
         let leader_applied = config
@@ -705,6 +738,8 @@ impl Supervisor {
             "a member is not answering: commits wait until it is removed".into()
         };
         SupervisorStatus {
+            cluster_id,
+            min_copies: self.settings.min_copies,
             term: config.term,
             config_version: config.version,
             leader: config.leader.clone(),
@@ -749,6 +784,10 @@ pub struct NodeReport {
 /// `GET /status` of the supervisor.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SupervisorStatus {
+    /// The cluster's id, once learnt from its first leader.
+    pub cluster_id: Option<Uuid>,
+    /// The durability floor: the member set never shrinks below it.
+    pub min_copies: usize,
     pub term: i64,
     pub config_version: u64,
     pub leader: Option<String>,
@@ -902,7 +941,7 @@ async fn report_failure(State(sup): State<Arc<Supervisor>>, body: axum::body::By
             lock(&sup.history).kept_after_report.insert(report.member.clone(), Instant::now());
             if refusal.at_floor && report.kind == FailureKind::VotedNo {
                 // It stays (the floor) but is behind: bring it up to date where it is.
-                sup.clone().recover_in_place(report.member.clone(), state.config.clone());
+                sup.clone().recover_in_place(report.member.clone(), state.config.clone(), state.cluster_id);
             }
             error(StatusCode::CONFLICT, "refused", refusal.message)
         }

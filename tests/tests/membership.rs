@@ -91,11 +91,25 @@ async fn a_commit_may_ask_for_more_copies_than_the_floor() {
     let c = Cluster::start_with(ClusterOptions::supervised(3)).await;
     let (code, body) = c.commit(0, json!({"transaction": {"write_set": {"1": 1}}, "min_copies": 3})).await;
     assert_eq!(code, StatusCode::OK, "three members answer: {body}");
+    // More than the cluster's nodes: the caller's mistake.
     let (code, body) = c.commit(0, json!({"transaction": {"write_set": {"1": 2}}, "min_copies": 4})).await;
-    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["reason"], "not_enough_replicas", "{body}");
+    assert_eq!((code, &body["error"]), (StatusCode::BAD_REQUEST, &json!("bad_request")), "{body}");
+    // Three asked, two members left: a shortage, 503 until the third is back.
+    c.kill_agent(2);
+    let deadline = Instant::now() + HEAL_LIMIT;
+    loop {
+        let (code, body) = c.commit(0, json!({"transaction": {"write_set": {"1": 3}}, "min_copies": 3})).await;
+        assert_ne!(code, StatusCode::OK, "acknowledged with one of three nodes dead: {body}");
+        if body["reason"] == "not_enough_replicas" {
+            assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never refused with not_enough_replicas: {code} {body}");
+    }
+    let (code, body) = c.commit(0, json!({"transaction": {"write_set": {"4": 4}}})).await;
+    assert_eq!(code, StatusCode::OK, "two copies are enough for the default floor: {body}");
     let read = c.read(0, &[1]).await;
-    assert_eq!(read.values.get(&1), Some(&1), "the refused commit applied nothing");
+    assert_eq!(read.values.get(&1), Some(&1), "the refused commits applied nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

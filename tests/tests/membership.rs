@@ -176,3 +176,52 @@ async fn an_account_given_twice_is_refused_naming_it() {
     assert!(body["message"].as_str().is_some_and(|m| m.contains("account 3 appears twice")), "{}", r.body);
     assert!(c.read(0, &[1]).await.values.is_empty(), "nothing was written");
 }
+
+/// The agent's `/status` as JSON, with the fields a test of identity needs.
+async fn status_json(c: &Cluster, i: usize) -> Value {
+    let (code, s) = c.get(i, "/status").await;
+    assert_eq!(code, StatusCode::OK, "node {i}: {s}");
+    s
+}
+
+// Finding 3: a node whose data directory was wiped, under the first leader's name, must not
+// lead again with an empty log; it comes back as a new node, recovers the whole log, and
+// only then takes the cluster's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_leader_comes_back_as_a_new_node_and_never_leads_with_an_empty_log() {
+    let c = Cluster::start_with(ClusterOptions::supervised(3)).await;
+    for n in 1..=5 {
+        c.write(0, &[(n, 10 * n)]).await;
+    }
+    let s = c.wait_supervisor("it learns the cluster's id", HEAL_LIMIT, |s| s["cluster_id"].is_string()).await;
+    let id = s["cluster_id"].clone();
+    for i in 0..3 {
+        let wanted = id.clone();
+        let deadline = Instant::now() + HEAL_LIMIT;
+        while status_json(&c, i).await["cluster_id"] != wanted {
+            assert!(Instant::now() < deadline, "node {i} never took the cluster's id {wanted}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // The disk of node 0, the leader, is lost.
+    c.kill_agent(0);
+    c.stop_postgres(0).await;
+    std::fs::remove_dir_all(&c.node(0).data_dir).unwrap_or_else(|e| panic!("wipe node 0: {e}"));
+    let new = c.wait_for_leader(|i| i != 0).await;
+    let (code, body) = settle(&c, json!({"write_set": {"9": 9}}), Uuid::new_v4()).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+
+    c.recreate_data_dir(0).await;
+    c.start_postgres(0).await;
+    c.start_agent(0).await;
+    let wiped = status_json(&c, 0).await;
+    assert_ne!(wiped["role"], "leader", "a wiped node led again: {wiped}");
+    c.wait_member(0).await;
+    let back = status_json(&c, 0).await;
+    assert_eq!(back["cluster_id"], id, "it took the cluster's id once caught up: {back}");
+    let s = c.supervisor_status().await;
+    assert_eq!(s["leader"], json!(c.node(new).address()), "the leader did not move to the wiped node: {s}");
+    let converged = c.assert_converged().await;
+    assert_eq!(converged.table.len(), 6, "every acknowledged write is on every node, node 0 included");
+}

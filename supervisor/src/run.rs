@@ -726,7 +726,9 @@ impl Supervisor {
                 .iter()
                 .any(|o| &o.address == l && alive(o) && o.status.as_ref().is_some_and(|s| s.role == Role::Leader))
         });
-        let members_alive = config.members.iter().all(|m| observed.iter().any(|o| &o.address == m && alive(o)));
+        let answering =
+            config.members.iter().filter(|m| observed.iter().any(|o| &o.address == *m && alive(o))).count();
+        let members_alive = answering == config.members.len();
         let writes_available = leader_serving && members_alive;
         let message = if writes_available {
             format!("writes go to {}", config.leader.clone().unwrap_or_default())
@@ -734,8 +736,17 @@ impl Supervisor {
             reason.clone()
         } else if !leader_serving {
             "no leader is serving: a failover is in progress or pending".into()
+        } else if answering < self.settings.min_copies {
+            format!(
+                "{answering} of {} members answer, below the durability floor of {}: commits answer 503 \
+                 not_enough_replicas until one is back (reads go on)",
+                config.members.len(),
+                self.settings.min_copies
+            )
         } else {
-            "a member is not answering: commits wait until it is removed".into()
+            "a member does not answer the supervisor: commits wait for it until the leader reports it and it is \
+             removed, or it answers again"
+                .into()
         };
         SupervisorStatus {
             cluster_id,

@@ -520,10 +520,7 @@ impl Supervisor {
         let mut history = lock(&self.history);
         let entry = history.failed_promotions.entry(candidate.to_string()).or_insert((0, Instant::now()));
         entry.0 += 1;
-        let backoff = (Duration::from_secs(1)
-            * 2u32.saturating_pow(entry.0.saturating_sub(MAX_PROMOTION_FAILURES).min(8)))
-        .min(MAX_PROMOTION_BACKOFF);
-        entry.1 = Instant::now() + backoff;
+        entry.1 = Instant::now() + promotion_backoff(entry.0);
     }
 
     /// Tells every registered client the new leader (`POST /leader_changed/`).
@@ -602,15 +599,9 @@ impl Supervisor {
             self.call(node, "/internal/recover", Some(&req), CONTROL_TIMEOUT).await;
         let next = with_member(&config, &self.settings.agents, node);
         let caught_up = match tail {
-            Ok(tail) if tail.applied_lsn < paused.applied_lsn => Err(format!(
-                "the node reached LSN {} but the leader is at {}; trying again",
-                tail.applied_lsn, paused.applied_lsn
-            )),
-            // Beyond the paused LSN is not divergence: the pause ended by itself and the
-            // leader committed more, which the tail fetched. The leader's own check decides.
             Ok(tail) => {
                 report.entries_applied += tail.entries_applied;
-                Ok(tail.applied_lsn)
+                caught_up_to(tail.applied_lsn, paused.applied_lsn)
             }
             Err(e) => Err(diverged(e)),
         };
@@ -726,8 +717,7 @@ impl Supervisor {
                 .iter()
                 .any(|o| &o.address == l && alive(o) && o.status.as_ref().is_some_and(|s| s.role == Role::Leader))
         });
-        let answering =
-            config.members.iter().filter(|m| observed.iter().any(|o| &o.address == *m && alive(o))).count();
+        let answering = config.members.iter().filter(|m| observed.iter().any(|o| &o.address == *m && alive(o))).count();
         let members_alive = answering == config.members.len();
         let writes_available = leader_serving && members_alive;
         let message = if writes_available {
@@ -766,6 +756,27 @@ impl Supervisor {
             clients,
         }
     }
+}
+
+/// How long a candidate that failed `failures` elections in a row is passed over: not at all
+/// before `MAX_PROMOTION_FAILURES`, then 1 s, doubling up to `MAX_PROMOTION_BACKOFF`. It always
+/// ends: a node that failed while, say, its PostgreSQL restarted must be electable again.
+fn promotion_backoff(failures: u32) -> Duration {
+    if failures < MAX_PROMOTION_FAILURES {
+        return Duration::ZERO;
+    }
+    (Duration::from_secs(1) * 2u32.saturating_pow((failures - MAX_PROMOTION_FAILURES).min(8)))
+        .min(MAX_PROMOTION_BACKOFF)
+}
+
+/// Where a recovery's tail left the node, against the LSN the leader paused at: short of it is
+/// a retry; beyond it is not divergence (the pause ended by itself and the leader committed
+/// more, which the tail fetched): the leader's own check at the join decides.
+fn caught_up_to(node_lsn: Lsn, paused_lsn: Lsn) -> Result<Lsn, String> {
+    if node_lsn < paused_lsn {
+        return Err(format!("the node reached LSN {node_lsn} but the leader is at {paused_lsn}; trying again"));
+    }
+    Ok(node_lsn)
 }
 
 /// A recovery refused for divergence says so first, so it is not retried blindly.
@@ -974,5 +985,28 @@ async fn report_failure(State(sup): State<Arc<Supervisor>>, body: axum::body::By
             }
             Json(next).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Finding 5: failed promotions never expired; a node passed over stayed unelectable.
+    #[test]
+    fn a_candidate_passed_over_is_tried_again_after_a_bounded_wait() {
+        assert_eq!(promotion_backoff(1), Duration::ZERO);
+        assert_eq!(promotion_backoff(2), Duration::from_secs(1));
+        assert_eq!(promotion_backoff(3), Duration::from_secs(2));
+        assert_eq!(promotion_backoff(40), MAX_PROMOTION_BACKOFF);
+    }
+
+    // Finding 5: a tail recovery that fetched past the paused LSN was marked "diverged" for good.
+    #[test]
+    fn a_tail_past_the_paused_lsn_is_not_divergence() {
+        assert_eq!(caught_up_to(50, 50), Ok(50));
+        assert_eq!(caught_up_to(57, 50), Ok(57));
+        let short = caught_up_to(40, 50).unwrap_err();
+        assert!(short.contains("trying again") && !short.starts_with("diverged"), "{short}");
     }
 }

@@ -562,8 +562,24 @@ pub fn check(input: &CheckInput) -> Verdict {
     for a in &acks {
         check_ack_on_nodes(&mut r, &live, a, min_copies);
     }
-    // (completion time, lsn) of every acknowledged commit, for the real-time check of reads.
-    let acked: Vec<(u64, Lsn, String)> = acks.iter().map(|a| (a.at, a.lsn, a.id.to_string())).collect();
+    // For the real-time check of reads: the acknowledged commits in order of completion time,
+    // each with the highest-LSN commit acknowledged up to then (a prefix maximum). A read sent
+    // at `t` must include the highest LSN acknowledged before `t`: one binary search per read,
+    // where scanning every commit per read took hours on a 30-minute run.
+    let mut by_time: Vec<(u64, Lsn, String)> = acks.iter().map(|a| (a.at, a.lsn, a.id.to_string())).collect();
+    by_time.sort_by_key(|(at, _, _)| *at);
+    let mut highest_so_far: Vec<usize> = Vec::with_capacity(by_time.len());
+    for (i, (_, lsn, _)) in by_time.iter().enumerate() {
+        let best = match highest_so_far.last() {
+            Some(&b) if by_time[b].1 >= *lsn => b,
+            _ => i,
+        };
+        highest_so_far.push(best);
+    }
+    let highest_acked_before = |t: u64| -> Option<&(u64, Lsn, String)> {
+        let n = by_time.partition_point(|(at, _, _)| *at < t);
+        n.checked_sub(1).map(|i| &by_time[highest_so_far[i]])
+    };
     for t in &txns {
         let last = t.last();
         let is_commit = matches!(t.invoke.txn, TxnKind::Init | TxnKind::Transfer | TxnKind::FutureTs);
@@ -680,9 +696,7 @@ pub fn check(input: &CheckInput) -> Verdict {
             // Real time: a leader read sent after a commit was acknowledged should include it.
             if last.role.as_deref() == Some("leader") {
                 let invoked = t.invoke.time;
-                if let Some((at, lsn, id)) =
-                    acked.iter().filter(|(at, lsn, _)| *at < invoked && *lsn > read_lsn).max_by_key(|(_, lsn, _)| *lsn)
-                {
+                if let Some((at, lsn, id)) = highest_acked_before(invoked).filter(|(_, lsn, _)| *lsn > read_lsn) {
                     w.add(
                         "stale_leader_read",
                         format!(

@@ -450,7 +450,7 @@ impl Leader {
         // A transaction that asks for more copies than there are members cannot be
         // acknowledged: it is answered before anything is prepared, and the rest go on.
         let members = 1 + replicas.len();
-        let mut outcomes: Vec<Option<TxnOutcome>> =
+        let outcomes: Vec<Option<TxnOutcome>> =
             batch.iter().map(|t| (t.min_copies > members).then(|| not_enough(t.min_copies, members))).collect();
         let included: Vec<&Admitted> =
             batch.iter().zip(&outcomes).filter(|(_, o)| o.is_none()).map(|(t, _)| t).collect();
@@ -466,14 +466,7 @@ impl Leader {
             );
             metrics::counter!("rmw_aborts_total", "reason" => AbortReason::NotEnoughReplicas.as_str())
                 .increment(included.len() as u64);
-            for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
-                *slot = Some(TxnOutcome::Aborted {
-                    reason: AbortReason::NotEnoughReplicas,
-                    key: None,
-                    message: message.clone(),
-                });
-            }
-            return outcomes.into_iter().flatten().collect();
+            return answer_the_rest(outcomes, std::iter::repeat(not_enough_replicas(message)));
         }
         let entries: Vec<LogEntry> = included
             .iter()
@@ -592,12 +585,9 @@ impl Leader {
                 "leadership or membership changed while this transaction was being replicated (round {round}); \
                  retry with the same txn_id to learn the outcome"
             );
-            for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
-                *slot = Some(TxnOutcome::Unknown { message: message.clone() });
-            }
-            return outcomes.into_iter().flatten().collect();
+            return answer_the_rest(outcomes, std::iter::repeat(TxnOutcome::Unknown { message }));
         }
-        let mut decided = match decision {
+        let decided = match decision {
             Decision::Commit => {
                 self.durable_lsn.fetch_max(last_lsn, Ordering::SeqCst);
                 let written = prepare.entries.iter().filter(|e| e.aborted.is_none()).count() as u64;
@@ -617,12 +607,8 @@ impl Leader {
                     .map(|_| TxnOutcome::Aborted { reason, key: None, message: message.clone() })
                     .collect::<Vec<_>>()
             }
-        }
-        .into_iter();
-        for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
-            *slot = decided.next();
-        }
-        outcomes.into_iter().flatten().collect()
+        };
+        answer_the_rest(outcomes, decided)
     }
 
     /// Asks the supervisor to remove `peer`; true if it did.
@@ -775,14 +761,22 @@ async fn wait(rx: oneshot::Receiver<TxnOutcome>) -> Result<TxnOutcome, ApiError>
 
 /// The answer for a transaction that asks for more copies than the cluster has members.
 fn not_enough(wanted: usize, members: usize) -> TxnOutcome {
-    TxnOutcome::Aborted {
-        reason: AbortReason::NotEnoughReplicas,
-        key: None,
-        message: format!(
-            "this commit needs {wanted} copies and the cluster has {members} members in sync; nothing was applied, \
-             retry with the same txn_id once more nodes are back"
-        ),
-    }
+    not_enough_replicas(format!(
+        "this commit needs {wanted} copies and the cluster has {members} members in sync; nothing was applied, \
+         retry with the same txn_id once more nodes are back"
+    ))
+}
+
+/// 503 `not_enough_replicas`: nothing was applied.
+fn not_enough_replicas(message: String) -> TxnOutcome {
+    TxnOutcome::Aborted { reason: AbortReason::NotEnoughReplicas, key: None, message }
+}
+
+/// A round's outcomes: those already given (refused before the round), and the rest from
+/// `rest`, in batch order.
+fn answer_the_rest(outcomes: Vec<Option<TxnOutcome>>, rest: impl IntoIterator<Item = TxnOutcome>) -> Vec<TxnOutcome> {
+    let mut rest = rest.into_iter();
+    outcomes.into_iter().filter_map(|given| given.or_else(|| rest.next())).collect()
 }
 
 fn now_ns() -> Timestamp {

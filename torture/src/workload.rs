@@ -127,6 +127,29 @@ fn role_name(role: Role) -> String {
     serde_json::to_value(role).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| format!("{role:?}"))
 }
 
+/// Why a transfer was not sent: its read lacked one of its two accounts.
+const ACCOUNT_MISSING: &str = "account_missing: the read did not return both accounts";
+
+/// The transfer of `amount` from `a` to `b` as `read` saw them: its micro-operations and its
+/// write set, or, when the read lacks either account, the reads it did get.
+fn planned_transfer(
+    read: &ReadResponse,
+    a: Account,
+    b: Account,
+    amount: Balance,
+) -> Result<(Vec<Mop>, Value), Vec<Mop>> {
+    let (Some(&va), Some(&vb)) = (read.values.get(&a), read.values.get(&b)) else {
+        return Err(vec![Mop::Read(a, read.values.get(&a).copied()), Mop::Read(b, read.values.get(&b).copied())]);
+    };
+    let value = vec![
+        Mop::Read(a, Some(va)),
+        Mop::Read(b, Some(vb)),
+        Mop::Write(a, Some(va - amount)),
+        Mop::Write(b, Some(vb + amount)),
+    ];
+    Ok((value, json!({a.to_string(): va - amount, b.to_string(): vb + amount})))
+}
+
 fn read_fields(op: &mut Op, r: &ReadResponse) {
     op.read_lsn = Some(r.lsn);
     op.read_ts = Some(r.timestamp);
@@ -213,25 +236,22 @@ pub async fn transfer_client(sh: Arc<Shared>, process: u64, seed: u64, accounts:
                 continue;
             }
         };
-        let (Some(&va), Some(&vb)) = (read.values.get(&a), read.values.get(&b)) else {
-            // The checker flags this read against the log; nothing to commit.
-            let mut done = invoke.clone();
-            done.kind = OpType::Fail;
-            done.value = vec![Mop::Read(a, read.values.get(&a).copied()), Mop::Read(b, read.values.get(&b).copied())];
-            done.error = Some("account_missing: the read did not return both accounts".into());
-            read_fields(&mut done, &read);
-            history.record(done);
-            continue;
+        let (value, write_set) = match planned_transfer(&read, a, b, amount) {
+            Ok(plan) => plan,
+            Err(reads) => {
+                // The checker flags this read against the log; nothing to commit.
+                let mut done = invoke.clone();
+                done.kind = OpType::Fail;
+                done.value = reads;
+                done.error = Some(ACCOUNT_MISSING.into());
+                read_fields(&mut done, &read);
+                history.record(done);
+                continue;
+            }
         };
-        let value = vec![
-            Mop::Read(a, Some(va)),
-            Mop::Read(b, Some(vb)),
-            Mop::Write(a, Some(va - amount)),
-            Mop::Write(b, Some(vb + amount)),
-        ];
         let transaction = json!({
             "read_set": [a, b],
-            "write_set": {a.to_string(): va - amount, b.to_string(): vb + amount},
+            "write_set": write_set,
             "time_stamp": read.timestamp,
             "txn_id": id,
         });
@@ -627,22 +647,22 @@ async fn far_future_commit(
     };
     let mut done = invoke.clone();
     read_fields(&mut done, &read);
-    let (Some(&va), Some(&vb)) = (read.values.get(&a), read.values.get(&b)) else {
-        done.kind = OpType::Fail;
-        done.value = vec![Mop::Read(a, read.values.get(&a).copied()), Mop::Read(b, read.values.get(&b).copied())];
-        done.error = Some("account_missing: the read did not return both accounts".into());
-        sh.history.record(done);
-        return;
+    let write_set = match planned_transfer(&read, a, b, amount) {
+        Ok((value, write_set)) => {
+            done.value = value;
+            write_set
+        }
+        Err(reads) => {
+            done.kind = OpType::Fail;
+            done.value = reads;
+            done.error = Some(ACCOUNT_MISSING.into());
+            sh.history.record(done);
+            return;
+        }
     };
-    done.value = vec![
-        Mop::Read(a, Some(va)),
-        Mop::Read(b, Some(vb)),
-        Mop::Write(a, Some(va - amount)),
-        Mop::Write(b, Some(vb + amount)),
-    ];
     let transaction = json!({
         "read_set": [a, b],
-        "write_set": {a.to_string(): va - amount, b.to_string(): vb + amount},
+        "write_set": write_set,
         "time_stamp": FAR_FUTURE,
         "txn_id": id,
     });

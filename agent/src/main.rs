@@ -41,7 +41,8 @@ struct Args {
     /// (term, leader, members) takes precedence.
     #[arg(long, env = "AGENT_LEADER", default_value = "127.0.0.1:8000")]
     leader: String,
-    /// The supervisor's address (`host:port`). The leader asks it to remove members it cannot
+    /// The supervisor's address (`host:port`), or several, comma-separated, when standby
+    /// supervisors run (the active one answers). The leader asks it to remove members it cannot
     /// reach; without it the leader is fixed and an unreachable member blocks commits.
     #[arg(long, env = "AGENT_SUPERVISOR")]
     supervisor: Option<String>,

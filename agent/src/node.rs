@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::participant::{
     membership, DecideStep, Membership, ParticipantState, PendingBatch, PrepareStep, PreparedHere, RoundId,
 };
-use crate::peers::Peers;
+use crate::peers::{PeerError, Peers};
 use crate::resolution::{resolve, Resolution};
 use crate::store::{LogEnd, Store};
 use crate::two_phase::Leader;
@@ -785,22 +785,32 @@ impl Node {
         reason: &str,
         kind: FailureKind,
     ) -> Option<ClusterConfig> {
-        let supervisor = self.cfg.supervisor.as_ref()?;
+        let supervisors = self.cfg.supervisor.as_deref()?;
         let report = FailureReport { term, member: member.to_string(), reason: reason.to_string(), kind };
-        match self.peers.report_failure(supervisor, &report).await {
-            Ok(config) => {
-                let mut state = self.participant.lock().await;
-                if let Err(e) = self.adopt(&mut state, &config).await {
-                    tracing::error!(error = %e, "could not store the configuration the supervisor sent");
+        // With standby supervisors, the first that is active takes the report; a standby
+        // answers 503 and a dead one does not answer: the next is tried.
+        for supervisor in supervisors.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match self.peers.report_failure(supervisor, &report).await {
+                Ok(config) => {
+                    let mut state = self.participant.lock().await;
+                    if let Err(e) = self.adopt(&mut state, &config).await {
+                        tracing::error!(error = %e, "could not store the configuration the supervisor sent");
+                        return None;
+                    }
+                    return Some(config);
+                }
+                Err(e @ PeerError::Unreachable { .. })
+                | Err(e @ PeerError::Refused { status: reqwest::StatusCode::SERVICE_UNAVAILABLE, .. }) => {
+                    tracing::debug!(%supervisor, error = %e, "this supervisor did not take the report; trying the next");
+                }
+                Err(e) => {
+                    tracing::warn!(%member, error = %e, "the supervisor did not remove the member");
                     return None;
                 }
-                Some(config)
-            }
-            Err(e) => {
-                tracing::warn!(%member, error = %e, "the supervisor did not remove the member");
-                None
             }
         }
+        tracing::warn!(%member, "no supervisor took the report: the member stays");
+        None
     }
 
     /// `GET /down_leader/`: the drill. The leader stops serving; the supervisor then fails over.

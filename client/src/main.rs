@@ -250,23 +250,29 @@ async fn register(supervisor: String, url: String, state: web::AppState, token: 
     };
     let mut pause = std::time::Duration::from_millis(200);
     loop {
-        let sent = http
-            .post(format!("http://{supervisor}/register_client/"))
-            .json(&protocol::RegisterClient { url: url.clone() })
-            .timeout(std::time::Duration::from_secs(2))
-            .send()
-            .await;
-        match sent {
-            Ok(resp) if resp.status().is_success() => {
-                let answer: serde_json::Value = resp.json().await.unwrap_or_default();
-                if let Some(leader) = answer.get("leader").and_then(|l| l.as_str()) {
-                    state.set_leader(leader);
+        // With standby supervisors, the active one takes the registration (it is stored where
+        // every supervisor reads it); a standby answers 503.
+        for supervisor in client::status::supervisors(&supervisor) {
+            let sent = http
+                .post(format!("http://{supervisor}/register_client/"))
+                .json(&protocol::RegisterClient { url: url.clone() })
+                .timeout(std::time::Duration::from_secs(2))
+                .send()
+                .await;
+            match sent {
+                Ok(resp) if resp.status().is_success() => {
+                    let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+                    if let Some(leader) = answer.get("leader").and_then(|l| l.as_str()) {
+                        state.set_leader(leader);
+                    }
+                    tracing::info!(%supervisor, %url, "registered with the supervisor");
+                    return;
                 }
-                tracing::info!(%supervisor, %url, "registered with the supervisor");
-                return;
+                Ok(resp) => {
+                    tracing::warn!(%supervisor, status = %resp.status(), "the supervisor refused the registration")
+                }
+                Err(e) => tracing::debug!(%supervisor, error = %e, "supervisor not reachable yet"),
             }
-            Ok(resp) => tracing::warn!(%supervisor, status = %resp.status(), "the supervisor refused the registration"),
-            Err(e) => tracing::debug!(%supervisor, error = %e, "supervisor not reachable yet"),
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_secs(5));

@@ -517,22 +517,7 @@ impl Runner {
         let Some(supervisor) = &self.supervisor else {
             return Ok(None);
         };
-        let url = format!("{}/status", base_url(supervisor));
-        let response = self
-            .http
-            .get(&url)
-            .timeout(SUPERVISOR_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the supervisor at {supervisor}: {}", root_cause(&e)))?;
-        if !response.status().is_success() {
-            return Err(format!("the supervisor at {supervisor} answered HTTP {}", response.status()));
-        }
-        let bytes =
-            response.bytes().await.map_err(|e| format!("the supervisor at {supervisor}: {}", root_cause(&e)))?;
-        serde_json::from_slice::<LeaderView>(&bytes)
-            .map(Some)
-            .map_err(|e| format!("the supervisor at {supervisor} sent a status that is not understood: {e}"))
+        crate::status::supervisor_status(&self.http, supervisor, SUPERVISOR_TIMEOUT).await.map(Some)
     }
 
     /// Posts `body` to `path` on `agent`: the answer, whatever its status, or why none came.

@@ -133,12 +133,60 @@ impl RecoveryReport {
     }
 }
 
-/// Fetches the cluster status from the supervisor at `supervisor` (`host:port`).
+/// Fetches the cluster status from the supervisor at `supervisor` (`host:port`, or several
+/// comma-separated: the active one's answer is taken).
 pub async fn fetch(http: &reqwest::Client, supervisor: &str) -> Result<ClusterStatus, String> {
+    supervisor_status(http, supervisor, STATUS_TIMEOUT).await
+}
+
+/// Every supervisor in a `--supervisor` value: one `host:port`, or several comma-separated when
+/// standby supervisors run.
+pub fn supervisors(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// `GET /status` of each supervisor in `list` in turn: the first active one's answer, else
+/// the first answer (a standby's view is still a view), else why none came.
+pub async fn supervisor_status<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    list: &str,
+    timeout: std::time::Duration,
+) -> Result<T, String> {
+    let mut first: Option<serde_json::Value> = None;
+    let mut errors = Vec::new();
+    for supervisor in supervisors(list) {
+        match status_of(http, supervisor, timeout).await {
+            // Supervisors before standbys existed have no `active` field: they act.
+            Ok(v) if v.get("active").and_then(serde_json::Value::as_bool).unwrap_or(true) => {
+                return decode(supervisor, v);
+            }
+            Ok(v) => {
+                first.get_or_insert(v);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    match first {
+        Some(v) => decode(list, v),
+        None if errors.is_empty() => Err("no supervisor address given".into()),
+        None => Err(errors.join("; ")),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(supervisor: &str, v: serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(v)
+        .map_err(|e| format!("the supervisor at {supervisor} sent a status that is not understood: {e}"))
+}
+
+async fn status_of(
+    http: &reqwest::Client,
+    supervisor: &str,
+    timeout: std::time::Duration,
+) -> Result<serde_json::Value, String> {
     let url = format!("{}/status", base_url(supervisor));
     let response = http
         .get(&url)
-        .timeout(STATUS_TIMEOUT)
+        .timeout(timeout)
         .send()
         .await
         .map_err(|e| format!("cannot reach the supervisor at {supervisor}: {}", root_cause(&e)))?;
@@ -147,7 +195,7 @@ pub async fn fetch(http: &reqwest::Client, supervisor: &str) -> Result<ClusterSt
         return Err(format!("the supervisor at {supervisor} answered HTTP {code}"));
     }
     let bytes = response.bytes().await.map_err(|e| format!("the supervisor at {supervisor}: {}", root_cause(&e)))?;
-    serde_json::from_slice::<ClusterStatus>(&bytes)
+    serde_json::from_slice(&bytes)
         .map_err(|e| format!("the supervisor at {supervisor} sent a status that is not understood: {e}"))
 }
 

@@ -9,6 +9,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use supervisor::run::{router, Settings, Supervisor};
+use supervisor::store::StoreSpec;
 use supervisor::METRICS;
 
 /// Installs the process-wide metrics recorder (durations in seconds).
@@ -44,10 +45,28 @@ struct Args {
         default_value = "127.0.0.1:8000,127.0.0.1:8001,127.0.0.1:8002"
     )]
     agents: Vec<String>,
-    /// Where the term, leader, members and registered clients are kept (written atomically,
-    /// fsynced). A restarted supervisor continues from it.
+    /// Where the configuration (term, leader, members, registered clients) is kept: `file`
+    /// (the default: --state-file, one supervisor) or
+    /// `etcd://host:port,host:port,...[/prefix]`, shared by an active supervisor and standbys
+    /// (default prefix /rmw/default; one prefix per cluster).
+    #[arg(long, env = "SUPERVISOR_STORE", default_value = "file", value_name = "file|etcd://...")]
+    store: StoreSpec,
+    /// With `--store file`: the state file (written atomically, fsynced). A restarted
+    /// supervisor continues from it.
     #[arg(long, env = "SUPERVISOR_STATE_FILE", default_value = "supervisor-state.json")]
     state_file: PathBuf,
+    /// This supervisor's address as agents, clients and the other supervisors reach it
+    /// (default: --listen). With etcd, the active one is named by it.
+    #[arg(long, env = "SUPERVISOR_ADVERTISE")]
+    advertise: Option<String>,
+    /// With etcd: the TTL of the active supervisor's lease, in seconds. A standby takes over
+    /// within about this long after the active one dies.
+    #[arg(long, env = "SUPERVISOR_LEASE_TTL_S", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
+    lease_ttl_s: u64,
+    /// Tests only: act as if holding the lease, so that two supervisors act at once (the
+    /// configuration's revision alone then keeps them from both winning a term).
+    #[arg(long, hide = true)]
+    act_without_lease: bool,
     /// How often every agent is polled, in milliseconds.
     #[arg(long, env = "SUPERVISOR_POLL_INTERVAL_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..))]
     poll_interval_ms: u64,
@@ -104,18 +123,23 @@ async fn main() -> anyhow::Result<()> {
         poll_interval: Duration::from_millis(args.poll_interval_ms),
         misses: args.misses,
         min_copies: args.min_copies as usize,
+        store: args.store,
         state_file: args.state_file,
+        advertise: args.advertise.unwrap_or_else(|| args.listen.clone()),
+        lease_ttl: Duration::from_secs(args.lease_ttl_s),
+        act_without_lease: args.act_without_lease,
     };
-    let supervisor = Supervisor::new(settings)?;
+    let supervisor = Supervisor::new(settings).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (is the port taken?)", args.listen))?;
     tracing::info!(listen = %args.listen, "supervisor serving");
     tokio::spawn(supervisor.clone().run());
-    axum::serve(listener, router(supervisor))
+    axum::serve(listener, router(supervisor.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the HTTP server failed")?;
+    supervisor.resign().await;
     tracing::info!("supervisor stopped");
     Ok(())
 }

@@ -11,10 +11,10 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -25,11 +25,12 @@ use protocol::{
     PauseRequest, PauseResponse, PromoteResponse, RecoverRequest, RecoverResponse, RegisterClient, Role,
 };
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::failover::{decide, on_failure_report, with_member, Action, Known, Observed, ReportCheck};
+use crate::store::{Persisted, Store, StoreError, StoreSpec};
 
 /// How long recovery may take to apply the bulk of a returning node's missing log.
 const BULK_RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -68,17 +69,18 @@ pub struct Settings {
     pub misses: u32,
     /// The durability floor: the member set never shrinks below it.
     pub min_copies: usize,
+    /// Where the configuration is kept: the state file, or etcd.
+    pub store: StoreSpec,
     pub state_file: PathBuf,
-}
-
-/// What the state file holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Persisted {
-    config: ClusterConfig,
-    clients: Vec<String>,
-    /// The cluster's id, learnt from its leader (absent in state files of older versions).
-    #[serde(default)]
-    cluster_id: Option<Uuid>,
+    /// This supervisor's address as the others and the agents reach it (named in etcd's
+    /// `active` key).
+    pub advertise: String,
+    /// The TTL of the lease on etcd's `active` key: a standby takes over within about this
+    /// long after the active supervisor dies.
+    pub lease_ttl: Duration,
+    /// Tests only: act without holding the lease (the configuration's revision still guards
+    /// every write).
+    pub act_without_lease: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -142,8 +144,15 @@ struct History {
 pub struct Supervisor {
     settings: Settings,
     http: reqwest::Client,
+    /// Where the configuration is kept, and (with etcd) whether this supervisor is the active one.
+    store: Store,
     /// The configuration and clients; the lock serialises every mutation.
     state: Mutex<Persisted>,
+    /// The store's revision of `state`: what the next write compares. Changed only under `state`.
+    revision: AtomicI64,
+    /// Whether `state` was read from the store since this supervisor last became active: it
+    /// acts only on a configuration at least as new as the one the previous active one left.
+    fresh: AtomicBool,
     /// A copy of the last saved state, for `GET /status`, which must answer even while a
     /// failover or a recovery holds `state`.
     published: SyncMutex<Persisted>,
@@ -167,18 +176,16 @@ fn push_bounded<T>(q: &mut VecDeque<T>, item: T) {
 }
 
 impl Supervisor {
-    /// Loads the state file, or starts from the agents' first configuration.
-    pub fn new(settings: Settings) -> anyhow::Result<Arc<Supervisor>> {
-        let persisted = match std::fs::read(&settings.state_file) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("the state file {} is not valid", settings.state_file.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted {
-                // Term 0: the first poll adopts whatever the agents report.
-                config: ClusterConfig { term: 0, version: 0, leader: None, members: vec![] },
-                clients: vec![],
-                cluster_id: None,
-            },
-            Err(e) => return Err(e).with_context(|| format!("reading {}", settings.state_file.display())),
+    /// Opens the store. A state file is read at once (a damaged one stops the start); etcd is
+    /// read when this supervisor first becomes active, and meanwhile as a standby.
+    pub async fn new(settings: Settings) -> anyhow::Result<Arc<Supervisor>> {
+        let store = Store::open(&settings.store, &settings.state_file, settings.act_without_lease)?;
+        let (persisted, revision, fresh) = match &settings.store {
+            StoreSpec::File => {
+                let loaded = store.load().await?;
+                (loaded.persisted.unwrap_or_else(Persisted::empty), loaded.revision, true)
+            }
+            StoreSpec::Etcd { .. } => (Persisted::empty(), 0, false),
         };
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = &settings.token {
@@ -194,29 +201,95 @@ impl Supervisor {
         Ok(Arc::new(Supervisor {
             settings,
             http,
+            store,
             published: SyncMutex::new(persisted.clone()),
             state: Mutex::new(persisted),
+            revision: AtomicI64::new(revision),
+            fresh: AtomicBool::new(fresh),
             observed: SyncMutex::new(observed),
             history: SyncMutex::new(History::default()),
         }))
     }
 
-    fn save(&self, persisted: &Persisted) -> anyhow::Result<()> {
-        let path = &self.settings.state_file;
-        let tmp = path.with_extension("tmp");
-        let bytes = serde_json::to_vec_pretty(persisted)?;
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
+    /// Whether this supervisor acts now: it holds the lease (always, with a state file) and has
+    /// read the configuration since it took it.
+    fn acting(&self) -> bool {
+        self.store.is_active() && self.fresh.load(Ordering::SeqCst)
+    }
+
+    /// Writes `next` in place of `state` if nobody else wrote since `state` was read. When
+    /// another supervisor did, or this one is no longer active, `state` becomes what the store
+    /// holds now and the error says why: the caller starts again from it, or stops.
+    async fn save(&self, state: &mut Persisted, next: Persisted) -> Result<(), StoreError> {
+        if !self.acting() {
+            return Err(StoreError::NotActive);
         }
-        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-        *lock(&self.published) = persisted.clone();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
+        let expected = self.revision.load(Ordering::SeqCst);
+        match self.store.save(&next, expected).await {
+            Ok(revision) => {
+                self.revision.store(revision, Ordering::SeqCst);
+                *state = next;
+                *lock(&self.published) = state.clone();
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, StoreError::Conflict(_) | StoreError::NotActive) {
+                    tracing::warn!(error = %e, "the configuration was not written; reading the store again");
+                    self.fresh.store(false, Ordering::SeqCst);
+                    if let Err(r) = self.reload(state).await {
+                        tracing::warn!(error = %r, "could not read the configuration store");
+                    }
+                }
+                Err(e)
+            }
         }
+    }
+
+    /// Replaces `state` with what the store holds (kept as is when the store holds nothing yet).
+    async fn reload(&self, state: &mut Persisted) -> Result<(), StoreError> {
+        let loaded = self.store.load().await?;
+        if let Some(persisted) = loaded.persisted {
+            *state = persisted;
+        }
+        self.revision.store(loaded.revision, Ordering::SeqCst);
+        *lock(&self.published) = state.clone();
         Ok(())
+    }
+
+    /// With etcd: holds (or tries to take) the lease on the `active` key, every poll interval,
+    /// apart from the polls so that an unreachable etcd never slows them. A standby reads the
+    /// configuration each time, so that its `/status` is current and a takeover starts from it.
+    async fn campaign(self: Arc<Self>) {
+        if matches!(self.settings.store, StoreSpec::File) {
+            return;
+        }
+        let mut tick = tokio::time::interval(self.settings.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_active = false;
+        loop {
+            tick.tick().await;
+            if self.store.campaign(&self.settings.advertise, self.settings.lease_ttl).await {
+                tracing::warn!(address = %self.settings.advertise, "this supervisor is now the active one");
+            }
+            let active = self.store.is_active();
+            if was_active && !active {
+                tracing::warn!("this supervisor is no longer the active one: it stops acting");
+                self.fresh.store(false, Ordering::SeqCst);
+            }
+            was_active = active;
+            if !active || !self.fresh.load(Ordering::SeqCst) {
+                let mut state = self.state.lock().await;
+                match self.reload(&mut state).await {
+                    Ok(()) => self.fresh.store(active, Ordering::SeqCst),
+                    Err(e) => tracing::debug!(error = %e, "could not read the configuration store"),
+                }
+            }
+        }
+    }
+
+    /// Gives up the lease (with etcd) so that a standby takes over at once.
+    pub async fn resign(&self) {
+        self.store.resign().await;
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -240,15 +313,18 @@ impl Supervisor {
         Err(format!("{addr} answered {status}: {message}"))
     }
 
-    /// Polls forever.
+    /// Polls forever; acts only while active (always, with a state file).
     pub async fn run(self: Arc<Self>) {
+        tokio::spawn(self.clone().campaign());
         let mut tick = tokio::time::interval(self.settings.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             self.poll().await;
-            self.adopt_newer_config().await;
-            self.step().await;
+            if self.acting() {
+                self.adopt_newer_config().await;
+                self.step().await;
+            }
         }
     }
 
@@ -314,9 +390,9 @@ impl Supervisor {
         let mut state = self.state.lock().await;
         if newest.is_newer_than(&state.config) {
             tracing::info!(term = newest.term, version = newest.version, leader = ?newest.leader, "adopting the newest configuration an agent reports");
-            state.config = newest;
-            if let Err(e) = self.save(&state) {
-                tracing::error!(error = %e, "could not write the state file");
+            let next = Persisted { config: newest, ..state.clone() };
+            if let Err(e) = self.save(&mut state, next).await {
+                tracing::error!(error = %e, "could not store the adopted configuration");
             }
         }
     }
@@ -333,7 +409,7 @@ impl Supervisor {
         let observed = self.observed();
         let (config, recovering, unelectable, cluster_id) = {
             let mut state = self.state.lock().await;
-            self.learn_cluster_id(&mut state, &observed);
+            self.learn_cluster_id(&mut state, &observed).await;
             let history = lock(&self.history);
             let now = Instant::now();
             let backing_off = history.retry_after.iter().filter(|(_, (until, _))| *until > now).map(|(n, _)| n);
@@ -421,11 +497,11 @@ impl Supervisor {
         if state.config != *current {
             return;
         }
-        // 1. The new term is durable before anyone hears of it.
-        state.config = next.clone();
-        if let Err(e) = self.save(&state) {
-            tracing::error!(error = %e, "could not write the state file; not failing over");
-            state.config = current.clone();
+        // 1. The new term is durable before anyone hears of it, and only if no other
+        //    supervisor wrote since this one read: two can never both win a term.
+        let stored = Persisted { config: next.clone(), ..state.clone() };
+        if let Err(e) = self.save(&mut state, stored).await {
+            tracing::error!(error = %e, "could not store the new term; not failing over");
             return;
         }
         tracing::warn!(old = ?old_leader, new = %candidate, term = next.term, "leader failed: electing the next member");
@@ -494,7 +570,7 @@ impl Supervisor {
     /// Learns the cluster's id from the leader of the configuration once it reports one (the
     /// first leader of a new cluster makes it; a supervisor that lost its state file learns it
     /// again the same way).
-    fn learn_cluster_id(&self, state: &mut Persisted, observed: &[Observed]) {
+    async fn learn_cluster_id(&self, state: &mut Persisted, observed: &[Observed]) {
         if state.cluster_id.is_some() {
             return;
         }
@@ -507,9 +583,9 @@ impl Supervisor {
             .and_then(|s| s.cluster_id);
         if let Some(id) = reported {
             tracing::info!(cluster_id = %id, "learnt the cluster's id from its leader");
-            state.cluster_id = Some(id);
-            if let Err(e) = self.save(state) {
-                tracing::error!(error = %e, "could not write the state file");
+            let next = Persisted { cluster_id: Some(id), ..state.clone() };
+            if let Err(e) = self.save(state, next).await {
+                tracing::error!(error = %e, "could not store the cluster's id");
             }
         }
     }
@@ -622,8 +698,10 @@ impl Supervisor {
             }
             return Err(e);
         }
-        state.config = next.clone();
-        self.save(&state).map_err(|e| e.to_string())?;
+        let stored = Persisted { config: next.clone(), ..state.clone() };
+        // Not stored (the store is down, another supervisor acts): the leader has the new
+        // member set and reports it on every poll; the active supervisor adopts it from there.
+        self.save(&mut state, stored).await.map_err(|e| e.to_string())?;
         drop(state);
         self.push_config(&next);
         Ok(())
@@ -720,6 +798,9 @@ impl Supervisor {
         let answering = config.members.iter().filter(|m| observed.iter().any(|o| &o.address == *m && alive(o))).count();
         let members_alive = answering == config.members.len();
         let writes_available = leader_serving && members_alive;
+        let active = self.acting();
+        let (holder, store_error) = self.store.active_holder();
+        let active_supervisor = if active { Some(self.settings.advertise.clone()) } else { holder };
         let message = if writes_available {
             format!("writes go to {}", config.leader.clone().unwrap_or_default())
         } else if let Some(reason) = &history.no_leader {
@@ -739,6 +820,10 @@ impl Supervisor {
                 .into()
         };
         SupervisorStatus {
+            store: self.store.describe(),
+            active,
+            active_supervisor,
+            store_error,
             cluster_id,
             min_copies: self.settings.min_copies,
             term: config.term,
@@ -806,6 +891,15 @@ pub struct NodeReport {
 /// `GET /status` of the supervisor.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SupervisorStatus {
+    /// Where the configuration is kept: `file <path>`, or `etcd <endpoints> <prefix>`.
+    pub store: String,
+    /// Whether this supervisor acts (always with a state file; with etcd, while it holds the
+    /// lease). A standby polls and reports, but changes nothing.
+    pub active: bool,
+    /// The active supervisor's address, as last seen in etcd (this one's, when active).
+    pub active_supervisor: Option<String>,
+    /// The last error talking to the configuration store, if the last attempt failed.
+    pub store_error: Option<String>,
     /// The cluster's id, once learnt from its first leader.
     pub cluster_id: Option<Uuid>,
     /// The durability floor: the member set never shrinks below it.
@@ -864,6 +958,35 @@ async fn require_token(
     )
 }
 
+/// A standby (with etcd) does not change the configuration: 503 `standby`, naming the active
+/// supervisor, so that the caller tries the next supervisor it knows.
+fn standby_refusal(sup: &Supervisor) -> Option<Response> {
+    if sup.acting() {
+        return None;
+    }
+    let (holder, store_error) = sup.store.active_holder();
+    let message = match (holder, store_error) {
+        (_, Some(e)) => format!("this supervisor is not active: it cannot reach the configuration store ({e})"),
+        (Some(active), None) => format!("this supervisor is a standby; the active one is {active}"),
+        (None, None) => "this supervisor is a standby and no supervisor is active yet; try again shortly".into(),
+    };
+    Some(error(StatusCode::SERVICE_UNAVAILABLE, "standby", message))
+}
+
+/// A change that could not be stored: 503 when trying again may help (another supervisor
+/// wrote first, the store is unreachable, this one stopped being active), 500 otherwise.
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::NotActive => error(StatusCode::SERVICE_UNAVAILABLE, "standby", e.to_string()),
+        StoreError::Conflict(_) | StoreError::Unavailable(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("could not store the change: {e}"))
+        }
+        StoreError::Corrupt(_) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("could not store the change: {e}"))
+        }
+    }
+}
+
 fn error(status: StatusCode, code: &str, message: String) -> Response {
     (status, Json(ErrorBody { error: code.into(), message, leader: None, term: None })).into_response()
 }
@@ -909,7 +1032,8 @@ async fn status(State(sup): State<Arc<Supervisor>>) -> Json<SupervisorStatus> {
     request_body(content = RegisterClient, description = "The client's `/leader_changed/` URL"),
     security(("cluster_token" = [])),
     responses(
-        (status = 200, description = "Registered (kept in the state file); the current leader", body = crate::openapi::Registered),
+        (status = 200, description = "Registered (kept in the store); the current leader", body = crate::openapi::Registered),
+        (status = 503, description = "A standby supervisor (`standby`: register with the active one), or the store is unavailable", body = ErrorBody),
         (status = 400, description = "Not JSON, or a URL that is not http(s)", body = ErrorBody),
         (status = 413, description = "A body over 2 MiB (axum's default limit)", body = String, content_type = "text/plain"),
     ))]
@@ -921,11 +1045,15 @@ async fn register_client(State(sup): State<Arc<Supervisor>>, body: axum::body::B
     if reqwest::Url::parse(&req.url).map_or(true, |u| u.scheme() != "http" && u.scheme() != "https") {
         return error(StatusCode::BAD_REQUEST, "bad_request", format!("url {:?} is not an http(s) URL", req.url));
     }
+    if let Some(refused) = standby_refusal(&sup) {
+        return refused;
+    }
     let mut state = sup.state.lock().await;
     if !state.clients.contains(&req.url) {
-        state.clients.push(req.url.clone());
-        if let Err(e) = sup.save(&state) {
-            tracing::error!(error = %e, "could not write the state file");
+        let mut next = state.clone();
+        next.clients.push(req.url.clone());
+        if let Err(e) = sup.save(&mut state, next).await {
+            return store_error(e);
         }
     }
     Json(serde_json::json!({"registered": req.url, "leader": state.config.leader, "term": state.config.term}))
@@ -941,13 +1069,17 @@ async fn register_client(State(sup): State<Arc<Supervisor>>, body: axum::body::B
         (status = 400, description = "Not JSON", body = ErrorBody),
         (status = 413, description = "A body over 2 MiB (axum's default limit)", body = String, content_type = "text/plain"),
         (status = 409, description = "A report from another term, or about the leader itself (`refused`)", body = ErrorBody),
-        (status = 500, description = "The change could not be stored in the state file", body = ErrorBody),
+        (status = 503, description = "A standby supervisor (`standby`: try the next one), or the change could not be stored (`store_unavailable`)", body = ErrorBody),
+        (status = 500, description = "The store holds something unreadable", body = ErrorBody),
     ))]
 async fn report_failure(State(sup): State<Arc<Supervisor>>, body: axum::body::Bytes) -> Response {
     let report: FailureReport = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")),
     };
+    if let Some(refused) = standby_refusal(&sup) {
+        return refused;
+    }
     // The supervisor's own view of the member, taken before the state lock: a member the
     // leader cannot reach but the supervisor can may be cut from the leader only.
     let supervisor_reaches = report.kind == FailureKind::Unreachable
@@ -971,13 +1103,9 @@ async fn report_failure(State(sup): State<Arc<Supervisor>>, body: axum::body::By
             if next != state.config {
                 tracing::warn!(member = %report.member, kind = ?report.kind, reason = %report.reason,
                     "the leader reported a member, with evidence: removing it");
-                state.config = next.clone();
-                if let Err(e) = sup.save(&state) {
-                    return error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        format!("could not store the change: {e}"),
-                    );
+                let stored = Persisted { config: next.clone(), ..state.clone() };
+                if let Err(e) = sup.save(&mut state, stored).await {
+                    return store_error(e);
                 }
                 lock(&sup.history).kept_after_report.remove(&report.member);
                 // The leader gets the configuration in this answer; the others by push.

@@ -15,7 +15,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::{pg, ports, READY_TIMEOUT};
+use crate::etcd::EtcdMember;
+use crate::{etcd, pg, ports, READY_TIMEOUT};
 
 /// A live agent answers `GET /status` in milliseconds; one that takes this long is stuck.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,6 +100,11 @@ pub struct ClusterOptions {
     pub misses: u32,
     /// Extra flags for the supervisor.
     pub supervisor_args: Vec<String>,
+    /// How many supervisors run (when `supervisor` is set): more than one needs etcd.
+    pub supervisors: usize,
+    /// How many etcd members to run for the supervisors' `--store` (0: each supervisor keeps a
+    /// state file).
+    pub etcd_members: usize,
 }
 
 impl ClusterOptions {
@@ -114,7 +120,15 @@ impl ClusterOptions {
             poll_interval_ms: 200,
             misses: 3,
             supervisor_args: Vec::new(),
+            supervisors: 1,
+            etcd_members: 0,
         }
+    }
+
+    /// `n` nodes, two supervisors (one active, one standby) and a three-member etcd holding
+    /// their configuration.
+    pub fn with_etcd(nodes: usize) -> Self {
+        ClusterOptions { supervisors: 2, etcd_members: 3, ..ClusterOptions::supervised(nodes) }
     }
 
     /// `n` nodes watched by a supervisor at its defaults (poll every 200 ms, 3 misses).
@@ -127,15 +141,15 @@ impl ClusterOptions {
 pub(crate) struct Daemon {
     /// For messages: `agent 1`, `supervisor`.
     pub(crate) name: String,
-    /// The binary's file name in the target folder.
-    binary: &'static str,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
+    /// The program: a binary of the workspace, or etcd.
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
     /// Where stdout and stderr go (appended across restarts).
     pub(crate) log_path: PathBuf,
     /// Holds the pid while it runs, so that a later test process can reap it if this one dies.
-    pid_path: PathBuf,
-    child: Mutex<Option<Child>>,
+    pub(crate) pid_path: PathBuf,
+    pub(crate) child: Mutex<Option<Child>>,
 }
 
 impl Daemon {
@@ -152,8 +166,8 @@ impl Daemon {
             .open(&self.log_path)
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path.display()));
         let err = log.try_clone().expect("clone the log file handle");
-        let bin = binary(self.binary);
-        let child = Command::new(&bin)
+        let bin = &self.program;
+        let child = Command::new(bin)
             .args(&self.args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -243,7 +257,7 @@ impl Node {
 
 /// Where a binary of the workspace is: `RMW_BIN_DIR`, else the target folder this test was
 /// built into (`target/debug/deps/<test>` -> `target/debug`), else the workspace's `target/debug`.
-fn binary(name: &str) -> PathBuf {
+pub(crate) fn binary(name: &str) -> PathBuf {
     let candidates: Vec<PathBuf> = if let Some(dir) = std::env::var_os("RMW_BIN_DIR") {
         vec![PathBuf::from(dir).join(name)]
     } else {
@@ -281,8 +295,10 @@ pub struct Cluster {
     dir: PathBuf,
     nodes: Vec<Node>,
     leader: usize,
-    /// The supervisor, when the options asked for one.
-    pub(crate) supervisor: Option<SupervisorProcess>,
+    /// The supervisors, when the options asked for them (the first is started first).
+    pub(crate) supervisors: Vec<SupervisorProcess>,
+    /// The etcd members holding the supervisors' configuration, when asked for.
+    pub(crate) etcd: Vec<EtcdMember>,
     http: reqwest::Client,
 }
 
@@ -324,36 +340,50 @@ impl Cluster {
 
         let ports: Vec<(u16, u16)> = (0..options.nodes).map(|_| (ports::free_port(), ports::free_port())).collect();
         let members: Vec<String> = ports.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect();
-        let supervisor = options.supervisor.then(|| {
-            let port = ports::free_port();
-            let state_file = dir.join("supervisor-state.json");
-            let mut args: Vec<String> = vec![
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--agents".into(),
-                members.join(","),
-                "--state-file".into(),
-                state_file.display().to_string(),
-                "--poll-interval-ms".into(),
-                options.poll_interval_ms.to_string(),
-                "--misses".into(),
-                options.misses.to_string(),
-            ];
-            args.extend(options.supervisor_args.iter().cloned());
-            SupervisorProcess {
-                port,
-                state_file,
-                daemon: Daemon {
-                    name: "supervisor".into(),
-                    binary: "supervisor",
-                    args,
-                    env: Vec::new(),
-                    log_path: dir.join("supervisor.log"),
-                    pid_path: dir.join("supervisor.pid"),
-                    child: Mutex::new(None),
-                },
-            }
-        });
+        assert!(
+            options.supervisors <= 1 || options.etcd_members > 0,
+            "several supervisors share their configuration through etcd: set etcd_members"
+        );
+        let etcd = etcd::members(&dir, options.etcd_members);
+        let store = (!etcd.is_empty()).then(|| format!("etcd://{}/rmw/test", etcd::endpoints(&etcd)));
+        let supervisors: Vec<SupervisorProcess> = (0..if options.supervisor { options.supervisors } else { 0 })
+            .map(|k| {
+                let port = ports::free_port();
+                // The first keeps the names of a single supervisor's files.
+                let suffix = if k == 0 { String::new() } else { k.to_string() };
+                let state_file = dir.join(format!("supervisor{suffix}-state.json"));
+                let mut args: Vec<String> = vec![
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--agents".into(),
+                    members.join(","),
+                    "--state-file".into(),
+                    state_file.display().to_string(),
+                    "--poll-interval-ms".into(),
+                    options.poll_interval_ms.to_string(),
+                    "--misses".into(),
+                    options.misses.to_string(),
+                ];
+                if let Some(store) = &store {
+                    args.extend(["--store".into(), store.clone()]);
+                }
+                args.extend(options.supervisor_args.iter().cloned());
+                SupervisorProcess {
+                    port,
+                    state_file,
+                    daemon: Daemon {
+                        name: format!("supervisor{suffix}"),
+                        program: binary("supervisor"),
+                        args,
+                        env: Vec::new(),
+                        log_path: dir.join(format!("supervisor{suffix}.log")),
+                        pid_path: dir.join(format!("supervisor{suffix}.pid")),
+                        child: Mutex::new(None),
+                    },
+                }
+            })
+            .collect();
+        let supervisor_list: Vec<String> = supervisors.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
         let nodes = ports
             .iter()
             .enumerate()
@@ -371,8 +401,8 @@ impl Cluster {
                     "--leader".into(),
                     members[options.leader].clone(),
                 ];
-                if let Some(sup) = &supervisor {
-                    args.extend(["--supervisor".into(), format!("127.0.0.1:{}", sup.port)]);
+                if !supervisor_list.is_empty() {
+                    args.extend(["--supervisor".into(), supervisor_list.join(",")]);
                 }
                 args.extend(options.agent_args.iter().cloned());
                 let log_path = dir.join(format!("agent{i}.log"));
@@ -385,7 +415,7 @@ impl Cluster {
                     log_path: log_path.clone(),
                     agent: Daemon {
                         name: format!("agent {i}"),
-                        binary: "agent",
+                        program: binary("agent"),
                         args,
                         env: options.agent_env.clone(),
                         log_path,
@@ -402,7 +432,10 @@ impl Cluster {
             .build()
             .expect("build the HTTP client");
         // From here on, a panic drops the cluster, which cleans up whatever was started.
-        let cluster = Cluster { dir, nodes, leader: options.leader, supervisor, http };
+        let cluster = Cluster { dir, nodes, leader: options.leader, supervisors, etcd, http };
+        if !cluster.etcd.is_empty() {
+            cluster.start_etcd_cluster().await;
+        }
 
         let data_dirs: Vec<(PathBuf, u16)> = cluster.nodes.iter().map(|n| (n.data_dir.clone(), n.pg_port)).collect();
         let started = tokio::task::spawn_blocking(move || {
@@ -433,8 +466,10 @@ impl Cluster {
             }
             futures::future::join_all((0..cluster.len()).map(|i| cluster.wait_healthy(i))).await;
         }
-        if cluster.supervisor.is_some() {
-            cluster.start_supervisor().await;
+        if !cluster.supervisors.is_empty() {
+            for k in 0..cluster.supervisors.len() {
+                cluster.start_supervisor_at(k).await;
+            }
             // The supervisor starts from the agents' configuration: wait until it has adopted it,
             // so that a test starts from a known term, leader and member set.
             let leader = cluster.node(cluster.leader).address();
@@ -816,8 +851,8 @@ fn json_body(r: &RawResponse, what: &str) -> Value {
 impl Drop for Cluster {
     /// Stops everything, also while a test panics; never panics itself.
     fn drop(&mut self) {
-        // The supervisor first, so that it does not react to the agents going away.
-        if let Some(sup) = &self.supervisor {
+        // The supervisors first, so that they do not react to the agents going away.
+        for sup in &self.supervisors {
             sup.daemon.kill();
         }
         for node in &self.nodes {
@@ -833,11 +868,20 @@ impl Drop for Cluster {
                     node.agent.tail(60)
                 );
             }
-            if let Some(sup) = &self.supervisor {
+            for sup in &self.supervisors {
                 eprintln!(
-                    "----- supervisor log ({}), last lines -----\n{}",
+                    "----- {} log ({}), last lines -----\n{}",
+                    sup.daemon.name,
                     sup.daemon.log_path.display(),
                     sup.daemon.tail(80)
+                );
+            }
+            for member in &self.etcd {
+                eprintln!(
+                    "----- {} log ({}), last lines -----\n{}",
+                    member.daemon.name,
+                    member.daemon.log_path.display(),
+                    member.daemon.tail(20)
                 );
             }
             for node in &self.nodes {
@@ -850,6 +894,9 @@ impl Drop for Cluster {
         }
         for node in &self.nodes {
             pg::stop_immediate(&node.data_dir);
+        }
+        for member in &self.etcd {
+            member.daemon.kill();
         }
         if std::env::var_os("RMW_KEEP").is_some_and(|v| !v.is_empty() && v != "0") {
             eprintln!("RMW_KEEP: leaving {}", self.dir.display());

@@ -236,7 +236,7 @@ impl<'c> Follower<'c> {
     /// Asks the supervisor who leads; without an answer, tries the next node in order (a 421
     /// from it names the leader).
     async fn find_leader(&mut self) {
-        if self.cluster.supervisor.is_some() {
+        if !self.cluster.supervisors.is_empty() {
             if let Ok(status) = self.cluster.try_supervisor_status().await {
                 if let Some(leader) = status["leader"].as_str().and_then(|a| self.cluster.index_of(a)) {
                     self.leader = leader;

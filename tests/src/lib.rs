@@ -52,6 +52,7 @@
 pub mod api_docs;
 pub mod browser;
 mod cluster;
+mod etcd;
 mod follow;
 mod invariants;
 mod listener;

@@ -275,11 +275,11 @@ pub(crate) fn reap_abandoned() {
                     if path.join("postmaster.pid").exists() {
                         stop_immediate(&path);
                     }
-                    // `agent<i>.pid` and `supervisor.pid`.
+                    // `agent<i>.pid`, `supervisor<k>.pid` and `etcd<i>.pid`.
                     let is_pid_file = path.extension().is_some_and(|ext| ext == "pid");
                     if is_pid_file {
                         if let Some(pid) = fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
-                            if process_runs(pid, "agent") || process_runs(pid, "supervisor") {
+                            if ["agent", "supervisor", "etcd"].iter().any(|program| process_runs(pid, program)) {
                                 // SAFETY: the pid is a program this harness started (checked above).
                                 unsafe { libc::kill(pid, libc::SIGKILL) };
                             }

@@ -28,17 +28,35 @@ const POLL_PAUSE: Duration = Duration::from_millis(50);
 
 impl Cluster {
     fn sup(&self) -> &SupervisorProcess {
-        self.supervisor.as_ref().expect("this cluster runs no supervisor: start it with ClusterOptions::supervised")
+        self.sup_at(0)
     }
 
-    /// `127.0.0.1:<port>` of the supervisor, as agents are given it.
+    fn sup_at(&self, k: usize) -> &SupervisorProcess {
+        assert!(
+            !self.supervisors.is_empty(),
+            "this cluster runs no supervisor: start it with ClusterOptions::supervised"
+        );
+        self.supervisors.get(k).unwrap_or_else(|| panic!("this cluster has no supervisor {k}"))
+    }
+
+    /// How many supervisors the cluster runs.
+    pub fn supervisor_count(&self) -> usize {
+        self.supervisors.len()
+    }
+
+    /// `127.0.0.1:<port>` of the (first) supervisor, as agents are given it.
     pub fn supervisor_address(&self) -> String {
         format!("127.0.0.1:{}", self.sup().port)
     }
 
-    /// `http://127.0.0.1:<port>` of the supervisor.
+    /// `http://127.0.0.1:<port>` of the (first) supervisor.
     pub fn supervisor_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.sup().port)
+        self.supervisor_url_at(0)
+    }
+
+    /// `http://127.0.0.1:<port>` of supervisor `k`.
+    pub fn supervisor_url_at(&self, k: usize) -> String {
+        format!("http://127.0.0.1:{}", self.sup_at(k).port)
     }
 
     /// The supervisor's `--state-file`.
@@ -46,23 +64,36 @@ impl Cluster {
         &self.sup().state_file
     }
 
-    /// The last `lines` lines of the supervisor's log.
+    /// The last `lines` lines of every supervisor's log.
     pub fn supervisor_log(&self, lines: usize) -> String {
-        tail(&self.sup().daemon.log_path, lines)
+        if self.supervisors.len() == 1 {
+            return tail(&self.sup().daemon.log_path, lines);
+        }
+        self.supervisors
+            .iter()
+            .map(|sup| format!("--- {} ---\n{}", sup.daemon.name, tail(&sup.daemon.log_path, lines)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
-    /// Starts the supervisor (same flags and state file as before) and waits until `/health`
-    /// answers 200.
+    /// Starts the (first) supervisor (same flags and state file as before) and waits until
+    /// `/health` answers 200.
     pub async fn start_supervisor(&self) {
-        let sup = self.sup();
+        self.start_supervisor_at(0).await;
+    }
+
+    /// Starts supervisor `k` and waits until its `/health` answers 200.
+    pub async fn start_supervisor_at(&self, k: usize) {
+        let sup = self.sup_at(k);
         sup.daemon.spawn();
         let deadline = Instant::now() + READY_TIMEOUT;
-        let url = format!("{}/health", self.supervisor_url());
+        let url = format!("{}/health", self.supervisor_url_at(k));
         loop {
             if let Some(exit) = sup.daemon.exit() {
                 panic!(
-                    "the supervisor exited ({exit}) before it became healthy; its log:\n{}",
-                    self.supervisor_log(40)
+                    "{} exited ({exit}) before it became healthy; its log:\n{}",
+                    sup.daemon.name,
+                    sup.daemon.tail(40)
                 );
             }
             let last = match self.http().get(&url).timeout(Duration::from_secs(2)).send().await {
@@ -72,50 +103,106 @@ impl Cluster {
             };
             if Instant::now() > deadline {
                 panic!(
-                    "the supervisor is not healthy after {READY_TIMEOUT:?} (last answer: {last}); its log:\n{}",
-                    self.supervisor_log(40)
+                    "{} is not healthy after {READY_TIMEOUT:?} (last answer: {last}); its log:\n{}",
+                    sup.daemon.name,
+                    sup.daemon.tail(40)
                 );
             }
             tokio::time::sleep(POLL_PAUSE).await;
         }
     }
 
-    /// SIGKILLs the supervisor; its state file stays.
+    /// SIGKILLs the (first) supervisor; its state file stays.
     pub fn kill_supervisor(&self) {
-        assert!(self.sup().daemon.kill(), "the supervisor was not running");
+        self.kill_supervisor_at(0);
     }
 
-    /// SIGSTOPs the supervisor: it keeps its sockets but answers nothing and decides nothing.
+    /// SIGKILLs supervisor `k`.
+    pub fn kill_supervisor_at(&self, k: usize) {
+        assert!(self.sup_at(k).daemon.kill(), "{} was not running", self.sup_at(k).daemon.name);
+    }
+
+    /// SIGSTOPs the (first) supervisor: it keeps its sockets but answers nothing and decides
+    /// nothing.
     pub fn pause_supervisor(&self) {
-        self.sup().daemon.signal(libc::SIGSTOP);
+        self.pause_supervisor_at(0);
     }
 
-    /// SIGCONTs the supervisor.
+    /// SIGSTOPs supervisor `k`.
+    pub fn pause_supervisor_at(&self, k: usize) {
+        self.sup_at(k).daemon.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONTs the (first) supervisor.
     pub fn resume_supervisor(&self) {
-        self.sup().daemon.signal(libc::SIGCONT);
+        self.resume_supervisor_at(0);
     }
 
-    /// SIGKILLs the supervisor if it runs, starts it again with the same state file, and waits
-    /// until it is healthy.
+    /// SIGCONTs supervisor `k`.
+    pub fn resume_supervisor_at(&self, k: usize) {
+        self.sup_at(k).daemon.signal(libc::SIGCONT);
+    }
+
+    /// SIGKILLs the (first) supervisor if it runs, starts it again with the same state file,
+    /// and waits until it is healthy.
     pub async fn restart_supervisor(&self) {
         self.sup().daemon.kill();
         self.start_supervisor().await;
     }
 
-    /// The supervisor's `GET /status`, or why there was none.
-    pub async fn try_supervisor_status(&self) -> Result<Value, String> {
+    /// Supervisor `k`'s `GET /status`, or why there was none.
+    pub async fn try_supervisor_status_at(&self, k: usize) -> Result<Value, String> {
+        let name = &self.sup_at(k).daemon.name;
         let resp = self
             .http()
-            .get(format!("{}/status", self.supervisor_url()))
+            .get(format!("{}/status", self.supervisor_url_at(k)))
             .timeout(POLL_CALL_TIMEOUT)
             .send()
             .await
-            .map_err(|e| format!("GET /status on the supervisor: {e}"))?;
+            .map_err(|e| format!("GET /status on {name}: {e}"))?;
         let r = raw(resp).await;
         if r.status != StatusCode::OK {
-            return Err(format!("GET /status on the supervisor: HTTP {}: {}", r.status, r.body));
+            return Err(format!("GET /status on {name}: HTTP {}: {}", r.status, r.body));
         }
-        r.json().ok_or_else(|| format!("GET /status on the supervisor: not JSON: {}", r.body))
+        r.json().ok_or_else(|| format!("GET /status on {name}: not JSON: {}", r.body))
+    }
+
+    /// Which supervisor says it is active, if one does (of those running).
+    pub async fn active_supervisor(&self) -> Option<usize> {
+        for k in 0..self.supervisors.len() {
+            if self.sup_at(k).daemon.exit().is_some() {
+                continue;
+            }
+            if let Ok(status) = self.try_supervisor_status_at(k).await {
+                if status["active"].as_bool() == Some(true) {
+                    return Some(k);
+                }
+            }
+        }
+        None
+    }
+
+    /// The supervisor's `GET /status`, or why there was none. With several supervisors, the
+    /// active one's; else the first answer.
+    pub async fn try_supervisor_status(&self) -> Result<Value, String> {
+        if self.supervisors.len() <= 1 {
+            return self.try_supervisor_status_at(0).await;
+        }
+        let mut first = None;
+        let mut errors = Vec::new();
+        for k in 0..self.supervisors.len() {
+            if self.sup_at(k).daemon.exit().is_some() {
+                continue;
+            }
+            match self.try_supervisor_status_at(k).await {
+                Ok(status) if status["active"].as_bool() == Some(true) => return Ok(status),
+                Ok(status) => {
+                    first.get_or_insert(status);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        first.ok_or_else(|| if errors.is_empty() { "no supervisor runs".into() } else { errors.join("; ") })
     }
 
     /// The supervisor's `GET /status`; it must answer.

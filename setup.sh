@@ -12,7 +12,14 @@
 #
 # The local cluster: three PostgreSQL servers (data in ./data, or /var/lib/rmw-data when the
 # postgres user cannot reach ./data), an agent beside each, the supervisor and the client web page.
-# Logs and pid files go to ./run. Running it again restarts only what is down.
+# Logs and pid files go to ./run, and run/cluster.json lists every process. Running it again
+# restarts only what is down.
+#
+#   RMW_STORE=etcd   the supervisors keep the configuration in a three-member etcd, and two run
+#                    (one active, one standby)
+#   RMW_HOSTS=netns  every node (PostgreSQL and agent), supervisor, etcd member and the client
+#                    runs in its own network namespace, with its own address on a bridge
+#                    (10.77.0.0/24), the same ports on every host (needs root)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,7 +30,20 @@ read -r -a PG_PORTS <<<"${PG_PORTS:-5432 5433 5434}"
 read -r -a AGENT_PORTS <<<"${AGENT_PORTS:-8000 8001 8002}"
 SUPERVISOR_PORT="${SUPERVISOR_PORT:-9000}"
 CLIENT_PORT="${CLIENT_PORT:-5000}"
+# etcd's client ports (its peer port is the next one): with RMW_STORE=etcd.
+read -r -a ETCD_PORTS <<<"${ETCD_PORTS:-2379 2479 2579}"
 HOST=127.0.0.1
+
+# Where the configuration is kept (file: the supervisor's state file; etcd) and how the
+# processes are spread (local: all on 127.0.0.1; netns: one network namespace per host).
+STORE_MODE="${RMW_STORE:-file}"
+HOSTS_MODE="${RMW_HOSTS:-local}"
+# The hosts' subnet (a /24: the bridge is .1) and the prefix of namespace and link names.
+SUBNET="${RMW_SUBNET:-10.77.0}"
+NS_PREFIX="${RMW_NS_PREFIX:-rmw}"
+BRIDGE="$NS_PREFIX-br0"
+# The etcd key prefix of this cluster's configuration.
+ETCD_PREFIX="${RMW_ETCD_PREFIX:-/rmw/default}"
 
 RUN_DIR="$ROOT/run"
 BIN_DIR="$ROOT/target/release"
@@ -242,11 +262,6 @@ port_user() {
     return 1
 }
 
-# Succeeds when an HTTP service answers /health with 200.
-healthy() {
-    curl -fsS --max-time 1 -o /dev/null "http://$HOST:$1/health" 2>/dev/null
-}
-
 # Stops a process we started: SIGTERM, then SIGKILL after the grace period.
 stop_pid() {
     local name="$1" pid="$2" waited=0
@@ -281,6 +296,18 @@ as_pg() {
     fi
 }
 
+# as_pg inside PostgreSQL server $1's namespace (with RMW_HOSTS=netns; else as_pg).
+as_pg_of() {
+    local ns
+    ns="$(service_ns "pg$1")"
+    shift
+    if [[ -n "$ns" ]]; then
+        (cd / && exec ip netns exec "$ns" runuser -u postgres -- "$@")
+    else
+        as_pg "$@"
+    fi
+}
+
 ensure_postgres_user() {
     ((EUID == 0)) || return 0
     if ! id postgres >/dev/null 2>&1; then
@@ -292,16 +319,20 @@ ensure_postgres_user() {
 
 # Sets DATA_DIR (where pg0, pg1, pg2 live) and PG_LOG_DIR.
 choose_data_dir() {
+    # The nodes' addresses are stored in their databases: a cluster of namespaced hosts keeps
+    # its data apart from the one on 127.0.0.1.
+    local suffix=""
+    [[ "$HOSTS_MODE" == netns ]] && suffix="-netns"
     if [[ -n "${DATA_DIR:-}" ]]; then
         DATA_DIR="$(realpath -m "$DATA_DIR")"
     elif ((EUID == 0)) && id postgres >/dev/null 2>&1 && ! as_pg test -x "$ROOT/." 2>/dev/null; then
-        DATA_DIR="$FALLBACK_DATA_DIR"
+        DATA_DIR="$FALLBACK_DATA_DIR$suffix"
         DATA_DIR_MOVED=1
     else
-        DATA_DIR="$ROOT/data"
+        DATA_DIR="$ROOT/data$suffix"
     fi
     # The server logs go with the pid files when the postgres user can write there.
-    if [[ "$DATA_DIR" == "$ROOT/data" ]]; then
+    if [[ "$DATA_DIR" == "$ROOT/data$suffix" ]]; then
         PG_LOG_DIR="$RUN_DIR"
     else
         PG_LOG_DIR="$DATA_DIR"
@@ -350,13 +381,19 @@ $(tail -n 20 "$RUN_DIR/initdb-pg$i.log")"
     fi
     as_pg tee "$dir/rmw.conf" >/dev/null <<EOF
 # Written by setup.sh on every start; edits here are lost.
-port = ${PG_PORTS[$i]}
-listen_addresses = '$HOST'
+port = $(service_port "pg$i")
+listen_addresses = '$(service_host "pg$i")'
 unix_socket_directories = '$dir'
 # The agents use PostgreSQL's two-phase commit (PREPARE TRANSACTION).
 max_prepared_transactions = 64
 fsync = on
 EOF
+    # On a namespaced host the agent connects from the host's own address, which initdb's
+    # loopback-only trust lines do not cover: trust that address alone.
+    if [[ "$HOSTS_MODE" == netns ]]; then
+        local line="host all all $(service_host "pg$i")/32 trust # setup.sh: the agent on this host"
+        grep -qF "$line" "$dir/pg_hba.conf" || printf '%s\n' "$line" | as_pg tee -a "$dir/pg_hba.conf" >/dev/null
+    fi
 }
 
 start_cluster() {
@@ -367,7 +404,7 @@ start_cluster() {
         port="$(pg_running_port "$i")"
         note "pg$i: already running (pid $pid, port $port)"
         [[ "$port" == "${PG_PORTS[$i]}" ]] ||
-            warn "pg$i runs on port $port, not ${PG_PORTS[$i]}: './setup.sh stop' first to move it"
+            warn "pg$i runs on port $port, not $(service_port "pg$i"): './setup.sh stop' first to move it"
         return 0
     fi
     if [[ -f "$dir/postmaster.pid" ]]; then
@@ -378,8 +415,8 @@ start_cluster() {
         touch "$log"
         if ((EUID == 0)); then chown postgres:postgres "$log"; fi
     fi
-    say "Starting PostgreSQL pg$i on port ${PG_PORTS[$i]}"
-    as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$log" -w -t 60 start >/dev/null ||
+    say "Starting PostgreSQL pg$i on $(service_address "pg$i")"
+    as_pg_of "$i" "$PG_BIN/pg_ctl" -D "$dir" -l "$log" -w -t 60 start >/dev/null ||
         die "PostgreSQL pg$i did not start; last lines of $log:
 $(tail -n 20 "$log")"
 }
@@ -396,68 +433,211 @@ stop_cluster() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# The services: agents, supervisor, client
+# The services: agents, supervisors, etcd members, client
 
 AGENT_NAMES=()
 for i in "${!AGENT_PORTS[@]}"; do AGENT_NAMES+=("agent$i"); done
+SUPERVISOR_NAMES=(supervisor)
+ETCD_NAMES=()
 
-addresses() {
-    local out=() port
-    for port in "$@"; do out+=("$HOST:$port"); done
+# Fixes the mode-dependent lists once the modes are checked.
+set_modes() {
+    case "$STORE_MODE" in
+    file) ;;
+    etcd)
+        SUPERVISOR_NAMES=(supervisor supervisor1)
+        ETCD_NAMES=(etcd0 etcd1 etcd2)
+        ;;
+    *) die "RMW_STORE=$STORE_MODE: give 'file' (the default) or 'etcd'" ;;
+    esac
+    case "$HOSTS_MODE" in
+    local) ;;
+    netns)
+        ((EUID == 0)) || die "RMW_HOSTS=netns makes network namespaces, a bridge and veth links: run as root"
+        [[ "$SUBNET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "RMW_SUBNET=$SUBNET: give the first three octets of a /24, like 10.77.0"
+        ;;
+    *) die "RMW_HOSTS=$HOSTS_MODE: give 'local' (the default) or 'netns'" ;;
+    esac
+}
+
+# Every service started after PostgreSQL, in start order.
+service_names() {
+    printf '%s\n' "${ETCD_NAMES[@]}" "${AGENT_NAMES[@]}" "${SUPERVISOR_NAMES[@]}" client
+}
+
+# The "host" of a service with RMW_HOSTS=netns: a node holds PostgreSQL and its agent.
+host_of() {
+    case "$1" in
+    agent* | pg*) printf 'node%s' "${1//[!0-9]/}" ;;
+    supervisor) printf 'sup0' ;;
+    supervisor*) printf 'sup%s' "${1#supervisor}" ;;
+    etcd*) printf 'etcd%s' "${1#etcd}" ;;
+    client) printf 'client' ;;
+    esac
+}
+
+# The last octet of a host's address: nodes .11.., supervisors .21.., etcd .31.., client .41.
+host_octet() {
+    case "$1" in
+    node*) printf '%s' $((11 + ${1#node})) ;;
+    sup*) printf '%s' $((21 + ${1#sup})) ;;
+    etcd*) printf '%s' $((31 + ${1#etcd})) ;;
+    client) printf '41' ;;
+    esac
+}
+
+# Every host of the netns mode.
+host_names() {
+    local i
+    for i in "${!AGENT_PORTS[@]}"; do printf 'node%s\n' "$i"; done
+    for i in "${!SUPERVISOR_NAMES[@]}"; do printf 'sup%s\n' "$i"; done
+    for i in "${!ETCD_NAMES[@]}"; do printf 'etcd%s\n' "$i"; done
+    printf 'client\n'
+}
+
+# The network namespace a service runs in (empty: the root namespace).
+service_ns() {
+    [[ "$HOSTS_MODE" == netns ]] || return 0
+    printf '%s-%s' "$NS_PREFIX" "$(host_of "$1")"
+}
+
+# The address a service listens on.
+service_host() {
+    if [[ "$HOSTS_MODE" == netns ]]; then
+        printf '%s.%s' "$SUBNET" "$(host_octet "$(host_of "$1")")"
+    else
+        printf '%s' "$HOST"
+    fi
+}
+
+# The port of a service: with netns every host uses the same (first) ports.
+service_port() {
+    local n
+    case "$1" in
+    pg*)
+        n="${1#pg}"
+        [[ "$HOSTS_MODE" == netns ]] && n=0
+        printf '%s' "${PG_PORTS[$n]}"
+        ;;
+    agent*)
+        n="${1#agent}"
+        [[ "$HOSTS_MODE" == netns ]] && n=0
+        printf '%s' "${AGENT_PORTS[$n]}"
+        ;;
+    supervisor) printf '%s' "$SUPERVISOR_PORT" ;;
+    supervisor*)
+        if [[ "$HOSTS_MODE" == netns ]]; then
+            printf '%s' "$SUPERVISOR_PORT"
+        else
+            printf '%s' $((SUPERVISOR_PORT + ${1#supervisor}))
+        fi
+        ;;
+    etcd*)
+        n="${1#etcd}"
+        [[ "$HOSTS_MODE" == netns ]] && n=0
+        printf '%s' "${ETCD_PORTS[$n]}"
+        ;;
+    client) printf '%s' "$CLIENT_PORT" ;;
+    esac
+}
+
+service_address() { printf '%s:%s' "$(service_host "$1")" "$(service_port "$1")"; }
+
+service_binary() {
+    case "$1" in
+    agent*) printf '%s/agent' "$BIN_DIR" ;;
+    supervisor*) printf '%s/supervisor' "$BIN_DIR" ;;
+    etcd*) printf '%s' "${ETCD_BIN:-/usr/bin/etcd}" ;;
+    *) printf '%s/%s' "$BIN_DIR" "$1" ;;
+    esac
+}
+
+# Runs a command in a service's namespace (or here, without netns).
+in_ns() {
+    local ns
+    ns="$(service_ns "$1")"
+    shift
+    if [[ -n "$ns" ]]; then
+        ip netns exec "$ns" "$@"
+    else
+        "$@"
+    fi
+}
+
+addresses_of() {
+    local out=() name
+    for name in "$@"; do out+=("$(service_address "$name")"); done
     local IFS=,
     printf '%s' "${out[*]}"
 }
 
-# Name, binary, port and arguments of each service, by name.
-service_port() {
-    case "$1" in
-    agent*) printf '%s' "${AGENT_PORTS[${1#agent}]}" ;;
-    supervisor) printf '%s' "$SUPERVISOR_PORT" ;;
-    client) printf '%s' "$CLIENT_PORT" ;;
-    esac
-}
-service_binary() {
-    case "$1" in
-    agent*) printf 'agent' ;;
-    *) printf '%s' "$1" ;;
-    esac
-}
 service_args() {
-    local members
-    members="$(addresses "${AGENT_PORTS[@]}")"
+    local members supervisors
+    members="$(addresses_of "${AGENT_NAMES[@]}")"
+    supervisors="$(addresses_of "${SUPERVISOR_NAMES[@]}")"
     case "$1" in
     agent*)
         local i="${1#agent}"
-        printf '%s\n' --node-id "node$i" --listen "$HOST:${AGENT_PORTS[$i]}" \
-            --database-url "postgres://postgres@$HOST:${PG_PORTS[$i]}/postgres" \
-            --members "$members" --leader "$HOST:${AGENT_PORTS[0]}" \
-            --supervisor "$HOST:$SUPERVISOR_PORT" --cluster-token-file "$TOKEN_FILE"
+        printf '%s\n' --node-id "node$i" --listen "$(service_address "$1")" \
+            --database-url "postgres://postgres@$(service_address "pg$i")/postgres" \
+            --members "$members" --leader "$(service_address agent0)" \
+            --supervisor "$supervisors" --cluster-token-file "$TOKEN_FILE"
         ;;
-    supervisor) printf '%s\n' --listen "$HOST:$SUPERVISOR_PORT" --agents "$members" \
-        --state-file "$DATA_DIR/supervisor-state.json" --cluster-token-file "$TOKEN_FILE" ;;
-    client) printf '%s\n' serve --listen "$HOST:$CLIENT_PORT" --agent "$HOST:${AGENT_PORTS[0]}" \
-        --supervisor "$HOST:$SUPERVISOR_PORT" --cluster-token-file "$TOKEN_FILE" ;;
+    supervisor*)
+        printf '%s\n' --listen "$(service_address "$1")" --agents "$members" \
+            --cluster-token-file "$TOKEN_FILE"
+        if [[ "$STORE_MODE" == etcd ]]; then
+            printf '%s\n' --store "etcd://$(addresses_of "${ETCD_NAMES[@]}")$ETCD_PREFIX"
+        else
+            printf '%s\n' --state-file "$DATA_DIR/supervisor-state.json"
+        fi
+        ;;
+    etcd*)
+        local i="${1#etcd}" host peers=() name
+        host="$(service_host "$1")"
+        for name in "${ETCD_NAMES[@]}"; do
+            peers+=("$name=http://$(service_host "$name"):$(($(service_port "$name") + 1))")
+        done
+        local IFS=,
+        # One machine: a quick failure detector (heartbeat 50 ms, election 500 ms), so that a
+        # supervisor's lease is renewed and taken over within the failover budget.
+        printf '%s\n' --name "$1" --data-dir "$DATA_DIR/$1" \
+            --listen-client-urls "http://$host:$(service_port "$1")" \
+            --advertise-client-urls "http://$host:$(service_port "$1")" \
+            --listen-peer-urls "http://$host:$(($(service_port "$1") + 1))" \
+            --initial-advertise-peer-urls "http://$host:$(($(service_port "$1") + 1))" \
+            --initial-cluster "${peers[*]}" --initial-cluster-token rmw-etcd --initial-cluster-state new \
+            --heartbeat-interval 50 --election-timeout 500 --logger zap --log-level warn
+        ;;
+    client) printf '%s\n' serve --listen "$(service_address client)" --agent "$(service_address agent0)" \
+        --supervisor "$supervisors" --cluster-token-file "$TOKEN_FILE" ;;
     esac
 }
 
 start_service() {
-    local name="$1" binary port pid args=()
-    binary="$BIN_DIR/$(service_binary "$name")"
+    local name="$1" binary port pid args=() ns
+    binary="$(service_binary "$name")"
     port="$(service_port "$name")"
     if pid="$(running_pid "$name" "$binary")"; then
-        note "$name: already running (pid $pid, port $port)"
+        note "$name: already running (pid $pid, $(service_address "$name"))"
         return 0
     fi
     mapfile -t args < <(service_args "$name")
-    say "Starting $name on port $port"
+    ns="$(service_ns "$name")"
+    say "Starting $name on $(service_address "$name")${ns:+ (namespace $ns)}"
     printf '\n=== %s: %s %s\n' "$(date -Is)" "$binary" "${args[*]}" >>"$RUN_DIR/$name.log"
-    RUST_LOG="${RUST_LOG:-info}" nohup "$binary" "${args[@]}" >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
+    # 'ip netns exec' execs the program: the pid recorded is the program's.
+    if [[ -n "$ns" ]]; then
+        RUST_LOG="${RUST_LOG:-info}" nohup ip netns exec "$ns" "$binary" "${args[@]}" >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
+    else
+        RUST_LOG="${RUST_LOG:-info}" nohup "$binary" "${args[@]}" >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
+    fi
     echo "$!" >"$(pid_file "$name")"
 }
 
 stop_service() {
     local name="$1" pid
-    if pid="$(running_pid "$name" "$BIN_DIR/$(service_binary "$name")")"; then
+    if pid="$(running_pid "$name" "$(service_binary "$name")")"; then
         say "Stopping $name (pid $pid)"
         stop_pid "$name" "$pid"
     fi
@@ -471,15 +651,20 @@ log_tail() {
     tac "$log" | sed '/^=== /q' | tac | tail -n "${2:-20}"
 }
 
+# Succeeds when a service answers /health with 200 (etcd: when it sees a leader).
+healthy() {
+    curl -fsS --max-time 1 -o /dev/null "http://$(service_address "$1")/health" 2>/dev/null
+}
+
 # Waits until every service answers /health; fails early, with its log, when one has exited.
 wait_healthy() {
     local deadline=$((SECONDS + HEALTH_TIMEOUT_S)) name pending
-    say "Waiting for every service to answer /health (at most ${HEALTH_TIMEOUT_S}s)"
+    say "Waiting for $* to answer /health (at most ${HEALTH_TIMEOUT_S}s)"
     while :; do
         pending=()
         for name in "$@"; do
-            healthy "$(service_port "$name")" && continue
-            if ! running_pid "$name" "$BIN_DIR/$(service_binary "$name")" >/dev/null; then
+            healthy "$name" && continue
+            if ! running_pid "$name" "$(service_binary "$name")" >/dev/null; then
                 die "$name exited during start-up; its log $RUN_DIR/$name.log ends with:
 $(log_tail "$name")
 Fix the cause, then run ./setup.sh again (what runs stays up; './setup.sh stop' stops it)."
@@ -491,7 +676,7 @@ Fix the cause, then run ./setup.sh again (what runs stays up; './setup.sh stop' 
             local report="" p
             for p in "${pending[@]}"; do
                 report+="
---- $p (port $(service_port "$p")), its log $RUN_DIR/$p.log ends with:
+--- $p ($(service_address "$p")), its log $RUN_DIR/$p.log ends with:
 $(log_tail "$p" 15)"
             done
             die "not answering /health after ${HEALTH_TIMEOUT_S}s: ${pending[*]}$report
@@ -501,30 +686,41 @@ What runs stays up; './setup.sh stop' stops it."
     done
 }
 
-# Healthy processes are not yet a cluster: waits (briefly) until the supervisor has named a
+# Healthy processes are not yet a cluster: waits (briefly) until a supervisor has named a
 # leader, so that the roles printed next are the real ones. Not fatal: the status says why.
 wait_leader() {
-    local deadline=$((SECONDS + 10)) status=""
+    local deadline=$((SECONDS + 10)) status="" name
     while ((SECONDS < deadline)); do
-        status="$(curl -s --max-time 2 "http://$HOST:$SUPERVISOR_PORT/status" || true)"
-        [[ "$status" == *'"writes_available":true'* ]] && return 0
+        for name in "${SUPERVISOR_NAMES[@]}"; do
+            status="$(curl -s --max-time 2 "http://$(service_address "$name")/status" || true)"
+            [[ "$status" == *'"writes_available":true'* ]] && return 0
+        done
         sleep 0.2
     done
     warn "no leader after 10s; the supervisor says: $(grep -o '"message":"[^"]*"' <<<"$status" | cut -d'"' -f4)"
 }
 
-# Fails, naming port and process, when a port we need is taken by something not ours.
+# Fails, naming port and process, when a port we need is taken by something not ours. With
+# netns every port is in a namespace of ours.
 check_ports_free() {
-    local problems=() i name user binary
+    [[ "$HOSTS_MODE" == local ]] || return 0
+    local problems=() i name user
     for i in "${!PG_PORTS[@]}"; do
         pg_running_pid "$i" >/dev/null && continue
         if user="$(port_user "${PG_PORTS[$i]}")"; then
             problems+=("port ${PG_PORTS[$i]} (for PostgreSQL pg$i) is taken by $user")
         fi
     done
-    for name in "${AGENT_NAMES[@]}" supervisor client; do
-        binary="$BIN_DIR/$(service_binary "$name")"
-        running_pid "$name" "$binary" >/dev/null && continue
+    for name in "${ETCD_NAMES[@]}"; do
+        running_pid "$name" "$(service_binary "$name")" >/dev/null && continue
+        for port in "$(service_port "$name")" $(($(service_port "$name") + 1)); do
+            if user="$(port_user "$port")"; then
+                problems+=("port $port (for $name) is taken by $user")
+            fi
+        done
+    done
+    for name in "${AGENT_NAMES[@]}" "${SUPERVISOR_NAMES[@]}" client; do
+        running_pid "$name" "$(service_binary "$name")" >/dev/null && continue
         if user="$(port_user "$(service_port "$name")")"; then
             problems+=("port $(service_port "$name") (for $name) is taken by $user")
         fi
@@ -542,12 +738,146 @@ check_port_lists() {
     ((${#PG_PORTS[@]} == ${#AGENT_PORTS[@]})) ||
         die "PG_PORTS has ${#PG_PORTS[@]} ports but AGENT_PORTS has ${#AGENT_PORTS[@]}: one PostgreSQL per agent"
     ((${#AGENT_PORTS[@]} > 0)) || die "AGENT_PORTS is empty"
+    ((${#ETCD_PORTS[@]} >= 3)) || die "ETCD_PORTS needs three ports (three etcd members)"
     local port
-    for port in "${PG_PORTS[@]}" "${AGENT_PORTS[@]}" "$SUPERVISOR_PORT" "$CLIENT_PORT"; do
+    for port in "${PG_PORTS[@]}" "${AGENT_PORTS[@]}" "$SUPERVISOR_PORT" "$CLIENT_PORT" "${ETCD_PORTS[@]}"; do
         if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
             die "'$port' is not a port number"
         fi
     done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Hosts in network namespaces (RMW_HOSTS=netns)
+
+host_ns() { printf '%s-%s' "$NS_PREFIX" "$1"; }
+host_address() { printf '%s.%s' "$SUBNET" "$(host_octet "$1")"; }
+
+# One bridge in the root namespace, and per host a namespace with a veth link on it and its own
+# address. No default route anywhere in the namespaces: nothing they send can leave the machine.
+create_hosts() {
+    command -v ip >/dev/null 2>&1 || apt_install iproute2
+    if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+        say "Creating the bridge $BRIDGE ($SUBNET.1/24)"
+        ip link add "$BRIDGE" type bridge || die "could not create the bridge $BRIDGE"
+    fi
+    ip addr replace "$SUBNET.1/24" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+    local host ns veth addr
+    while read -r host; do
+        ns="$(host_ns "$host")"
+        addr="$(host_address "$host")"
+        veth="$NS_PREFIX-v$(host_octet "$host")"
+        if ! ip netns list | grep -qw "^$ns"; then
+            note "host $host: namespace $ns, address $addr"
+            ip netns add "$ns" || die "could not create the namespace $ns"
+        fi
+        if ! ip link show "$veth" >/dev/null 2>&1; then
+            ip link add "$veth" type veth peer name eth0 netns "$ns" || die "could not create the link $veth"
+        fi
+        ip link set "$veth" master "$BRIDGE" up
+        ip -n "$ns" link set lo up
+        ip -n "$ns" addr replace "$addr/24" dev eth0
+        ip -n "$ns" link set eth0 up
+    done < <(host_names)
+    check_routes
+}
+
+# Every cluster address must be reached over the bridge, from here and from each host; no host
+# may have a default route. Fails before anything starts otherwise.
+check_routes() {
+    local host ns addr route other
+    while read -r host; do
+        addr="$(host_address "$host")"
+        route="$(ip route get "$addr" 2>&1)" || die "no route to $addr: $route"
+        [[ "$route" == *" dev $BRIDGE "* ]] ||
+            die "packets for $addr would not go over $BRIDGE but: $route (is $SUBNET.0/24 used elsewhere? set RMW_SUBNET)"
+        ns="$(host_ns "$host")"
+        if [[ -n "$(ip -n "$ns" route show default)" ]]; then
+            die "the namespace $ns has a default route: $(ip -n "$ns" route show default)"
+        fi
+        while read -r other; do
+            route="$(ip -n "$ns" route get "$(host_address "$other")" 2>&1)" ||
+                die "$ns has no route to $(host_address "$other"): $route"
+            [[ "$route" == *" dev eth0 "* || "$route" == *" dev lo "* ]] ||
+                die "from $ns, packets for $(host_address "$other") would go: $route"
+        done < <(host_names)
+    done < <(host_names)
+    note "routes checked: every cluster address is reached over $BRIDGE, no namespace has a default route"
+}
+
+# Removes the namespaces, their links and the bridge (after everything in them stopped).
+remove_hosts() {
+    command -v ip >/dev/null 2>&1 || return 0
+    local ns removed=0
+    while read -r ns _; do
+        [[ "$ns" == "$NS_PREFIX"-* ]] || continue
+        ip netns delete "$ns" 2>/dev/null && removed=$((removed + 1))
+    done < <(ip netns list 2>/dev/null)
+    if ip link show "$BRIDGE" >/dev/null 2>&1; then
+        ip link delete "$BRIDGE" && removed=$((removed + 1))
+    fi
+    if ((removed > 0)); then say "Removed the network namespaces and the bridge $BRIDGE"; fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# etcd (RMW_STORE=etcd)
+
+ensure_etcd() {
+    if [[ ! -x "${ETCD_BIN:-/usr/bin/etcd}" ]]; then
+        apt_install etcd-server etcd-client
+    fi
+    # Debian starts its own etcd on 2379 when systemd runs; this setup runs its own.
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled etcd >/dev/null 2>&1; then
+        note "stopping and disabling the packaged etcd service (this setup runs its own)"
+        "${SUDO[@]}" systemctl disable --now etcd >/dev/null 2>&1 || warn "could not disable the packaged etcd service"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# The inventory: run/cluster.json, one process per line
+
+write_inventory() {
+    local file="$RUN_DIR/cluster.json" name i pid first=1
+    {
+        printf '{"hosts": "%s", "store": "%s", "processes": [\n' "$HOSTS_MODE" "$STORE_MODE"
+        for i in "${!PG_PORTS[@]}"; do
+            pid="$(pg_running_pid "$i" || echo null)"
+            inventory_line "pg$i" postgresql "$pid" "$first"
+            first=0
+        done
+        while read -r name; do
+            pid="$(running_pid "$name" "$(service_binary "$name")" || echo null)"
+            case "$name" in
+            agent*) inventory_line "$name" agent "$pid" 0 ;;
+            supervisor*) inventory_line "$name" supervisor "$pid" 0 ;;
+            etcd*) inventory_line "$name" etcd "$pid" 0 ;;
+            client) inventory_line "$name" client "$pid" 0 ;;
+            esac
+        done < <(service_names)
+        printf ']}\n'
+    } >"$file.tmp"
+    mv "$file.tmp" "$file"
+}
+
+inventory_line() {
+    local name="$1" kind="$2" pid="$3" first="$4" ns
+    ns="$(service_ns "$name")"
+    ((first)) || printf ',\n'
+    printf '  {"name": "%s", "kind": "%s", "address": "%s", "port": %s, "pid": %s, "namespace": %s}' \
+        "$name" "$kind" "$(service_host "$name")" "$(service_port "$name")" "$pid" \
+        "$([[ -n "$ns" ]] && printf '"%s"' "$ns" || printf null)"
+}
+
+# Reads the modes a running cluster was started with, so that stop and status act on it
+# whatever the environment says now.
+read_inventory_modes() {
+    local file="$RUN_DIR/cluster.json" line
+    [[ -f "$file" ]] || return 0
+    line="$(head -n 1 "$file")"
+    [[ "$line" =~ \"hosts\":\ \"([a-z]+)\" ]] && HOSTS_MODE="${BASH_REMATCH[1]}"
+    [[ "$line" =~ \"store\":\ \"([a-z]+)\" ]] && STORE_MODE="${BASH_REMATCH[1]}"
+    return 0
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -565,10 +895,32 @@ ensure_token() {
     chmod 600 "$TOKEN_FILE"
 }
 
+# Refuses to start a cluster in other modes than the one still running (the addresses differ).
+check_same_modes() {
+    local want_hosts="$HOSTS_MODE" want_store="$STORE_MODE" running=0 name
+    [[ -f "$RUN_DIR/cluster.json" ]] || return 0
+    read_inventory_modes
+    set_modes
+    for name in $(service_names); do
+        running_pid "$name" "$(service_binary "$name")" >/dev/null && running=1
+    done
+    if ((running)) && [[ "$HOSTS_MODE/$STORE_MODE" != "$want_hosts/$want_store" ]]; then
+        die "a cluster started with RMW_HOSTS=$HOSTS_MODE RMW_STORE=$STORE_MODE still runs: './setup.sh stop' first"
+    fi
+    HOSTS_MODE="$want_hosts"
+    STORE_MODE="$want_store"
+    SUPERVISOR_NAMES=(supervisor)
+    ETCD_NAMES=()
+    set_modes
+}
+
 cmd_start() {
     check_port_lists
+    set_modes
+    check_same_modes
     ensure_system_packages
     ensure_postgres_user
+    if [[ "$STORE_MODE" == etcd ]]; then ensure_etcd; fi
     choose_data_dir
     # Before the build, so that a taken port is reported at once.
     check_ports_free
@@ -582,40 +934,67 @@ cmd_start() {
     fi
     mkdir -p "$DATA_DIR"
     ensure_token
+    if [[ "$HOSTS_MODE" == netns ]]; then create_hosts; fi
 
-    local i
+    local i name
+    if ((${#ETCD_NAMES[@]} > 0)); then
+        for name in "${ETCD_NAMES[@]}"; do start_service "$name"; done
+        wait_healthy "${ETCD_NAMES[@]}"
+    fi
     for i in "${!PG_PORTS[@]}"; do
         init_cluster "$i"
         start_cluster "$i"
     done
-    local name
-    for name in "${AGENT_NAMES[@]}" supervisor client; do
+    for name in "${AGENT_NAMES[@]}" "${SUPERVISOR_NAMES[@]}" client; do
         start_service "$name"
     done
-    wait_healthy "${AGENT_NAMES[@]}" supervisor client
+    wait_healthy "${AGENT_NAMES[@]}" "${SUPERVISOR_NAMES[@]}" client
+    write_inventory
     wait_leader
 
     echo
-    say "The cluster is up"
+    say "The cluster is up (hosts: $HOSTS_MODE, configuration store: $STORE_MODE)"
     for i in "${!PG_PORTS[@]}"; do
-        note "PostgreSQL pg$i   $HOST:${PG_PORTS[$i]}   data $(pg_dir "$i")"
+        note "PostgreSQL pg$i   $(service_address "pg$i")   data $(pg_dir "$i")"
     done
     for i in "${!AGENT_PORTS[@]}"; do
         local role
-        role="$(curl -s --max-time 2 "http://$HOST:${AGENT_PORTS[$i]}/status" | grep -o '"role":"[a-z]*"' | cut -d'"' -f4)"
-        note "agent node$i     http://$HOST:${AGENT_PORTS[$i]}   (${role:-unknown})"
+        role="$(curl -s --max-time 2 "http://$(service_address "agent$i")/status" | grep -o '"role":"[a-z]*"' | cut -d'"' -f4)"
+        note "agent node$i     http://$(service_address "agent$i")   (${role:-unknown})"
     done
-    note "supervisor       http://$HOST:$SUPERVISOR_PORT/status"
-    note "client web page  http://$HOST:$CLIENT_PORT/create/   cluster page http://$HOST:$CLIENT_PORT/cluster/"
+    for name in "${SUPERVISOR_NAMES[@]}"; do
+        note "$(printf '%-16s' "$name") http://$(service_address "$name")/status   ($(supervisor_role "$name"))"
+    done
+    for name in "${ETCD_NAMES[@]}"; do
+        note "$(printf '%-16s' "$name") http://$(service_address "$name")"
+    done
+    note "client web page  http://$(service_address client)/create/   cluster page http://$(service_address client)/cluster/"
     note "cluster token    $TOKEN_FILE (drills: curl -H \"Authorization: Bearer \$(cat $TOKEN_FILE)\" ...)"
+    note "inventory        $RUN_DIR/cluster.json"
     note "logs and pids    $RUN_DIR (PostgreSQL logs in $PG_LOG_DIR)"
-    note "try              $BIN_DIR/client run 'r(1)w(2=22)'"
+    note "try              $BIN_DIR/client run --agent $(service_address agent0) --supervisor $(addresses_of "${SUPERVISOR_NAMES[@]}") 'r(1)w(2=22)'"
     note "status / stop    ./setup.sh status   /   ./setup.sh stop"
+}
+
+# "active" or "standby" (or why neither), from a supervisor's /status.
+supervisor_role() {
+    local answer
+    answer="$(curl -fsS --max-time 2 "http://$(service_address "$1")/status" 2>/dev/null)" || {
+        printf 'not answering'
+        return 0
+    }
+    case "$(json_field "$answer" active)" in
+    true) printf 'active' ;;
+    false) printf 'standby' ;;
+    *) printf 'unknown' ;;
+    esac
 }
 
 cmd_stop() {
     local name i
-    for name in client supervisor; do
+    read_inventory_modes
+    set_modes
+    for name in client "${SUPERVISOR_NAMES[@]}"; do
         stop_service "$name"
     done
     for ((i = ${#AGENT_NAMES[@]} - 1; i >= 0; i--)); do
@@ -629,51 +1008,70 @@ cmd_stop() {
     else
         warn "PostgreSQL binaries not found: cannot stop the clusters with pg_ctl"
     fi
+    for name in "${ETCD_NAMES[@]}"; do
+        stop_service "$name"
+    done
+    # Namespaces of an earlier netns run go too, whatever the mode now.
+    if ((EUID == 0)); then remove_hosts; fi
     say "Stopped"
 }
 
 # One field of a flat JSON object, without needing jq.
 json_field() {
-    grep -o "\"$2\":[^,}]*" <<<"$1" | head -n 1 | cut -d: -f2- | tr -d '"'
+    grep -o "\"$2\":[^,}]*" <<<"$1" | head -n 1 | cut -d: -f2- | tr -d '" '
 }
 
+# Every process of run/cluster.json, live: state, pid, address, namespace and what it says.
 cmd_status() {
-    local i pid name port binary answer
-    printf '%-12s %-8s %-8s %-6s %s\n' PROCESS STATE PID PORT DETAILS
-    if find_postgres; then
-        choose_data_dir
-        for i in "${!PG_PORTS[@]}"; do
-            if pid="$(pg_running_pid "$i")"; then
-                printf '%-12s %-8s %-8s %-6s %s\n' "pg$i" running "$pid" "$(pg_running_port "$i")" "data $(pg_dir "$i")"
-            else
-                printf '%-12s %-8s %-8s %-6s %s\n' "pg$i" stopped - "${PG_PORTS[$i]}" "data $(pg_dir "$i")"
-            fi
-        done
-    else
-        note "PostgreSQL binaries not found"
+    local file="$RUN_DIR/cluster.json" line name kind address port ns pid state details answer active=""
+    if [[ ! -f "$file" ]]; then
+        note "no cluster started here yet ($file is missing): ./setup.sh starts one"
+        return 0
     fi
-    for name in "${AGENT_NAMES[@]}" supervisor client; do
-        port="$(service_port "$name")"
-        binary="$BIN_DIR/$(service_binary "$name")"
-        if ! pid="$(running_pid "$name" "$binary")"; then
-            printf '%-12s %-8s %-8s %-6s\n' "$name" stopped - "$port"
+    read_inventory_modes
+    set_modes
+    find_postgres && choose_data_dir
+    printf '%-12s %-8s %-8s %-22s %-12s %s\n' PROCESS STATE PID ADDRESS NAMESPACE DETAILS
+    while IFS= read -r line; do
+        [[ "$line" == *'"name": '* ]] || continue
+        name="$(json_field "$line" name)"
+        kind="$(json_field "$line" kind)"
+        address="$(json_field "$line" address)"
+        port="$(json_field "$line" port)"
+        ns="$(json_field "$line" namespace)"
+        [[ "$ns" == null ]] && ns=-
+        details=""
+        if [[ "$kind" == postgresql ]]; then
+            pid="$(pg_running_pid "${name#pg}" 2>/dev/null)" || pid=""
+            details="data $(pg_dir "${name#pg}" 2>/dev/null)"
+        else
+            pid="$(running_pid "$name" "$(service_binary "$name")")" || pid=""
+        fi
+        if [[ -z "$pid" ]]; then
+            printf '%-12s %-8s %-8s %-22s %-12s %s\n' "$name" stopped - "$address:$port" "$ns" "$details"
             continue
         fi
-        local details=""
-        if [[ "$name" == agent* ]]; then
-            if answer="$(curl -fsS --max-time 2 "http://$HOST:$port/status" 2>&1)"; then
+        case "$kind" in
+        agent)
+            if answer="$(curl -fsS --max-time 2 "http://$address:$port/status" 2>&1)"; then
                 details="role=$(json_field "$answer" role) term=$(json_field "$answer" term) applied_lsn=$(json_field "$answer" applied_lsn)"
             else
                 details="/status: $answer"
             fi
-        elif healthy "$port"; then
-            details="healthy"
-        else
-            details="not answering /health"
-        fi
-        printf '%-12s %-8s %-8s %-6s %s\n' "$name" running "$pid" "$port" "$details"
-    done
-    note "logs: $RUN_DIR"
+            ;;
+        supervisor)
+            details="$(supervisor_role "$name")"
+            [[ "$details" == active ]] && active="$name ($address:$port)"
+            ;;
+        postgresql) ;;
+        *)
+            if healthy "$name"; then details="healthy"; else details="not answering /health"; fi
+            ;;
+        esac
+        printf '%-12s %-8s %-8s %-22s %-12s %s\n' "$name" running "$pid" "$address:$port" "$ns" "$details"
+    done <"$file"
+    note "hosts: $HOSTS_MODE, configuration store: $STORE_MODE, active supervisor: ${active:-none}"
+    note "inventory: $file; logs: $RUN_DIR"
 }
 
 # Runs one step of the test pipeline; the first failure ends it.

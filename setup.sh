@@ -403,7 +403,7 @@ start_cluster() {
     if pid="$(pg_running_pid "$i")"; then
         port="$(pg_running_port "$i")"
         note "pg$i: already running (pid $pid, port $port)"
-        [[ "$port" == "${PG_PORTS[$i]}" ]] ||
+        [[ "$port" == "$(service_port "pg$i")" ]] ||
             warn "pg$i runs on port $port, not $(service_port "pg$i"): './setup.sh stop' first to move it"
         return 0
     fi

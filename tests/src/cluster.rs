@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +17,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::etcd::EtcdMember;
+use crate::hosts::{self, HostId, Hosts};
 use crate::{etcd, pg, ports, READY_TIMEOUT};
 
 /// A live agent answers `GET /status` in milliseconds; one that takes this long is stuck.
@@ -105,6 +107,9 @@ pub struct ClusterOptions {
     /// How many etcd members to run for the supervisors' `--store` (0: each supervisor keeps a
     /// state file).
     pub etcd_members: usize,
+    /// Whether every node, supervisor and etcd member runs on a host of its own (a network
+    /// namespace with its own address on a bridge; needs root). Else all run on 127.0.0.1.
+    pub hosts: bool,
 }
 
 impl ClusterOptions {
@@ -122,7 +127,15 @@ impl ClusterOptions {
             supervisor_args: Vec::new(),
             supervisors: 1,
             etcd_members: 0,
+            hosts: false,
         }
+    }
+
+    /// [`ClusterOptions::with_etcd`] with every node (PostgreSQL and agent), both supervisors
+    /// and the three etcd members on hosts of their own: network namespaces on one bridge, each
+    /// with its own address and the programs' default ports (see the `hosts` module). Needs root.
+    pub fn on_hosts(nodes: usize) -> Self {
+        ClusterOptions { hosts: true, ..ClusterOptions::with_etcd(nodes) }
     }
 
     /// `n` nodes, two supervisors (one active, one standby) and a three-member etcd holding
@@ -149,6 +162,9 @@ pub(crate) struct Daemon {
     pub(crate) log_path: PathBuf,
     /// Holds the pid while it runs, so that a later test process can reap it if this one dies.
     pub(crate) pid_path: PathBuf,
+    /// The network namespace it runs in (`ip netns exec`, which execs: the pid is the
+    /// program's), on hosts.
+    pub(crate) netns: Option<String>,
     pub(crate) child: Mutex<Option<Child>>,
 }
 
@@ -167,7 +183,15 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path.display()));
         let err = log.try_clone().expect("clone the log file handle");
         let bin = &self.program;
-        let child = Command::new(bin)
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .args(&self.args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -222,9 +246,13 @@ pub struct Node {
     pub index: usize,
     /// `node<index>`, the agent's `--node-id`.
     pub node_id: String,
-    /// The agent's port on 127.0.0.1.
+    /// The address the agent and PostgreSQL listen on: 127.0.0.1, or the node's host's.
+    pub ip: Ipv4Addr,
+    /// The network namespace of the node's host, on hosts.
+    pub netns: Option<String>,
+    /// The agent's port.
     pub port: u16,
-    /// PostgreSQL's port on 127.0.0.1.
+    /// PostgreSQL's port.
     pub pg_port: u16,
     /// PostgreSQL's data folder.
     pub data_dir: PathBuf,
@@ -235,18 +263,23 @@ pub struct Node {
 }
 
 impl Node {
-    /// `127.0.0.1:<port>`, the agent's address as peers and the status name it.
+    /// `<ip>:<port>`, the agent's address as peers and the status name it.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://<ip>:<port>`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.address())
     }
 
     pub fn database_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.pg_port)
+        format!("postgres://postgres@{}:{}/postgres", self.ip, self.pg_port)
+    }
+
+    /// Where its PostgreSQL runs, for the `pg` module.
+    pub(crate) fn pg_server(&self) -> pg::Server {
+        pg::Server { dir: self.data_dir.clone(), ip: self.ip, port: self.pg_port, netns: self.netns.clone() }
     }
 
     /// The agent's process id, while it runs.
@@ -300,10 +333,14 @@ pub struct Cluster {
     /// The etcd members holding the supervisors' configuration, when asked for.
     pub(crate) etcd: Vec<EtcdMember>,
     http: reqwest::Client,
+    /// The network namespaces and the bridge, on hosts. Declared last: dropped after the
+    /// processes in them were stopped.
+    pub(crate) hosts: Option<Hosts>,
 }
 
 /// The supervisor process and where it listens.
 pub(crate) struct SupervisorProcess {
+    pub(crate) ip: Ipv4Addr,
     pub(crate) port: u16,
     /// Its `--state-file`, kept across restarts.
     pub(crate) state_file: PathBuf,
@@ -329,32 +366,61 @@ impl Cluster {
         }
         pg::reap_abandoned();
 
-        let dir = std::env::temp_dir().join(format!(
-            "{}{}-{}",
-            pg::DIR_PREFIX,
-            std::process::id(),
-            CLUSTERS.fetch_add(1, Ordering::SeqCst)
-        ));
+        let number = CLUSTERS.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("{}{}-{number}", pg::DIR_PREFIX, std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let supervisor_count = if options.supervisor { options.supervisors } else { 0 };
 
-        let ports: Vec<(u16, u16)> = (0..options.nodes).map(|_| (ports::free_port(), ports::free_port())).collect();
-        let members: Vec<String> = ports.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect();
+        // On hosts: a namespace per node, supervisor and etcd member, each on the programs'
+        // default ports at its own address. Else every process on 127.0.0.1, on free ports.
+        let hosts = options.hosts.then(|| {
+            let ids: Vec<HostId> = (0..options.nodes)
+                .map(HostId::Node)
+                .chain((0..supervisor_count).map(HostId::Supervisor))
+                .chain((0..options.etcd_members).map(HostId::Etcd))
+                .collect();
+            Hosts::create(number, &ids).unwrap_or_else(|e| {
+                let _ = fs::remove_dir_all(&dir);
+                panic!("cannot make the cluster's hosts: {e}")
+            })
+        });
+        let place = |id: HostId, port: fn() -> u16, host_port: u16| -> (Ipv4Addr, Option<String>, u16) {
+            match &hosts {
+                Some(h) => (h.get(id).address, Some(h.get(id).netns.clone()), host_port),
+                None => (Ipv4Addr::LOCALHOST, None, port()),
+            }
+        };
+        let placed: Vec<(Ipv4Addr, Option<String>, u16, u16)> = (0..options.nodes)
+            .map(|i| {
+                let (ip, netns, port) = place(HostId::Node(i), ports::free_port, hosts::AGENT_PORT);
+                let (_, _, pg_port) = place(HostId::Node(i), ports::free_port, hosts::POSTGRES_PORT);
+                (ip, netns, port, pg_port)
+            })
+            .collect();
+        let members: Vec<String> = placed.iter().map(|(ip, _, p, _)| format!("{ip}:{p}")).collect();
         assert!(
             options.supervisors <= 1 || options.etcd_members > 0,
             "several supervisors share their configuration through etcd: set etcd_members"
         );
-        let etcd = etcd::members(&dir, options.etcd_members);
+        let etcd_places: Vec<(Ipv4Addr, Option<String>, u16, u16)> = (0..options.etcd_members)
+            .map(|i| {
+                let (ip, netns, client) = place(HostId::Etcd(i), ports::free_port, hosts::ETCD_CLIENT_PORT);
+                let (_, _, peer) = place(HostId::Etcd(i), ports::free_port, hosts::ETCD_PEER_PORT);
+                (ip, netns, client, peer)
+            })
+            .collect();
+        let etcd = etcd::members(&dir, &etcd_places);
         let store = (!etcd.is_empty()).then(|| format!("etcd://{}/rmw/test", etcd::endpoints(&etcd)));
-        let supervisors: Vec<SupervisorProcess> = (0..if options.supervisor { options.supervisors } else { 0 })
+        let supervisors: Vec<SupervisorProcess> = (0..supervisor_count)
             .map(|k| {
-                let port = ports::free_port();
+                let (ip, netns, port) = place(HostId::Supervisor(k), ports::free_port, hosts::SUPERVISOR_PORT);
                 // The first keeps the names of a single supervisor's files.
                 let suffix = if k == 0 { String::new() } else { k.to_string() };
                 let state_file = dir.join(format!("supervisor{suffix}-state.json"));
                 let mut args: Vec<String> = vec![
                     "--listen".into(),
-                    format!("127.0.0.1:{port}"),
+                    format!("{ip}:{port}"),
                     "--agents".into(),
                     members.join(","),
                     "--state-file".into(),
@@ -369,6 +435,7 @@ impl Cluster {
                 }
                 args.extend(options.supervisor_args.iter().cloned());
                 SupervisorProcess {
+                    ip,
                     port,
                     state_file,
                     daemon: Daemon {
@@ -378,24 +445,25 @@ impl Cluster {
                         env: Vec::new(),
                         log_path: dir.join(format!("supervisor{suffix}.log")),
                         pid_path: dir.join(format!("supervisor{suffix}.pid")),
+                        netns,
                         child: Mutex::new(None),
                     },
                 }
             })
             .collect();
-        let supervisor_list: Vec<String> = supervisors.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
-        let nodes = ports
-            .iter()
+        let supervisor_list: Vec<String> = supervisors.iter().map(|s| format!("{}:{}", s.ip, s.port)).collect();
+        let nodes = placed
+            .into_iter()
             .enumerate()
-            .map(|(i, &(port, pg_port))| {
+            .map(|(i, (ip, netns, port, pg_port))| {
                 let node_id = format!("node{i}");
                 let mut args: Vec<String> = vec![
                     "--node-id".into(),
                     node_id.clone(),
                     "--listen".into(),
-                    format!("127.0.0.1:{port}"),
+                    format!("{ip}:{port}"),
                     "--database-url".into(),
-                    format!("postgres://postgres@127.0.0.1:{pg_port}/postgres"),
+                    format!("postgres://postgres@{ip}:{pg_port}/postgres"),
                     "--members".into(),
                     members.join(","),
                     "--leader".into(),
@@ -409,6 +477,8 @@ impl Cluster {
                 Node {
                     index: i,
                     node_id,
+                    ip,
+                    netns: netns.clone(),
                     port,
                     pg_port,
                     data_dir: dir.join(format!("pg{i}")),
@@ -420,6 +490,7 @@ impl Cluster {
                         env: options.agent_env.clone(),
                         log_path,
                         pid_path: dir.join(format!("agent{i}.pid")),
+                        netns,
                         child: Mutex::new(None),
                     },
                     pool: tokio::sync::OnceCell::new(),
@@ -432,20 +503,21 @@ impl Cluster {
             .build()
             .expect("build the HTTP client");
         // From here on, a panic drops the cluster, which cleans up whatever was started.
-        let cluster = Cluster { dir, nodes, leader: options.leader, supervisors, etcd, http };
+        let trusted = hosts.as_ref().map(|h| h.gateway);
+        let cluster = Cluster { dir, nodes, leader: options.leader, supervisors, etcd, http, hosts };
         if !cluster.etcd.is_empty() {
             cluster.start_etcd_cluster().await;
         }
 
-        let data_dirs: Vec<(PathBuf, u16)> = cluster.nodes.iter().map(|n| (n.data_dir.clone(), n.pg_port)).collect();
+        let servers: Vec<pg::Server> = cluster.nodes.iter().map(Node::pg_server).collect();
         let started = tokio::task::spawn_blocking(move || {
             std::thread::scope(|s| {
-                let handles: Vec<_> = data_dirs
+                let handles: Vec<_> = servers
                     .iter()
-                    .map(|(dir, port)| {
+                    .map(|server| {
                         s.spawn(move || {
-                            pg::create_data_dir(dir, *port);
-                            pg::start(dir);
+                            server.create_data_dir(trusted);
+                            server.start();
                         })
                     })
                     .collect();
@@ -568,8 +640,11 @@ impl Cluster {
 
     /// Starts node `i`'s PostgreSQL again and waits until it accepts connections.
     pub async fn start_postgres(&self, i: usize) {
-        let dir = self.nodes[i].data_dir.clone();
-        tokio::task::spawn_blocking(move || pg::start(&dir)).await.unwrap();
+        let server = self.nodes[i].pg_server();
+        tokio::task::spawn_blocking(move || server.start()).await.unwrap_or_else(|e| match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("start node {i}'s PostgreSQL: {e}"),
+        });
     }
 
     /// Makes node `i`'s PostgreSQL data folder again, exactly as [`Cluster::start_with`] made it
@@ -583,14 +658,14 @@ impl Cluster {
     /// ([`Node::data_dir`]) no longer exists; the caller removes it (keep its `server.log` first if
     /// it is wanted). Panics when the folder exists or cannot be made. Starts nothing.
     pub async fn recreate_data_dir(&self, i: usize) {
-        let node = &self.nodes[i];
-        let (dir, port) = (node.data_dir.clone(), node.pg_port);
+        let server = self.nodes[i].pg_server();
         assert!(
-            !dir.exists(),
+            !server.dir.exists(),
             "node {i}'s data folder {} still exists: stop its PostgreSQL and remove the folder first",
-            dir.display()
+            server.dir.display()
         );
-        tokio::task::spawn_blocking(move || pg::create_data_dir(&dir, port)).await.unwrap_or_else(|e| {
+        let trusted = self.hosts.as_ref().map(|h| h.gateway);
+        tokio::task::spawn_blocking(move || server.create_data_dir(trusted)).await.unwrap_or_else(|e| {
             match e.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
                 Err(e) => panic!("make node {i}'s data folder again: {e}"),
@@ -888,7 +963,7 @@ impl Drop for Cluster {
                 eprintln!(
                     "----- {} PostgreSQL: prepared transactions, sessions not idle -----\n{}",
                     node.node_id,
-                    pg::lock_holders(&node.data_dir, node.pg_port)
+                    node.pg_server().lock_holders()
                 );
             }
         }

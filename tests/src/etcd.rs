@@ -3,6 +3,7 @@
 //! supervisors expect on one machine (heartbeat 50 ms, election 500 ms), and the faults the
 //! tests inject into them.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -11,12 +12,20 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::cluster::Daemon;
-use crate::{ports, Cluster, READY_TIMEOUT};
+use crate::{Cluster, READY_TIMEOUT};
 
-/// One etcd member: its ports and its process.
+/// One etcd member: its address, ports and its process.
 pub(crate) struct EtcdMember {
+    pub(crate) ip: Ipv4Addr,
     pub(crate) client_port: u16,
     pub(crate) daemon: Daemon,
+}
+
+impl EtcdMember {
+    /// `<ip>:<client port>`.
+    pub(crate) fn client_address(&self) -> String {
+        format!("{}:{}", self.ip, self.client_port)
+    }
 }
 
 /// Where etcd is: `RMW_ETCD`, else `etcd` on the PATH, else Debian's `/usr/bin/etcd`.
@@ -37,33 +46,34 @@ fn etcd_binary() -> PathBuf {
     })
 }
 
-/// `n` members of a new etcd cluster with their data under `dir` (not started).
-pub(crate) fn members(dir: &Path, n: usize) -> Vec<EtcdMember> {
-    if n == 0 {
+/// The members of a new etcd cluster with their data under `dir` (not started), one per
+/// `(address, network namespace, client port, peer port)`.
+pub(crate) fn members(dir: &Path, places: &[(Ipv4Addr, Option<String>, u16, u16)]) -> Vec<EtcdMember> {
+    if places.is_empty() {
         return Vec::new();
     }
     let program = etcd_binary();
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| (ports::free_port(), ports::free_port())).collect();
     let initial: Vec<String> =
-        ports.iter().enumerate().map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}")).collect();
+        places.iter().enumerate().map(|(i, (ip, _, _, peer))| format!("e{i}=http://{ip}:{peer}")).collect();
     let token = format!("rmw-test-{}", dir.file_name().and_then(|n| n.to_str()).unwrap_or("etcd"));
-    ports
+    places
         .iter()
         .enumerate()
-        .map(|(i, &(client, peer))| {
+        .map(|(i, (ip, netns, client, peer))| {
+            let (ip, client, peer) = (*ip, *client, *peer);
             let args: Vec<String> = [
                 "--name".into(),
                 format!("e{i}"),
                 "--data-dir".into(),
                 dir.join(format!("etcd{i}")).display().to_string(),
                 "--listen-client-urls".into(),
-                format!("http://127.0.0.1:{client}"),
+                format!("http://{ip}:{client}"),
                 "--advertise-client-urls".into(),
-                format!("http://127.0.0.1:{client}"),
+                format!("http://{ip}:{client}"),
                 "--listen-peer-urls".into(),
-                format!("http://127.0.0.1:{peer}"),
+                format!("http://{ip}:{peer}"),
                 "--initial-advertise-peer-urls".into(),
-                format!("http://127.0.0.1:{peer}"),
+                format!("http://{ip}:{peer}"),
                 "--initial-cluster".into(),
                 initial.join(","),
                 "--initial-cluster-token".into(),
@@ -82,6 +92,7 @@ pub(crate) fn members(dir: &Path, n: usize) -> Vec<EtcdMember> {
             ]
             .into();
             EtcdMember {
+                ip,
                 client_port: client,
                 daemon: Daemon {
                     name: format!("etcd{i}"),
@@ -90,6 +101,7 @@ pub(crate) fn members(dir: &Path, n: usize) -> Vec<EtcdMember> {
                     env: Vec::new(),
                     log_path: dir.join(format!("etcd{i}.log")),
                     pid_path: dir.join(format!("etcd{i}.pid")),
+                    netns: netns.clone(),
                     child: Mutex::new(None),
                 },
             }
@@ -99,7 +111,7 @@ pub(crate) fn members(dir: &Path, n: usize) -> Vec<EtcdMember> {
 
 /// `127.0.0.1:<client port>` of every member, comma-separated: what `--store etcd://` takes.
 pub(crate) fn endpoints(members: &[EtcdMember]) -> String {
-    members.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect::<Vec<_>>().join(",")
+    members.iter().map(EtcdMember::client_address).collect::<Vec<_>>().join(",")
 }
 
 impl Cluster {
@@ -136,7 +148,7 @@ impl Cluster {
             if let Some(exit) = member.daemon.exit() {
                 panic!("{} exited ({exit}); its log:\n{}", member.daemon.name, member.daemon.tail(30));
             }
-            let url = format!("http://127.0.0.1:{}/health", member.client_port);
+            let url = format!("http://{}/health", member.client_address());
             let last = match self.http().get(&url).timeout(Duration::from_secs(2)).send().await {
                 Ok(r) if r.status() == StatusCode::OK => return,
                 Ok(r) => format!("HTTP {}", r.status()),
@@ -175,7 +187,7 @@ impl Cluster {
     /// Which member leads the etcd cluster, as the first member that answers says.
     pub async fn etcd_leader(&self) -> Option<usize> {
         for member in &self.etcd {
-            let url = format!("http://127.0.0.1:{}/v3/maintenance/status", member.client_port);
+            let url = format!("http://{}/v3/maintenance/status", member.client_address());
             let Ok(resp) = self.http().post(&url).body("{}").timeout(Duration::from_secs(1)).send().await else {
                 continue;
             };
@@ -184,11 +196,11 @@ impl Cluster {
                 continue;
             };
             if leader == me {
-                return Some(self.etcd.iter().position(|m| m.client_port == member.client_port).unwrap_or(0));
+                return Some(self.etcd.iter().position(|m| m.client_address() == member.client_address()).unwrap_or(0));
             }
             // Ask the leader itself, to map its id to an index.
             for (j, other) in self.etcd.iter().enumerate() {
-                let url = format!("http://127.0.0.1:{}/v3/maintenance/status", other.client_port);
+                let url = format!("http://{}/v3/maintenance/status", other.client_address());
                 let Ok(resp) = self.http().post(&url).body("{}").timeout(Duration::from_secs(1)).send().await else {
                     continue;
                 };

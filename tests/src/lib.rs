@@ -54,6 +54,7 @@ pub mod browser;
 mod cluster;
 mod etcd;
 mod follow;
+mod hosts;
 mod invariants;
 mod listener;
 mod pg;
@@ -62,6 +63,7 @@ mod supervisor;
 
 pub use cluster::{BalanceRow, Cluster, ClusterOptions, LogRow, Node, RawResponse};
 pub use follow::{Ack, Follower, Sent, FOLLOW_BUDGET, REQUEST_TIMEOUT};
+pub use hosts::{Host, HostId};
 pub use invariants::{replay, Converged};
 pub use listener::LeaderChangedListener;
 pub use ports::free_port;

@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -62,13 +63,25 @@ pub(crate) fn running_as_root() -> bool {
 
 /// A command running PostgreSQL's binary `name`, as the `postgres` user when we are root.
 fn pg_command(name: &str, cwd: &Path) -> Command {
+    pg_command_in(name, cwd, None)
+}
+
+/// [`pg_command`] inside network namespace `netns`, when given (`ip netns exec <netns> runuser
+/// -u postgres -- <name>`: a server started so listens on its host's address).
+fn pg_command_in(name: &str, cwd: &Path, netns: Option<&str>) -> Command {
     let bin = bindir().join(name);
-    let mut cmd = if running_as_root() {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(bin);
-        cmd
-    } else {
-        Command::new(bin)
+    let mut cmd = match (netns, running_as_root()) {
+        (Some(ns), _) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, "runuser", "-u", "postgres", "--"]).arg(bin);
+            cmd
+        }
+        (None, true) => {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(bin);
+            cmd
+        }
+        (None, false) => Command::new(bin),
     };
     // The `postgres` user may not be allowed into the caller's working folder.
     cmd.current_dir(cwd).stdin(Stdio::null());
@@ -133,21 +146,53 @@ fn append(file: &Path, text: &str) {
     f.write_all(text.as_bytes()).expect("append to postgresql.conf");
 }
 
-/// Creates the data folder `dir` (which must not exist) from the template, set up to listen on
-/// 127.0.0.1:`port` with its socket in `dir` itself. Used for every node at the start, and again
-/// by `Cluster::recreate_data_dir` for a node whose folder was removed.
-pub(crate) fn create_data_dir(dir: &Path, port: u16) {
-    let template = template();
-    let out = Command::new("cp").arg("-a").arg(template).arg(dir).output().expect("run cp");
-    assert!(out.status.success(), "cp -a {} {}: {}", template.display(), dir.display(), describe(&out));
-    append(&dir.join("postgresql.conf"), &format!("port = {port}\nunix_socket_directories = '{}'\n", dir.display()));
+/// One node's PostgreSQL server: its data folder, where it listens, and the network namespace
+/// of its host (none: 127.0.0.1 in the harness's own namespace).
+#[derive(Debug, Clone)]
+pub(crate) struct Server {
+    pub(crate) dir: PathBuf,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) port: u16,
+    pub(crate) netns: Option<String>,
 }
 
-/// What the server of `dir` (listening on `port`) holds in `pg_prepared_xacts`, and its
-/// sessions that are not idle (in a transaction, or waiting), or why that could not be read.
-/// For post-mortems: a prepared transaction nobody decides, or a session left idle in a
-/// transaction, holds its row locks forever.
-pub(crate) fn lock_holders(dir: &Path, port: u16) -> String {
+impl Server {
+    /// Creates the data folder (which must not exist) from the template, set up to listen on
+    /// `ip:port` with its socket in the folder itself. Used for every node at the start, and
+    /// again by `Cluster::recreate_data_dir` for a node whose folder was removed. On a host of
+    /// its own it also trusts connections from its own address (its agent's) and from
+    /// `trusted` (the bridge, whence the harness connects).
+    pub(crate) fn create_data_dir(&self, trusted: Option<Ipv4Addr>) {
+        let (dir, template) = (&self.dir, template());
+        let out = Command::new("cp").arg("-a").arg(template).arg(dir).output().expect("run cp");
+        assert!(out.status.success(), "cp -a {} {}: {}", template.display(), dir.display(), describe(&out));
+        let mut conf = format!("port = {}\nunix_socket_directories = '{}'\n", self.port, dir.display());
+        if self.ip != Ipv4Addr::LOCALHOST {
+            conf += &format!("listen_addresses = '{}'\n", self.ip);
+            let mut hba = format!("# rmw e2e harness: the agent on this host\nhost all all {}/32 trust\n", self.ip);
+            if let Some(from) = trusted {
+                hba += &format!("# rmw e2e harness: the harness, over the bridge\nhost all all {from}/32 trust\n");
+            }
+            append(&dir.join("pg_hba.conf"), &hba);
+        }
+        append(&dir.join("postgresql.conf"), &conf);
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub(crate) fn start(&self) {
+        start_in(&self.dir, self.netns.as_deref());
+    }
+
+    /// What the server holds in `pg_prepared_xacts`, and its sessions that are not idle (in a
+    /// transaction, or waiting), or why that could not be read. For post-mortems: a prepared
+    /// transaction nobody decides, or a session left idle in a transaction, holds its row locks
+    /// forever.
+    pub(crate) fn lock_holders(&self) -> String {
+        lock_holders(&self.dir, self.ip, self.port, self.netns.as_deref())
+    }
+}
+
+fn lock_holders(dir: &Path, ip: Ipv4Addr, port: u16, netns: Option<&str>) -> String {
     if postmaster_pid(dir).is_none() {
         return "(PostgreSQL is not running)".into();
     }
@@ -157,8 +202,8 @@ pub(crate) fn lock_holders(dir: &Path, port: u16) -> String {
                         || ' since ' || coalesce(xact_start::text, '-') || ': ' || left(query, 100) \
                  FROM pg_stat_activity \
                  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle'";
-    let out = pg_command("psql", dir)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-At", "-c", query])
+    let out = pg_command_in("psql", dir, netns)
+        .args(["-h", &ip.to_string(), "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-At", "-c", query])
         .env("PGCONNECT_TIMEOUT", "3")
         .env("PGOPTIONS", "-c statement_timeout=3000")
         .output();
@@ -181,9 +226,10 @@ pub(crate) fn server_log(dir: &Path) -> PathBuf {
     dir.join("server.log")
 }
 
-/// Starts the server of `dir` and waits until it accepts connections.
-pub(crate) fn start(dir: &Path) {
-    let out = pg_command("pg_ctl", dir)
+/// Starts the server of `dir` (inside network namespace `netns`, when given) and waits until it
+/// accepts connections.
+fn start_in(dir: &Path, netns: Option<&str>) {
+    let out = pg_command_in("pg_ctl", dir, netns)
         .arg("-D")
         .arg(dir)
         .arg("-l")
@@ -289,5 +335,7 @@ pub(crate) fn reap_abandoned() {
             }
             let _ = fs::remove_dir_all(&dir);
         }
+        // And the network namespaces and bridges of their hosts.
+        crate::hosts::reap_abandoned_once();
     });
 }

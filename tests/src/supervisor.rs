@@ -44,19 +44,24 @@ impl Cluster {
         self.supervisors.len()
     }
 
-    /// `127.0.0.1:<port>` of the (first) supervisor, as agents are given it.
+    /// `<ip>:<port>` of the (first) supervisor, as agents are given it.
     pub fn supervisor_address(&self) -> String {
-        format!("127.0.0.1:{}", self.sup().port)
+        self.supervisor_address_at(0)
     }
 
-    /// `http://127.0.0.1:<port>` of the (first) supervisor.
+    /// `<ip>:<port>` of supervisor `k` (its `--listen` and `--advertise`).
+    pub fn supervisor_address_at(&self, k: usize) -> String {
+        format!("{}:{}", self.sup_at(k).ip, self.sup_at(k).port)
+    }
+
+    /// `http://<ip>:<port>` of the (first) supervisor.
     pub fn supervisor_url(&self) -> String {
         self.supervisor_url_at(0)
     }
 
-    /// `http://127.0.0.1:<port>` of supervisor `k`.
+    /// `http://<ip>:<port>` of supervisor `k`.
     pub fn supervisor_url_at(&self, k: usize) -> String {
-        format!("http://127.0.0.1:{}", self.sup_at(k).port)
+        format!("http://{}", self.supervisor_address_at(k))
     }
 
     /// The supervisor's `--state-file`.
@@ -148,6 +153,13 @@ impl Cluster {
     pub async fn restart_supervisor(&self) {
         self.sup().daemon.kill();
         self.start_supervisor().await;
+    }
+
+    /// SIGKILLs supervisor `k` if it runs, starts it again with the same flags, and waits until
+    /// it is healthy.
+    pub async fn restart_supervisor_at(&self, k: usize) {
+        self.sup_at(k).daemon.kill();
+        self.start_supervisor_at(k).await;
     }
 
     /// Supervisor `k`'s `GET /status`, or why there was none.

@@ -12,10 +12,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 #[allow(unused_imports)] // Some are named only in the OpenAPI annotations.
 use protocol::{
-    AgentStatus, BatchStateResponse, ClusterConfig, CommitRequest, CommitResponse, DecideRequest, DecideResponse,
-    DrillResponse, ErrorBody, FenceResponse, JoinRequest, LogPage, Lsn, Outcome, PauseRequest, PauseResponse,
-    PrepareRequest, PrepareResponse, PromoteResponse, ReadRequest, ReadResponse, RecoverRequest, RecoverResponse,
-    DEFAULT_LOG_PAGE, MAX_BODY_BYTES, MAX_LOG_PAGE,
+    AgentStatus, BatchStateResponse, ClusterBirth, ClusterConfig, CommitRequest, CommitResponse, DecideRequest,
+    DecideResponse, DrillResponse, ErrorBody, FenceResponse, JoinRequest, LogPage, Lsn, Outcome, PauseRequest,
+    PauseResponse, PrepareRequest, PrepareResponse, PromoteResponse, ReadRequest, ReadResponse, RecoverRequest,
+    RecoverResponse, DEFAULT_LOG_PAGE, MAX_BODY_BYTES, MAX_LOG_PAGE,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -41,6 +41,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/internal/pause", post(pause))
         .route("/internal/join", post(join))
         .route("/internal/recover", post(recover))
+        .route("/internal/cluster_id", post(cluster_id))
         .route("/replication_log/", get(replication_log))
         .route("/down_leader/", get(down_leader))
         .route("/up_node/", get(up_node))
@@ -392,6 +393,21 @@ async fn promote(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterCon
 async fn config(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConfig>) -> Result<Response, ApiError> {
     node.check_serving()?;
     Ok(Json(detached(async move { node.apply_config(&req).await }).await?).into_response())
+}
+
+/// A new cluster's first leader gives its id: an empty database that belongs to no cluster takes it.
+#[utoipa::path(post, path = "/internal/cluster_id", tag = "internal",
+    request_body(content = ClusterBirth, description = "The new cluster's id, from its first leader"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Taken (or already this node's); this node's status", body = AgentStatus),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 409, description = "A stale term, a database of another cluster, or one with a log", body = ErrorBody),
+        (status = 503, description = "Down, or PostgreSQL unreachable", body = ErrorBody),
+    ))]
+async fn cluster_id(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterBirth>) -> Result<Response, ApiError> {
+    node.check_serving()?;
+    Ok(Json(detached(async move { node.take_birth(&req).await }).await?).into_response())
 }
 
 /// Recovery's final catch-up: the leader finishes its round and starts no new one for a moment.

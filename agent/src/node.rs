@@ -12,17 +12,17 @@ use std::sync::{Arc, Mutex as SyncMutex, Weak};
 use std::time::Duration;
 
 use protocol::{
-    AgentStatus, BatchState, BatchStateResponse, ClusterConfig, DecideRequest, DecideResponse, Decision, DrillResponse,
-    FailureKind, FailureReport, FenceResponse, JoinRequest, Lsn, PauseRequest, PauseResponse, PendingInfo,
-    PrepareRequest, PrepareResponse, PromoteResponse, ReadResponse, RecoverRequest, RecoverResponse, Role, Term,
-    Timestamp, ValidRead, Vote,
+    AgentStatus, BatchState, BatchStateResponse, ClusterBirth, ClusterConfig, DecideRequest, DecideResponse, Decision,
+    DrillResponse, FailureKind, FailureReport, FenceResponse, JoinRequest, Lsn, PauseRequest, PauseResponse,
+    PendingInfo, PrepareRequest, PrepareResponse, PromoteResponse, ReadResponse, RecoverRequest, RecoverResponse, Role,
+    Term, Timestamp, ValidRead, Vote,
 };
 use tokio::sync::{watch, Mutex};
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::participant::{
-    membership, DecideStep, Membership, ParticipantState, PendingBatch, PrepareStep, PreparedHere, RoundId,
+    birth_check, membership, DecideStep, Membership, ParticipantState, PendingBatch, PrepareStep, PreparedHere, RoundId,
 };
 use crate::peers::{PeerError, Peers};
 use crate::resolution::{resolve, Resolution};
@@ -136,6 +136,39 @@ impl Node {
         }
         tracing::info!(node = %node.cfg.node_id, role = ?node.role(), term, applied_lsn = lsn, "node ready");
         Ok(node)
+    }
+
+    /// Gives a new cluster's id to every other member (best effort: one that does not take it
+    /// now takes it with its first round or recovery).
+    async fn announce_birth(&self, config: &ClusterConfig, cluster_id: Uuid) {
+        let birth = ClusterBirth { term: config.term, leader: self.cfg.address.clone(), cluster_id };
+        let others = config.members.iter().filter(|m| **m != self.cfg.address);
+        futures::future::join_all(others.map(|peer| {
+            let birth = &birth;
+            async move {
+                if let Err(e) = self.peers.announce_birth(peer, birth).await {
+                    tracing::warn!(%peer, error = %e, "a member did not take the new cluster's id; it takes it at its first round");
+                }
+            }
+        }))
+        .await;
+    }
+
+    /// `POST /internal/cluster_id`: takes a new cluster's id if this database is empty and
+    /// belongs to no cluster yet.
+    pub async fn take_birth(&self, birth: &ClusterBirth) -> Result<AgentStatus, ApiError> {
+        {
+            let state = self.participant.lock().await;
+            if birth.term < state.term {
+                return Err(ApiError::StaleTerm(state.term));
+            }
+            let take = birth_check(self.cluster_id(), state.applied_lsn, state.pending.is_some(), birth.cluster_id)
+                .map_err(ApiError::Conflict)?;
+            if take {
+                self.adopt_cluster_id(birth.cluster_id).await?;
+            }
+        }
+        Ok(self.status().await)
     }
 
     /// A member of `config` that reports a log or a term beyond a fresh cluster's, if any
@@ -563,7 +596,12 @@ impl Node {
         // A leader elected by log position owns the cluster's log: a database without an id
         // (the first leader of a new cluster, or one made before ids existed) gets one now.
         if self.cluster_id().is_none() {
-            self.adopt_cluster_id(Uuid::new_v4()).await?;
+            let id = self.adopt_cluster_id(Uuid::new_v4()).await?;
+            if state.applied_lsn == 0 {
+                // A new cluster: the members take its id now, not at the first commit, so that
+                // a failover before any commit finds them electable.
+                self.announce_birth(&config, id).await;
+            }
         }
         // What an earlier leader acknowledged ends here; a batch resolved below may be on
         // fewer than min_copies nodes until the first round copies it.

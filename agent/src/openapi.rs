@@ -39,6 +39,7 @@ use utoipa::{OpenApi, ToSchema};
         crate::api::pause,
         crate::api::join,
         crate::api::recover,
+        crate::api::cluster_id,
     ),
     // Named by `ReadRequest` and `CommitRequest` through `protocol::openapi`.
     components(schemas(protocol::TransactionBody)),

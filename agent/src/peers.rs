@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use protocol::{
-    AgentStatus, BatchStateResponse, ClusterConfig, DecideRequest, DecideResponse, ErrorBody, FailureReport, LogPage,
-    Lsn, PendingInfo, PrepareRequest, PrepareResponse, Term,
+    AgentStatus, BatchStateResponse, ClusterBirth, ClusterConfig, DecideRequest, DecideResponse, ErrorBody,
+    FailureReport, LogPage, Lsn, PendingInfo, PrepareRequest, PrepareResponse, Term,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -79,6 +79,11 @@ impl Peers {
 
     pub async fn log_page(&self, peer: &str, after: Lsn, limit: i64) -> Result<LogPage, PeerError> {
         self.get(peer, &format!("/replication_log/?after={after}&limit={limit}")).await
+    }
+
+    /// Gives a new cluster's id to a member.
+    pub async fn announce_birth(&self, peer: &str, birth: &ClusterBirth) -> Result<AgentStatus, PeerError> {
+        self.post(peer, "/internal/cluster_id", birth).await
     }
 
     /// Asks the supervisor to remove a member; it answers with the new configuration.

@@ -3,6 +3,7 @@
 //! failover and recovery times of our cluster. Prints a table, writes JSON, Markdown and an SVG
 //! plot to `bench/results/`, and ends with `vs synchronous replication at 32 clients: <ratio>x`.
 
+mod control_plane;
 mod load;
 mod ours;
 mod pgbench;
@@ -128,6 +129,9 @@ pub struct Report {
     pub recovery: Option<Recovery>,
     pub failover_error: Option<String>,
     pub recovery_error: Option<String>,
+    /// Failover with the configuration in etcd and two supervisors (one host; across hosts).
+    pub control_plane: Vec<control_plane::ControlPlaneFailover>,
+    pub control_plane_errors: Vec<String>,
     /// Our cluster with no load (the supervisor still polls): % of one core.
     pub idle_cpu: Option<IdleCpu>,
     pub targets: Vec<report::Target>,
@@ -205,6 +209,8 @@ async fn real_main(args: Args) -> Result<()> {
         recovery: None,
         failover_error: None,
         recovery_error: None,
+        control_plane: Vec::new(),
+        control_plane_errors: Vec::new(),
         idle_cpu: None,
         targets: Vec::new(),
         vs_sync_at_32: None,
@@ -354,6 +360,9 @@ async fn run_all(
                     progress.overall.inc(1);
                 }
                 ours.stop();
+                if args.failovers > 0 {
+                    run_control_plane(args, bin_dir, progress, report).await;
+                }
             }
             SETUP_PLAIN => {
                 progress.set_message("starting (a) one PostgreSQL");
@@ -375,6 +384,33 @@ async fn run_all(
         }
     }
     Ok(())
+}
+
+/// The failover figures with the configuration in etcd, on each topology this machine can make.
+async fn run_control_plane(args: &Args, bin_dir: &std::path::Path, progress: &Progress, report: &mut Report) {
+    for topology in control_plane::Topology::available() {
+        progress.set_message(&format!(
+            "failover with {}: {} failovers, then {} takeovers",
+            topology.label(),
+            args.failovers,
+            args.failovers
+        ));
+        match control_plane::measure(topology, args.failovers, bin_dir).await {
+            Ok(f) => {
+                progress.println(&format!(
+                    "{:<32} failover median {:.0} ms; active supervisor and leader killed: first commit after {:.0} ms (median)",
+                    topology.label(),
+                    f.median_ms,
+                    f.takeover_median_ms
+                ));
+                report.control_plane.push(f);
+            }
+            Err(e) => {
+                progress.println(&format!("failover with {}: {e:#}", topology.label()));
+                report.control_plane_errors.push(format!("{}: {e:#}", topology.label()));
+            }
+        }
+    }
 }
 
 /// The peers' table with the same 100,000 accounts as ours.

@@ -149,6 +149,18 @@ pub fn targets(r: &Report, missed: u64) -> Vec<Target> {
         measured: r.failover.as_ref().map_or_else(|| "-".into(), |f| format!("{:.0} ms", f.median_ms)),
         met: r.failover.as_ref().map(|f| f.median_ms < 1000.0),
     });
+    for cp in &r.control_plane {
+        out.push(Target {
+            target: format!("failover with {}, median < 1 s", cp.topology),
+            measured: format!("{:.0} ms", cp.median_ms),
+            met: Some(cp.median_ms < 1000.0),
+        });
+        out.push(Target {
+            target: format!("active supervisor and leader killed ({}), a commit < 5 s", cp.topology),
+            measured: format!("{:.0} ms (median)", cp.takeover_median_ms),
+            met: Some(cp.takeover_samples_ms.iter().all(|&ms| ms < 5000.0)),
+        });
+    }
     let scaled = if missed == 100_000 { String::new() } else { format!(" ({} missed)", thousands(missed)) };
     out.push(Target {
         target: format!("recovery of 100,000 missed transactions < 10 s{scaled}"),
@@ -242,6 +254,24 @@ fn figures(r: &Report, missed: u64) -> Vec<String> {
         )),
         (None, Some(e)) => out.push(format!("failover: not measured: {e}")),
         (None, None) => {}
+    }
+    let list = |v: &[f64]| v.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ");
+    for cp in &r.control_plane {
+        out.push(format!(
+            "failover with {}: SIGKILL of the leader agent -> first acknowledged commit elsewhere: median {:.0} ms \
+             over {} ({} ms); SIGKILL of the active supervisor, then of the leader agent -> first commit: median \
+             {:.0} ms over {} ({} ms)",
+            cp.topology,
+            cp.median_ms,
+            cp.samples_ms.len(),
+            list(&cp.samples_ms),
+            cp.takeover_median_ms,
+            cp.takeover_samples_ms.len(),
+            list(&cp.takeover_samples_ms),
+        ));
+    }
+    for e in &r.control_plane_errors {
+        out.push(format!("failover with etcd: not measured: {e}"));
     }
     let quick = if missed < 100_000 { " (fewer than the target's 100,000: --quick or --missed)" } else { "" };
     match (&r.recovery, &r.recovery_error) {

@@ -642,6 +642,17 @@ pub struct JoinRequest {
     pub applied_lsn: Lsn,
 }
 
+/// `POST /internal/cluster_id`: the first leader of a new cluster gives its id to the members
+/// before any commit, so that they count as the cluster's (and can be elected) from the start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterBirth {
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
+    pub term: Term,
+    pub leader: String,
+    pub cluster_id: Uuid,
+}
+
 /// `POST /internal/recover`: a standby catches up from the leader's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

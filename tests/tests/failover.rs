@@ -269,6 +269,23 @@ fn acked_between(outcomes: &Outcomes, from: Instant, to: Instant) -> usize {
 // ---------------------------------------------------------------------------------------------
 // The drills
 
+// Found by the failover benchmark with etcd: a new cluster whose first leader died before any
+// commit could not elect another (the replicas carried no cluster id yet and counted as
+// another cluster's); writes stayed unavailable until the old leader came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_fails_over_before_its_first_commit() {
+    let c = Cluster::start_with(ClusterOptions::supervised(3)).await;
+    for i in 0..3 {
+        assert!(c.status(i).await.cluster_id.is_some(), "node {i} carries the new cluster's id from the start");
+    }
+    c.kill_agent(0);
+    assert_eq!(c.wait_leader_change(0).await, 1, "round-robin: node 1 follows node 0");
+    c.write(1, &[(1, 10)]).await;
+    c.start_agent(0).await;
+    c.wait_member(0).await;
+    c.assert_converged().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_leader_fails_over_to_the_next_node_and_up_node_brings_it_back() {
     let c = Cluster::start_with(ClusterOptions::supervised(3)).await;

@@ -1,6 +1,6 @@
 //! Failover with the control plane in etcd: two supervisors (one active, one standby) and a
-//! three-member etcd, on one host (127.0.0.1), and across hosts (each process in its own
-//! network namespace). The clusters come from the end-to-end harness (`e2e`), with this run's
+//! three-member etcd, on one host (127.0.0.1), and across hosts (each node, supervisor and etcd
+//! member in its own network namespace; as root only). The clusters come from the end-to-end harness (`e2e`), with this run's
 //! release binaries; the measurement is the same as our cluster's failover figure: SIGKILL of
 //! the leader agent to the first acknowledged commit on another node. Also timed: SIGKILL of
 //! the active supervisor and then of the leader agent (the standby takes over, then elects).
@@ -17,23 +17,32 @@ use serde::Serialize;
 pub enum Topology {
     /// Everything on 127.0.0.1.
     OneHost,
+    /// Every node (PostgreSQL and agent), supervisor and etcd member in a network namespace of
+    /// its own, on one bridge (needs root).
+    Hosts,
 }
 
 impl Topology {
     /// The topologies this machine can make.
     pub fn available() -> Vec<Topology> {
-        vec![Topology::OneHost]
+        if crate::procs::running_as_root() {
+            vec![Topology::OneHost, Topology::Hosts]
+        } else {
+            vec![Topology::OneHost]
+        }
     }
 
     pub fn label(self) -> &'static str {
         match self {
             Topology::OneHost => "etcd, one host",
+            Topology::Hosts => "etcd, across hosts",
         }
     }
 
     fn options(self) -> ClusterOptions {
         match self {
             Topology::OneHost => ClusterOptions::with_etcd(3),
+            Topology::Hosts => ClusterOptions::on_hosts(3),
         }
     }
 }

@@ -45,8 +45,11 @@ BRIDGE="$NS_PREFIX-br0"
 # The etcd key prefix of this cluster's configuration.
 ETCD_PREFIX="${RMW_ETCD_PREFIX:-/rmw/default}"
 
-RUN_DIR="$ROOT/run"
-BIN_DIR="$ROOT/target/release"
+RUN_DIR="${RMW_RUN_DIR:-$ROOT/run}"
+# The build the cluster runs: release (the default), or debug (RMW_PROFILE=debug: what
+# './setup.sh test' has just built).
+PROFILE="${RMW_PROFILE:-release}"
+BIN_DIR="$ROOT/target/$PROFILE"
 # Where the PostgreSQL data goes when the postgres user cannot traverse the repository's path.
 FALLBACK_DATA_DIR=/var/lib/rmw-data
 # How long to wait for every service to answer /health.
@@ -74,13 +77,22 @@ Commands:
            release binaries and start the local cluster: PostgreSQL on ports ${PG_PORTS[*]},
            agents on ${AGENT_PORTS[*]} (the first one leads), the supervisor on $SUPERVISOR_PORT
            and the client web page on $CLIENT_PORT. Running it again restarts only what is down.
-  stop     stop everything 'start' started.
-  status   show each process (running or stopped, pid, port) and each agent's role, term and
-           applied LSN.
+           With RMW_STORE=etcd also three etcd members and a second (standby) supervisor; with
+           RMW_HOSTS=netns every node, supervisor, etcd member and the client on a host of its
+           own (a network namespace on the bridge $NS_PREFIX-br0, $SUBNET.0/24), the same ports on
+           every host. Every start writes $RUN_DIR/cluster.json (each process: name, address,
+           port, pid, namespace).
+  stop     stop everything 'start' started (and remove the namespaces and the bridge).
+  status   show each process of run/cluster.json (running or stopped, pid, address,
+           namespace), each agent's role, term and applied LSN, and the active supervisor.
   test     install what the tests need (also chromium and chromium-driver for the browser
            tests, and schemathesis from PyPI in target/schemathesis-venv for the OpenAPI
            test), then run cargo fmt --check, clippy, a debug build and every test.
-           Independent of the cluster that 'start' runs.
+           As root it also runs 'test-hosts'. Independent of the cluster that 'start' runs.
+  test-hosts
+           setup.sh itself with RMW_STORE=etcd RMW_HOSTS=netns on a subnet and names of its own
+           (10.79.0.0/24, rmws-*), with the debug build: start, curl, the active supervisor and
+           the leader killed, status, stop. Root only.
   bench [--quick] [--duration N]
            build the release binaries and run the benchmark: a fresh cluster of our own
            against one plain PostgreSQL and against a primary with two synchronous standbys,
@@ -99,7 +111,12 @@ Commands:
 
 Environment:
   PG_PORTS="5432 5433 5434"  AGENT_PORTS="8000 8001 8002"  SUPERVISOR_PORT=9000  CLIENT_PORT=5000
-  DATA_DIR=<dir>             where the PostgreSQL clusters live (default ./data)
+  DATA_DIR=<dir>             where the PostgreSQL clusters live (default ./data; ./data-netns
+                             with RMW_HOSTS=netns)
+  RMW_STORE=file|etcd        where the supervisors keep the configuration (default file)
+  RMW_HOSTS=local|netns      all on 127.0.0.1 (default), or a network namespace per host (root)
+  ETCD_PORTS="2379 2479 2579" etcd's client ports (peer port: +1); RMW_SUBNET=10.77.0,
+  RMW_NS_PREFIX=rmw, RMW_ETCD_PREFIX=/rmw/default, RMW_RUN_DIR=./run, RMW_PROFILE=release|debug
 
 Logs and pid files: $RUN_DIR
 EOF
@@ -925,8 +942,12 @@ cmd_start() {
     # Before the build, so that a taken port is reported at once.
     check_ports_free
     ensure_rust
-    say "Building the release binaries"
-    cargo build --release --workspace --bins || die "cargo build --release failed"
+    say "Building the $PROFILE binaries"
+    case "$PROFILE" in
+    release) cargo build --release --workspace --bins || die "cargo build --release failed" ;;
+    debug) cargo build --workspace --bins || die "cargo build failed" ;;
+    *) die "RMW_PROFILE=$PROFILE: give 'release' (the default) or 'debug'" ;;
+    esac
 
     mkdir -p "$RUN_DIR"
     if ((${DATA_DIR_MOVED:-0})); then
@@ -1113,6 +1134,8 @@ ensure_schemathesis() {
 
 cmd_test() {
     ensure_system_packages
+    # The control plane's tests run a real etcd (tests/tests/control_plane.rs, hosts.rs).
+    ensure_etcd
     ensure_browser
     ensure_schemathesis
     ensure_rust
@@ -1125,10 +1148,65 @@ cmd_test() {
         cargo clippy --workspace --all-targets -- -D warnings
     step "cargo build --workspace --bins" cargo build --workspace --bins
     step "cargo test --workspace -- --test-threads=2" cargo test --workspace -- --test-threads=2
+    if ((EUID == 0)); then
+        step "setup.sh itself with RMW_STORE=etcd RMW_HOSTS=netns (debug build)" smoke_hosts
+    else
+        note "skipped: setup.sh with RMW_HOSTS=netns (network namespaces need root)"
+    fi
     ensure_torture_tools
     step "torture run: 60 s, seed $TORTURE_TEST_SEED (debug build)" \
         env RMW_PG_BINDIR="$PG_BIN" target/debug/torture --seconds 60 --seed "$TORTURE_TEST_SEED" --no-progress
     say "All test steps passed"
+}
+
+# setup.sh as a user runs it with RMW_STORE=etcd RMW_HOSTS=netns, on a subnet, names, data and
+# run folders of its own (a cluster the user runs is left alone), with the debug build: start,
+# the README's curl lines against a node's address, the active supervisor and then the leader
+# agent SIGKILLed (a new leader and a commit follow), status, and a stop that leaves no
+# namespace behind.
+smoke_hosts() {
+    local data run="$ROOT/target/smoke-hosts-run" ok=0 subnet=10.79.0
+    data="$(mktemp -d /tmp/rmw-smoke-hosts-XXXXXX)"
+    chmod 755 "$data"
+    local -a env=(RMW_STORE=etcd RMW_HOSTS=netns RMW_SUBNET="$subnet" RMW_NS_PREFIX=rmws RMW_PROFILE=debug
+        RMW_RUN_DIR="$run" DATA_DIR="$data")
+    rm -rf "$run"
+    if (smoke_hosts_script "$subnet" "$run" "${env[@]}"); then ok=1; fi
+    env "${env[@]}" "$ROOT/setup.sh" stop >/dev/null || warn "the smoke cluster's stop failed"
+    if ip netns list | grep -q '^rmws-' || ip link show rmws-br0 >/dev/null 2>&1; then
+        warn "the smoke cluster's namespaces or bridge are still there"
+        ok=0
+    fi
+    rm -rf "$data"
+    ((ok))
+}
+
+smoke_hosts_script() {
+    local subnet="$1" run="$2"
+    shift 2
+    # Called under 'step ... ||', where set -e does not act: every command is checked.
+    env "$@" "$ROOT/setup.sh" start || die "smoke: ./setup.sh start failed"
+    local n0="http://$subnet.11:8000" answer status active elapsed=0
+    answer="$(curl -fsS -X POST "$n0/commit/" -H 'Content-Type: application/json' -d '{"transaction": {"write_set": {"1": 10}}}')"
+    [[ "$answer" == *'"commit":"COMMIT"'* ]] || die "smoke: the first commit: $answer"
+    answer="$(curl -fsS -X POST "http://$subnet.12:8000/read/" -H 'Content-Type: application/json' -d '{"transaction": {"read_set": [1, 2], "write_set": {}}}')"
+    [[ "$answer" == *'"values":{"1":10}'* ]] || die "smoke: a read at a replica: $answer"
+    status="$(env "$@" "$ROOT/setup.sh" status)" || die "smoke: ./setup.sh status failed"
+    printf '%s
+' "$status"
+    active="$(grep -o 'active supervisor: [a-z0-9]*' <<<"$status" | cut -d' ' -f3)"
+    [[ "$active" == supervisor* ]] || die "smoke: no active supervisor in the status"
+    say "smoke: SIGKILL of the active supervisor ($active), then of the leader agent (agent0)"
+    kill -KILL "$(<"$run/$active.pid")" "$(<"$run/agent0.pid")" || die "smoke: could not kill $active and agent0"
+    local start=$SECONDS
+    until answer="$(curl -fsS -m 2 -X POST "http://$subnet.12:8000/commit/" -H 'Content-Type: application/json' -d '{"transaction": {"write_set": {"2": 20}}}' 2>/dev/null)" &&
+        [[ "$answer" == *COMMIT* ]]; do
+        elapsed=$((SECONDS - start))
+        ((elapsed < 20)) || die "smoke: no commit on node1 within 20 s of the kills"
+        sleep 0.1
+    done
+    note "smoke: node1 leads and committed $((SECONDS - start)) s after the kills: $answer"
+    env "$@" "$ROOT/setup.sh" status || die "smoke: ./setup.sh status failed"
 }
 
 # The seed of the 60-second torture run in 'test': with it the nemesis partitions, crashes and
@@ -1148,6 +1226,8 @@ ensure_torture_tools() {
 
 cmd_torture() {
     ensure_system_packages
+    # --hosts runs the supervisors on etcd.
+    ensure_etcd
     ensure_rust
     ensure_postgres_user
     ensure_torture_tools
@@ -1161,6 +1241,8 @@ cmd_torture() {
 
 cmd_bench() {
     ensure_system_packages
+    # The failover figures with the configuration in etcd.
+    ensure_etcd
     ensure_rust
     ensure_postgres_user
     say "Building the release binaries (agent, supervisor, bench)"
@@ -1184,6 +1266,14 @@ main() {
     torture)
         shift
         cmd_torture "$@"
+        ;;
+    # One step of 'test' alone: setup.sh itself on namespaced hosts with etcd (root).
+    test-hosts)
+        set_modes
+        ensure_system_packages
+        ensure_etcd
+        ensure_postgres_user
+        smoke_hosts || die "the hosts smoke test failed"
         ;;
     help | -h | --help) usage ;;
     *)

@@ -42,7 +42,7 @@ enum Command {
         #[arg(long, env = "CLIENT_AGENT", default_value = "127.0.0.1:8000")]
         agent: String,
         /// The supervisor to ask where the leader is when the leader does not answer
-        /// (host:port; empty for none).
+        /// (host:port, or several comma-separated with standby supervisors; empty for none).
         #[arg(long, env = "CLIENT_SUPERVISOR", default_value = "127.0.0.1:9000")]
         supervisor: String,
         /// A read-only transaction reads from this node (host:port) instead of the leader.
@@ -58,7 +58,8 @@ enum Command {
     },
     /// Show the cluster's nodes as the supervisor sees them, the last failover and recoveries.
     Status {
-        /// The supervisor's address (host:port).
+        /// The supervisor's address (host:port, or several comma-separated: the active one
+        /// answers).
         #[arg(long, env = "CLIENT_SUPERVISOR", default_value = "127.0.0.1:9000")]
         supervisor: String,
     },
@@ -71,8 +72,9 @@ enum Command {
         /// leader.
         #[arg(long, env = "CLIENT_AGENT", default_value = "127.0.0.1:8000")]
         agent: String,
-        /// The supervisor (host:port): this client registers with it, which then tells it every
-        /// new leader at `/leader_changed/`; the cluster page shows its status.
+        /// The supervisor (host:port, or several comma-separated with standby supervisors): this
+        /// client registers with the active one, which then tells it every new leader at
+        /// `/leader_changed/`; the cluster page shows its status.
         #[arg(long, env = "CLIENT_SUPERVISOR", default_value = "127.0.0.1:9000")]
         supervisor: String,
         /// This client's address as the supervisor reaches it (default: --listen).

@@ -2,7 +2,8 @@
 //! leader fails, removes members that stop answering, and brings returning nodes back
 //! (DESIGN.md sections 5 and 6). The decisions are pure ([`failover`]); [`run`] does the I/O;
 //! [`store`] keeps the configuration (a state file, or etcd through [`etcd`], shared with
-//! standby supervisors); [`openapi`] describes the HTTP interface. `main.rs` only parses the options and serves.
+//! standby supervisors); [`openapi`] describes the HTTP interface. `main.rs` only parses the
+//! options and serves.
 //!
 //! A library so that other crates can read the OpenAPI document without starting a supervisor
 //! (`tests/tests/api_docs.rs` renders docs/api.md from it).

@@ -12,6 +12,8 @@ use anyhow::{anyhow, bail, Result};
 use e2e::{Cluster, ClusterOptions};
 use serde::Serialize;
 
+use crate::ours::commit_one;
+
 /// Where the cluster runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topology {
@@ -124,28 +126,11 @@ async fn first_commit_after_kill(c: &Cluster, http: &reqwest::Client, leader: us
         }
         for (address, last) in others.iter().zip(&mut last) {
             account = account % 1000 + 1;
-            match commit(http, address, account).await {
+            match commit_one(http, address, account).await {
                 Ok(()) => return Ok(t0.elapsed().as_secs_f64() * 1000.0),
                 Err(e) => *last = e,
             }
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-}
-
-async fn commit(http: &reqwest::Client, address: &str, account: i64) -> Result<(), String> {
-    let body = format!(r#"{{"transaction":{{"write_set":{{"{account}":1}}}}}}"#);
-    let resp = http
-        .post(format!("http://{address}/commit/"))
-        .header("content-type", "application/json")
-        .body(body)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .map_err(|e| format!("{address}: {e}"))?;
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(());
-    }
-    Err(format!("{address}: {status}: {}", resp.text().await.unwrap_or_default()))
 }

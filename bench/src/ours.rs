@@ -215,18 +215,7 @@ impl Ours {
 
     /// A blind commit of one random-ish account to `address`: whether it was acknowledged.
     pub async fn try_commit(&self, http: &reqwest::Client, address: &str, account: i64) -> bool {
-        let body = format!(r#"{{"transaction":{{"write_set":{{"{account}":1}}}}}}"#);
-        match http
-            .post(format!("http://{address}/commit/"))
-            .header("content-type", "application/json")
-            .body(body)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-        {
-            Ok(r) => r.status().is_success(),
-            Err(_) => false,
-        }
+        commit_one(http, address, account).await.is_ok()
     }
 
     /// Restarts agent `i` (after a kill) and waits until it is a member again; returns how
@@ -268,4 +257,23 @@ impl Drop for Ours {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// One blind commit of `account` at `address`: Ok when acknowledged, else the answer or the
+/// error.
+pub async fn commit_one(http: &reqwest::Client, address: &str, account: i64) -> Result<(), String> {
+    let body = format!(r#"{{"transaction":{{"write_set":{{"{account}":1}}}}}}"#);
+    let resp = http
+        .post(format!("http://{address}/commit/"))
+        .header("content-type", "application/json")
+        .body(body)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|e| format!("{address}: {e}"))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    Err(format!("{address}: {status}: {}", resp.text().await.unwrap_or_default()))
 }

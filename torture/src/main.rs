@@ -15,7 +15,12 @@ use torture::run::{Options, SkewChoice};
     after_help = "Fault kinds for --faults: kill_leader, kill_replica, stop_postgres, pause_leader, kill_supervisor, \
                   kill_leader_and_supervisor, down_leader_drill, partition_node, partition_leader_from_supervisor, \
                   partition_leader_from_replicas, partition_supervisor_from_replicas, partition_replica_from_leader, \
-                  pause_replicas, wipe_node, wipe_supervisor_state, two_faults (two compatible kinds at once)"
+                  pause_replicas, wipe_node, wipe_supervisor_state (not with --hosts), two_faults (two compatible \
+                  kinds at once).\n\
+                  With --hosts also: cut_link (two hosts cut apart, both directions), one_way_loss (every packet \
+                  from one host to another lost), kill_active_supervisor, partition_active_supervisor (its host cut \
+                  off from every other host), kill_etcd_member, partition_etcd_leader (from the other etcd members), \
+                  etcd_quorum_lost (two of three members killed or cut off; nothing fails over until it heals)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -58,6 +63,13 @@ struct Cli {
     /// /status as min_copies, else 2).
     #[arg(long)]
     min_copies: Option<usize>,
+    /// Run every node (PostgreSQL and agent), two supervisors (their configuration in etcd)
+    /// and three etcd members on hosts of their own: a network namespace each, with its own
+    /// address (10.78.x.0/24) on one bridge and no route off the machine. Adds the faults across
+    /// hosts (cut links, one-way loss, the active supervisor killed or cut off, etcd members
+    /// killed, the etcd leader cut off, etcd's quorum lost). Needs root, ip, nft and etcd.
+    #[arg(long)]
+    hosts: bool,
 }
 
 #[derive(Subcommand)]
@@ -122,6 +134,7 @@ fn main() -> ExitCode {
         partitions: !cli.no_partitions,
         progress_bar: !cli.no_progress,
         min_copies: cli.min_copies,
+        hosts: cli.hosts,
     };
     match torture::run::run(options) {
         Ok(true) => ExitCode::SUCCESS,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::Cluster;
+use e2e::{Cluster, HostId};
 use protocol::{AgentStatus, Role};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -63,9 +63,27 @@ pub enum FaultKind {
     WipeSupervisorState,
     /// Two compatible faults of the kinds above at once, healed together.
     TwoFaults,
+    // ---- On hosts only (`torture --hosts`: every process in a network namespace of its own,
+    // the supervisors on etcd) ----
+    /// The link between two hosts cut, both directions (nodes, supervisors, etcd members alike).
+    CutLink,
+    /// Every packet from one host to another lost, that direction only.
+    OneWayLoss,
+    /// SIGKILL of the active supervisor (the one holding the lease), restarted later.
+    KillActiveSupervisor,
+    /// The active supervisor's host cut off from every other host.
+    PartitionActiveSupervisor,
+    /// SIGKILL of one etcd member, restarted later with its data.
+    KillEtcdMember,
+    /// The etcd leader's host cut off from the other etcd members (the supervisors still reach it).
+    PartitionEtcdLeader,
+    /// Two of the three etcd members killed, or their hosts cut off from every other host:
+    /// quorum lost (nothing fails over meanwhile, by design), regained at the heal.
+    EtcdQuorumLost,
 }
 
 impl FaultKind {
+    /// The kinds of a cluster on 127.0.0.1 (see [`FaultKind::ON_HOSTS`] for the others).
     pub const ALL: [FaultKind; 16] = [
         FaultKind::KillLeader,
         FaultKind::KillReplica,
@@ -85,6 +103,38 @@ impl FaultKind {
         FaultKind::TwoFaults,
     ];
 
+    /// The kinds only a cluster on hosts can have.
+    pub const ON_HOSTS: [FaultKind; 7] = [
+        FaultKind::CutLink,
+        FaultKind::OneWayLoss,
+        FaultKind::KillActiveSupervisor,
+        FaultKind::PartitionActiveSupervisor,
+        FaultKind::KillEtcdMember,
+        FaultKind::PartitionEtcdLeader,
+        FaultKind::EtcdQuorumLost,
+    ];
+
+    /// Every kind, in the order of the help text.
+    pub fn every() -> impl Iterator<Item = FaultKind> {
+        FaultKind::ALL.into_iter().chain(FaultKind::ON_HOSTS)
+    }
+
+    /// The kinds a run makes by default: on hosts, those of [`FaultKind::ALL`] that fit a
+    /// supervisor on etcd (no state file to wipe) and the kinds across hosts.
+    pub fn defaults(on_hosts: bool) -> Vec<FaultKind> {
+        FaultKind::every().filter(|k| k.fits(on_hosts)).collect()
+    }
+
+    /// Whether this kind can be made on a cluster on hosts (`on_hosts`) or on 127.0.0.1.
+    pub fn fits(self, on_hosts: bool) -> bool {
+        if on_hosts {
+            // The supervisors keep their configuration in etcd: there is no state file to wipe.
+            self != FaultKind::WipeSupervisorState
+        } else {
+            !FaultKind::ON_HOSTS.contains(&self)
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillLeader => "kill_leader",
@@ -103,13 +153,22 @@ impl FaultKind {
             FaultKind::WipeNode => "wipe_node",
             FaultKind::WipeSupervisorState => "wipe_supervisor_state",
             FaultKind::TwoFaults => "two_faults",
+            FaultKind::CutLink => "cut_link",
+            FaultKind::OneWayLoss => "one_way_loss",
+            FaultKind::KillActiveSupervisor => "kill_active_supervisor",
+            FaultKind::PartitionActiveSupervisor => "partition_active_supervisor",
+            FaultKind::KillEtcdMember => "kill_etcd_member",
+            FaultKind::PartitionEtcdLeader => "partition_etcd_leader",
+            FaultKind::EtcdQuorumLost => "etcd_quorum_lost",
         }
     }
 
     pub fn parse(s: &str) -> Option<FaultKind> {
-        FaultKind::ALL.into_iter().find(|k| k.name() == s)
+        FaultKind::every().find(|k| k.name() == s)
     }
 
+    /// Whether the kind cuts the network (`--no-partitions` leaves these out). The etcd quorum
+    /// loss, which kills or cuts off at random, counts as one.
     pub fn is_partition(self) -> bool {
         matches!(
             self,
@@ -118,6 +177,11 @@ impl FaultKind {
                 | FaultKind::PartitionLeaderFromReplicas
                 | FaultKind::PartitionSupervisorFromReplicas
                 | FaultKind::PartitionReplicaFromLeader
+                | FaultKind::CutLink
+                | FaultKind::OneWayLoss
+                | FaultKind::PartitionActiveSupervisor
+                | FaultKind::PartitionEtcdLeader
+                | FaultKind::EtcdQuorumLost
         )
     }
 
@@ -133,7 +197,12 @@ impl FaultKind {
             FaultKind::KillReplica | FaultKind::PartitionReplicaFromLeader => Target::Replica,
             FaultKind::StopPostgres | FaultKind::PartitionNode | FaultKind::WipeNode => Target::AnyNode,
             FaultKind::PauseReplicas | FaultKind::PartitionSupervisorFromReplicas => Target::Replicas,
-            FaultKind::KillSupervisor | FaultKind::WipeSupervisorState => Target::Supervisor,
+            FaultKind::KillSupervisor
+            | FaultKind::WipeSupervisorState
+            | FaultKind::KillActiveSupervisor
+            | FaultKind::PartitionActiveSupervisor => Target::Supervisor,
+            FaultKind::CutLink | FaultKind::OneWayLoss => Target::Link,
+            FaultKind::KillEtcdMember | FaultKind::PartitionEtcdLeader | FaultKind::EtcdQuorumLost => Target::Etcd,
             FaultKind::TwoFaults => Target::Composite,
         }
     }
@@ -149,8 +218,9 @@ impl FaultKind {
     }
 
     /// The kinds a [`FaultKind::TwoFaults`] combines (the kill of the leader and the supervisor
-    /// is already two).
-    pub const PAIRABLE: [FaultKind; 14] = [
+    /// is already two), those of a cluster on hosts included (a run picks among those it can
+    /// make).
+    pub const PAIRABLE: [FaultKind; 21] = [
         FaultKind::KillLeader,
         FaultKind::KillReplica,
         FaultKind::StopPostgres,
@@ -165,11 +235,18 @@ impl FaultKind {
         FaultKind::PauseReplicas,
         FaultKind::WipeNode,
         FaultKind::WipeSupervisorState,
+        FaultKind::CutLink,
+        FaultKind::OneWayLoss,
+        FaultKind::KillActiveSupervisor,
+        FaultKind::PartitionActiveSupervisor,
+        FaultKind::KillEtcdMember,
+        FaultKind::PartitionEtcdLeader,
+        FaultKind::EtcdQuorumLost,
     ];
 
     /// Whether two faults can be injected together: never two on the leader, two on the
-    /// supervisor, or one on both replicas with another on a replica. (The nodes are then
-    /// chosen so that no node is hit twice.)
+    /// supervisor(s), two on etcd, or one on both replicas with another on a replica. (The nodes
+    /// are then chosen so that no node is hit twice.) A link fault goes with anything.
     pub fn compatible(a: FaultKind, b: FaultKind) -> bool {
         use Target::*;
         if a == b || !FaultKind::PAIRABLE.contains(&a) || !FaultKind::PAIRABLE.contains(&b) {
@@ -179,6 +256,7 @@ impl FaultKind {
             (a.target(), b.target()),
             (Leader, Leader)
                 | (Supervisor, Supervisor)
+                | (Etcd, Etcd)
                 | (Replicas, Replicas)
                 | (Replicas, Replica)
                 | (Replica, Replicas)
@@ -195,7 +273,12 @@ enum Target {
     AnyNode,
     /// Every node but the leader.
     Replicas,
+    /// A supervisor (the first, or the active one).
     Supervisor,
+    /// The path between two hosts.
+    Link,
+    /// etcd members.
+    Etcd,
     Composite,
 }
 
@@ -261,7 +344,10 @@ struct Broken {
     drilled_down: Vec<bool>,
     /// A wiped data folder, to be made again.
     wiped: Vec<bool>,
-    supervisor_killed: bool,
+    /// Per supervisor.
+    supervisor_killed: Vec<bool>,
+    /// Per etcd member.
+    etcd_killed: Vec<bool>,
     partitioned: bool,
 }
 
@@ -271,6 +357,9 @@ pub struct Nemesis {
     pub history: Arc<History>,
     pub rng: StdRng,
     pub kinds: Vec<FaultKind>,
+    /// Whether partitions may be made (cgroups, or a cluster on hosts; off with
+    /// `--no-partitions`): a pair of `two_faults` then includes them.
+    pub partitions: bool,
     /// Every fault so far (shared with the progress display and the report).
     pub faults: Arc<Mutex<Vec<FaultRecord>>>,
     /// The fault in progress, for the progress display.
@@ -329,11 +418,13 @@ impl Nemesis {
         rng: StdRng,
         kinds: Vec<FaultKind>,
     ) -> Nemesis {
-        let n = cluster.len();
+        let (n, supervisors, etcd) = (cluster.len(), cluster.supervisor_count(), cluster.etcd_len());
+        let partitions = net.is_some() || cluster.on_hosts();
         Nemesis {
             cluster,
             net,
             history,
+            partitions,
             rng,
             kinds,
             faults: Arc::default(),
@@ -345,7 +436,9 @@ impl Nemesis {
                 paused: vec![false; n],
                 drilled_down: vec![false; n],
                 wiped: vec![false; n],
-                ..Broken::default()
+                supervisor_killed: vec![false; supervisors],
+                etcd_killed: vec![false; etcd],
+                partitioned: false,
             },
             wiped_since_snapshot: vec![false; n],
             wipes: 0,
@@ -542,8 +635,10 @@ impl Nemesis {
 
     /// Two compatible kinds for a [`FaultKind::TwoFaults`], among those this machine can make.
     fn pick_pair(&mut self) -> Option<(FaultKind, FaultKind)> {
+        let on_hosts = self.cluster.on_hosts();
+        let partitions = self.partitions;
         let pool: Vec<FaultKind> =
-            FaultKind::PAIRABLE.into_iter().filter(|k| self.net.is_some() || !k.is_partition()).collect();
+            FaultKind::PAIRABLE.into_iter().filter(|k| k.fits(on_hosts) && (partitions || !k.is_partition())).collect();
         let pairs: Vec<(FaultKind, FaultKind)> = pool
             .iter()
             .flat_map(|&a| pool.iter().map(move |&b| (a, b)))
@@ -578,7 +673,7 @@ impl Nemesis {
                 }
                 replicas
             }
-            Target::Supervisor | Target::Composite => Vec::new(),
+            Target::Supervisor | Target::Link | Target::Etcd | Target::Composite => Vec::new(),
         };
         used.extend(&nodes);
         Some(nodes)
@@ -619,11 +714,12 @@ impl Nemesis {
                 (format!("SIGSTOP agents of {}", names(nodes)), result)
             }
             FaultKind::KillSupervisor => {
-                self.broken.supervisor_killed = true;
-                ("SIGKILL the supervisor".into(), sync_call("kill the supervisor", || c.kill_supervisor()))
+                self.broken.supervisor_killed[0] = true;
+                let what = if c.supervisor_count() > 1 { "the first supervisor (sup0)" } else { "the supervisor" };
+                (format!("SIGKILL {what}"), sync_call("kill the supervisor", || c.kill_supervisor()))
             }
             FaultKind::WipeSupervisorState => {
-                self.broken.supervisor_killed = true;
+                self.broken.supervisor_killed[0] = true;
                 let path = c.supervisor_state_file().to_path_buf();
                 let killed = sync_call("kill the supervisor", || c.kill_supervisor());
                 let removed = match std::fs::remove_file(&path) {
@@ -635,20 +731,36 @@ impl Nemesis {
             FaultKind::KillLeaderAndSupervisor => {
                 let l = nodes[0];
                 let gap = Duration::from_millis(self.rng.random_range(200..=1_200));
-                let note = format!(
-                    "SIGKILL agent of node{l} (the leader), {} ms later SIGKILL the supervisor",
-                    gap.as_millis()
-                );
                 self.broken.agent_killed[l] = true;
                 let first = sync_call("kill the agent", || c.kill_agent(l));
                 tokio::time::sleep(gap).await;
-                self.broken.supervisor_killed = true;
-                (note, first.and(sync_call("kill the supervisor", || c.kill_supervisor())))
+                // With a standby, the one acting (else the first).
+                let (k, which) = if c.supervisor_count() > 1 {
+                    match c.active_supervisor().await {
+                        Some(k) => (k, format!("sup{k}, the active supervisor")),
+                        None => (0, "sup0 (none was active)".to_string()),
+                    }
+                } else {
+                    (0, "the supervisor".to_string())
+                };
+                let note =
+                    format!("SIGKILL agent of node{l} (the leader), {} ms later SIGKILL {which}", gap.as_millis());
+                self.broken.supervisor_killed[k] = true;
+                (note, first.and(sync_call("kill the supervisor", || c.kill_supervisor_at(k))))
             }
             FaultKind::DownLeaderDrill => {
                 let l = nodes[0];
                 self.broken.drilled_down[l] = true;
                 (format!("GET /down_leader/ on node{l}"), self.drill(l, "/down_leader/").await.map(|_| ()))
+            }
+            FaultKind::PartitionNode if c.on_hosts() => {
+                let i = nodes[0];
+                self.broken.partitioned = true;
+                let note = format!("cut node{i}'s host off from the other nodes' and the supervisors' hosts");
+                let mut pairs: Vec<(HostId, HostId)> =
+                    (0..c.len()).filter(|&j| j != i).map(|j| (HostId::Node(i), HostId::Node(j))).collect();
+                pairs.extend(supervisor_hosts(&c).map(|s| (HostId::Node(i), s)));
+                (note, cut_links(&c, &pairs))
             }
             FaultKind::PartitionNode => {
                 let i = nodes[0];
@@ -656,6 +768,13 @@ impl Nemesis {
                 let note = format!("cut node{i} off from the other agents and the supervisor");
                 let ports: Vec<u16> = c.nodes().map(|n| n.port).collect();
                 (note, self.net.as_ref().map_or_else(no_net, |net| net.isolate(i, &ports, supervisor_port)))
+            }
+            FaultKind::PartitionLeaderFromSupervisor if c.on_hosts() => {
+                let l = nodes[0];
+                self.broken.partitioned = true;
+                let note = format!("cut node{l}'s host (the leader) off from the supervisors' hosts only");
+                let pairs: Vec<(HostId, HostId)> = supervisor_hosts(&c).map(|s| (HostId::Node(l), s)).collect();
+                (note, cut_links(&c, &pairs))
             }
             FaultKind::PartitionLeaderFromSupervisor => {
                 let l = nodes[0];
@@ -667,6 +786,36 @@ impl Nemesis {
                         .as_ref()
                         .map_or_else(no_net, |net| net.cut_from_supervisor(l, c.node(l).port, supervisor_port)),
                 )
+            }
+            FaultKind::PartitionLeaderFromReplicas if c.on_hosts() => {
+                let l = nodes[0];
+                self.broken.partitioned = true;
+                let replicas: Vec<usize> = (0..c.len()).filter(|&i| i != l).collect();
+                let pairs: Vec<(HostId, HostId)> =
+                    replicas.iter().map(|&r| (HostId::Node(l), HostId::Node(r))).collect();
+                let note = format!(
+                    "cut node{l}'s host (the leader) off from the hosts of {} (it still reaches the supervisors)",
+                    names(&replicas)
+                );
+                (note, cut_links(&c, &pairs))
+            }
+            FaultKind::PartitionSupervisorFromReplicas if c.on_hosts() => {
+                self.broken.partitioned = true;
+                let pairs: Vec<(HostId, HostId)> =
+                    nodes.iter().flat_map(|&r| supervisor_hosts(&c).map(move |s| (s, HostId::Node(r)))).collect();
+                let note = format!(
+                    "cut the supervisors' hosts off from the hosts of {} (the replicas; the leader still reaches everyone)",
+                    names(nodes)
+                );
+                (note, cut_links(&c, &pairs))
+            }
+            FaultKind::PartitionReplicaFromLeader if c.on_hosts() => {
+                let (r, l) = (nodes[0], leader.expect("a replica-from-leader cut needs the leader"));
+                self.broken.partitioned = true;
+                let note = format!(
+                    "cut the link between node{r}'s host (a replica) and node{l}'s (the leader) only; it still reaches the supervisors and the other replica"
+                );
+                (note, cut_links(&c, &[(HostId::Node(r), HostId::Node(l))]))
             }
             FaultKind::PartitionLeaderFromReplicas => {
                 let l = nodes[0];
@@ -703,6 +852,101 @@ impl Nemesis {
             }
             FaultKind::WipeNode => self.wipe(nodes[0], leader).await,
             FaultKind::TwoFaults => ("two faults are injected part by part".into(), Err("not a single fault".into())),
+            FaultKind::CutLink
+            | FaultKind::OneWayLoss
+            | FaultKind::KillActiveSupervisor
+            | FaultKind::PartitionActiveSupervisor
+            | FaultKind::KillEtcdMember
+            | FaultKind::PartitionEtcdLeader
+            | FaultKind::EtcdQuorumLost => self.apply_across_hosts(kind, leader).await,
+        }
+    }
+
+    /// Injects a fault of the kinds only a cluster on hosts has.
+    async fn apply_across_hosts(&mut self, kind: FaultKind, leader: Option<usize>) -> (String, Result<(), String>) {
+        let c = self.cluster.clone();
+        if !c.on_hosts() {
+            return (format!("{} needs a cluster on hosts (--hosts)", kind.name()), Err("not on hosts".into()));
+        }
+        match kind {
+            FaultKind::CutLink | FaultKind::OneWayLoss => {
+                let hosts = c.host_ids();
+                // Half the time the leader's link: most of the 28 pairs of hosts matter less.
+                let a = match leader {
+                    Some(l) if self.rng.random_bool(0.5) => HostId::Node(l),
+                    _ => hosts[self.rng.random_range(0..hosts.len())],
+                };
+                let others: Vec<HostId> = hosts.into_iter().filter(|&h| h != a).collect();
+                let b = others[self.rng.random_range(0..others.len())];
+                self.broken.partitioned = true;
+                if kind == FaultKind::CutLink {
+                    (format!("cut the link between {a} and {b} (both directions)"), c.cut_link(a, b))
+                } else {
+                    (
+                        format!("lose every packet from {a} to {b} (one way: {b}'s packets still reach {a})"),
+                        c.lose_one_way(a, b),
+                    )
+                }
+            }
+            FaultKind::KillActiveSupervisor => match c.active_supervisor().await {
+                Some(k) => {
+                    self.broken.supervisor_killed[k] = true;
+                    (
+                        format!("SIGKILL sup{k}, the active supervisor"),
+                        sync_call("kill the supervisor", || c.kill_supervisor_at(k)),
+                    )
+                }
+                None => ("no supervisor is active: nothing killed".into(), Ok(())),
+            },
+            FaultKind::PartitionActiveSupervisor => match c.active_supervisor().await {
+                Some(k) => {
+                    self.broken.partitioned = true;
+                    (
+                        format!("cut sup{k}'s host (the active supervisor) off from every other host"),
+                        c.isolate_host(HostId::Supervisor(k)),
+                    )
+                }
+                None => ("no supervisor is active: nothing cut".into(), Ok(())),
+            },
+            FaultKind::KillEtcdMember => {
+                let i = self.rng.random_range(0..c.etcd_len());
+                self.broken.etcd_killed[i] = true;
+                (format!("SIGKILL etcd member etcd{i}"), sync_call("kill the etcd member", || c.kill_etcd(i)))
+            }
+            FaultKind::PartitionEtcdLeader => match c.etcd_leader().await {
+                Some(l) => {
+                    self.broken.partitioned = true;
+                    let pairs: Vec<(HostId, HostId)> =
+                        (0..c.etcd_len()).filter(|&j| j != l).map(|j| (HostId::Etcd(l), HostId::Etcd(j))).collect();
+                    (
+                        format!("cut etcd{l}'s host (the etcd leader) off from the other etcd members (the supervisors still reach it)"),
+                        cut_links(&c, &pairs),
+                    )
+                }
+                None => ("no etcd leader found: nothing cut".into(), Ok(())),
+            },
+            FaultKind::EtcdQuorumLost => {
+                let mut members: Vec<usize> = (0..c.etcd_len()).collect();
+                members.shuffle(&mut self.rng);
+                let lost: Vec<usize> = members.into_iter().take(c.etcd_len() / 2 + 1).collect();
+                let list = lost.iter().map(|i| format!("etcd{i}")).collect::<Vec<_>>().join(" and ");
+                if self.rng.random_bool(0.5) {
+                    let mut result = Ok(());
+                    for &i in &lost {
+                        self.broken.etcd_killed[i] = true;
+                        result = result.and(sync_call("kill the etcd member", || c.kill_etcd(i)));
+                    }
+                    (format!("quorum lost: SIGKILL {list}"), result)
+                } else {
+                    self.broken.partitioned = true;
+                    let mut result = Ok(());
+                    for &i in &lost {
+                        result = result.and(c.isolate_host(HostId::Etcd(i)));
+                    }
+                    (format!("quorum lost: cut the hosts of {list} off from every other host"), result)
+                }
+            }
+            _ => unreachable!("{} is not a fault across hosts", kind.name()),
         }
     }
 
@@ -779,6 +1023,27 @@ impl Nemesis {
                     errors.push(format!("removing the partition: {e}"));
                 }
             }
+            if c.on_hosts() {
+                if let Err(e) = c.heal_network() {
+                    errors.push(format!("removing the cuts between hosts: {e}"));
+                }
+            }
+        }
+        // etcd before anything that needs a failover: without its quorum nothing fails over.
+        let mut restarted = Vec::new();
+        for i in 0..c.etcd_len() {
+            if std::mem::take(&mut self.broken.etcd_killed[i]) {
+                match sync_call("start the etcd member", || c.start_etcd_member(i)) {
+                    Ok(()) => restarted.push(i),
+                    Err(e) => errors.push(format!("etcd{i}: {e}")),
+                }
+            }
+        }
+        for i in restarted {
+            let c2 = c.clone();
+            if let Err(e) = async_call("wait for the etcd member", async move { c2.wait_etcd_healthy(i).await }).await {
+                errors.push(format!("etcd{i}: {e}"));
+            }
         }
         for i in 0..c.len() {
             if std::mem::take(&mut self.broken.paused[i]) {
@@ -824,10 +1089,13 @@ impl Nemesis {
                 }
             }
         }
-        if std::mem::take(&mut self.broken.supervisor_killed) {
-            let c2 = c.clone();
-            if let Err(e) = async_call("restart the supervisor", async move { c2.restart_supervisor().await }).await {
-                errors.push(e);
+        for k in 0..c.supervisor_count() {
+            if std::mem::take(&mut self.broken.supervisor_killed[k]) {
+                let c2 = c.clone();
+                let restarted = async_call("restart the supervisor", async move { c2.restart_supervisor_at(k).await });
+                if let Err(e) = restarted.await {
+                    errors.push(format!("sup{k}: {e}"));
+                }
             }
         }
         if errors.is_empty() {
@@ -838,6 +1106,16 @@ impl Nemesis {
     }
 }
 
+/// The hosts of every supervisor.
+fn supervisor_hosts(c: &Cluster) -> impl Iterator<Item = HostId> {
+    (0..c.supervisor_count()).map(HostId::Supervisor)
+}
+
+/// Cuts every pair's link, both ways.
+fn cut_links(c: &Cluster, pairs: &[(HostId, HostId)]) -> Result<(), String> {
+    pairs.iter().try_for_each(|&(a, b)| c.cut_link(a, b))
+}
+
 fn names(nodes: &[usize]) -> String {
     nodes.iter().map(|n| format!("node{n}")).collect::<Vec<_>>().join(" and ")
 }
@@ -846,6 +1124,10 @@ fn names(nodes: &[usize]) -> String {
 /// node is a member, and writes are available.
 pub async fn whole(c: &Cluster) -> Result<(), String> {
     let s: Value = c.try_supervisor_status().await?;
+    // With a standby, the status must come from the supervisor that acts.
+    if c.supervisor_count() > 1 && s["active"] != Value::Bool(true) {
+        return Err(format!("no supervisor is active: {}", s["message"]));
+    }
     let members = s["members"].as_array().map_or(0, Vec::len);
     if members != c.len() {
         return Err(format!("members {}", s["members"]));
@@ -890,7 +1172,11 @@ mod tests {
             let json = serde_json::to_value(k).unwrap();
             assert_eq!(json, k.name());
         }
+        for k in FaultKind::ON_HOSTS {
+            assert_eq!(FaultKind::parse(k.name()), Some(k));
+        }
         assert_eq!(FaultKind::ALL.len(), 16);
+        assert_eq!(FaultKind::every().count(), 23);
     }
 
     #[test]
@@ -909,6 +1195,26 @@ mod tests {
         // Every pairable kind has at least one partner.
         for a in FaultKind::PAIRABLE {
             assert!(FaultKind::PAIRABLE.iter().any(|&b| FaultKind::compatible(a, b)), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn the_faults_across_hosts_pair_with_the_agent_faults_but_not_with_their_own_target() {
+        use FaultKind::*;
+        assert!(FaultKind::compatible(EtcdQuorumLost, KillLeader));
+        assert!(FaultKind::compatible(KillActiveSupervisor, PartitionNode));
+        assert!(FaultKind::compatible(CutLink, OneWayLoss));
+        assert!(FaultKind::compatible(CutLink, KillSupervisor));
+        assert!(!FaultKind::compatible(KillActiveSupervisor, KillSupervisor));
+        assert!(!FaultKind::compatible(PartitionActiveSupervisor, KillActiveSupervisor));
+        assert!(!FaultKind::compatible(KillEtcdMember, EtcdQuorumLost));
+        assert!(!FaultKind::compatible(PartitionEtcdLeader, KillEtcdMember));
+        // 127.0.0.1 keeps its kinds; on hosts there is no state file to wipe.
+        assert_eq!(FaultKind::defaults(false), FaultKind::ALL.to_vec());
+        let on_hosts = FaultKind::defaults(true);
+        assert!(!on_hosts.contains(&WipeSupervisorState));
+        for k in FaultKind::ON_HOSTS {
+            assert!(on_hosts.contains(&k) && !k.fits(false), "{k:?}");
         }
     }
 

@@ -99,6 +99,9 @@ pub struct Summary {
     pub read_only_failed: u64,
     pub read_only_indeterminate: u64,
     pub faults: BTreeMap<String, u64>,
+    /// Where the cluster ran (127.0.0.1, or hosts in network namespaces).
+    #[serde(default)]
+    pub cluster: String,
     /// How often each pair of a `two_faults` came up (`kill_leader+kill_supervisor`).
     #[serde(default)]
     pub fault_pairs: BTreeMap<String, u64>,
@@ -146,6 +149,9 @@ pub fn table(s: &Summary, v: &Verdict, a: &Availability, out_dir: &Path) -> Stri
     );
     row(&mut t, "accounts", s.accounts.to_string());
     row(&mut t, "clock skew", s.clock_skew.clone().unwrap_or_else(|| "none".into()));
+    if !s.cluster.is_empty() {
+        row(&mut t, "cluster", s.cluster.clone());
+    }
     row(&mut t, "partitions", s.partitions.clone());
     row(&mut t, "transfers attempted", s.transfers_attempted.to_string());
     row(&mut t, "  committed (acknowledged)", s.committed.to_string());
@@ -279,6 +285,13 @@ fn kind_color(kind: FaultKind) -> plotters::style::RGBColor {
         FaultKind::WipeNode => RGBColor(0, 0, 0),
         FaultKind::WipeSupervisorState => RGBColor(247, 182, 210),
         FaultKind::TwoFaults => RGBColor(255, 152, 150),
+        FaultKind::CutLink => RGBColor(0, 128, 128),
+        FaultKind::OneWayLoss => RGBColor(102, 194, 165),
+        FaultKind::KillActiveSupervisor => RGBColor(199, 21, 133),
+        FaultKind::PartitionActiveSupervisor => RGBColor(255, 187, 120),
+        FaultKind::KillEtcdMember => RGBColor(128, 128, 0),
+        FaultKind::PartitionEtcdLeader => RGBColor(197, 176, 213),
+        FaultKind::EtcdQuorumLost => RGBColor(100, 50, 0),
     }
 }
 

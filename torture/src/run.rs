@@ -53,6 +53,9 @@ pub struct Options {
     /// How many nodes must hold every acknowledged commit (default: what the agents report in
     /// `/status`, else [`checker::DEFAULT_MIN_COPIES`]).
     pub min_copies: Option<usize>,
+    /// Every node, both supervisors (on etcd) and three etcd members on hosts of their own
+    /// (network namespaces on a bridge), with the faults across hosts.
+    pub hosts: bool,
 }
 
 /// What `torture check` needs besides the history and the nodes' states.
@@ -72,6 +75,9 @@ pub struct RunInfo {
     /// The durability floor the checker held the run to.
     #[serde(default)]
     pub min_copies: Option<usize>,
+    /// On hosts: every host's name and address (`node0 10.78.5.11`, ...); empty on 127.0.0.1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
@@ -153,8 +159,15 @@ pub fn run(opts: Options) -> anyhow::Result<bool> {
             None
         }
     };
+    // SAFETY: geteuid has no preconditions.
+    if opts.hosts && unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("--hosts makes network namespaces, a bridge and nftables rules: run it as root");
+    }
     let (net, partitions) = if !opts.partitions {
         (None, "off (--no-partitions)".to_string())
+    } else if opts.hosts {
+        // On hosts a partition is a drop rule in a host's own namespace: no cgroups needed.
+        (None, "on (hosts: nftables drop rules in each host's network namespace)".to_string())
     } else {
         match Net::setup(NODES) {
             Ok(net) => (Some(Arc::new(net)), "on (cgroup v2 + nftables drop rules)".to_string()),
@@ -164,8 +177,16 @@ pub fn run(opts: Options) -> anyhow::Result<bool> {
             }
         }
     };
-    let mut kinds: Vec<FaultKind> = opts.faults.clone().unwrap_or_else(|| FaultKind::ALL.to_vec());
-    if net.is_none() {
+    let mut kinds: Vec<FaultKind> = opts.faults.clone().unwrap_or_else(|| FaultKind::defaults(opts.hosts));
+    if let Some(k) = kinds.iter().find(|k| !k.fits(opts.hosts)) {
+        anyhow::bail!(
+            "the fault kind {} needs {}",
+            k.name(),
+            if opts.hosts { "a supervisor with a state file (not --hosts)" } else { "a cluster on hosts (--hosts)" }
+        );
+    }
+    let partitions_on = net.is_some() || (opts.hosts && opts.partitions);
+    if !partitions_on {
         kinds.retain(|k| !k.is_partition());
     }
     println!("torture: faults: {}", kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "));
@@ -193,7 +214,7 @@ pub fn run(opts: Options) -> anyhow::Result<bool> {
     }));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let result = runtime.block_on(run_async(&opts, &out, rng, net.clone(), skew, partitions, kinds));
+    let result = runtime.block_on(run_async(&opts, &out, rng, net.clone(), skew, partitions, partitions_on, kinds));
     drop(runtime);
     if let Some(net) = &net {
         net.teardown();
@@ -352,6 +373,12 @@ fn copy_logs(c: &Cluster, out: &Path) {
     let logs = out.join("logs");
     let _ = fs::create_dir_all(&logs);
     let mut files: Vec<(PathBuf, String)> = vec![(c.dir().join("supervisor.log"), "supervisor.log".into())];
+    for k in 1..c.supervisor_count() {
+        files.push((c.dir().join(format!("supervisor{k}.log")), format!("supervisor{k}.log")));
+    }
+    for i in 0..c.etcd_len() {
+        files.push((c.dir().join(format!("etcd{i}.log")), format!("etcd{i}.log")));
+    }
     for n in c.nodes() {
         files.push((n.log_path.clone(), format!("agent{}.log", n.index)));
         files.push((n.data_dir.join("server.log"), format!("postgres{}.log", n.index)));
@@ -378,21 +405,41 @@ async fn run_async(
     net: Option<Arc<Net>>,
     skew: Option<Skew>,
     partitions: String,
+    partitions_on: bool,
     kinds: Vec<FaultKind>,
 ) -> anyhow::Result<bool> {
-    println!("torture: starting a supervised {NODES}-node cluster (PostgreSQL, agents, supervisor on free ports)");
-    let cluster = harness(Cluster::start_with(ClusterOptions::supervised(NODES)))
-        .await
-        .map_err(|e| anyhow::anyhow!("the cluster did not start: {e}"))?;
+    let options = if opts.hosts {
+        println!(
+            "torture: starting a {NODES}-node cluster on hosts: every node, 2 supervisors (on etcd) and 3 etcd members \
+             in a network namespace of its own on one bridge"
+        );
+        ClusterOptions::on_hosts(NODES)
+    } else {
+        println!("torture: starting a supervised {NODES}-node cluster (PostgreSQL, agents, supervisor on free ports)");
+        ClusterOptions::supervised(NODES)
+    };
+    let cluster =
+        harness(Cluster::start_with(options)).await.map_err(|e| anyhow::anyhow!("the cluster did not start: {e}"))?;
     let c = Arc::new(cluster);
     let agent_ports: Vec<u16> = c.nodes().map(|n| n.port).collect();
     let supervisor_port = nemesis::port_of(&c.supervisor_address());
-    println!(
-        "torture: cluster in {}: agents on ports {:?}, supervisor on {supervisor_port}; output in {}",
-        c.dir().display(),
-        agent_ports,
-        out.display()
-    );
+    let hosts: Vec<String> = c.host_ids().into_iter().map(|h| format!("{h} {}", c.host(h).address)).collect();
+    if hosts.is_empty() {
+        println!(
+            "torture: cluster in {}: agents on ports {:?}, supervisor on {supervisor_port}; output in {}",
+            c.dir().display(),
+            agent_ports,
+            out.display()
+        );
+    } else {
+        println!(
+            "torture: cluster in {}: hosts {} (the harness and the clients at {}); output in {}",
+            c.dir().display(),
+            hosts.join(", "),
+            c.bridge_address(),
+            out.display()
+        );
+    }
     let info = RunInfo {
         seed: opts.seed,
         accounts: opts.accounts,
@@ -405,10 +452,11 @@ async fn run_async(
         agent_ports,
         supervisor_port,
         min_copies: opts.min_copies,
+        hosts,
     };
     write_json(&out.join("run.json"), &info)?;
 
-    let result = drive(opts, out, &mut rng, c.clone(), net, &info, kinds).await;
+    let result = drive(opts, out, &mut rng, c.clone(), net, partitions_on, &info, kinds).await;
     copy_logs(&c, out);
     // Every task holding the cluster has ended: dropping it stops every process it started.
     match Arc::try_unwrap(c) {
@@ -420,12 +468,14 @@ async fn run_async(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     opts: &Options,
     out: &Path,
     rng: &mut StdRng,
     c: Arc<Cluster>,
     net: Option<Arc<Net>>,
+    partitions_on: bool,
     info: &RunInfo,
     kinds: Vec<FaultKind>,
 ) -> anyhow::Result<bool> {
@@ -470,7 +520,8 @@ async fn drive(
     let retrier_seed = rng.random::<u64>();
     tasks.push(tokio::spawn(workload::retry_client(shared.clone(), clients as u64 + 1, retrier_seed, opts.accounts)));
     drop(shared);
-    let nemesis = Nemesis::new(c.clone(), net.clone(), history.clone(), StdRng::seed_from_u64(nemesis_seed), kinds);
+    let mut nemesis = Nemesis::new(c.clone(), net.clone(), history.clone(), StdRng::seed_from_u64(nemesis_seed), kinds);
+    nemesis.partitions = partitions_on;
     let faults = nemesis.faults.clone();
     let current = nemesis.current.clone();
     let snapshots = nemesis.snapshots.clone();
@@ -641,6 +692,16 @@ async fn drive(
         accounts: opts.accounts,
         clock_skew: info.clock_skew.clone(),
         partitions: info.partitions.clone(),
+        cluster: if info.hosts.is_empty() {
+            format!("{} nodes and a supervisor (state file) on 127.0.0.1", c.len())
+        } else {
+            format!(
+                "on hosts: {} nodes, {} supervisors on etcd, {} etcd members, each in its own network namespace",
+                c.len(),
+                c.supervisor_count(),
+                c.etcd_len()
+            )
+        },
         transfers_attempted: stats.attempted.load(Ordering::Relaxed),
         committed: stats.committed.load(Ordering::Relaxed),
         aborted: stats.aborted.lock().unwrap().clone(),

@@ -6,6 +6,14 @@
 //! the part of every node's log that commits acknowledged since the last such read fall in (a
 //! snapshot the checker holds those commits against), or, now and then, strikes again while a
 //! node is still recovering.
+//!
+//! On hosts (`torture --hosts`: every node, both supervisors and the etcd members in network
+//! namespaces of their own) the partitions are cuts between hosts (drop rules in the receiving
+//! host's namespace, see the harness's `hosts` module) instead of cgroup rules, and the faults
+//! across hosts join in: a link cut, a one-way loss, the active supervisor killed or cut off,
+//! an etcd member killed, the etcd leader cut off from its peers, etcd's quorum lost. The heal
+//! restores etcd right after the network, before anything that needs a failover: without
+//! etcd's quorum nothing fails over, by design.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -876,7 +884,7 @@ impl Nemesis {
                     Some(l) if self.rng.random_bool(0.5) => HostId::Node(l),
                     _ => hosts[self.rng.random_range(0..hosts.len())],
                 };
-                let others: Vec<HostId> = hosts.into_iter().filter(|&h| h != a).collect();
+                let others: Vec<HostId> = hosts.into_iter().filter(|&h| h != a && talk(a, h)).collect();
                 let b = others[self.rng.random_range(0..others.len())];
                 self.broken.partitioned = true;
                 if kind == FaultKind::CutLink {
@@ -1104,6 +1112,16 @@ impl Nemesis {
             Err(errors.join("; "))
         }
     }
+}
+
+/// Whether hosts `a` and `b` exchange packets at all: agents with agents and supervisors,
+/// supervisors with etcd, etcd with etcd (a link fault elsewhere would change nothing).
+fn talk(a: HostId, b: HostId) -> bool {
+    use HostId::*;
+    matches!(
+        (a, b),
+        (Node(_), Node(_) | Supervisor(_)) | (Supervisor(_), Node(_) | Etcd(_)) | (Etcd(_), Supervisor(_) | Etcd(_))
+    )
 }
 
 /// The hosts of every supervisor.

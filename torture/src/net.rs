@@ -1,4 +1,6 @@
 //! Network partitions and skewed clocks for processes the harness starts on 127.0.0.1.
+//! (With `torture --hosts` every process has a host of its own and the partitions are cuts
+//! between hosts, made by the harness: this module then only writes the clock-skew wrappers.)
 //!
 //! The harness runs every agent and the supervisor on loopback, so a partition cannot be a
 //! cable pulled between hosts. Instead every agent runs in a cgroup of its own (v2) and the cut

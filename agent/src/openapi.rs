@@ -109,6 +109,7 @@ mod tests {
         ("post", "/internal/pause"),
         ("post", "/internal/join"),
         ("post", "/internal/recover"),
+        ("post", "/internal/cluster_id"),
     ];
 
     /// Routes open whatever the configuration.

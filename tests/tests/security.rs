@@ -38,6 +38,11 @@ fn internal_calls() -> Vec<(&'static str, &'static str, Value)> {
         ("POST", "/internal/config", config),
         ("POST", "/internal/pause", json!({"term": 1, "max_ms": 3000})),
         ("POST", "/internal/recover", json!({"term": 99, "leader": "127.0.0.1:1"})),
+        (
+            "POST",
+            "/internal/cluster_id",
+            json!({"term": 99, "leader": "127.0.0.1:1", "cluster_id": "6f1c4a1e-0000-4000-8000-0000000000ff"}),
+        ),
         ("GET", "/replication_log/?after=0&limit=10", Value::Null),
         ("GET", "/down_leader/", Value::Null),
         ("GET", "/up_node/", Value::Null),

@@ -99,12 +99,14 @@ Commands:
            on free ports, then failover and recovery times. Prints a table; results go to
            bench/results/. 20 s per step (--quick: 5 s); 'bench --help' lists the options.
            Not part of 'test'. Independent of the cluster that 'start' runs.
-  torture [--minutes N] [--seed S] [--clients C]
+  torture [--minutes N] [--seed S] [--clients C] [--hosts]
            build the release binaries and run the torture run: C clients (default 8) move
            money on a fresh supervised cluster (free ports) for N minutes (default 10) while
            faults are injected (killed agents, PostgreSQL crashes, SIGSTOP, the supervisor
            killed, the drills, network partitions, a skewed clock), then a checker proves
-           that nothing was lost. Prints a summary table; the history, the verdict and a plot
+           that nothing was lost. --hosts: every node, two supervisors on etcd and three etcd
+           members on hosts of their own (network namespaces; root), with the faults across
+           hosts too. Prints a summary table; the history, the verdict and a plot
            go to torture-output/<time>-seed<S>/. 'torture --help' lists every option.
            Exit status 0 when the checker's verdict is clean. Independent of 'start'.
   help     show this text.

@@ -391,24 +391,21 @@ impl Cluster {
                 None => (Ipv4Addr::LOCALHOST, None, port()),
             }
         };
-        let placed: Vec<(Ipv4Addr, Option<String>, u16, u16)> = (0..options.nodes)
-            .map(|i| {
-                let (ip, netns, port) = place(HostId::Node(i), ports::free_port, hosts::AGENT_PORT);
-                let (_, _, pg_port) = place(HostId::Node(i), ports::free_port, hosts::POSTGRES_PORT);
-                (ip, netns, port, pg_port)
-            })
-            .collect();
+        // A host with two ports: the agent's and PostgreSQL's, or etcd's client and peer ports.
+        let place_two = |id: HostId, first: u16, second: u16| -> (Ipv4Addr, Option<String>, u16, u16) {
+            let (ip, netns, a) = place(id, ports::free_port, first);
+            let (_, _, b) = place(id, ports::free_port, second);
+            (ip, netns, a, b)
+        };
+        let placed: Vec<(Ipv4Addr, Option<String>, u16, u16)> =
+            (0..options.nodes).map(|i| place_two(HostId::Node(i), hosts::AGENT_PORT, hosts::POSTGRES_PORT)).collect();
         let members: Vec<String> = placed.iter().map(|(ip, _, p, _)| format!("{ip}:{p}")).collect();
         assert!(
             options.supervisors <= 1 || options.etcd_members > 0,
             "several supervisors share their configuration through etcd: set etcd_members"
         );
         let etcd_places: Vec<(Ipv4Addr, Option<String>, u16, u16)> = (0..options.etcd_members)
-            .map(|i| {
-                let (ip, netns, client) = place(HostId::Etcd(i), ports::free_port, hosts::ETCD_CLIENT_PORT);
-                let (_, _, peer) = place(HostId::Etcd(i), ports::free_port, hosts::ETCD_PEER_PORT);
-                (ip, netns, client, peer)
-            })
+            .map(|i| place_two(HostId::Etcd(i), hosts::ETCD_CLIENT_PORT, hosts::ETCD_PEER_PORT))
             .collect();
         let etcd = etcd::members(&dir, &etcd_places);
         let store = (!etcd.is_empty()).then(|| format!("etcd://{}/rmw/test", etcd::endpoints(&etcd)));

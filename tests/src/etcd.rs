@@ -186,31 +186,20 @@ impl Cluster {
 
     /// Which member leads the etcd cluster, as the first member that answers says.
     pub async fn etcd_leader(&self) -> Option<usize> {
+        // Each member that answers says who it is and who leads: one status call per member.
+        let mut ids = Vec::with_capacity(self.etcd.len());
+        let mut leader = None;
         for member in &self.etcd {
             let url = format!("http://{}/v3/maintenance/status", member.client_address());
-            let Ok(resp) = self.http().post(&url).body("{}").timeout(Duration::from_secs(1)).send().await else {
-                continue;
+            let status = match self.http().post(&url).body("{}").timeout(Duration::from_secs(1)).send().await {
+                Ok(resp) => resp.json::<Value>().await.ok(),
+                Err(_) => None,
             };
-            let Ok(status) = resp.json::<Value>().await else { continue };
-            let (Some(leader), Some(me)) = (status["leader"].as_str(), status["header"]["member_id"].as_str()) else {
-                continue;
-            };
-            if leader == me {
-                return Some(self.etcd.iter().position(|m| m.client_address() == member.client_address()).unwrap_or(0));
-            }
-            // Ask the leader itself, to map its id to an index.
-            for (j, other) in self.etcd.iter().enumerate() {
-                let url = format!("http://{}/v3/maintenance/status", other.client_address());
-                let Ok(resp) = self.http().post(&url).body("{}").timeout(Duration::from_secs(1)).send().await else {
-                    continue;
-                };
-                if let Ok(s) = resp.json::<Value>().await {
-                    if s["header"]["member_id"].as_str() == Some(leader) {
-                        return Some(j);
-                    }
-                }
-            }
+            let id = status.as_ref().and_then(|s| s["header"]["member_id"].as_str().map(str::to_string));
+            leader = leader.or_else(|| status.as_ref().and_then(|s| s["leader"].as_str().map(str::to_string)));
+            ids.push(id);
         }
-        None
+        let leader = leader?;
+        ids.iter().position(|id| id.as_deref() == Some(leader.as_str()))
     }
 }

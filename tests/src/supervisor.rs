@@ -194,6 +194,20 @@ impl Cluster {
         None
     }
 
+    /// Waits until a supervisor other than `except` says it is active; returns its index.
+    /// Panics, with every supervisor's log, after [`FAILOVER_TIMEOUT`] (far beyond the lease's
+    /// TTL: a bound on hanging, not a speed test).
+    pub async fn wait_active_supervisor(&self, except: Option<usize>) -> usize {
+        let deadline = Instant::now() + FAILOVER_TIMEOUT;
+        loop {
+            if let Some(k) = self.active_supervisor().await.filter(|k| Some(*k) != except) {
+                return k;
+            }
+            assert!(Instant::now() < deadline, "no supervisor became active; logs:\n{}", self.supervisor_log(30));
+            tokio::time::sleep(POLL_PAUSE).await;
+        }
+    }
+
     /// The supervisor's `GET /status`, or why there was none. With several supervisors, the
     /// active one's; else the first answer.
     pub async fn try_supervisor_status(&self) -> Result<Value, String> {

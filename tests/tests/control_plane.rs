@@ -13,17 +13,6 @@ use serde_json::{json, Value};
 /// Far beyond the lease's TTL (2 s) and a failover; the speed itself is the benchmark's.
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(15);
 
-async fn wait_active(c: &Cluster, not: Option<usize>) -> usize {
-    let deadline = Instant::now() + TAKEOVER_LIMIT;
-    loop {
-        if let Some(k) = c.active_supervisor().await.filter(|k| Some(*k) != not) {
-            return k;
-        }
-        assert!(Instant::now() < deadline, "no supervisor became active; logs:\n{}", c.supervisor_log(30));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn commit_through(c: &Cluster, key: u64, value: i64) {
     let mut client = Follower::new(c, 0);
     let sent = client.commit(json!({"write_set": {key.to_string(): value}})).await;
@@ -33,7 +22,7 @@ async fn commit_through(c: &Cluster, key: u64, value: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_standby_supervisor_takes_over_and_fails_over_the_leader() {
     let c = Cluster::start_with(ClusterOptions::with_etcd(3)).await;
-    let active = wait_active(&c, None).await;
+    let active = c.wait_active_supervisor(None).await;
     let standby = 1 - active;
     let s = c.try_supervisor_status_at(standby).await.expect("the standby answers /status");
     assert_eq!(s["active"], json!(false), "{s}");
@@ -56,7 +45,7 @@ async fn a_standby_supervisor_takes_over_and_fails_over_the_leader() {
 
     // The active supervisor dies, then the leader agent: the standby takes over, then elects.
     c.kill_supervisor_at(active);
-    assert_eq!(wait_active(&c, Some(active)).await, standby);
+    assert_eq!(c.wait_active_supervisor(Some(active)).await, standby);
     c.kill_agent(0);
     let leader = c.wait_leader_change(0).await;
     assert_eq!(leader, 1, "round-robin: node 1 follows node 0");
@@ -104,7 +93,7 @@ async fn two_supervisors_acting_at_once_never_make_two_leaders_in_one_term() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_etcd_commits_go_on_nothing_fails_over_and_all_resumes_on_its_return() {
     let c = Cluster::start_with(ClusterOptions::with_etcd(3)).await;
-    let active = wait_active(&c, None).await;
+    let active = c.wait_active_supervisor(None).await;
     commit_through(&c, 1, 1).await;
     let term = c.supervisor_status().await["term"].as_i64().expect("a term");
 
@@ -134,7 +123,7 @@ async fn without_etcd_commits_go_on_nothing_fails_over_and_all_resumes_on_its_re
     c.start_etcd_member(0);
     c.start_etcd_member(1);
     c.wait_etcd_healthy(0).await;
-    wait_active(&c, None).await;
+    c.wait_active_supervisor(None).await;
     let leader = c.wait_leader_change(0).await;
     assert_ne!(leader, 0);
     commit_through(&c, 30, 30).await;

@@ -18,17 +18,6 @@ fn running_as_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-async fn wait_active(c: &Cluster, not: Option<usize>) -> usize {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(k) = c.active_supervisor().await.filter(|k| Some(*k) != not) {
-            return k;
-        }
-        assert!(Instant::now() < deadline, "no supervisor became active; logs:\n{}", c.supervisor_log(30));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failover_and_a_cut_link_across_hosts() {
     if !running_as_root() {
@@ -47,7 +36,7 @@ async fn failover_and_a_cut_link_across_hosts() {
         assert_eq!(c.supervisor_address_at(k), format!("{}:9000", c.host(HostId::Supervisor(k)).address));
     }
     assert!(c.etcd_endpoints().split(',').all(|e| e.ends_with(":2379")), "{}", c.etcd_endpoints());
-    let active = wait_active(&c, None).await;
+    let active = c.wait_active_supervisor(None).await;
     let s = c.supervisor_status().await;
     assert!(s["store"].as_str().is_some_and(|d| d.starts_with("etcd ")), "{s}");
     assert_eq!(s["active_supervisor"].as_str(), Some(c.supervisor_address_at(active).as_str()), "{s}");
@@ -62,7 +51,7 @@ async fn failover_and_a_cut_link_across_hosts() {
 
     // The active supervisor dies, then the leader's agent: the standby takes over and elects.
     c.kill_supervisor_at(active);
-    let standby = wait_active(&c, Some(active)).await;
+    let standby = c.wait_active_supervisor(Some(active)).await;
     assert_ne!(standby, active);
     c.kill_agent(leader);
     let new_leader = c.wait_leader_change(leader).await;

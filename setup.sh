@@ -462,7 +462,10 @@ ETCD_NAMES=()
 # Fixes the mode-dependent lists once the modes are checked.
 set_modes() {
     case "$STORE_MODE" in
-    file) ;;
+    file)
+        SUPERVISOR_NAMES=(supervisor)
+        ETCD_NAMES=()
+        ;;
     etcd)
         SUPERVISOR_NAMES=(supervisor supervisor1)
         ETCD_NAMES=(etcd0 etcd1 etcd2)
@@ -517,13 +520,13 @@ host_names() {
 # The network namespace a service runs in (empty: the root namespace).
 service_ns() {
     [[ "$HOSTS_MODE" == netns ]] || return 0
-    printf '%s-%s' "$NS_PREFIX" "$(host_of "$1")"
+    host_ns "$(host_of "$1")"
 }
 
 # The address a service listens on.
 service_host() {
     if [[ "$HOSTS_MODE" == netns ]]; then
-        printf '%s.%s' "$SUBNET" "$(host_octet "$(host_of "$1")")"
+        host_address "$(host_of "$1")"
     else
         printf '%s' "$HOST"
     fi
@@ -928,8 +931,6 @@ check_same_modes() {
     fi
     HOSTS_MODE="$want_hosts"
     STORE_MODE="$want_store"
-    SUPERVISOR_NAMES=(supervisor)
-    ETCD_NAMES=()
     set_modes
 }
 

@@ -5,46 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use protocol::supervisor_status::SupervisorStatus;
 
 use crate::procs::{free_ports, wait_for, Daemon, PgServer, Workspace};
-
-/// The supervisor's `GET /status`, the parts the benchmark reads.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SupStatus {
-    pub leader: Option<String>,
-    pub members: Vec<String>,
-    pub writes_available: bool,
-    #[serde(default)]
-    pub nodes: Vec<NodeReport>,
-    #[serde(default)]
-    pub recoveries: Vec<RecoveryReport>,
-    #[serde(default)]
-    pub last_failover: Option<FailoverReport>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct NodeReport {
-    pub alive: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct RecoveryReport {
-    pub node: String,
-    pub at_ms: u64,
-    pub ok: bool,
-    #[serde(default)]
-    pub message: String,
-    pub entries_applied: u64,
-    pub duration_ms: u64,
-    pub commit_pause_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct FailoverReport {
-    pub at_ms: u64,
-    pub unavailable_ms: u64,
-}
 
 pub struct Ours {
     pub pgs: Vec<PgServer>,
@@ -126,7 +89,7 @@ impl Ours {
         Ok(ours)
     }
 
-    pub async fn status(&self) -> Result<SupStatus> {
+    pub async fn status(&self) -> Result<SupervisorStatus> {
         let resp = self
             .http
             .get(format!("http://{}/status", self.supervisor_address))
@@ -137,7 +100,7 @@ impl Ours {
     }
 
     /// Waits until the supervisor has a serving leader and every agent is a live member.
-    pub async fn wait_all_members(&mut self, timeout: Duration) -> Result<SupStatus> {
+    pub async fn wait_all_members(&mut self, timeout: Duration) -> Result<SupervisorStatus> {
         let want = self.addresses.len();
         let this = &*self;
         let result =

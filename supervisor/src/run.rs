@@ -29,6 +29,8 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use protocol::supervisor_status::{FailoverReport, NodeReport, RecoveryReport, SupervisorStatus};
+
 use crate::failover::{decide, on_failure_report, with_member, Action, Known, Observed, ReportCheck};
 use crate::store::{Persisted, Store, StoreError, StoreSpec};
 
@@ -92,35 +94,6 @@ struct NodeObs {
     last_ok: Option<Instant>,
     status: Option<AgentStatus>,
     error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct FailoverReport {
-    /// Unix time in milliseconds.
-    pub at_ms: u64,
-    pub old_leader: Option<String>,
-    pub new_leader: String,
-    pub term: i64,
-    /// From the old leader's last healthy poll to the decision to fail over.
-    pub detection_ms: u64,
-    /// From the decision to the new leader serving.
-    pub election_ms: u64,
-    /// How long writes were unavailable: last healthy poll of the old leader to new leader serving.
-    pub unavailable_ms: u64,
-    pub in_doubt_committed: u32,
-    pub in_doubt_aborted: u32,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct RecoveryReport {
-    pub node: String,
-    pub at_ms: u64,
-    pub ok: bool,
-    pub message: String,
-    pub entries_applied: u64,
-    pub duration_ms: u64,
-    /// How long commits were paused on the leader for the final catch-up.
-    pub commit_pause_ms: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -871,53 +844,6 @@ fn diverged(e: String) -> String {
     } else {
         e
     }
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct NodeReport {
-    pub address: String,
-    pub alive: bool,
-    pub member: bool,
-    pub role: Option<Role>,
-    pub term: Option<i64>,
-    pub applied_lsn: Option<i64>,
-    /// Entries behind the leader.
-    pub lag: Option<i64>,
-    pub error: Option<String>,
-    /// The agent's own `/status`, when it answered.
-    pub status: Option<AgentStatus>,
-}
-
-/// `GET /status` of the supervisor.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct SupervisorStatus {
-    /// Where the configuration is kept: `file <path>`, or `etcd <endpoints> <prefix>`.
-    pub store: String,
-    /// Whether this supervisor acts (always with a state file; with etcd, while it holds the
-    /// lease). A standby polls and reports, but changes nothing.
-    pub active: bool,
-    /// The active supervisor's address, as last seen in etcd (this one's, when active).
-    pub active_supervisor: Option<String>,
-    /// The last error talking to the configuration store, if the last attempt failed.
-    pub store_error: Option<String>,
-    /// The cluster's id, once learnt from its first leader.
-    pub cluster_id: Option<Uuid>,
-    /// The durability floor: the member set never shrinks below it.
-    pub min_copies: usize,
-    pub term: i64,
-    pub config_version: u64,
-    pub leader: Option<String>,
-    pub members: Vec<String>,
-    pub writes_available: bool,
-    /// The state in one sentence.
-    pub message: String,
-    pub nodes: Vec<NodeReport>,
-    pub last_failover: Option<FailoverReport>,
-    pub failovers: Vec<FailoverReport>,
-    pub recovering: Vec<String>,
-    pub recoveries: Vec<RecoveryReport>,
-    pub diverged: Vec<String>,
-    pub clients: Vec<String>,
 }
 
 pub fn router(sup: Arc<Supervisor>) -> Router {

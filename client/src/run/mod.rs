@@ -22,13 +22,21 @@
 //! Invariant: every try of one commit carries the same `txn_id`, so a commit whose answer was
 //! lost is applied at most once whichever leader receives it again.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+mod error;
+mod report;
+mod route;
+
+pub use error::{root_cause, RunError, EXIT_ABORT, EXIT_UNAVAILABLE, EXIT_USAGE};
+pub use report::{abort_reason, describe_writes, plain_reason, role_name, wire_name, ReadResult, RunReport, Verdict};
+pub use route::MAX_REDIRECTS;
+
+use error::{describe_send_error, error_for, quote};
+use route::Route;
+
 use std::time::{Duration, Instant};
 
 use protocol::{
-    parse_transaction, AbortReason, Account, Balance, CommitRequest, CommitResponse, ErrorBody, Lsn, Outcome,
-    ParseError, ReadRequest, ReadResponse, Role, Timestamp, TransactionBody,
+    parse_transaction, Account, CommitRequest, CommitResponse, ReadRequest, ReadResponse, Role, TransactionBody,
 };
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -44,51 +52,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a run keeps looking for a leader by default. A failover takes about a second.
 pub const DEFAULT_FOLLOW_BUDGET: Duration = Duration::from_secs(10);
-/// First pause between tries while no leader answers; it doubles up to [`MAX_PAUSE`].
-const FIRST_PAUSE: Duration = Duration::from_millis(100);
-const MAX_PAUSE: Duration = Duration::from_secs(1);
-/// 421 redirects followed in a row before the run stops believing them and waits instead.
-pub const MAX_REDIRECTS: usize = 3;
-/// Longest piece of an unexpected answer quoted in an error.
-const MAX_QUOTED_ANSWER: usize = 200;
-
-/// Exit codes of `client run`. 0 is a commit or a read.
-pub const EXIT_ABORT: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_UNAVAILABLE: u8 = 3;
-
-/// Why a run produced no outcome. Each variant tells the user whose move it is.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The text is not a transaction; nothing was sent.
-    #[error("{0}")]
-    Parse(ParseError),
-    /// The agent refused the request as malformed (HTTP 400), or the input is unusable;
-    /// nothing was applied.
-    #[error("the transaction was refused: {0}")]
-    Rejected(String),
-    /// No usable answer: the cluster is down, recovering, has no leader, or answered nonsense.
-    /// `unknown_txn` is set when a commit may have been carried out without its answer reaching
-    /// us: committing again with that id is safe and tells the outcome.
-    #[error("{message}{}", unknown_txn.map(|id| format!(
-        "; the outcome of transaction {id} is unknown: run it again with the same txn_id to learn it \
-         (nothing is applied twice)")).unwrap_or_default())]
-    Unavailable { message: String, unknown_txn: Option<Uuid> },
-}
-
-impl RunError {
-    fn unavailable(message: impl Into<String>) -> RunError {
-        RunError::Unavailable { message: message.into(), unknown_txn: None }
-    }
-
-    /// The exit code of `client run`: 2 for the user's input, 3 for the cluster.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            RunError::Parse(_) | RunError::Rejected(_) => EXIT_USAGE,
-            RunError::Unavailable { .. } => EXIT_UNAVAILABLE,
-        }
-    }
-}
 
 /// Where a read-only transaction reads. A transaction that writes always reads at the leader:
 /// its commit is validated against the leader's timestamps.
@@ -106,217 +69,6 @@ pub struct RunOptions {
     /// Makes the commit idempotent; a fresh id is made when `None`.
     pub txn_id: Option<Uuid>,
     pub read_from: ReadFrom,
-}
-
-/// What the read step returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadResult {
-    /// Each account of the read set in the order first read, with its balance; `None` for an
-    /// account that was never written.
-    pub values: Vec<(Account, Option<Balance>)>,
-    pub timestamp: Timestamp,
-    pub lsn: Lsn,
-    /// The node that answered (its id) and its role.
-    pub node: String,
-    pub role: Role,
-    /// The address the read was sent to.
-    pub agent: String,
-}
-
-/// The outcome of a run that got one, in one word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Commit,
-    Abort,
-    /// A read-only transaction: nothing to commit.
-    Read,
-}
-
-/// Everything one run did, for a person to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunReport {
-    /// The transaction in its canonical spelling.
-    pub transaction: String,
-    pub read: Option<ReadResult>,
-    /// The writes the commit carried (empty for a read-only transaction).
-    pub writes: BTreeMap<Account, Balance>,
-    /// The commit's answer; `None` for a read-only transaction.
-    pub commit: Option<CommitResponse>,
-    /// The leader's address as this run found it: where the commit was decided, or where a
-    /// read answered as leader. `None` when the run never spoke to the leader.
-    pub leader: Option<String>,
-    /// Things worth telling, such as a redirect to the leader or a wait during a failover.
-    pub notes: Vec<String>,
-    pub latency: Duration,
-}
-
-impl RunReport {
-    pub fn verdict(&self) -> Verdict {
-        match &self.commit {
-            None => Verdict::Read,
-            Some(c) if c.commit == Outcome::Commit => Verdict::Commit,
-            Some(_) => Verdict::Abort,
-        }
-    }
-
-    pub fn aborted(&self) -> bool {
-        self.verdict() == Verdict::Abort
-    }
-
-    /// The exit code of `client run`: 0 for a commit or a read, 1 for an abort.
-    pub fn exit_code(&self) -> u8 {
-        if self.aborted() {
-            EXIT_ABORT
-        } else {
-            0
-        }
-    }
-
-    /// `COMMIT`, `ABORT` or `READ`.
-    pub fn headline(&self) -> &'static str {
-        match self.verdict() {
-            Verdict::Commit => "COMMIT",
-            Verdict::Abort => "ABORT",
-            Verdict::Read => "READ",
-        }
-    }
-
-    /// The outcome in one plain sentence.
-    pub fn in_words(&self) -> String {
-        match (&self.commit, &self.read) {
-            (Some(commit), _) if commit.commit == Outcome::Commit => {
-                "The transaction committed: its writes are durable on every member of the cluster.".into()
-            }
-            (Some(commit), _) => {
-                format!("The transaction was aborted and nothing was written: {}.", plain_reason(commit))
-            }
-            (None, Some(read)) => format!(
-                "Read only, nothing to commit: the values are one consistent snapshot of {} ({}) at LSN {}.",
-                read.node,
-                role_name(read.role),
-                read.lsn
-            ),
-            (None, None) => "Nothing was run.".into(),
-        }
-    }
-
-    /// The leader as `node0 at 127.0.0.1:8000` when its id is known.
-    pub fn leader_text(&self) -> Option<String> {
-        let leader = self.leader.as_ref()?;
-        let id = self.read.as_ref().filter(|r| r.role == Role::Leader && &r.agent == leader).map(|r| &r.node);
-        Some(match id {
-            Some(id) => format!("{id} at {leader}"),
-            None => leader.clone(),
-        })
-    }
-
-    /// The report as plain text, one fact per line.
-    pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        for note in &self.notes {
-            let _ = writeln!(out, "note: {note}");
-        }
-        if let Some(read) = &self.read {
-            let _ = writeln!(
-                out,
-                "read from {} ({}) at {}: timestamp {}, lsn {}",
-                read.node,
-                role_name(read.role),
-                read.agent,
-                read.timestamp,
-                read.lsn
-            );
-            for (account, balance) in &read.values {
-                match balance {
-                    Some(balance) => {
-                        let _ = writeln!(out, "  account {account} = {balance}");
-                    }
-                    None => {
-                        let _ = writeln!(out, "  account {account}: no such account (never written)");
-                    }
-                }
-            }
-        }
-        match &self.commit {
-            None => {
-                let _ = writeln!(out, "READ: read-only transaction, nothing to commit");
-            }
-            Some(commit) if commit.commit == Outcome::Commit => {
-                let _ = writeln!(
-                    out,
-                    "COMMIT: txn {}, commit_ts {}, lsn {}",
-                    commit.txn_id,
-                    optional(commit.commit_ts),
-                    optional(commit.lsn)
-                );
-                let _ = writeln!(out, "  wrote {}", describe_writes(&self.writes));
-            }
-            Some(commit) => {
-                let _ = writeln!(out, "ABORT: txn {}, nothing was written", commit.txn_id);
-                let _ = writeln!(out, "  reason: {}", abort_reason(commit));
-            }
-        }
-        if let (Some(leader), Some(_)) = (self.leader_text(), &self.commit) {
-            let _ = writeln!(out, "leader: {leader}");
-        }
-        let _ = writeln!(out, "latency: {:.1} ms", self.latency_ms());
-        out
-    }
-
-    pub fn latency_ms(&self) -> f64 {
-        self.latency.as_secs_f64() * 1000.0
-    }
-}
-
-/// Why a transaction aborted, in words: the reason code, then the agent's message (which names
-/// the account) or, without one, the reason's explanation and the account.
-pub fn abort_reason(commit: &CommitResponse) -> String {
-    let code = commit.reason.map_or_else(|| "no reason given".to_string(), |r| wire_name(&r));
-    match (&commit.message, commit.reason, commit.key) {
-        (Some(message), _, _) => format!("{code}: {message}"),
-        (None, Some(reason), Some(key)) => format!("{code}: {} (account {key})", reason.explain()),
-        (None, Some(reason), None) => format!("{code}: {}", reason.explain()),
-        (None, None, Some(key)) => format!("{code} (account {key})"),
-        (None, None, None) => code,
-    }
-}
-
-/// Why a transaction aborted, for someone who has not read the design.
-pub fn plain_reason(commit: &CommitResponse) -> String {
-    match (commit.reason, commit.key) {
-        (Some(AbortReason::StaleRead), Some(key)) => {
-            format!("account {key} was changed by another transaction after this one read it; running it again reads the new value")
-        }
-        (Some(AbortReason::KeyLocked), Some(key)) => {
-            format!("account {key} is being written by another transaction that has not finished; try again")
-        }
-        (Some(AbortReason::ReplicationFailed), _) => {
-            "a member of the cluster refused or did not answer in time, so no member applied it".into()
-        }
-        (Some(AbortReason::NotEnoughReplicas), _) => {
-            "too few nodes are reachable to keep the required number of copies, so no member applied it; it can be run again once they are back".into()
-        }
-        (Some(reason), _) => reason.explain().to_string(),
-        (None, _) => commit.message.clone().unwrap_or_else(|| "the leader gave no reason".into()),
-    }
-}
-
-pub fn role_name(role: Role) -> String {
-    wire_name(&role)
-}
-
-/// The snake_case name a value has on the wire (`stale_read`, `leader`).
-pub fn wire_name(value: &impl Serialize) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "?".to_string())
-}
-
-pub fn describe_writes(writes: &BTreeMap<Account, Balance>) -> String {
-    let parts: Vec<String> = writes.iter().map(|(a, b)| format!("account {a} = {b}")).collect();
-    parts.join(", ")
-}
-
-fn optional(value: Option<i64>) -> String {
-    value.map_or_else(|| "?".to_string(), |v| v.to_string())
 }
 
 /// `host:port` or a full `http://host:port` URL, without a trailing slash.
@@ -539,147 +291,6 @@ impl Runner {
     }
 }
 
-/// One run's idea of where the leader is, and its deadline for finding one.
-struct Route<'a> {
-    runner: &'a Runner,
-    /// The agent believed to be the leader; requests go here.
-    agent: String,
-    deadline: Instant,
-    notes: Vec<String>,
-    /// When the run started waiting for a leader, and what it first saw.
-    waiting: Option<(Instant, String)>,
-}
-
-impl<'a> Route<'a> {
-    fn new(runner: &'a Runner, agent: &str, deadline: Instant) -> Self {
-        Route { runner, agent: agent.trim().to_string(), deadline, notes: Vec::new(), waiting: None }
-    }
-
-    /// The notes, with how long the run waited for a leader, if it did.
-    fn finish(mut self) -> Vec<String> {
-        if let Some((since, why)) = self.waiting.take() {
-            self.notes.push(format!(
-                "waited {:.1} s for the leader {} to answer (at first: {why})",
-                since.elapsed().as_secs_f64(),
-                self.agent
-            ));
-        }
-        self.notes
-    }
-
-    /// Posts `body` to the leader and returns its answer. Follows 421s; when the leader cannot
-    /// be reached or answers 503, asks the supervisor and tries again until the deadline.
-    /// `txn` is the commit's id (`None` for a read), the same in every try.
-    async fn send_to_leader(
-        &mut self,
-        path: &'static str,
-        body: &impl Serialize,
-        txn: Option<Uuid>,
-    ) -> Result<(StatusCode, Vec<u8>), RunError> {
-        let mut redirects = 0;
-        let mut pause = FIRST_PAUSE;
-        // Whether a try may have been carried out without its answer reaching us.
-        let mut outcome_unknown = false;
-        loop {
-            let (why, agent_reachable) = match self.runner.post(&self.agent, path, body).await {
-                Ok((StatusCode::MISDIRECTED_REQUEST, bytes)) => {
-                    let error = serde_json::from_slice::<ErrorBody>(&bytes).ok();
-                    match error.as_ref().and_then(|e| e.leader.clone()) {
-                        Some(leader) if leader != self.agent && redirects < MAX_REDIRECTS => {
-                            self.notes
-                                .push(format!("{} is not the leader; sent {path} to the leader {leader}", self.agent));
-                            self.agent = leader;
-                            redirects += 1;
-                            continue;
-                        }
-                        Some(leader) => (
-                            format!(
-                                "{} names {leader} as the leader, which does not take it: a failover may be under way",
-                                self.agent
-                            ),
-                            true,
-                        ),
-                        None => (
-                            format!(
-                                "{} is not the leader and knows no leader ({})",
-                                self.agent,
-                                error.map_or_else(|| quote(&bytes), |e| e.message)
-                            ),
-                            true,
-                        ),
-                    }
-                }
-                Ok((StatusCode::SERVICE_UNAVAILABLE, bytes)) => {
-                    // A commit that a member refused is an answer: ABORT, nothing applied.
-                    if txn.is_some() && serde_json::from_slice::<CommitResponse>(&bytes).is_ok() {
-                        return Ok((StatusCode::SERVICE_UNAVAILABLE, bytes));
-                    }
-                    let message = error_message(&bytes);
-                    // The agent names the transaction when its outcome is undecided (a leader
-                    // deposed mid-commit); other 503s come before anything was done.
-                    if txn.is_some_and(|id| message.contains(&id.to_string())) {
-                        outcome_unknown = true;
-                    }
-                    (format!("{} is unavailable: {message}", self.agent), true)
-                }
-                Ok(answer) => return Ok(answer),
-                Err(e) => {
-                    // A refused connection sent nothing; anything later may have been carried out.
-                    if txn.is_some() && !e.is_connect() {
-                        outcome_unknown = true;
-                    }
-                    (describe_send_error(&self.agent, path, &e), !e.is_connect())
-                }
-            };
-            let unknown_txn = txn.filter(|_| outcome_unknown);
-
-            // No leader answered: ask the supervisor where the leader is now.
-            let supervisor_says = match self.runner.ask_supervisor().await {
-                Ok(Some(view)) => match view.leader.filter(|l| *l != self.agent) {
-                    Some(leader) if redirects < MAX_REDIRECTS => {
-                        self.notes
-                            .push(format!("{why}; the supervisor names {leader} as the leader: sent {path} there"));
-                        self.agent = leader;
-                        redirects += 1;
-                        continue;
-                    }
-                    _ => format!("the supervisor says: {}", view.message),
-                },
-                Ok(None) if !agent_reachable => {
-                    return Err(RunError::Unavailable {
-                        message: format!("{why}; no supervisor to ask where the leader is"),
-                        unknown_txn,
-                    });
-                }
-                Ok(None) => String::new(),
-                Err(e) if !agent_reachable => {
-                    return Err(RunError::Unavailable {
-                        message: format!("{why}; {e}: the cluster seems to be stopped"),
-                        unknown_txn,
-                    });
-                }
-                Err(e) => e,
-            };
-            let now = Instant::now();
-            let waited_since = self.waiting.get_or_insert_with(|| (now, why.clone())).0;
-            if now + pause > self.deadline {
-                let seen = if supervisor_says.is_empty() { why } else { format!("{why}; {supervisor_says}") };
-                return Err(RunError::Unavailable {
-                    message: format!(
-                        "no leader answered within {:.1} s: {seen}",
-                        (now - waited_since).as_secs_f64().max(0.1)
-                    ),
-                    unknown_txn,
-                });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_PAUSE);
-            // A wait is a fresh start: the redirects seen now may come from a newer term.
-            redirects = 0;
-        }
-    }
-}
-
 fn read_request(read_set: &[Account]) -> ReadRequest {
     ReadRequest { transaction: TransactionBody { read_set: read_set.to_vec(), ..Default::default() }, min_lsn: None }
 }
@@ -708,56 +319,12 @@ fn parse_answer<T: serde::de::DeserializeOwned>(agent: &str, path: &str, bytes: 
     })
 }
 
-/// The error for an answer that is not a success.
-fn error_for(agent: &str, path: &str, code: StatusCode, bytes: &[u8]) -> RunError {
-    let message = error_message(bytes);
-    match code {
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => RunError::Rejected(message),
-        StatusCode::SERVICE_UNAVAILABLE => RunError::unavailable(format!("{agent} is unavailable: {message}")),
-        _ => RunError::unavailable(format!("{agent} answered {path} with HTTP {code}: {message}")),
-    }
-}
-
-/// The human message of an error answer, or the start of its body.
-fn error_message(bytes: &[u8]) -> String {
-    serde_json::from_slice::<ErrorBody>(bytes).map(|e| e.message).unwrap_or_else(|_| quote(bytes))
-}
-
-fn describe_send_error(agent: &str, path: &str, e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return format!("no answer from {agent} to {path} within {} s", REQUEST_TIMEOUT.as_secs());
-    }
-    if e.is_connect() {
-        format!("cannot reach the agent at {agent}: {}", root_cause(e))
-    } else {
-        format!("request {path} to {agent} failed: {}", root_cause(e))
-    }
-}
-
-/// reqwest's own message is generic ("error sending request"); the cause is deeper.
-pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
-}
-
-/// The start of an answer's body, for an error message.
-fn quote(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    match text.char_indices().nth(MAX_QUOTED_ANSWER) {
-        Some((cut, _)) => format!("{:?}...", &text[..cut]),
-        None if text.is_empty() => "(empty answer)".into(),
-        None => format!("{text:?}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fake_agent::{self, Fake, FakeSupervisor, COMMIT_TS, READ_TS};
+    use protocol::Outcome;
+    use std::collections::BTreeMap;
 
     fn fake_with_balances() -> Fake {
         Fake { balances: BTreeMap::from([(1, 100), (3, 300)]), ..Fake::default() }

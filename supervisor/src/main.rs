@@ -136,32 +136,12 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(listen = %args.listen, "supervisor serving");
     tokio::spawn(supervisor.clone().run());
     axum::serve(listener, router(supervisor.clone()))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(service::shutdown_signal())
         .await
         .context("the HTTP server failed")?;
     supervisor.resign().await;
     tracing::info!("supervisor stopped");
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM (what `./setup.sh stop` sends).
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ const MAX_PROMOTION_BACKOFF: Duration = Duration::from_secs(30);
 const REPORTED_AGAIN_WITHIN: Duration = Duration::from_secs(30);
 /// The supervisor's own probe of a member the leader reports unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Connecting to an agent: one that takes longer is down or cut off, and a poll must not wait.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// How many times the supervisor sends a joining configuration to the leader before it gives up
 /// (the recovery is then tried again from the start).
 const JOIN_ATTEMPTS: u32 = 3;
@@ -160,16 +162,7 @@ impl Supervisor {
             }
             StoreSpec::Etcd { .. } => (Persisted::empty(), 0, false),
         };
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = &settings.token {
-            let value = reqwest::header::HeaderValue::from_str(&protocol::auth::bearer(token))?;
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .connect_timeout(Duration::from_millis(300))
-            .tcp_nodelay(true)
-            .build()?;
+        let http = service::client_builder(settings.token.as_deref())?.connect_timeout(CONNECT_TIMEOUT).build()?;
         let observed = settings.agents.iter().map(|a| NodeObs { address: a.clone(), ..Default::default() }).collect();
         Ok(Arc::new(Supervisor {
             settings,
@@ -847,11 +840,9 @@ fn diverged(e: String) -> String {
 }
 
 pub fn router(sup: Arc<Supervisor>) -> Router {
-    let mut guarded =
+    let guarded =
         Router::new().route("/register_client/", post(register_client)).route("/report_failure", post(report_failure));
-    if let Some(token) = sup.settings.token.clone() {
-        guarded = guarded.route_layer(axum::middleware::from_fn_with_state(Arc::<str>::from(token), require_token));
-    }
+    let guarded = service::guard(guarded, sup.settings.token.as_deref());
     // The document describes this supervisor as configured (with or without the token).
     let spec: Arc<str> = crate::openapi::json(sup.settings.token.is_some()).into();
     Router::new()
@@ -864,24 +855,6 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(guarded)
         .with_state(sup)
-}
-
-/// Refuses a call without the cluster token (401), before it can change anything.
-async fn require_token(
-    State(token): State<Arc<str>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if protocol::auth::authorized(header, &token) {
-        return next.run(req).await;
-    }
-    tracing::warn!(path = %req.uri().path(), given = header.is_some(), "refused: missing or wrong cluster token");
-    error(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "this endpoint needs the cluster token: send 'Authorization: Bearer <token>'".into(),
-    )
 }
 
 /// A standby (with etcd) does not change the configuration: 503 `standby`, naming the active

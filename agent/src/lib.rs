@@ -12,7 +12,8 @@ pub mod node;
 pub mod openapi;
 pub mod participant;
 pub mod peers;
-pub mod resolution;
 pub mod store;
 pub mod two_phase;
-pub mod validation;
+
+// The pure rules live in the engine crate; these names keep the agent's paths.
+pub use engine::{resolution, validation};

@@ -233,7 +233,7 @@ async fn serve(
     }
     tracing::info!(%listen, %agent, %supervisor, "client web pages at http://{listen}/create/ and http://{listen}/cluster/");
     axum::serve(listener, web::app(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(service::shutdown_signal())
         .await
         .context("the HTTP server failed")?;
     tracing::info!("client stopped");
@@ -243,7 +243,7 @@ async fn serve(
 /// Registers with the supervisor, retrying until it answers (it may start after us), and
 /// adopts the leader it reports.
 async fn register(supervisor: String, url: String, state: web::AppState, token: Option<String>) {
-    let http = match web::client_with_token(reqwest::Client::builder(), token.as_deref()).build() {
+    let http = match service::client_builder(token.as_deref()).and_then(|builder| Ok(builder.build()?)) {
         Ok(http) => http,
         Err(e) => {
             tracing::error!(error = %e, "cannot set up the HTTP client to register with the supervisor");
@@ -279,32 +279,6 @@ async fn register(supervisor: String, url: String, state: web::AppState, token: 
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_secs(5));
     }
-}
-
-/// Resolves on Ctrl-C or SIGTERM (what `./setup.sh stop` sends).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ mod view;
 #[cfg(test)]
 mod test_support;
 
-pub use state::{client_with_token, AppState, DrillEntry, HistoryEntry, HISTORY_LEN};
+pub use state::{AppState, DrillEntry, HistoryEntry, HISTORY_LEN};
 
 /// Largest form the page accepts. A transaction of a thousand operations fits many times over.
 const MAX_FORM_BYTES: usize = 64 * 1024;

@@ -18,6 +18,9 @@ pub const HISTORY_LEN: usize = 20;
 /// How long one supervisor status serves every viewer: the pages poll every 500 ms, so many
 /// open pages cost the supervisor one request per this period, not one each.
 const STATUS_CACHE_TTL: Duration = Duration::from_millis(250);
+/// Connecting to the supervisor or an agent for a page: a dead host must not hold the page (the
+/// calls set their own overall timeouts).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The web app's state. Cheap to clone.
 #[derive(Clone)]
@@ -41,15 +44,6 @@ struct Shared {
     token: Option<String>,
     /// Renders `GET /metrics`; `None` (503) unless `client serve` installed a recorder.
     metrics: Option<PrometheusHandle>,
-}
-
-/// `builder` with the cluster token as a default `Authorization` header, when there is one.
-pub fn client_with_token(builder: reqwest::ClientBuilder, token: Option<&str>) -> reqwest::ClientBuilder {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(value) = token.and_then(|t| reqwest::header::HeaderValue::from_str(&protocol::auth::bearer(t)).ok()) {
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-    }
-    builder.default_headers(headers)
 }
 
 /// What this client did, newest last, for the cluster page.
@@ -96,7 +90,7 @@ impl AppState {
     /// `leader` is where transactions go first; the runner asks its supervisor, if it has
     /// one, when the leader does not answer, and the cluster page shows that supervisor's view.
     pub fn new(leader: &str, runner: Runner) -> anyhow::Result<AppState> {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(1)).build()?;
+        let http = service::client_builder(None)?.connect_timeout(CONNECT_TIMEOUT).build()?;
         Ok(AppState {
             inner: Arc::new(Shared {
                 leader: RwLock::new(leader.trim().to_string()),
@@ -115,8 +109,7 @@ impl AppState {
     /// it on `/leader_changed/`.
     pub fn with_token(mut self, token: Option<&str>) -> anyhow::Result<AppState> {
         let Some(token) = token else { return Ok(self) };
-        let http = client_with_token(reqwest::Client::builder().connect_timeout(Duration::from_secs(1)), Some(token))
-            .build()?;
+        let http = service::client_builder(Some(token))?.connect_timeout(CONNECT_TIMEOUT).build()?;
         let shared = Arc::get_mut(&mut self.inner).ok_or_else(|| anyhow::anyhow!("the state is already shared"))?;
         shared.http = http;
         shared.token = Some(token.to_string());

@@ -241,6 +241,13 @@ async fn up_node(State(fake): State<Fake>) -> Response {
     drill(&fake, "/up_node/", Role::Down, Role::Standby)
 }
 
+/// An agent's `GET /status` as the supervisor relays it in its own status: node `i` at `address`.
+pub fn agent_status(i: usize, address: &str, role: &str) -> Value {
+    json!({"node_id": format!("node{i}"), "address": address, "role": role, "term": 2, "leader": null,
+           "applied_lsn": 12, "last_commit_ts": 77, "members": [], "prepared_batch": null,
+           "config_version": 3, "supervisor": null})
+}
+
 /// A supervisor that answers `GET /status` with a settable body and records registrations.
 #[derive(Clone)]
 pub struct FakeSupervisor {

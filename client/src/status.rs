@@ -1,141 +1,68 @@
 //! The supervisor's view of the cluster (`GET /status` of the supervisor), as `client status`
 //! prints it and the cluster page shows it.
 //!
-//! The types mirror `supervisor::run::SupervisorStatus` but are read leniently (every field has
-//! a default, unknown fields are ignored, roles are plain strings), so that a client and a
-//! supervisor of different versions still understand each other.
+//! The types are the supervisor's own ([`protocol::supervisor_status`]), which read leniently
+//! (missing fields take their defaults, unknown ones are ignored), so that a client and a
+//! supervisor of different versions still understand each other. What the client adds is here:
+//! finding the active supervisor among several, the table of `client status`, and the few words
+//! the pages and the table share ([`node_id`], [`role_label`], [`describe_failover`],
+//! [`describe_recovery`]).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use protocol::supervisor_status::{FailoverReport, NodeReport, RecoveryReport, SupervisorStatus};
 
-use crate::run::{base_url, root_cause};
+use crate::run::{base_url, role_name, root_cause};
 
 /// The supervisor answers from memory; a slow answer means it is in trouble.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Recoveries `client status` lists, newest first.
 const RECOVERIES_SHOWN: usize = 3;
 
-/// The supervisor's `GET /status` body.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default)]
-pub struct ClusterStatus {
-    pub term: i64,
-    pub config_version: u64,
-    pub leader: Option<String>,
-    pub members: Vec<String>,
-    pub writes_available: bool,
-    /// The state in one sentence.
-    pub message: String,
-    pub nodes: Vec<NodeReport>,
-    pub last_failover: Option<FailoverReport>,
-    pub failovers: Vec<FailoverReport>,
-    pub recovering: Vec<String>,
-    pub recoveries: Vec<RecoveryReport>,
-    pub diverged: Vec<String>,
-    pub clients: Vec<String>,
+/// The agent's node id, or `-` when it did not answer.
+pub fn node_id(node: &NodeReport) -> &str {
+    node.status.as_ref().map_or("-", |s| s.node_id.as_str())
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default)]
-pub struct NodeReport {
-    pub address: String,
-    pub alive: bool,
-    pub member: bool,
-    pub role: Option<String>,
-    pub term: Option<i64>,
-    pub applied_lsn: Option<i64>,
-    /// Entries behind the leader.
-    pub lag: Option<i64>,
-    pub error: Option<String>,
-    /// The agent's own `/status`, when it answered.
-    pub status: Option<AgentSummary>,
+/// The node's role as the wire names it (`leader`, `replica`, ...), or `unknown` when it did not
+/// answer.
+pub fn role_label(node: &NodeReport) -> String {
+    node.role.map_or_else(|| "unknown".to_string(), role_name)
 }
 
-impl NodeReport {
-    /// The agent's node id, or `-` when it did not answer.
-    pub fn node_id(&self) -> &str {
-        self.status.as_ref().map_or("-", |s| s.node_id.as_str())
-    }
-
-    pub fn role(&self) -> &str {
-        self.role.as_deref().unwrap_or("unknown")
-    }
+/// One line: who took over from whom and how long writes were unavailable.
+pub fn describe_failover(failover: &FailoverReport) -> String {
+    format!(
+        "{} -> {} in term {}: detected in {} ms, elected in {} ms, writes unavailable for {} ms; \
+         in-doubt transactions: {} committed, {} aborted",
+        failover.old_leader.as_deref().unwrap_or("(none)"),
+        failover.new_leader,
+        failover.term,
+        failover.detection_ms,
+        failover.election_ms,
+        failover.unavailable_ms,
+        failover.in_doubt_committed,
+        failover.in_doubt_aborted
+    )
 }
 
-/// The part of an agent's status (`protocol::AgentStatus`) the client shows.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default)]
-pub struct AgentSummary {
-    pub node_id: String,
-    pub last_commit_ts: i64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default)]
-pub struct FailoverReport {
-    /// Unix time in milliseconds.
-    pub at_ms: u64,
-    pub old_leader: Option<String>,
-    pub new_leader: String,
-    pub term: i64,
-    pub detection_ms: u64,
-    pub election_ms: u64,
-    /// How long writes were unavailable.
-    pub unavailable_ms: u64,
-    pub in_doubt_committed: u32,
-    pub in_doubt_aborted: u32,
-}
-
-impl FailoverReport {
-    /// One line: who took over from whom and how long writes were unavailable.
-    pub fn describe(&self) -> String {
-        format!(
-            "{} -> {} in term {}: detected in {} ms, elected in {} ms, writes unavailable for {} ms; \
-             in-doubt transactions: {} committed, {} aborted",
-            self.old_leader.as_deref().unwrap_or("(none)"),
-            self.new_leader,
-            self.term,
-            self.detection_ms,
-            self.election_ms,
-            self.unavailable_ms,
-            self.in_doubt_committed,
-            self.in_doubt_aborted
-        )
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default)]
-pub struct RecoveryReport {
-    pub node: String,
-    pub at_ms: u64,
-    pub ok: bool,
-    pub message: String,
-    pub entries_applied: u64,
-    pub duration_ms: u64,
-    /// How long commits were paused on the leader for the final catch-up.
-    pub commit_pause_ms: Option<u64>,
-}
-
-impl RecoveryReport {
-    pub fn describe(&self) -> String {
-        let pause = self.commit_pause_ms.map_or_else(String::new, |p| format!(", commits paused {p} ms"));
-        format!(
-            "{} {}: {} entries applied in {} ms{pause}: {}",
-            self.node,
-            if self.ok { "recovered" } else { "failed to recover" },
-            self.entries_applied,
-            self.duration_ms,
-            self.message
-        )
-    }
+/// One line: the node, whether it is back, what it replayed and how long it took.
+pub fn describe_recovery(recovery: &RecoveryReport) -> String {
+    let pause = recovery.commit_pause_ms.map_or_else(String::new, |p| format!(", commits paused {p} ms"));
+    format!(
+        "{} {}: {} entries applied in {} ms{pause}: {}",
+        recovery.node,
+        if recovery.ok { "recovered" } else { "failed to recover" },
+        recovery.entries_applied,
+        recovery.duration_ms,
+        recovery.message
+    )
 }
 
 /// Fetches the cluster status from the supervisor at `supervisor` (`host:port`, or several
 /// comma-separated: the active one's answer is taken).
-pub async fn fetch(http: &reqwest::Client, supervisor: &str) -> Result<ClusterStatus, String> {
+pub async fn fetch(http: &reqwest::Client, supervisor: &str) -> Result<SupervisorStatus, String> {
     supervisor_status(http, supervisor, STATUS_TIMEOUT).await
 }
 
@@ -211,7 +138,7 @@ fn dash(value: Option<i64>) -> String {
 
 /// The status as a table, one agent a line, then the cluster's state, the last failover and the
 /// latest recoveries.
-pub fn render(cluster: &ClusterStatus) -> String {
+pub fn render(cluster: &SupervisorStatus) -> String {
     let header = ["ADDRESS", "NODE", "ALIVE", "MEMBER", "ROLE", "TERM", "APPLIED_LSN", "LAG"];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     let mut errors = Vec::new();
@@ -219,10 +146,10 @@ pub fn render(cluster: &ClusterStatus) -> String {
     for node in &cluster.nodes {
         rows.push(vec![
             node.address.clone(),
-            node.node_id().to_string(),
+            node_id(node).to_string(),
             yes_no(node.alive),
             yes_no(node.member),
-            node.role.clone().unwrap_or_else(|| "-".into()),
+            node.role.map_or_else(|| "-".to_string(), role_name),
             dash(node.term),
             dash(node.applied_lsn),
             dash(node.lag),
@@ -261,13 +188,13 @@ pub fn render(cluster: &ClusterStatus) -> String {
         cluster.message
     );
     if let Some(failover) = &cluster.last_failover {
-        let _ = writeln!(out, "last failover at {}: {}", clock_time(failover.at_ms), failover.describe());
+        let _ = writeln!(out, "last failover at {}: {}", clock_time(failover.at_ms), describe_failover(failover));
     }
     if !cluster.recovering.is_empty() {
         let _ = writeln!(out, "recovering: {}", cluster.recovering.join(", "));
     }
     for recovery in cluster.recoveries.iter().rev().take(RECOVERIES_SHOWN) {
-        let _ = writeln!(out, "recovery at {}: {}", clock_time(recovery.at_ms), recovery.describe());
+        let _ = writeln!(out, "recovery at {}: {}", clock_time(recovery.at_ms), describe_recovery(recovery));
     }
     if !cluster.diverged.is_empty() {
         let _ = writeln!(out, "DIVERGED (refused, need rebuilding): {}", cluster.diverged.join(", "));
@@ -291,7 +218,11 @@ pub(crate) mod tests {
                 "members": ["127.0.0.1:8000", "127.0.0.1:8001"], "prepared_batch": null,
                 "config_version": 3, "supervisor": "127.0.0.1:9000"}},
             {"address": "127.0.0.1:8001", "alive": true, "member": true, "role": "leader", "term": 2,
-             "applied_lsn": 12, "lag": 0, "error": null, "status": {"node_id": "node1", "role": "leader"}},
+             "applied_lsn": 12, "lag": 0, "error": null, "status": {
+                "node_id": "node1", "address": "127.0.0.1:8001", "role": "leader", "term": 2,
+                "leader": "127.0.0.1:8001", "applied_lsn": 12, "last_commit_ts": 77,
+                "members": ["127.0.0.1:8000", "127.0.0.1:8001"], "prepared_batch": null,
+                "config_version": 3, "supervisor": "127.0.0.1:9000"}},
             {"address": "127.0.0.1:8002", "alive": false, "member": false, "role": null, "term": null,
              "applied_lsn": null, "lag": null, "status": null,
              "error": "cannot connect: Connection refused (os error 111)"}
@@ -307,7 +238,7 @@ pub(crate) mod tests {
 
     #[test]
     fn renders_the_supervisor_status() {
-        let cluster: ClusterStatus = serde_json::from_str(AFTER_FAILOVER).unwrap();
+        let cluster: SupervisorStatus = serde_json::from_str(AFTER_FAILOVER).unwrap();
         let text = render(&cluster);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "ADDRESS         NODE   ALIVE  MEMBER  ROLE     TERM  APPLIED_LSN  LAG", "{text}");
@@ -325,7 +256,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_minimal_status_is_understood() {
-        let cluster: ClusterStatus = serde_json::from_str(r#"{"leader": null}"#).unwrap();
+        let cluster: SupervisorStatus = serde_json::from_str(r#"{"leader": null}"#).unwrap();
         let text = render(&cluster);
         assert!(text.contains("leader: none"), "{text}");
         assert!(text.contains("members: none"), "{text}");

@@ -112,7 +112,8 @@ async fn status_prints_the_table() {
         "term": 1, "config_version": 1, "leader": "127.0.0.1:8000", "members": ["127.0.0.1:8000"],
         "writes_available": true, "message": "writes go to 127.0.0.1:8000",
         "nodes": [{"address": "127.0.0.1:8000", "alive": true, "member": true, "role": "leader", "term": 1,
-                   "applied_lsn": 4, "lag": 0, "error": null, "status": {"node_id": "node0"}}],
+                   "applied_lsn": 4, "lag": 0, "error": null,
+                   "status": fake_agent::agent_status(0, "127.0.0.1:8000", "leader")}],
         "last_failover": null, "failovers": [], "recovering": [], "recoveries": [], "diverged": [], "clients": []
     }));
     let (code, out, err) = text(&client(&["status", "--supervisor", &supervisor.address]).await);

@@ -84,7 +84,7 @@ pub(crate) async fn cluster_json(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// The live view of `cluster` with this client's side: its leader, history and drills.
-fn live(state: &AppState, cluster: &Result<crate::status::ClusterStatus, String>) -> LiveView {
+fn live(state: &AppState, cluster: &Result<crate::status::SupervisorStatus, String>) -> LiveView {
     live_view(cluster, state.leader(), state.history(), state.drills())
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::run::Runner;
-use crate::status::{self, ClusterStatus};
+use crate::status::{self, SupervisorStatus};
 
 /// Transactions and drills the cluster page lists.
 pub const HISTORY_LEN: usize = 20;
@@ -36,7 +36,7 @@ struct Shared {
     /// Talks to the supervisor (status) and to agents (drills), with short timeouts.
     http: reqwest::Client,
     /// The last supervisor status and when it was fetched (see [`STATUS_CACHE_TTL`]).
-    cache: tokio::sync::Mutex<Option<(Instant, Result<ClusterStatus, String>)>>,
+    cache: tokio::sync::Mutex<Option<(Instant, Result<SupervisorStatus, String>)>>,
     log: Mutex<Log>,
     /// Rotates "any node" reads over the live nodes.
     next_any: AtomicUsize,
@@ -141,7 +141,7 @@ impl AppState {
 
     /// The supervisor's status, at most [`STATUS_CACHE_TTL`] old. Concurrent callers share one
     /// fetch.
-    pub(super) async fn cluster(&self) -> Result<ClusterStatus, String> {
+    pub(super) async fn cluster(&self) -> Result<SupervisorStatus, String> {
         let mut cache = self.inner.cache.lock().await;
         if let Some((at, status)) = cache.as_ref() {
             if at.elapsed() < STATUS_CACHE_TTL {
@@ -158,7 +158,7 @@ impl AppState {
 
     /// The last status fetched, however old, without asking the supervisor: for what a page
     /// merely offers (the "read from" menu), so that a slow supervisor does not slow a run.
-    pub(super) async fn cached_cluster(&self) -> Option<ClusterStatus> {
+    pub(super) async fn cached_cluster(&self) -> Option<SupervisorStatus> {
         self.inner.cache.lock().await.as_ref().and_then(|(_, status)| status.as_ref().ok().cloned())
     }
 

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::{app, AppState};
-use crate::fake_agent::FakeSupervisor;
+use crate::fake_agent::{self, FakeSupervisor};
 use crate::run::Runner;
 
 pub(super) struct Sent {
@@ -54,7 +54,7 @@ pub(super) async fn supervisor_of(nodes: &[(&str, &str)]) -> FakeSupervisor {
         .map(|(i, (address, role))| {
             json!({"address": address, "alive": *role != "dead", "member": true, "role": role,
                    "term": 2, "applied_lsn": 12, "lag": 0, "error": null,
-                   "status": {"node_id": format!("node{i}")}})
+                   "status": fake_agent::agent_status(i, address, role)})
         })
         .collect();
     supervisor.set_status(status);

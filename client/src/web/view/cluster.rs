@@ -1,7 +1,9 @@
 //! The cluster page's views: the supervisor's status, the history and the drills, as text ready to
 //! print.
 
-use crate::status::{clock_time, ClusterStatus, NodeReport};
+use protocol::Role;
+
+use crate::status::{clock_time, node_id, role_label, NodeReport, SupervisorStatus};
 use crate::web::drill::Drill;
 use crate::web::state::{DrillEntry, HistoryEntry, HISTORY_LEN};
 
@@ -103,10 +105,10 @@ fn dash(value: Option<i64>) -> String {
 
 /// The drill a node offers: stop it if it leads, bring it back if it is down.
 pub(crate) fn drill_for(node: &NodeReport) -> Option<DrillAction> {
-    let drill = match node.role.as_deref() {
-        Some("leader") => Drill::DownLeader,
-        Some("down") => Drill::UpNode,
-        _ => return None,
+    let drill = match node.role? {
+        Role::Leader => Drill::DownLeader,
+        Role::Down => Drill::UpNode,
+        Role::Replica | Role::Standby => return None,
     };
     Some(DrillAction { action: drill.name(), label: drill.button(), confirm: drill.question(&node.address) })
 }
@@ -122,7 +124,7 @@ pub(crate) fn flash(drill: &DrillEntry) -> Flash {
 /// The live part of the cluster page: the supervisor's status (or why there is none), where
 /// this client sends transactions, and what it ran, newest first.
 pub(crate) fn live_view(
-    cluster: &Result<ClusterStatus, String>,
+    cluster: &Result<SupervisorStatus, String>,
     client_leader: String,
     history: Vec<HistoryEntry>,
     drills: Vec<DrillEntry>,
@@ -182,8 +184,8 @@ pub(crate) fn live_view(
         .iter()
         .map(|n| NodeRow {
             address: n.address.clone(),
-            node_id: n.node_id().to_string(),
-            role: n.role().to_string(),
+            node_id: node_id(n).to_string(),
+            role: role_label(n),
             alive: n.alive,
             member: n.member,
             term: dash(n.term),

@@ -4,7 +4,7 @@ use protocol::Outcome;
 use uuid::Uuid;
 
 use crate::run::{describe_writes, role_name, wire_name, RunError, RunReport, Verdict};
-use crate::status::ClusterStatus;
+use crate::status::{node_id, role_label, SupervisorStatus};
 use crate::web::state::HistoryEntry;
 
 /// Longest transaction text kept in the history.
@@ -58,13 +58,13 @@ pub(crate) struct Pointer {
 }
 
 /// The "read from" menu: the leader, any node, then each node the supervisor knows.
-pub(crate) fn read_choices(cluster: Option<&ClusterStatus>, selected: &str) -> Vec<Choice> {
+pub(crate) fn read_choices(cluster: Option<&SupervisorStatus>, selected: &str) -> Vec<Choice> {
     let mut choices = vec![
         Choice { value: "leader".into(), label: "the leader".into(), selected: false },
         Choice { value: "any".into(), label: "any node (in turn)".into(), selected: false },
     ];
     for node in cluster.map(|c| c.nodes.as_slice()).unwrap_or_default() {
-        let label = format!("{} ({}, {})", node.address, node.node_id(), node.role());
+        let label = format!("{} ({}, {})", node.address, node_id(node), role_label(node));
         choices.push(Choice { value: node.address.clone(), label, selected: false });
     }
     let index = choices.iter().position(|c| c.value == selected).unwrap_or(0);

@@ -20,14 +20,44 @@ use serde_json::{json, Value};
 /// The longest one endpoint gets for one call before the next is tried.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EtcdError {
     /// No endpoint answered in time, or none had quorum.
     #[error("etcd is unavailable: {0}")]
     Unavailable(String),
-    /// etcd answered with an error that trying again will not change (an unknown lease, say).
+    /// What the request names does not exist (an expired or unknown lease, say): the same on
+    /// every member.
+    #[error("etcd refused the request: {0}")]
+    NotFound(String),
+    /// etcd answered with another error that trying again will not change.
     #[error("etcd refused the request: {0}")]
     Refused(String),
+}
+
+/// The gRPC status code `NOT_FOUND`, which the gateway puts in an error body's `code`.
+const GRPC_NOT_FOUND: i64 = 5;
+
+/// What one endpoint's error answer means for the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The same on every member: the call fails with this error.
+    Final(EtcdError),
+    /// This member could not serve it (no leader, a timeout inside etcd): try the next one.
+    TryNext(String),
+}
+
+/// Reads an error answer: its HTTP status and its body (`{"error", "message", "code"}`, the
+/// gRPC status; None when the body was not JSON).
+fn failure(status: reqwest::StatusCode, body: Option<&Value>) -> Failure {
+    let message = body.and_then(|b| b.get("message")).and_then(Value::as_str).unwrap_or("").to_string();
+    let code = body.and_then(|b| b.get("code")).and_then(Value::as_i64);
+    if code == Some(GRPC_NOT_FOUND) {
+        Failure::Final(EtcdError::NotFound(message))
+    } else if status.is_client_error() {
+        Failure::Final(EtcdError::Refused(message))
+    } else {
+        Failure::TryNext(format!("{status} {message}"))
+    }
 }
 
 /// A key's value and revisions, as read.
@@ -78,32 +108,33 @@ impl Etcd {
         for i in 0..self.endpoints.len() {
             let index = (first + i) % self.endpoints.len();
             let endpoint = &self.endpoints[index];
-            let answer = match self.http.post(format!("http://{endpoint}{path}")).json(body).send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    match resp.json::<Value>().await {
-                        Ok(v) if status.is_success() => Ok(v),
-                        Ok(v) => Err((status, v.get("message").and_then(Value::as_str).unwrap_or("").to_string())),
-                        Err(e) => Err((status, format!("unreadable answer: {e}"))),
-                    }
-                }
+            let resp = match self.http.post(format!("http://{endpoint}{path}")).json(body).send().await {
+                Ok(resp) => resp,
                 Err(e) => {
                     failures.push(format!("{endpoint}: {e}"));
                     continue;
                 }
             };
-            match answer {
-                Ok(v) => {
+            let status = resp.status();
+            let answer = match resp.json::<Value>().await {
+                Ok(v) if status.is_success() => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(v);
                 }
+                Ok(v) => failure(status, Some(&v)),
+                Err(e) => match failure(status, None) {
+                    Failure::TryNext(_) => Failure::TryNext(format!("{status} unreadable answer: {e}")),
+                    Failure::Final(_) => Failure::Final(EtcdError::Refused(format!("unreadable answer: {e}"))),
+                },
+            };
+            match answer {
                 // A lease that does not exist, say: the same everywhere.
-                Err((status, message)) if status.is_client_error() || message.contains("not found") => {
+                Failure::Final(e) => {
                     self.preferred.store(index, Ordering::Relaxed);
-                    return Err(EtcdError::Refused(message));
+                    return Err(e);
                 }
                 // No leader, a timeout inside etcd: another member may do better.
-                Err((status, message)) => failures.push(format!("{endpoint}: {status} {message}")),
+                Failure::TryNext(why) => failures.push(format!("{endpoint}: {why}")),
             }
         }
         Err(EtcdError::Unavailable(failures.join("; ")))
@@ -185,7 +216,7 @@ impl Etcd {
     pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
         match self.post("/v3/lease/revoke", &json!({ "ID": lease.to_string() })).await {
             Ok(_) => Ok(()),
-            Err(EtcdError::Refused(m)) if m.contains("not found") => Ok(()),
+            Err(EtcdError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -219,5 +250,25 @@ mod tests {
         assert_eq!(int(Some(&json!(5))), 5);
         assert_eq!(int(Some(&json!("x"))), 0);
         assert_eq!(int(None), 0);
+    }
+
+    #[test]
+    fn an_error_answer_is_read_by_its_grpc_code_and_status_not_its_text() {
+        use reqwest::StatusCode;
+        // What etcd 3.4 answers to revoking an unknown lease.
+        let gone = json!({"error": "etcdserver: requested lease not found",
+            "message": "etcdserver: requested lease not found", "code": 5});
+        assert_eq!(
+            failure(StatusCode::NOT_FOUND, Some(&gone)),
+            Failure::Final(EtcdError::NotFound("etcdserver: requested lease not found".into()))
+        );
+        let bad = json!({"error": "bad", "message": "bad", "code": 3});
+        assert_eq!(failure(StatusCode::BAD_REQUEST, Some(&bad)), Failure::Final(EtcdError::Refused("bad".into())));
+        let no_leader = json!({"error": "etcdserver: no leader", "message": "etcdserver: no leader", "code": 14});
+        assert_eq!(
+            failure(StatusCode::SERVICE_UNAVAILABLE, Some(&no_leader)),
+            Failure::TryNext("503 Service Unavailable etcdserver: no leader".into())
+        );
+        assert!(matches!(failure(StatusCode::BAD_GATEWAY, None), Failure::TryNext(_)));
     }
 }

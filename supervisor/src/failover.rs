@@ -1,5 +1,6 @@
 //! The supervisor's decisions, pure: given the configuration and what the last polls saw,
-//! what to do next. No I/O; the runtime in `main.rs`/`run.rs` carries the decision out.
+//! what to do next. No I/O; the runtime (`run.rs` and the modules it drives: `election.rs`,
+//! `membership.rs`, `recovery.rs`) carries the decision out.
 //!
 //! Invariants kept here:
 //! - Only a member can become leader: a node outside the member set may lack committed entries.
@@ -11,8 +12,17 @@
 //! - Membership only shrinks on a report from the leader that carries evidence, never below
 //!   the durability floor (`min_copies`), and only grows through recovery (`Action::Recover`).
 
+use std::time::Duration;
+
 use protocol::{AgentStatus, ClusterConfig, FailureKind, FailureReport, Lsn, Role, Term};
 use uuid::Uuid;
+
+/// A candidate that failed this many elections in a row is passed over for a while.
+pub const MAX_PROMOTION_FAILURES: u32 = 2;
+/// How long a candidate passed over after failed elections waits, at most, before it may be
+/// tried again (the wait doubles with each failure from 1 s): a node that failed once, say
+/// its PostgreSQL was restarting, must not stay unelectable forever.
+pub const MAX_PROMOTION_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What the supervisor knows of one agent after its last polls.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +257,62 @@ pub fn on_failure_report(
     next.version += 1;
     next.members.retain(|m| *m != report.member);
     Ok(next)
+}
+
+/// How long a candidate that failed `failures` elections in a row is passed over: not at all
+/// before `MAX_PROMOTION_FAILURES`, then 1 s, doubling up to `MAX_PROMOTION_BACKOFF`. It always
+/// ends: a node that failed while, say, its PostgreSQL restarted must be electable again.
+pub fn promotion_backoff(failures: u32) -> Duration {
+    if failures < MAX_PROMOTION_FAILURES {
+        return Duration::ZERO;
+    }
+    (Duration::from_secs(1) * 2u32.saturating_pow((failures - MAX_PROMOTION_FAILURES).min(8)))
+        .min(MAX_PROMOTION_BACKOFF)
+}
+
+/// A recovery's tail left the node short of where the leader paused: tried again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the node reached LSN {reached} but the leader is at {leader}; trying again")]
+pub struct ShortOfLeader {
+    pub reached: Lsn,
+    pub leader: Lsn,
+}
+
+/// Where a recovery's tail left the node, against the LSN the leader paused at: short of it is
+/// a retry; beyond it is not divergence (the pause ended by itself and the leader committed
+/// more, which the tail fetched): the leader's own check at the join decides.
+pub fn caught_up_to(node_lsn: Lsn, paused_lsn: Lsn) -> Result<Lsn, ShortOfLeader> {
+    if node_lsn < paused_lsn {
+        return Err(ShortOfLeader { reached: node_lsn, leader: paused_lsn });
+    }
+    Ok(node_lsn)
+}
+
+/// The newest configuration any agent reports (the highest term, then version), which a
+/// restarted supervisor, or one whose store is behind, adopts if it is newer than its own.
+pub fn newest_reported<'a>(statuses: impl IntoIterator<Item = &'a AgentStatus>) -> Option<ClusterConfig> {
+    statuses
+        .into_iter()
+        .map(|s| ClusterConfig {
+            term: s.term,
+            version: s.config_version,
+            leader: s.leader.clone(),
+            members: s.members.clone(),
+        })
+        .max_by_key(|c| (c.term, c.version))
+}
+
+/// The cluster's id as the configuration's leader reports it, once it leads the configuration's
+/// term: the first leader of a new cluster makes the id, and a supervisor that lost its state
+/// learns it again the same way. None while the leader has not reported one.
+pub fn reported_cluster_id(config: &ClusterConfig, observed: &[Observed]) -> Option<Uuid> {
+    let leader = config.leader.as_deref()?;
+    observed
+        .iter()
+        .find(|o| o.address == leader && o.alive)
+        .and_then(|o| o.status.as_ref())
+        .filter(|s| s.role == Role::Leader && s.term == config.term)
+        .and_then(|s| s.cluster_id)
 }
 
 #[cfg(test)]
@@ -542,5 +608,50 @@ mod tests {
             on_failure_report(&gone, &report(2, "b:2", FailureKind::VotedNo), REACHABLE, FLOOR),
             Ok(gone.clone())
         );
+    }
+
+    // Finding 5: failed promotions never expired; a node passed over stayed unelectable.
+    #[test]
+    fn a_candidate_passed_over_is_tried_again_after_a_bounded_wait() {
+        assert_eq!(promotion_backoff(1), Duration::ZERO);
+        assert_eq!(promotion_backoff(2), Duration::from_secs(1));
+        assert_eq!(promotion_backoff(3), Duration::from_secs(2));
+        assert_eq!(promotion_backoff(40), MAX_PROMOTION_BACKOFF);
+    }
+
+    // Finding 5: a tail recovery that fetched past the paused LSN was marked "diverged" for good.
+    #[test]
+    fn a_tail_past_the_paused_lsn_is_not_divergence() {
+        assert_eq!(caught_up_to(50, 50), Ok(50));
+        assert_eq!(caught_up_to(57, 50), Ok(57));
+        assert_eq!(caught_up_to(40, 50), Err(ShortOfLeader { reached: 40, leader: 50 }));
+        assert!(caught_up_to(40, 50).unwrap_err().to_string().ends_with("trying again"));
+    }
+
+    #[test]
+    fn the_newest_reported_configuration_is_the_highest_term_then_version() {
+        let mut a = status("a:1", Role::Replica, 3, 1, 10);
+        a.config_version = 9;
+        let mut b = status("b:2", Role::Leader, 4, 1, 10);
+        b.config_version = 2;
+        b.leader = Some("b:2".into());
+        let newest = newest_reported([&a, &b]).unwrap();
+        assert_eq!((newest.term, newest.version, newest.leader.as_deref()), (4, 2, Some("b:2")));
+        assert_eq!(newest_reported([]), None);
+    }
+
+    #[test]
+    fn the_cluster_id_is_learnt_only_from_the_leader_of_the_term() {
+        let id = Uuid::from_u128(7);
+        let c = config(2, "a:1", &["a:1", "b:2"]);
+        let mut leader = up("a:1", Role::Leader, 2);
+        leader.status.as_mut().unwrap().cluster_id = Some(id);
+        let mut replica = up("b:2", Role::Replica, 2);
+        replica.status.as_mut().unwrap().cluster_id = Some(Uuid::from_u128(8));
+        assert_eq!(reported_cluster_id(&c, &[leader.clone(), replica.clone()]), Some(id));
+        // A leader of an older term, or one that does not answer, tells nothing.
+        assert_eq!(reported_cluster_id(&config(3, "a:1", &["a:1"]), &[leader.clone()]), None);
+        leader.alive = false;
+        assert_eq!(reported_cluster_id(&c, &[leader, replica]), None);
     }
 }

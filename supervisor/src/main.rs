@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use supervisor::run::{router, Settings, Supervisor};
+use supervisor::api::router;
+use supervisor::run::{Settings, Supervisor};
 use supervisor::store::StoreSpec;
 use supervisor::METRICS;
 

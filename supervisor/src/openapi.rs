@@ -1,5 +1,5 @@
 //! `GET /openapi.json`: the supervisor's HTTP interface as an OpenAPI 3.1 document, generated
-//! from the handlers' `#[utoipa::path]` annotations (`run.rs`) and the wire types (`protocol`).
+//! from the handlers' `#[utoipa::path]` annotations (`api.rs`) and the wire types (`protocol`).
 //! With a cluster token configured, `/register_client/` and `/report_failure` declare it and
 //! their 401 answer ([`protocol::openapi::apply_cluster_token`]).
 
@@ -16,12 +16,12 @@ use utoipa::{OpenApi, ToSchema};
             recovers returning nodes. Every error answer is an `ErrorBody`. See docs/api.md."
     ),
     paths(
-        crate::run::status,
+        crate::api::status,
         health,
-        crate::run::metrics_text,
+        crate::api::metrics_text,
         openapi_json,
-        crate::run::register_client,
-        crate::run::report_failure,
+        crate::api::register_client,
+        crate::api::report_failure,
     ),
     components(schemas(ErrorBody, ClusterConfig)),
     tags(

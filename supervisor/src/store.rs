@@ -141,7 +141,7 @@ impl Store {
         })
     }
 
-    /// For `GET /status`: "file <path>" or "etcd <endpoints> <prefix>".
+    /// For `GET /status`: `file <path>` or `etcd <endpoints> <prefix>`.
     pub fn describe(&self) -> String {
         match self {
             Store::File { path } => format!("file {}", path.display()),

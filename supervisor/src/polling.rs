@@ -1,0 +1,171 @@
+//! Polling the agents: every poll interval, each agent's `/health` (carrying the current
+//! term) and its `/status`, all at once, each within the poll's timeout. What the polls saw is
+//! kept per agent in [`Observations`], which the decisions ([`crate::failover`]) and
+//! `GET /status` read.
+//!
+//! Invariants kept here:
+//! - A frozen agent costs one timeout per poll, not two: `/status` is asked only of an agent
+//!   that answered `/health` (healthy or not), so detection time stays bounded.
+//! - An agent counts as alive once it answered a poll and while it has missed fewer than
+//!   `--misses` in a row.
+
+use std::sync::Mutex as SyncMutex;
+use std::time::{Duration, Instant};
+
+use protocol::{AgentStatus, ClusterConfig, Term};
+
+use crate::agent_client::{AgentClient, CallError};
+use crate::config_keeper::lock;
+use crate::failover::{newest_reported, Observed};
+
+/// The shortest timeout of a poll's calls, whatever the poll interval.
+const MIN_POLL_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// What the polls saw of one agent.
+#[derive(Debug, Clone, Default)]
+pub struct NodeObs {
+    pub address: String,
+    /// Consecutive polls without a healthy answer.
+    pub misses: u32,
+    /// The last healthy answer.
+    pub last_ok: Option<Instant>,
+    /// Its last `/status`; None when the last poll got none.
+    pub status: Option<AgentStatus>,
+    /// Why the last `/health` failed, if it did.
+    pub error: Option<String>,
+}
+
+impl NodeObs {
+    /// Whether it counts as up: it answered once, and missed fewer than `misses` polls since.
+    pub fn alive(&self, misses: u32) -> bool {
+        self.misses < misses && self.last_ok.is_some()
+    }
+
+    /// Takes in one poll's answers.
+    fn record(&mut self, health: Result<(), CallError>, status: Option<AgentStatus>, now: Instant) {
+        match health {
+            Ok(()) => {
+                self.misses = 0;
+                self.last_ok = Some(now);
+                self.error = None;
+            }
+            Err(e) => {
+                self.misses = self.misses.saturating_add(1);
+                self.error = Some(e.to_string());
+            }
+        }
+        self.status = status;
+    }
+}
+
+/// What the polls saw of every agent, in configured order.
+pub struct Observations {
+    nodes: SyncMutex<Vec<NodeObs>>,
+    /// `--misses`: consecutive missed polls after which an agent counts as down.
+    misses: u32,
+}
+
+impl Observations {
+    pub fn new(agents: &[String], misses: u32) -> Observations {
+        let nodes = agents.iter().map(|a| NodeObs { address: a.clone(), ..Default::default() }).collect();
+        Observations { nodes: SyncMutex::new(nodes), misses }
+    }
+
+    /// One poll of every agent, all at once; the answers replace the last ones.
+    pub async fn poll(&self, client: &AgentClient, agents: &[String], term: Term, interval: Duration) {
+        let timeout = interval.max(MIN_POLL_TIMEOUT);
+        let answers = futures::future::join_all(agents.iter().map(|addr| async move {
+            let health = client.health(addr, term, timeout).await;
+            let status = match &health {
+                Ok(()) => client.status(addr, timeout).await.ok(),
+                // Up but unhealthy (its database is down, say): its status still tells.
+                Err(e) if e.answered() => client.status(addr, timeout).await.ok(),
+                Err(_) => None,
+            };
+            (health, status)
+        }))
+        .await;
+        let now = Instant::now();
+        let mut nodes = lock(&self.nodes);
+        for (node, (health, status)) in nodes.iter_mut().zip(answers) {
+            node.record(health, status, now);
+        }
+    }
+
+    /// Each agent as the decisions see it.
+    pub fn observed(&self) -> Vec<Observed> {
+        lock(&self.nodes)
+            .iter()
+            .map(|o| Observed { address: o.address.clone(), alive: o.alive(self.misses), status: o.status.clone() })
+            .collect()
+    }
+
+    /// Whether some agent is not known yet: it has neither answered nor missed enough polls to
+    /// count as down. Deciding before would let a whole-cluster restart elect whichever agent
+    /// happened to start first.
+    pub fn still_learning(&self) -> bool {
+        lock(&self.nodes).iter().any(|o| o.last_ok.is_none() && o.misses < self.misses)
+    }
+
+    /// The last healthy answer of `addr`.
+    pub fn last_ok(&self, addr: &str) -> Option<Instant> {
+        lock(&self.nodes).iter().find(|o| o.address == addr).and_then(|o| o.last_ok)
+    }
+
+    /// The newest configuration any agent reported in the last polls.
+    pub fn newest_config(&self) -> Option<ClusterConfig> {
+        newest_reported(lock(&self.nodes).iter().filter_map(|o| o.status.as_ref()))
+    }
+
+    pub fn snapshot(&self) -> Vec<NodeObs> {
+        lock(&self.nodes).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_is_alive_from_its_first_answer_until_it_misses_enough_polls() {
+        let now = Instant::now();
+        let mut node = NodeObs { address: "a:1".into(), ..Default::default() };
+        assert!(!node.alive(3), "never answered");
+        node.record(Ok(()), None, now);
+        assert!(node.alive(3));
+        let refused = || {
+            Err(CallError::Refused {
+                addr: "a:1".into(),
+                status: reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                code: "unavailable".into(),
+                message: "no database".into(),
+            })
+        };
+        node.record(refused(), None, now);
+        node.record(refused(), None, now);
+        assert!(node.alive(3), "two misses of three");
+        assert_eq!(node.error.as_deref(), Some("a:1 answered 503 Service Unavailable: no database"));
+        node.record(refused(), None, now);
+        assert!(!node.alive(3));
+        node.record(Ok(()), None, now);
+        assert!(node.alive(3) && node.error.is_none());
+    }
+
+    #[test]
+    fn decisions_wait_until_every_agent_answered_or_counts_as_down() {
+        let agents = ["a:1".to_string(), "b:2".to_string()];
+        let observations = Observations::new(&agents, 2);
+        assert!(observations.still_learning());
+        let now = Instant::now();
+        {
+            let mut nodes = lock(&observations.nodes);
+            nodes[0].record(Ok(()), None, now);
+            for _ in 0..2 {
+                nodes[1].misses += 1;
+            }
+        }
+        assert!(!observations.still_learning());
+        assert_eq!(observations.observed().iter().map(|o| o.alive).collect::<Vec<_>>(), [true, false]);
+        assert_eq!(observations.last_ok("a:1"), Some(now));
+    }
+}

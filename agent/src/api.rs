@@ -197,7 +197,7 @@ fn commit_response(txn_id: Uuid, outcome: TxnOutcome) -> Response {
         (status = 503, description = "Metrics are not enabled in this process", body = ErrorBody),
     ))]
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let status = node.status().await;
+    let status = node.status();
     metrics::gauge!("rmw_applied_lsn").set(status.applied_lsn as f64);
     metrics::gauge!("rmw_term").set(status.term as f64);
     metrics::gauge!("rmw_is_leader").set(if status.role == protocol::Role::Leader { 1.0 } else { 0.0 });
@@ -212,7 +212,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 #[utoipa::path(get, path = "/status", tag = "operations",
     responses((status = 200, description = "Role, term, leader, applied LSN, members", body = AgentStatus)))]
 async fn status(State(node): State<Arc<Node>>) -> Response {
-    Json(node.status().await).into_response()
+    Json(node.status()).into_response()
 }
 
 #[derive(Deserialize)]

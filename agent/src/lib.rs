@@ -1,17 +1,20 @@
 //! The agent: one beside each PostgreSQL server. See `docs/architecture.md` for the map.
 //!
-//! Pure protocol logic (no I/O): [`validation`] (timestamp ordering), [`participant`] (a
-//! member's two-phase-commit rules), [`resolution`] (in-doubt batches). Runtime: [`store`]
-//! (PostgreSQL), [`peers`] (HTTP to other agents), [`two_phase`] (the leader's commit path),
-//! [`node`] (one agent's state), [`api`] (the HTTP edge).
+//! The protocol's rules are pure and live in the `engine` crate (the member's state machine,
+//! timestamp ordering, the in-doubt rules). This crate is their runtime: [`store`]
+//! (PostgreSQL), [`peers`] (HTTP to other agents), [`node`] (the member under its lock and the
+//! effects it asks for), [`replica`] (PREPARE and decisions), [`recovery`], [`promotion`],
+//! [`two_phase`] (the leader's commit path) and [`api`] (the HTTP edge).
 
 pub mod api;
 pub mod error;
 pub mod metrics;
 pub mod node;
 pub mod openapi;
-pub mod participant;
 pub mod peers;
+pub mod promotion;
+pub mod recovery;
+pub mod replica;
 pub mod store;
 pub mod two_phase;
 

@@ -15,7 +15,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool, Row};
 use uuid::Uuid;
 
-use crate::participant::PendingBatch;
+use engine::batch::Batch as PendingBatch;
+pub use engine::batch::LogEnd;
 
 /// Connections to the local PostgreSQL. Enough for the commit path (one at a time) plus reads.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
@@ -31,14 +32,6 @@ pub struct Snapshot {
     pub lsn: Lsn,
     pub commit_ts: Timestamp,
     /// The term of the entry at `lsn` (0 for an empty log).
-    pub term: Term,
-}
-
-/// Where a node's log ends: what elections compare.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LogEnd {
-    pub lsn: Lsn,
-    pub commit_ts: Timestamp,
     pub term: Term,
 }
 
@@ -126,10 +119,14 @@ impl Store {
         Ok(config.map(|c| c.0))
     }
 
+    /// Stores `config` unless a newer one (higher term, then higher version) is stored: writes
+    /// from concurrent requests may land in any order and the stored term still only grows.
     pub async fn save_config(&self, config: &ClusterConfig) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO agent_cluster_config (id, config) VALUES (1, $1) \
-             ON CONFLICT (id) DO UPDATE SET config = EXCLUDED.config",
+             ON CONFLICT (id) DO UPDATE SET config = EXCLUDED.config \
+             WHERE ((agent_cluster_config.config->>'term')::bigint, (agent_cluster_config.config->>'version')::bigint) \
+                <= ((EXCLUDED.config->>'term')::bigint, (EXCLUDED.config->>'version')::bigint)",
         )
         .bind(sqlx::types::Json(config))
         .execute(&self.pool)

@@ -1,0 +1,172 @@
+//! A node outside the member set catches up from the leader's log (`POST /internal/recover`).
+//!
+//! 1. Its own prepared batches: their outcome is whatever the leader's log says.
+//! 2. Its log must be a prefix of the leader's: the entry at its applied LSN must be the
+//!    leader's entry there, whole (term and timestamp too). A node that differs is *diverged*
+//!    and must be rebuilt, never merged.
+//! 3. The leader's log after its applied LSN, page by page, applied in LSN order (applying is
+//!    idempotent by LSN).
+//!
+//! The member is in `Recovering` mode meanwhile: other requests wait, `/status` does not. Safe
+//! to call again; the supervisor calls it once in bulk and once more for the tail while the
+//! leader pauses.
+
+use engine::member::RecoveryRefusal;
+use engine::Batch;
+use protocol::{BatchState, Decision, RecoverRequest, RecoverResponse};
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::node::{Next, Node, STEP_WAIT};
+use crate::peers::PeerError;
+use crate::store::LogEnd;
+use engine::cluster::{membership, Membership};
+
+/// Page size when a recovering node fetches the leader's log.
+pub const RECOVERY_PAGE: i64 = 5_000;
+
+/// Ends the member's recovery mode however the recovery ends (an early return included).
+struct Recovering<'a> {
+    node: &'a Node,
+    uncertain: bool,
+}
+
+impl Drop for Recovering<'_> {
+    fn drop(&mut self) {
+        let uncertain = self.uncertain;
+        self.node.with_member(|m| m.end_recovery(uncertain));
+    }
+}
+
+impl Node {
+    /// `POST /internal/recover`.
+    pub async fn recover(&self, req: &RecoverRequest) -> Result<RecoverResponse, ApiError> {
+        self.check_serving()?;
+        let joining = match membership(self.cluster_id(), req.cluster_id) {
+            Membership::Same => None,
+            Membership::Adopt(id) => Some(id),
+            Membership::Foreign { ours, theirs } => {
+                return Err(ApiError::Conflict(format!(
+                    "diverged: this node's database belongs to cluster {ours}, not {theirs}; it must be rebuilt, not merged"
+                )))
+            }
+        };
+        let slots = self.begin_recovery(req).await?;
+        let mut guard = Recovering { node: self, uncertain: false };
+        let leader = &req.leader;
+        let unreachable = |e: PeerError| ApiError::Unavailable(format!("recovery could not reach the leader: {e}"));
+
+        // 1. Our own prepared batches, first to last.
+        let mut resolved_pending = None;
+        for batch in slots {
+            let answer = self.peers.batch_state(leader, &batch.info()).await.map_err(unreachable)?;
+            let decision = match answer.state {
+                BatchState::Committed => Decision::Commit,
+                BatchState::Absent => Decision::Abort,
+                BatchState::Prepared => {
+                    return Err(ApiError::Unavailable(
+                        "the leader still has this node's prepared batch in flight; retry".into(),
+                    ))
+                }
+            };
+            self.resolve_slot(&batch, decision, &mut guard).await?;
+            tracing::info!(gid = %batch.gid(), ?decision, "recovery resolved this node's prepared batch");
+            resolved_pending.get_or_insert(decision);
+        }
+
+        // 2. Our log must be a prefix of the leader's.
+        let mut after = self.applied().0;
+        if after > 0 {
+            let page = self.peers.log_page(leader, after - 1, 1).await.map_err(unreachable)?;
+            let ours = self.store.entry_at(after).await.map_err(ApiError::internal)?;
+            let theirs = page.entries.first();
+            if ours.as_ref() != theirs {
+                tracing::error!(applied_lsn = after, ours = ?ours.map(|e| e.txn_id), theirs = ?theirs.map(|e| e.txn_id),
+                    "DIVERGED: this node's log differs from the leader's; refusing to merge");
+                return Err(ApiError::Conflict(format!(
+                    "diverged: this node's log entry at LSN {after} differs from the leader's; the node must be rebuilt, not merged"
+                )));
+            }
+        }
+
+        // 3. Apply the leader's log after our applied LSN, page by page, in LSN order.
+        let mut entries_applied = 0u64;
+        loop {
+            let page = self.peers.log_page(leader, after, RECOVERY_PAGE).await.map_err(unreachable)?;
+            let Some(last) = page.entries.last() else {
+                break;
+            };
+            let end = LogEnd { lsn: last.lsn, commit_ts: last.commit_ts, term: last.term };
+            let dense = page.entries.iter().enumerate().all(|(i, e)| e.lsn == after + 1 + i as i64);
+            if !dense {
+                return Err(ApiError::Conflict(format!("the leader's log page after LSN {after} is not dense")));
+            }
+            if let Err(e) = self.store.apply_committed(&page.entries).await {
+                // The page may have committed before the error reached us.
+                guard.uncertain = true;
+                return Err(ApiError::unavailable(e));
+            }
+            entries_applied += page.entries.len() as u64;
+            self.with_member(|m| m.recovered(end));
+            after = end.lsn;
+            if !page.more {
+                break;
+            }
+        }
+        metrics::counter!("rmw_recovered_entries_total").increment(entries_applied);
+        // Caught up with the cluster's leader: this database is one of the cluster now.
+        if let Some(cluster) = joining {
+            let kept = self.store.adopt_cluster_id(cluster).await.map_err(ApiError::unavailable)?;
+            self.with_member(|m| m.took_cluster_id(kept));
+            tracing::info!(cluster_id = %kept, "this node's database now belongs to the cluster");
+        }
+        drop(guard);
+        Ok(RecoverResponse { applied_lsn: self.applied().0, entries_applied, resolved_pending })
+    }
+
+    /// Puts the member in recovery mode; returns the batches it holds prepared.
+    async fn begin_recovery(&self, req: &RecoverRequest) -> Result<Vec<Batch>, ApiError> {
+        let deadline = Instant::now() + STEP_WAIT;
+        loop {
+            let changed = self.next_change();
+            let step = self.with_member(|m| m.begin_recovery(req.term));
+            match self.settle(step, changed, deadline).await? {
+                Next::Answer(Ok(slots)) => return Ok(slots),
+                Next::Answer(Err(RecoveryRefusal::Leading)) => {
+                    return Err(ApiError::Conflict("the leader does not recover from another node".into()))
+                }
+                Next::Answer(Err(RecoveryRefusal::Stale(term))) => return Err(ApiError::StaleTerm(term)),
+                Next::Again => continue,
+                Next::Run(op) => return Err(ApiError::Internal(format!("a recovery stepped into {op:?}"))),
+            }
+        }
+    }
+
+    /// Decides one of the member's slots as the leader's log says.
+    async fn resolve_slot(
+        &self,
+        batch: &Batch,
+        decision: Decision,
+        guard: &mut Recovering<'_>,
+    ) -> Result<(), ApiError> {
+        match self.with_member(|m| m.resolve(batch, decision)) {
+            Some(engine::member::Op::Commit(batch)) => {
+                let result = self.commit_in_postgres(&batch).await;
+                if let engine::member::DecideAnswer::Failed(e) = self.with_member(|m| m.committed(&batch, result)) {
+                    guard.uncertain = true;
+                    return Err(ApiError::Internal(e));
+                }
+            }
+            Some(engine::member::Op::RollBack(batches)) => {
+                let ok = self.roll_back(&batches).await;
+                self.with_member(|m| m.rolled_back(&batches, ok));
+                if !ok {
+                    guard.uncertain = true;
+                    return Err(ApiError::Unavailable("could not roll back a prepared batch; retry".into()));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -49,8 +49,10 @@ pub fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
     builder().expect("the buckets are not empty").build_recorder()
 }
 
-/// How a transaction submitted through the form ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a transaction submitted through the form ended. The history of the cluster page records
+/// it too, as `COMMIT`, `ABORT`, `READ`, `REFUSED` or `UNAVAILABLE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum FormOutcome {
     Commit,
     Abort,
@@ -67,13 +69,34 @@ pub enum FormOutcome {
 impl FormOutcome {
     pub fn of(result: &Result<RunReport, RunError>) -> FormOutcome {
         match result {
-            Ok(report) => match report.verdict() {
-                Verdict::Commit => FormOutcome::Commit,
-                Verdict::Abort => FormOutcome::Abort,
-                Verdict::Read => FormOutcome::Read,
-            },
-            Err(RunError::Parse(_) | RunError::Rejected(_)) => FormOutcome::Refused,
-            Err(RunError::Unavailable { .. }) => FormOutcome::Unavailable,
+            Ok(report) => FormOutcome::of_report(report),
+            Err(error) => FormOutcome::of_error(error),
+        }
+    }
+
+    pub fn of_report(report: &RunReport) -> FormOutcome {
+        match report.verdict() {
+            Verdict::Commit => FormOutcome::Commit,
+            Verdict::Abort => FormOutcome::Abort,
+            Verdict::Read => FormOutcome::Read,
+        }
+    }
+
+    pub fn of_error(error: &RunError) -> FormOutcome {
+        match error {
+            RunError::Parse(_) | RunError::Rejected(_) => FormOutcome::Refused,
+            RunError::Unavailable { .. } => FormOutcome::Unavailable,
+        }
+    }
+
+    /// The outcome in capitals, as the history shows it.
+    pub fn word(self) -> &'static str {
+        match self {
+            FormOutcome::Commit => "COMMIT",
+            FormOutcome::Abort => "ABORT",
+            FormOutcome::Read => "READ",
+            FormOutcome::Refused => "REFUSED",
+            FormOutcome::Unavailable => "UNAVAILABLE",
         }
     }
 

@@ -60,9 +60,36 @@ pub fn describe_recovery(recovery: &RecoveryReport) -> String {
     )
 }
 
+/// Why no supervisor's status could be had. The variant says what happened; the text is for
+/// people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusError {
+    /// This client was started without a supervisor (`--supervisor ''`).
+    #[error("this client has no supervisor to ask (--supervisor)")]
+    NotConfigured,
+    /// The list of supervisors holds no address.
+    #[error("no supervisor address given")]
+    NoAddress,
+    /// Nothing answered at the address: the supervisor is down, or the address is wrong.
+    #[error("cannot reach the supervisor at {supervisor}: {cause}")]
+    Unreachable { supervisor: String, cause: String },
+    /// The supervisor answered with an error status.
+    #[error("the supervisor at {supervisor} answered HTTP {code}")]
+    Refused { supervisor: String, code: reqwest::StatusCode },
+    /// The answer broke off while it was being read.
+    #[error("the supervisor at {supervisor}: {cause}")]
+    Interrupted { supervisor: String, cause: String },
+    /// The answer is not a status this client reads (another program at that address).
+    #[error("the supervisor at {supervisor} sent a status that is not understood: {cause}")]
+    NotUnderstood { supervisor: String, cause: String },
+    /// Several supervisors were asked and none answered, each for its reason.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NoneAnswered(Vec<StatusError>),
+}
+
 /// Fetches the cluster status from the supervisor at `supervisor` (`host:port`, or several
 /// comma-separated: the active one's answer is taken).
-pub async fn fetch(http: &reqwest::Client, supervisor: &str) -> Result<SupervisorStatus, String> {
+pub async fn fetch(http: &reqwest::Client, supervisor: &str) -> Result<SupervisorStatus, StatusError> {
     supervisor_status(http, supervisor, STATUS_TIMEOUT).await
 }
 
@@ -78,7 +105,7 @@ pub async fn supervisor_status<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     list: &str,
     timeout: std::time::Duration,
-) -> Result<T, String> {
+) -> Result<T, StatusError> {
     let mut first: Option<serde_json::Value> = None;
     let mut errors = Vec::new();
     for supervisor in supervisors(list) {
@@ -95,35 +122,39 @@ pub async fn supervisor_status<T: serde::de::DeserializeOwned>(
     }
     match first {
         Some(v) => decode(list, v),
-        None if errors.is_empty() => Err("no supervisor address given".into()),
-        None => Err(errors.join("; ")),
+        None if errors.is_empty() => Err(StatusError::NoAddress),
+        None if errors.len() == 1 => Err(errors.remove(0)),
+        None => Err(StatusError::NoneAnswered(errors)),
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(supervisor: &str, v: serde_json::Value) -> Result<T, String> {
+fn decode<T: serde::de::DeserializeOwned>(supervisor: &str, v: serde_json::Value) -> Result<T, StatusError> {
     serde_json::from_value(v)
-        .map_err(|e| format!("the supervisor at {supervisor} sent a status that is not understood: {e}"))
+        .map_err(|e| StatusError::NotUnderstood { supervisor: supervisor.to_string(), cause: e.to_string() })
 }
 
 async fn status_of(
     http: &reqwest::Client,
     supervisor: &str,
     timeout: std::time::Duration,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, StatusError> {
     let url = format!("{}/status", base_url(supervisor));
     let response = http
         .get(&url)
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| format!("cannot reach the supervisor at {supervisor}: {}", root_cause(&e)))?;
+        .map_err(|e| StatusError::Unreachable { supervisor: supervisor.to_string(), cause: root_cause(&e) })?;
     let code = response.status();
     if !code.is_success() {
-        return Err(format!("the supervisor at {supervisor} answered HTTP {code}"));
+        return Err(StatusError::Refused { supervisor: supervisor.to_string(), code });
     }
-    let bytes = response.bytes().await.map_err(|e| format!("the supervisor at {supervisor}: {}", root_cause(&e)))?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| StatusError::Interrupted { supervisor: supervisor.to_string(), cause: root_cause(&e) })?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| format!("the supervisor at {supervisor} sent a status that is not understood: {e}"))
+        .map_err(|e| StatusError::NotUnderstood { supervisor: supervisor.to_string(), cause: e.to_string() })
 }
 
 /// Unix milliseconds as `HH:MM:SS UTC` (the day is always today or close to it here).

@@ -26,12 +26,17 @@ mod error;
 mod report;
 mod route;
 
-pub use error::{root_cause, RunError, EXIT_ABORT, EXIT_UNAVAILABLE, EXIT_USAGE};
+pub use error::{
+    root_cause, NoAnswer, Rejection, RunError, SendError, SupervisorSays, Unavailable, EXIT_ABORT, EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+};
 pub use report::{abort_reason, describe_writes, plain_reason, role_name, wire_name, ReadResult, RunReport, Verdict};
 pub use route::MAX_REDIRECTS;
 
-use error::{describe_send_error, error_for, quote};
+use error::{error_for, parse_answer};
 use route::Route;
+
+use crate::status::StatusError;
 
 use std::time::{Duration, Instant};
 
@@ -131,7 +136,7 @@ impl Runner {
         let read_set = parsed.read_set();
         let writes = parsed.write_set();
         if read_set.is_empty() && writes.is_empty() {
-            return Err(RunError::Rejected("the transaction is empty".into()));
+            return Err(RunError::Rejected(Rejection::Empty));
         }
 
         let started = Instant::now();
@@ -232,13 +237,13 @@ impl Runner {
                     Ok(read) => return Ok(read),
                     Err(e) => failures.push(e.to_string()),
                 },
-                Err(e) => failures.push(describe_send_error(node, "/read/", &e)),
+                Err(e) => failures.push(e.to_string()),
             }
         }
         if failures.is_empty() {
-            return Err(RunError::Rejected("no node to read from".into()));
+            return Err(RunError::Rejected(Rejection::NoNodeToReadFrom));
         }
-        Err(RunError::unavailable(format!("no node answered the read: {}", failures.join("; "))))
+        Err(Unavailable::NoNodeAnswered { failures }.into())
     }
 
     /// The leader an agent's `/status` names, else the one the supervisor names.
@@ -265,7 +270,7 @@ impl Runner {
     }
 
     /// The supervisor's view of the leader: `Ok(None)` when there is no supervisor to ask.
-    pub async fn ask_supervisor(&self) -> Result<Option<LeaderView>, String> {
+    pub async fn ask_supervisor(&self) -> Result<Option<LeaderView>, StatusError> {
         let Some(supervisor) = &self.supervisor else {
             return Ok(None);
         };
@@ -278,7 +283,7 @@ impl Runner {
         agent: &str,
         path: &'static str,
         body: &impl Serialize,
-    ) -> Result<(StatusCode, Vec<u8>), reqwest::Error> {
+    ) -> Result<(StatusCode, Vec<u8>), SendError> {
         let url = format!("{}{path}", base_url(agent));
         let answer: Result<_, reqwest::Error> = async {
             let response = self.http.post(&url).json(body).send().await?;
@@ -287,7 +292,10 @@ impl Runner {
             Ok((code, bytes.to_vec()))
         }
         .await;
-        answer.inspect_err(|e| crate::metrics::agent_call_failed(path, e))
+        answer.map_err(|e| {
+            crate::metrics::agent_call_failed(path, &e);
+            SendError::new(agent, path, &e)
+        })
     }
 }
 
@@ -307,15 +315,6 @@ fn read_result(agent: &str, read_set: &[Account], code: StatusCode, bytes: &[u8]
         node: answer.node,
         role: answer.role,
         agent: agent.to_string(),
-    })
-}
-
-fn parse_answer<T: serde::de::DeserializeOwned>(agent: &str, path: &str, bytes: &[u8]) -> Result<T, RunError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        RunError::unavailable(format!(
-            "{agent} answered {path} with something that is not a valid answer ({e}): {}",
-            quote(bytes)
-        ))
     })
 }
 
@@ -453,6 +452,10 @@ mod tests {
         let started = Instant::now();
         let err = run(&runner, &first_address, "w(1=1)").await.unwrap_err();
         assert_eq!(err.exit_code(), EXIT_UNAVAILABLE);
+        let Some(Unavailable::NoLeaderWithin { seen, supervisor: None, .. }) = err.unavailability() else {
+            panic!("{err:?}")
+        };
+        assert!(matches!(seen, NoAnswer::LeaderRefuses { .. }), "{seen:?}");
         assert!(err.to_string().contains("no leader answered within"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     }
@@ -465,11 +468,21 @@ mod tests {
         let started = Instant::now();
         let err = run(&runner, &closed, "r(1)w(2=2)").await.unwrap_err();
         assert_eq!(err.exit_code(), EXIT_UNAVAILABLE);
+        assert!(
+            matches!(
+                err.unavailability(),
+                Some(Unavailable::ClusterStopped {
+                    seen: NoAnswer::Unsent(SendError::Connect { .. }),
+                    supervisor: StatusError::Unreachable { .. }
+                })
+            ),
+            "{err:?}"
+        );
+        // A refused connection sent nothing, so the outcome is known: nothing was applied.
+        assert!(matches!(err, RunError::Unavailable { unknown_txn: None, .. }), "{err:?}");
         let text = err.to_string();
         assert!(text.contains("cannot reach the agent") && text.contains("cannot reach the supervisor"), "{text}");
         assert!(text.contains("stopped"), "{text}");
-        // A refused connection sent nothing, so the outcome is known: nothing was applied.
-        assert!(!text.contains("unknown"), "{text}");
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     }
 
@@ -518,7 +531,11 @@ mod tests {
 
         let err = run(&runner, &address, "w(1=1)").await.unwrap_err();
         assert_eq!(err.exit_code(), EXIT_UNAVAILABLE);
-        let RunError::Unavailable { unknown_txn: Some(id), .. } = &err else { panic!("{err:?}") };
+        let RunError::Unavailable { cause, unknown_txn: Some(id) } = &err else { panic!("{err:?}") };
+        assert!(
+            matches!(**cause, Unavailable::NoLeaderWithin { supervisor: Some(SupervisorSays::Status(_)), .. }),
+            "{cause:?}"
+        );
         let text = err.to_string();
         assert!(text.contains(&format!("outcome of transaction {id} is unknown")), "{text}");
         assert!(text.contains("the supervisor says"), "{text}");
@@ -536,12 +553,15 @@ mod tests {
         let agent = fake_agent::start(bad).await;
         let err = run(&runner, &agent, "w(1=1)").await.unwrap_err();
         assert_eq!(err.exit_code(), EXIT_USAGE);
+        assert!(matches!(err, RunError::Rejected(Rejection::ByAgent { .. })), "{err:?}");
         assert!(err.to_string().contains("refused"), "{err}");
 
         let odd = Fake { fail_commit_with: Some(StatusCode::INTERNAL_SERVER_ERROR), ..Fake::default() };
         let agent = fake_agent::start(odd).await;
         let err = run(&runner, &agent, "w(1=1)").await.unwrap_err();
         assert_eq!(err.exit_code(), EXIT_UNAVAILABLE);
+        let Some(Unavailable::UnexpectedStatus { code, .. }) = err.unavailability() else { panic!("{err:?}") };
+        assert_eq!(*code, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(err.to_string().contains("HTTP 500"), "{err}");
 
         let replication = Fake { replication_fails: true, ..Fake::default() };

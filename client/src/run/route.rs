@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::error::{describe_send_error, error_message, quote};
+use super::error::{error_message, quote, NoAnswer, SendError, SupervisorSays, Unavailable};
 use super::{RunError, Runner};
 
 /// First pause between tries while no leader answers; it doubles up to [`MAX_PAUSE`].
@@ -25,7 +25,7 @@ pub(super) struct Route<'a> {
     deadline: Instant,
     pub(super) notes: Vec<String>,
     /// When the run started waiting for a leader, and what it first saw.
-    waiting: Option<(Instant, String)>,
+    waiting: Option<(Instant, NoAnswer)>,
 }
 
 impl<'a> Route<'a> {
@@ -59,101 +59,185 @@ impl<'a> Route<'a> {
         // Whether a try may have been carried out without its answer reaching us.
         let mut outcome_unknown = false;
         loop {
-            let (why, agent_reachable) = match self.runner.post(&self.agent, path, body).await {
-                Ok((StatusCode::MISDIRECTED_REQUEST, bytes)) => {
-                    let error = serde_json::from_slice::<ErrorBody>(&bytes).ok();
-                    match error.as_ref().and_then(|e| e.leader.clone()) {
-                        Some(leader) if leader != self.agent && redirects < MAX_REDIRECTS => {
-                            self.notes
-                                .push(format!("{} is not the leader; sent {path} to the leader {leader}", self.agent));
-                            self.agent = leader;
-                            redirects += 1;
-                            continue;
-                        }
-                        Some(leader) => (
-                            format!(
-                                "{} names {leader} as the leader, which does not take it: a failover may be under way",
-                                self.agent
-                            ),
-                            true,
-                        ),
-                        None => (
-                            format!(
-                                "{} is not the leader and knows no leader ({})",
-                                self.agent,
-                                error.map_or_else(|| quote(&bytes), |e| e.message)
-                            ),
-                            true,
-                        ),
-                    }
+            let sent = self.runner.post(&self.agent, path, body).await;
+            let seen = match read_try(&self.agent, txn, sent, redirects < MAX_REDIRECTS) {
+                Try::Answered(code, bytes) => return Ok((code, bytes)),
+                Try::Redirected { leader } => {
+                    self.notes.push(format!("{} is not the leader; sent {path} to the leader {leader}", self.agent));
+                    self.agent = leader;
+                    redirects += 1;
+                    continue;
                 }
-                Ok((StatusCode::SERVICE_UNAVAILABLE, bytes)) => {
-                    // A commit that a member refused is an answer: ABORT, nothing applied.
-                    if txn.is_some() && serde_json::from_slice::<CommitResponse>(&bytes).is_ok() {
-                        return Ok((StatusCode::SERVICE_UNAVAILABLE, bytes));
-                    }
-                    let message = error_message(&bytes);
-                    // The agent names the transaction when its outcome is undecided (a leader
-                    // deposed mid-commit); other 503s come before anything was done.
-                    if txn.is_some_and(|id| message.contains(&id.to_string())) {
-                        outcome_unknown = true;
-                    }
-                    (format!("{} is unavailable: {message}", self.agent), true)
-                }
-                Ok(answer) => return Ok(answer),
-                Err(e) => {
-                    // A refused connection sent nothing; anything later may have been carried out.
-                    if txn.is_some() && !e.is_connect() {
-                        outcome_unknown = true;
-                    }
-                    (describe_send_error(&self.agent, path, &e), !e.is_connect())
+                Try::NoLeader { seen, outcome_unknown: unknown } => {
+                    outcome_unknown |= unknown;
+                    seen
                 }
             };
             let unknown_txn = txn.filter(|_| outcome_unknown);
 
             // No leader answered: ask the supervisor where the leader is now.
-            let supervisor_says = match self.runner.ask_supervisor().await {
+            let supervisor = match self.runner.ask_supervisor().await {
                 Ok(Some(view)) => match view.leader.filter(|l| *l != self.agent) {
                     Some(leader) if redirects < MAX_REDIRECTS => {
                         self.notes
-                            .push(format!("{why}; the supervisor names {leader} as the leader: sent {path} there"));
+                            .push(format!("{seen}; the supervisor names {leader} as the leader: sent {path} there"));
                         self.agent = leader;
                         redirects += 1;
                         continue;
                     }
-                    _ => format!("the supervisor says: {}", view.message),
+                    _ => Some(SupervisorSays::Status(view.message)),
                 },
-                Ok(None) if !agent_reachable => {
-                    return Err(RunError::Unavailable {
-                        message: format!("{why}; no supervisor to ask where the leader is"),
-                        unknown_txn,
-                    });
+                Ok(None) if !seen.agent_reachable() => {
+                    return Err(RunError::unavailable(Unavailable::NoSupervisor { seen }, unknown_txn));
                 }
-                Ok(None) => String::new(),
-                Err(e) if !agent_reachable => {
-                    return Err(RunError::Unavailable {
-                        message: format!("{why}; {e}: the cluster seems to be stopped"),
-                        unknown_txn,
-                    });
+                Ok(None) => None,
+                Err(supervisor) if !seen.agent_reachable() => {
+                    return Err(RunError::unavailable(Unavailable::ClusterStopped { seen, supervisor }, unknown_txn));
                 }
-                Err(e) => e,
+                Err(e) => Some(SupervisorSays::Unreachable(e)),
             };
             let now = Instant::now();
-            let waited_since = self.waiting.get_or_insert_with(|| (now, why.clone())).0;
+            let waited_since = self.waiting.get_or_insert_with(|| (now, seen.clone())).0;
             if now + pause > self.deadline {
-                let seen = if supervisor_says.is_empty() { why } else { format!("{why}; {supervisor_says}") };
-                return Err(RunError::Unavailable {
-                    message: format!(
-                        "no leader answered within {:.1} s: {seen}",
-                        (now - waited_since).as_secs_f64().max(0.1)
-                    ),
-                    unknown_txn,
-                });
+                let cause = Unavailable::NoLeaderWithin { waited: now - waited_since, seen, supervisor };
+                return Err(RunError::unavailable(cause, unknown_txn));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_PAUSE);
             // A wait is a fresh start: the redirects seen now may come from a newer term.
             redirects = 0;
+        }
+    }
+}
+
+/// What one try at the leader came to.
+#[derive(Debug, PartialEq)]
+enum Try {
+    /// An answer for the caller: a success, a conflict, a commit's ABORT, or an error it maps.
+    Answered(StatusCode, Vec<u8>),
+    /// A node that is not the leader named the leader: the request goes there.
+    Redirected { leader: String },
+    /// No leader answered. `outcome_unknown`: the try was a commit that may have been carried
+    /// out without its answer reaching us.
+    NoLeader { seen: NoAnswer, outcome_unknown: bool },
+}
+
+/// Reads one try's result: what `agent` answered (or why it did not) to a request for the
+/// commit `txn` (`None` for a read). `may_redirect`: the run still follows a 421's leader.
+fn read_try(agent: &str, txn: Option<Uuid>, sent: Result<(StatusCode, Vec<u8>), SendError>, may_redirect: bool) -> Try {
+    let agent = agent.to_string();
+    match sent {
+        Ok((StatusCode::MISDIRECTED_REQUEST, bytes)) => {
+            let error = serde_json::from_slice::<ErrorBody>(&bytes).ok();
+            let seen = match error.as_ref().and_then(|e| e.leader.clone()) {
+                Some(leader) if leader != agent && may_redirect => return Try::Redirected { leader },
+                Some(leader) => NoAnswer::LeaderRefuses { agent, leader },
+                None => NoAnswer::NoLeaderKnown { agent, detail: error.map_or_else(|| quote(&bytes), |e| e.message) },
+            };
+            Try::NoLeader { seen, outcome_unknown: false }
+        }
+        Ok((StatusCode::SERVICE_UNAVAILABLE, bytes)) => {
+            // A commit that a member refused is an answer: ABORT, nothing applied.
+            if txn.is_some() && serde_json::from_slice::<CommitResponse>(&bytes).is_ok() {
+                return Try::Answered(StatusCode::SERVICE_UNAVAILABLE, bytes);
+            }
+            let message = error_message(&bytes);
+            let outcome_unknown = txn.is_some_and(|id| names_transaction(&message, id));
+            Try::NoLeader { seen: NoAnswer::Unavailable { agent, message }, outcome_unknown }
+        }
+        Ok((code, bytes)) => Try::Answered(code, bytes),
+        // A refused connection sent nothing; anything later may have been carried out.
+        Err(e) => Try::NoLeader { outcome_unknown: txn.is_some() && !e.sent_nothing(), seen: NoAnswer::Unsent(e) },
+    }
+}
+
+/// Whether a 503's message names the transaction `id`: the agent does so when the commit's
+/// outcome is not known yet (a leader deposed mid-commit); its other 503s come before anything
+/// was done.
+///
+/// This is the one place the client reads an agent's text. Both kinds of 503 carry the same
+/// `error` code (`unavailable`) in `protocol::ErrorBody`; a code of its own for "outcome not
+/// known yet" would let this match the code instead.
+fn names_transaction(message: &str, id: Uuid) -> bool {
+    message.contains(&id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{AbortReason, Outcome};
+    use serde_json::json;
+
+    use super::*;
+
+    const AGENT: &str = "127.0.0.1:8000";
+
+    fn answer(code: StatusCode, body: &impl Serialize) -> Result<(StatusCode, Vec<u8>), SendError> {
+        Ok((code, serde_json::to_vec(body).unwrap()))
+    }
+
+    fn no_leader(seen: NoAnswer, outcome_unknown: bool) -> Try {
+        Try::NoLeader { seen, outcome_unknown }
+    }
+
+    #[test]
+    fn a_421_naming_another_leader_is_followed_while_redirects_are_left() {
+        let named = answer(
+            StatusCode::MISDIRECTED_REQUEST,
+            &json!({"error": "not_leader", "message": "not the leader", "leader": "127.0.0.1:8001"}),
+        );
+        assert_eq!(read_try(AGENT, None, named.clone(), true), Try::Redirected { leader: "127.0.0.1:8001".into() });
+        let refuses = NoAnswer::LeaderRefuses { agent: AGENT.into(), leader: "127.0.0.1:8001".into() };
+        assert_eq!(read_try(AGENT, None, named, false), no_leader(refuses, false));
+
+        let itself =
+            answer(StatusCode::MISDIRECTED_REQUEST, &json!({"error": "not_leader", "message": "", "leader": AGENT}));
+        let refuses = NoAnswer::LeaderRefuses { agent: AGENT.into(), leader: AGENT.into() };
+        assert_eq!(read_try(AGENT, None, itself, true), no_leader(refuses, false));
+
+        let unknown = answer(StatusCode::MISDIRECTED_REQUEST, &json!({"error": "not_leader", "message": "no leader"}));
+        let seen = NoAnswer::NoLeaderKnown { agent: AGENT.into(), detail: "no leader".into() };
+        assert_eq!(read_try(AGENT, None, unknown, true), no_leader(seen, false));
+    }
+
+    #[test]
+    fn a_503_leaves_a_commit_undecided_only_when_it_names_the_transaction() {
+        let id = Uuid::new_v4();
+        let message = format!("transaction {id}: the leader was deposed before the outcome was known");
+        let deposed = answer(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "unavailable", "message": message}));
+        let seen = NoAnswer::Unavailable { agent: AGENT.into(), message };
+        assert_eq!(read_try(AGENT, Some(id), deposed.clone(), true), no_leader(seen.clone(), true));
+        assert_eq!(read_try(AGENT, Some(Uuid::new_v4()), deposed.clone(), true), no_leader(seen.clone(), false));
+        assert_eq!(read_try(AGENT, None, deposed, true), no_leader(seen, false), "a read decides nothing");
+
+        // A member refused the commit: an ABORT, which is an answer.
+        let abort = CommitResponse {
+            commit: Outcome::Abort,
+            txn_id: id,
+            commit_ts: None,
+            lsn: None,
+            reason: Some(AbortReason::ReplicationFailed),
+            key: None,
+            message: None,
+        };
+        let refused = answer(StatusCode::SERVICE_UNAVAILABLE, &abort);
+        let bytes = serde_json::to_vec(&abort).unwrap();
+        assert_eq!(read_try(AGENT, Some(id), refused, true), Try::Answered(StatusCode::SERVICE_UNAVAILABLE, bytes));
+    }
+
+    #[test]
+    fn a_commit_that_left_may_have_happened_but_one_never_sent_did_not() {
+        let id = Some(Uuid::new_v4());
+        let timeout = |connecting| SendError::Timeout { agent: AGENT.into(), path: "/commit/", connecting };
+        let refused = SendError::Connect { agent: AGENT.into(), cause: "Connection refused".into() };
+        assert_eq!(read_try(AGENT, id, Err(timeout(false)), true), no_leader(NoAnswer::Unsent(timeout(false)), true));
+        assert_eq!(read_try(AGENT, id, Err(timeout(true)), true), no_leader(NoAnswer::Unsent(timeout(true)), false));
+        assert_eq!(read_try(AGENT, id, Err(refused.clone()), true), no_leader(NoAnswer::Unsent(refused), false));
+    }
+
+    #[test]
+    fn other_answers_go_to_the_caller() {
+        for code in [StatusCode::OK, StatusCode::CONFLICT, StatusCode::BAD_REQUEST, StatusCode::INTERNAL_SERVER_ERROR] {
+            assert_eq!(read_try(AGENT, None, Ok((code, b"{}".to_vec())), true), Try::Answered(code, b"{}".to_vec()));
         }
     }
 }

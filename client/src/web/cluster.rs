@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::page::render;
 use super::view::cluster::{flash, live_view, Flash, LiveView};
 use super::AppState;
+use crate::status::{StatusError, SupervisorStatus};
 
 #[derive(Template)]
 #[template(path = "cluster.html")]
@@ -72,7 +73,7 @@ pub(crate) async fn cluster_json(State(state): State<AppState>) -> Json<Value> {
     let cluster = state.cluster().await;
     let (supervisor, error) = match cluster {
         Ok(status) => (serde_json::to_value(status).unwrap_or(Value::Null), None),
-        Err(e) => (Value::Null, Some(e)),
+        Err(e) => (Value::Null, Some(e.to_string())),
     };
     Json(json!({
         "supervisor": supervisor,
@@ -84,7 +85,7 @@ pub(crate) async fn cluster_json(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// The live view of `cluster` with this client's side: its leader, history and drills.
-fn live(state: &AppState, cluster: &Result<crate::status::SupervisorStatus, String>) -> LiveView {
+fn live(state: &AppState, cluster: &Result<SupervisorStatus, StatusError>) -> LiveView {
     live_view(cluster, state.leader(), state.history(), state.drills())
 }
 

@@ -14,6 +14,7 @@ use super::page::{message_page, render};
 use super::AppState;
 use crate::metrics::DrillResult;
 use crate::run::{base_url, role_name, root_cause};
+use crate::status::StatusError;
 
 /// A drill is one quick local change on the agent.
 const DRILL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -122,33 +123,16 @@ pub(crate) struct DrillForm {
     ))]
 pub(crate) async fn drill(State(state): State<AppState>, Form(form): Form<DrillForm>) -> Response {
     let Some(drill) = Drill::from_name(&form.action) else {
-        crate::metrics::drill("unknown", DrillResult::Refused);
-        return message_page(
-            StatusCode::BAD_REQUEST,
-            "No such drill",
-            format!("{:?} is not a drill: the drills are down_leader and up_node.", form.action),
-        );
+        return refuse("unknown", DrillRefusal::NoSuchDrill { given: form.action });
     };
     let action = drill.name();
     state.forget_cluster().await;
     let nodes = match state.cluster().await {
         Ok(cluster) => cluster.nodes,
-        Err(e) => {
-            crate::metrics::drill(action, DrillResult::Failed);
-            return message_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Cannot run the drill",
-                format!("The drill needs the supervisor's list of nodes, and {e}."),
-            );
-        }
+        Err(e) => return refuse(action, DrillRefusal::NoNodeList(e)),
     };
     if !nodes.iter().any(|n| n.address == form.node) {
-        crate::metrics::drill(action, DrillResult::Refused);
-        return message_page(
-            StatusCode::BAD_REQUEST,
-            "No such node",
-            format!("{:?} is not a node of the cluster as the supervisor lists it.", form.node),
-        );
+        return refuse(action, DrillRefusal::NotANode { node: form.node });
     }
     if form.confirmed != "yes" {
         let question = drill.question(&form.node);
@@ -163,6 +147,51 @@ pub(crate) async fn drill(State(state): State<AppState>, Form(form): Form<DrillF
     let seq = state.record_drill(action, &form.node, changed, message);
     state.forget_cluster().await;
     Redirect::to(&format!("/cluster/?drill={seq}")).into_response()
+}
+
+/// Why a drill was not run.
+#[derive(Debug, thiserror::Error)]
+enum DrillRefusal {
+    /// Not one of the [`Drill`]s.
+    #[error("{given:?} is not a drill: the drills are down_leader and up_node.")]
+    NoSuchDrill { given: String },
+    /// The supervisor's list of nodes could not be had, so the node could not be checked.
+    #[error("The drill needs the supervisor's list of nodes, and {0}.")]
+    NoNodeList(StatusError),
+    /// An address the supervisor does not list: no drill is sent there (the module's invariant).
+    #[error("{node:?} is not a node of the cluster as the supervisor lists it.")]
+    NotANode { node: String },
+}
+
+impl DrillRefusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            DrillRefusal::NoSuchDrill { .. } | DrillRefusal::NotANode { .. } => StatusCode::BAD_REQUEST,
+            DrillRefusal::NoNodeList(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            DrillRefusal::NoSuchDrill { .. } => "No such drill",
+            DrillRefusal::NoNodeList(_) => "Cannot run the drill",
+            DrillRefusal::NotANode { .. } => "No such node",
+        }
+    }
+
+    /// How the metrics count it: refused (the person's move) or failed (the supervisor's).
+    fn result(&self) -> DrillResult {
+        match self {
+            DrillRefusal::NoSuchDrill { .. } | DrillRefusal::NotANode { .. } => DrillResult::Refused,
+            DrillRefusal::NoNodeList(_) => DrillResult::Failed,
+        }
+    }
+}
+
+/// Counts the refusal of the drill `action` (`unknown` for no drill) and answers its page.
+fn refuse(action: &'static str, refusal: DrillRefusal) -> Response {
+    crate::metrics::drill(action, refusal.result());
+    message_page(refusal.status(), refusal.title(), refusal.to_string())
 }
 
 /// Calls the drill at `path` on the agent; returns what came of it and what the agent said.

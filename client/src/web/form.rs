@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::page::render;
 use super::state::now_ms;
 use super::view::form::{
-    error_view, history_of_error, history_of_report, read_choices, result_view, Choice, ErrorView, ResultView,
+    error_view, history_of_error, history_of_report, read_choices, refused_view, result_view, Choice, ErrorView,
+    ResultView,
 };
 use super::AppState;
 use crate::metrics::FormOutcome;
@@ -96,11 +97,9 @@ pub(crate) async fn create(State(state): State<AppState>, Form(form): Form<Creat
     let turn = if selected == "any" { state.next_any_turn() } else { 0 };
     let options = match run_options(nodes, &selected, &form.txn_id, turn) {
         Ok(options) => options,
-        Err(message) => {
+        Err(refusal) => {
             crate::metrics::transaction(FormOutcome::Refused, None);
-            let error =
-                ErrorView { title: "Cannot run this".into(), message, pointer: None, retry_txn: None, notes: vec![] };
-            return render(&page(None, Some(error)));
+            return render(&page(None, Some(refused_view(&refusal))));
         }
     };
     let started = Instant::now();
@@ -133,12 +132,25 @@ pub(crate) async fn create(State(state): State<AppState>, Form(form): Form<Creat
     }
 }
 
+/// Why the form's choices cannot be run; nothing is sent.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum FormError {
+    /// The `txn_id` field holds something else than a UUID.
+    #[error("txn_id {given:?} is not a UUID: {reason}")]
+    NotAUuid { given: String, reason: String },
+    /// "Read from" names an address the supervisor does not list (the menu only offers those).
+    #[error("{address:?} is not a node of the cluster as the supervisor lists it; choose another place to read from")]
+    NotANode { address: String },
+}
+
 /// Reads the form's choices into [`RunOptions`], or says what is wrong with them. `nodes` are
 /// the supervisor's; `turn` rotates "any node" reads over the live ones.
-fn run_options(nodes: &[NodeReport], read_from: &str, txn_id: &str, turn: usize) -> Result<RunOptions, String> {
+fn run_options(nodes: &[NodeReport], read_from: &str, txn_id: &str, turn: usize) -> Result<RunOptions, FormError> {
     let txn_id = match txn_id.trim() {
         "" => None,
-        id => Some(Uuid::parse_str(id).map_err(|e| format!("txn_id {id:?} is not a UUID: {e}"))?),
+        id => Some(
+            Uuid::parse_str(id).map_err(|e| FormError::NotAUuid { given: id.to_string(), reason: e.to_string() })?,
+        ),
     };
     let read_from = match read_from {
         "leader" => ReadFrom::Leader,
@@ -154,9 +166,7 @@ fn run_options(nodes: &[NodeReport], read_from: &str, txn_id: &str, turn: usize)
         }
         address => {
             if !nodes.iter().any(|n| n.address == address) {
-                return Err(format!(
-                    "{address:?} is not a node of the cluster as the supervisor lists it; choose another place to read from"
-                ));
+                return Err(FormError::NotANode { address: address.to_string() });
             }
             ReadFrom::Nodes(vec![address.to_string()])
         }
@@ -212,7 +222,7 @@ mod tests {
 
         let history = state.history();
         assert_eq!(history.len(), 1);
-        assert_eq!((history[0].outcome.as_str(), history[0].leader.as_deref()), ("COMMIT", Some(agent.as_str())));
+        assert_eq!((history[0].outcome, history[0].leader.as_deref()), (FormOutcome::Commit, Some(agent.as_str())));
     }
 
     #[tokio::test]
@@ -268,7 +278,7 @@ mod tests {
         let html = post_form(&state, "/create/", "transaction=r%281%29").await.body;
         assert!(html.contains("The cluster is unavailable"), "{html}");
         assert!(html.contains("the cluster seems to be stopped"), "{html}");
-        assert_eq!(state.history()[0].outcome, "UNAVAILABLE");
+        assert_eq!(state.history()[0].outcome, FormOutcome::Unavailable);
 
         let deposed = Fake { unavailable_commits: fake_agent::counter(100), name_txn_in_503: true, ..Fake::default() };
         let agent = fake_agent::start(deposed.clone()).await;

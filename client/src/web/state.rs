@@ -10,8 +10,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::metrics::FormOutcome;
 use crate::run::Runner;
-use crate::status::{self, SupervisorStatus};
+use crate::status::{self, StatusError, SupervisorStatus};
 
 /// Transactions and drills the cluster page lists.
 pub const HISTORY_LEN: usize = 20;
@@ -36,7 +37,7 @@ struct Shared {
     /// Talks to the supervisor (status) and to agents (drills), with short timeouts.
     http: reqwest::Client,
     /// The last supervisor status and when it was fetched (see [`STATUS_CACHE_TTL`]).
-    cache: tokio::sync::Mutex<Option<(Instant, Result<SupervisorStatus, String>)>>,
+    cache: tokio::sync::Mutex<Option<(Instant, Result<SupervisorStatus, StatusError>)>>,
     log: Mutex<Log>,
     /// Rotates "any node" reads over the live nodes.
     next_any: AtomicUsize,
@@ -59,7 +60,8 @@ pub struct HistoryEntry {
     pub at_ms: u64,
     pub transaction: String,
     /// `COMMIT`, `ABORT`, `READ`, `UNAVAILABLE` or `REFUSED`.
-    pub outcome: String,
+    #[schema(value_type = String)]
+    pub outcome: FormOutcome,
     pub leader: Option<String>,
     pub latency_ms: f64,
     pub txn_id: Option<Uuid>,
@@ -141,7 +143,7 @@ impl AppState {
 
     /// The supervisor's status, at most [`STATUS_CACHE_TTL`] old. Concurrent callers share one
     /// fetch.
-    pub(super) async fn cluster(&self) -> Result<SupervisorStatus, String> {
+    pub(super) async fn cluster(&self) -> Result<SupervisorStatus, StatusError> {
         let mut cache = self.inner.cache.lock().await;
         if let Some((at, status)) = cache.as_ref() {
             if at.elapsed() < STATUS_CACHE_TTL {
@@ -150,7 +152,7 @@ impl AppState {
         }
         let fetched = match self.supervisor() {
             Some(supervisor) => status::fetch(&self.inner.http, supervisor).await,
-            None => Err("this client has no supervisor to ask (--supervisor)".to_string()),
+            None => Err(StatusError::NotConfigured),
         };
         *cache = Some((Instant::now(), fetched.clone()));
         fetched

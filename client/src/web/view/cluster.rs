@@ -3,7 +3,8 @@
 
 use protocol::Role;
 
-use crate::status::{clock_time, node_id, role_label, NodeReport, SupervisorStatus};
+use crate::metrics::FormOutcome;
+use crate::status::{clock_time, node_id, role_label, NodeReport, StatusError, SupervisorStatus};
 use crate::web::drill::Drill;
 use crate::web::state::{DrillEntry, HistoryEntry, HISTORY_LEN};
 
@@ -83,7 +84,7 @@ pub(crate) struct RecoveryView {
 pub(crate) struct HistoryRow {
     pub(crate) at: String,
     pub(crate) transaction: String,
-    pub(crate) outcome: String,
+    pub(crate) outcome: &'static str,
     /// The CSS class of the outcome.
     pub(crate) class: &'static str,
     pub(crate) leader: String,
@@ -124,7 +125,7 @@ pub(crate) fn flash(drill: &DrillEntry) -> Flash {
 /// The live part of the cluster page: the supervisor's status (or why there is none), where
 /// this client sends transactions, and what it ran, newest first.
 pub(crate) fn live_view(
-    cluster: &Result<SupervisorStatus, String>,
+    cluster: &Result<SupervisorStatus, StatusError>,
     client_leader: String,
     history: Vec<HistoryEntry>,
     drills: Vec<DrillEntry>,
@@ -133,14 +134,14 @@ pub(crate) fn live_view(
         .into_iter()
         .map(|h| HistoryRow {
             at: clock_time(h.at_ms),
-            class: match h.outcome.as_str() {
-                "COMMIT" => "commit",
-                "ABORT" => "abort",
-                "READ" => "read",
-                _ => "error",
+            class: match h.outcome {
+                FormOutcome::Commit => "commit",
+                FormOutcome::Abort => "abort",
+                FormOutcome::Read => "read",
+                FormOutcome::Refused | FormOutcome::Unavailable => "error",
             },
             transaction: h.transaction,
-            outcome: h.outcome,
+            outcome: h.outcome.word(),
             leader: h.leader.unwrap_or_else(|| "–".into()),
             latency: if h.latency_ms > 0.0 { format!("{:.1} ms", h.latency_ms) } else { "–".into() },
             detail: h.detail,
@@ -152,7 +153,7 @@ pub(crate) fn live_view(
         .collect();
     let mut view = LiveView {
         reachable: cluster.is_ok(),
-        error: cluster.as_ref().err().cloned().unwrap_or_default(),
+        error: cluster.as_ref().err().map(ToString::to_string).unwrap_or_default(),
         writes_available: false,
         message: String::new(),
         term: 0,

@@ -3,6 +3,7 @@
 use protocol::Outcome;
 use uuid::Uuid;
 
+use crate::metrics::FormOutcome;
 use crate::run::{describe_writes, role_name, wire_name, RunError, RunReport, Verdict};
 use crate::status::{node_id, role_label, SupervisorStatus};
 use crate::web::state::HistoryEntry;
@@ -160,16 +161,16 @@ pub(crate) fn error_view(text: &str, error: &RunError) -> ErrorView {
                 notes: vec!["Nothing was sent to the cluster.".into()],
             }
         }
-        RunError::Rejected(message) => ErrorView {
+        RunError::Rejected(rejection) => ErrorView {
             title: "Refused".into(),
-            message: message.clone(),
+            message: rejection.to_string(),
             pointer: None,
             retry_txn: None,
             notes: vec!["Nothing was applied.".into()],
         },
-        RunError::Unavailable { message, unknown_txn } => ErrorView {
+        RunError::Unavailable { cause, unknown_txn } => ErrorView {
             title: "The cluster is unavailable".into(),
-            message: message.clone(),
+            message: cause.to_string(),
             pointer: None,
             retry_txn: *unknown_txn,
             notes: vec![match unknown_txn {
@@ -180,6 +181,17 @@ pub(crate) fn error_view(text: &str, error: &RunError) -> ErrorView {
                 None => "Nothing was committed. The page waited for a leader; try again in a moment.".into(),
             }],
         },
+    }
+}
+
+/// Why the form's choices could not be run (nothing was sent).
+pub(crate) fn refused_view(reason: &impl std::fmt::Display) -> ErrorView {
+    ErrorView {
+        title: "Cannot run this".into(),
+        message: reason.to_string(),
+        pointer: None,
+        retry_txn: None,
+        notes: vec![],
     }
 }
 
@@ -197,7 +209,7 @@ pub(crate) fn history_of_report(report: &RunReport, at_ms: u64) -> HistoryEntry 
     HistoryEntry {
         at_ms,
         transaction: short(&report.transaction),
-        outcome: report.headline().to_string(),
+        outcome: FormOutcome::of_report(report),
         leader: report.leader.clone().or(read_at),
         latency_ms: report.latency_ms(),
         txn_id: report.commit.as_ref().map(|c| c.txn_id),
@@ -207,14 +219,14 @@ pub(crate) fn history_of_report(report: &RunReport, at_ms: u64) -> HistoryEntry 
 
 /// The history's entry for a run of `text` that failed at `at_ms`.
 pub(crate) fn history_of_error(text: &str, error: &RunError, at_ms: u64) -> HistoryEntry {
-    let (outcome, txn_id) = match error {
-        RunError::Unavailable { unknown_txn, .. } => ("UNAVAILABLE", *unknown_txn),
-        RunError::Parse(_) | RunError::Rejected(_) => ("REFUSED", None),
+    let txn_id = match error {
+        RunError::Unavailable { unknown_txn, .. } => *unknown_txn,
+        RunError::Parse(_) | RunError::Rejected(_) => None,
     };
     HistoryEntry {
         at_ms,
         transaction: short(text.trim()),
-        outcome: outcome.into(),
+        outcome: FormOutcome::of_error(error),
         leader: None,
         latency_ms: 0.0,
         txn_id,

@@ -17,6 +17,7 @@
 
 pub mod batch;
 pub mod cluster;
+pub mod coordinator;
 pub mod member;
 pub mod resolution;
 pub mod validation;

@@ -1,9 +1,9 @@
-//! Scenario tests of the member state machine: goldenscripts in `tests/scripts/`, in the manner
+//! Scenario tests of the member state machine: goldenscripts in `tests/scripts/member/`, in the manner
 //! of toydb's. Each script drives members `n1`, `n2`, `n3` (and their modelled PostgreSQL)
 //! through PREPAREs, decisions, crashes, fences and recoveries; every step a member asks for
 //! and every answer is printed and compared with the expectation stored in the script.
 //!
-//! `UPDATE_GOLDENFILES=1 cargo test -p engine --test scenarios` rewrites the expectations;
+//! `UPDATE_GOLDENFILES=1 cargo test -p engine --test member` rewrites the expectations;
 //! read the diff before committing it.
 //!
 //! Commands (`N` is a member name; numbers are LSNs, terms and rounds):
@@ -35,7 +35,7 @@ use uuid::Uuid;
 
 #[test]
 fn scenarios() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/member");
     let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     paths.sort();
     assert!(!paths.is_empty());

@@ -220,3 +220,63 @@ pub fn describe_writes(writes: &BTreeMap<Account, Balance>) -> String {
 fn optional(value: Option<i64>) -> String {
     value.map_or_else(|| "?".to_string(), |v| v.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn aborted(reason: Option<AbortReason>, key: Option<Account>, message: Option<&str>) -> CommitResponse {
+        CommitResponse {
+            commit: Outcome::Abort,
+            txn_id: Uuid::nil(),
+            commit_ts: None,
+            lsn: None,
+            reason,
+            key,
+            message: message.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn an_abort_reads_with_its_code_then_the_best_words_there_are() {
+        let stale = Some(AbortReason::StaleRead);
+        assert_eq!(abort_reason(&aborted(stale, Some(1), Some("account 1 moved"))), "stale_read: account 1 moved");
+        let explained = abort_reason(&aborted(stale, Some(1), None));
+        assert!(explained.starts_with("stale_read: ") && explained.ends_with(" (account 1)"), "{explained}");
+        assert_eq!(abort_reason(&aborted(None, Some(2), None)), "no reason given (account 2)");
+        assert_eq!(abort_reason(&aborted(None, None, None)), "no reason given");
+
+        assert!(
+            plain_reason(&aborted(stale, Some(1), None)).starts_with("account 1 was changed by another transaction")
+        );
+        assert_eq!(plain_reason(&aborted(None, None, Some("busy"))), "busy");
+    }
+
+    #[test]
+    fn a_read_only_report_prints_the_values_and_no_leader() {
+        let report = RunReport {
+            transaction: "r(1)r(2)".into(),
+            read: Some(ReadResult {
+                values: vec![(1, Some(10)), (2, None)],
+                timestamp: 5,
+                lsn: 6,
+                node: "node1".into(),
+                role: Role::Replica,
+                agent: "h:1".into(),
+            }),
+            writes: BTreeMap::new(),
+            commit: None,
+            leader: None,
+            notes: vec!["n".into()],
+            latency: Duration::from_millis(3),
+        };
+        assert_eq!((report.verdict(), report.exit_code(), report.leader_text()), (Verdict::Read, 0, None));
+        assert_eq!(
+            report.to_text(),
+            "note: n\nread from node1 (replica) at h:1: timestamp 5, lsn 6\n  account 1 = 10\n  account 2: no such \
+             account (never written)\nREAD: read-only transaction, nothing to commit\nlatency: 3.0 ms\n"
+        );
+    }
+}

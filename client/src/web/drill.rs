@@ -223,6 +223,18 @@ mod tests {
     use crate::fake_agent::{self, Fake};
     use crate::web::test_support::{get_page, post_form, state_for, supervisor_of};
 
+    #[test]
+    fn each_drill_has_its_name_and_the_agent_s_endpoint() {
+        for (drill, name, path) in
+            [(Drill::DownLeader, "down_leader", "/down_leader/"), (Drill::UpNode, "up_node", "/up_node/")]
+        {
+            assert_eq!((drill.name(), drill.path()), (name, path));
+            assert_eq!(Drill::from_name(name), Some(drill));
+            assert!(drill.question("h:1").contains(&format!("(GET {path})")), "{}", drill.question("h:1"));
+        }
+        assert_eq!(Drill::from_name("rm"), None);
+    }
+
     #[tokio::test]
     async fn a_drill_asks_first_then_calls_the_agent_and_shows_its_answer() {
         let leader = Fake::default();

@@ -186,6 +186,28 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 
+    #[test]
+    fn the_form_s_choices_become_run_options_or_a_refusal() {
+        let cluster: crate::status::SupervisorStatus =
+            serde_json::from_str(crate::status::tests::AFTER_FAILOVER).unwrap();
+        let nodes = &cluster.nodes;
+        let read_from = |choice: &str, turn| run_options(nodes, choice, "", turn).map(|o| o.read_from);
+        assert_eq!(read_from("leader", 0), Ok(ReadFrom::Leader));
+        // The live nodes, from the turn's one on (127.0.0.1:8002 is down).
+        let any = |turn| read_from("any", turn).unwrap();
+        assert_eq!(any(0), ReadFrom::Nodes(vec!["127.0.0.1:8000".into(), "127.0.0.1:8001".into()]));
+        assert_eq!(any(3), ReadFrom::Nodes(vec!["127.0.0.1:8001".into(), "127.0.0.1:8000".into()]));
+        assert_eq!(run_options(&[], "any", "", 0).map(|o| o.read_from), Ok(ReadFrom::Leader), "no node known");
+        assert_eq!(read_from("127.0.0.1:8002", 0), Ok(ReadFrom::Nodes(vec!["127.0.0.1:8002".into()])));
+        assert_eq!(read_from("example.com:80", 0), Err(FormError::NotANode { address: "example.com:80".into() }));
+
+        let id = Uuid::new_v4();
+        assert_eq!(run_options(nodes, "leader", &format!(" {id} "), 0).map(|o| o.txn_id), Ok(Some(id)));
+        let refusal = run_options(nodes, "leader", "nope", 0).unwrap_err();
+        assert!(matches!(&refusal, FormError::NotAUuid { given, .. } if given == "nope"), "{refusal:?}");
+        assert!(refusal.to_string().starts_with("txn_id \"nope\" is not a UUID: "), "{refusal}");
+    }
+
     #[tokio::test]
     async fn a_parse_error_is_shown_inline_keeping_the_escaped_input() {
         let state = state_for("127.0.0.1:1", None);

@@ -229,3 +229,130 @@ pub(crate) fn live_view(
     view.diverged = c.diverged.clone();
     view
 }
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn after_failover() -> SupervisorStatus {
+        serde_json::from_str(crate::status::tests::AFTER_FAILOVER).unwrap()
+    }
+
+    fn history(outcome: FormOutcome, latency_ms: f64) -> HistoryEntry {
+        HistoryEntry {
+            at_ms: 3_723_000,
+            transaction: "w(7=70)".into(),
+            outcome,
+            leader: None,
+            latency_ms,
+            txn_id: Some(Uuid::nil()),
+            detail: "detail".into(),
+        }
+    }
+
+    fn drill(seq: u64, changed: bool) -> DrillEntry {
+        DrillEntry {
+            seq,
+            at_ms: 3_723_000,
+            action: "down_leader".into(),
+            node: "127.0.0.1:8001".into(),
+            changed,
+            message: "/down_leader/: done (now down)".into(),
+        }
+    }
+
+    #[test]
+    fn the_live_view_prints_the_supervisor_s_status() {
+        let view = live_view(&Ok(after_failover()), "127.0.0.1:8001".into(), vec![], vec![]);
+        assert!(view.reachable && !view.writes_available);
+        assert_eq!((view.term, view.config_version, view.leader.as_str()), (2, 3, "127.0.0.1:8001"));
+        let rows: Vec<_> = view
+            .nodes
+            .iter()
+            .map(|n| (n.node_id.as_str(), n.role.as_str(), n.term.as_str(), n.action.as_ref().map(|a| a.action)))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("node0", "replica", "2", None),
+                ("node1", "leader", "2", Some("down_leader")),
+                ("-", "unknown", "–", None)
+            ]
+        );
+        assert_eq!(view.nodes[2].error, "cannot connect: Connection refused (os error 111)");
+        let failover = view.last_failover.as_ref().unwrap();
+        assert_eq!((failover.old_leader.as_str(), failover.unavailable_ms), ("127.0.0.1:8000", 218));
+        assert_eq!(view.failover_count, 1, "the last failover counts when the list is empty");
+        let recovery = &view.recoveries[0];
+        assert_eq!((recovery.node.as_str(), recovery.pause.as_str(), recovery.entries), ("127.0.0.1:8000", "15 ms", 5));
+        assert_eq!(view.recovering, ["127.0.0.1:8002"]);
+        assert_eq!(view.history_cap, HISTORY_LEN);
+    }
+
+    #[test]
+    fn without_a_status_the_view_says_why_and_still_shows_this_client() {
+        let view = live_view(
+            &Err(StatusError::NotConfigured),
+            "127.0.0.1:8000".into(),
+            vec![history(FormOutcome::Commit, 1.25)],
+            vec![drill(1, true)],
+        );
+        assert!(!view.reachable);
+        assert_eq!(view.error, "this client has no supervisor to ask (--supervisor)");
+        assert_eq!((view.leader.as_str(), view.client_leader.as_str()), ("none", "127.0.0.1:8000"));
+        assert!(view.nodes.is_empty() && view.last_failover.is_none());
+        let row = &view.history[0];
+        assert_eq!(
+            (row.at.as_str(), row.outcome, row.class, row.latency.as_str(), row.leader.as_str()),
+            ("01:02:03 UTC", "COMMIT", "commit", "1.2 ms", "–")
+        );
+        assert_eq!(view.drills[0].action, "down_leader");
+    }
+
+    #[test]
+    fn a_failed_run_reads_as_an_error_without_a_latency() {
+        let rows = live_view(
+            &Err(StatusError::NoAddress),
+            String::new(),
+            vec![
+                history(FormOutcome::Unavailable, 0.0),
+                history(FormOutcome::Refused, 0.0),
+                history(FormOutcome::Read, 2.0),
+            ],
+            vec![],
+        )
+        .history;
+        let printed: Vec<_> = rows.iter().map(|r| (r.outcome, r.class, r.latency.as_str())).collect();
+        assert_eq!(printed, [("UNAVAILABLE", "error", "–"), ("REFUSED", "error", "–"), ("READ", "read", "2.0 ms")]);
+    }
+
+    #[test]
+    fn a_leader_can_be_stopped_and_a_stopped_node_brought_back() {
+        let mut node = after_failover().nodes[1].clone();
+        let stop = drill_for(&node).unwrap();
+        assert_eq!((stop.action, stop.label), ("down_leader", "Stop leader"));
+        assert_eq!(
+            stop.confirm,
+            "Stop the leader 127.0.0.1:8001 (GET /down_leader/)? The supervisor will elect the next member as leader."
+        );
+        node.role = Some(Role::Down);
+        let back = drill_for(&node).unwrap();
+        assert_eq!((back.action, back.label), ("up_node", "Bring back"));
+        for role in [Some(Role::Replica), Some(Role::Standby), None] {
+            node.role = role;
+            assert!(drill_for(&node).is_none(), "{role:?}");
+        }
+    }
+
+    #[test]
+    fn the_flash_says_what_the_agent_answered() {
+        let done = flash(&drill(1, true));
+        assert_eq!(
+            (done.class, done.text.as_str()),
+            ("ok", "down_leader on 127.0.0.1:8001: /down_leader/: done (now down)")
+        );
+        assert_eq!(flash(&drill(2, false)).class, "bad");
+    }
+}

@@ -233,3 +233,177 @@ pub(crate) fn history_of_error(text: &str, error: &RunError, at_ms: u64) -> Hist
         detail: error.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use protocol::{parse_transaction, AbortReason, CommitResponse, Role};
+
+    use super::*;
+    use crate::run::{ReadResult, Rejection, SendError, Unavailable};
+
+    const LEADER: &str = "127.0.0.1:8000";
+
+    fn read(values: Vec<(i64, Option<i64>)>) -> ReadResult {
+        ReadResult { values, timestamp: 1000, lsn: 3, node: "node0".into(), role: Role::Leader, agent: LEADER.into() }
+    }
+
+    fn commit(outcome: Outcome) -> CommitResponse {
+        CommitResponse {
+            commit: outcome,
+            txn_id: Uuid::nil(),
+            commit_ts: Some(2000),
+            lsn: Some(4),
+            reason: None,
+            key: None,
+            message: None,
+        }
+    }
+
+    /// `r(1)w(2=22)r(3)` as the run reports it: 1 read as 100, 3 never written, then committed.
+    fn committed() -> RunReport {
+        RunReport {
+            transaction: "r(1)w(2=22)r(3)".into(),
+            read: Some(read(vec![(1, Some(100)), (3, None)])),
+            writes: BTreeMap::from([(2, 22)]),
+            commit: Some(commit(Outcome::Commit)),
+            leader: Some(LEADER.into()),
+            notes: vec!["a note".into()],
+            latency: Duration::from_micros(1_250),
+        }
+    }
+
+    fn facts(view: &ResultView) -> Vec<(&str, &str)> {
+        view.facts.iter().map(|f| (f.id, f.value.as_str())).collect()
+    }
+
+    #[test]
+    fn a_commit_shows_the_values_read_and_the_facts_in_order() {
+        let view = result_view(&committed());
+        assert_eq!((view.class, view.headline), ("commit", "COMMIT"));
+        assert!(view.words.starts_with("The transaction committed"), "{}", view.words);
+        let values: Vec<_> = view.values.iter().map(|v| (v.account, v.balance.as_str(), v.missing)).collect();
+        assert_eq!(values, [(1, "100", false), (3, "", true)]);
+        let nil = Uuid::nil().to_string();
+        assert_eq!(
+            facts(&view),
+            [
+                ("transaction", "r(1)w(2=22)r(3)"),
+                ("txn_id", nil.as_str()),
+                ("commit_ts", "2000"),
+                ("lsn", "4"),
+                ("written", "account 2 = 22"),
+                ("leader", "node0 at 127.0.0.1:8000"),
+                ("read_from", "node0 (leader) at 127.0.0.1:8000, LSN 3"),
+                ("read_ts", "1000"),
+                ("latency", "1.2 ms"),
+            ]
+        );
+        assert_eq!(view.notes, ["a note"]);
+    }
+
+    #[test]
+    fn an_abort_shows_the_reason_the_account_and_the_leader_s_words() {
+        let mut report = committed();
+        report.commit = Some(CommitResponse {
+            reason: Some(AbortReason::StaleRead),
+            key: Some(1),
+            message: Some("account 1 was written after the read timestamp".into()),
+            ..commit(Outcome::Abort)
+        });
+        let view = result_view(&report);
+        assert_eq!((view.class, view.headline), ("abort", "ABORT"));
+        let facts = facts(&view);
+        assert!(facts.contains(&("reason", "stale_read")), "{facts:?}");
+        assert!(facts.contains(&("key", "1")), "{facts:?}");
+        assert!(facts.contains(&("message", "account 1 was written after the read timestamp")), "{facts:?}");
+        assert!(!facts.iter().any(|(id, _)| *id == "commit_ts"), "{facts:?}");
+    }
+
+    #[test]
+    fn a_read_only_run_has_no_commit_facts() {
+        let report = RunReport { commit: None, writes: BTreeMap::new(), ..committed() };
+        let view = result_view(&report);
+        assert_eq!((view.class, view.headline), ("read", "READ"));
+        assert!(!facts(&view).iter().any(|(id, _)| *id == "txn_id"));
+    }
+
+    #[test]
+    fn a_parse_error_points_at_its_column() {
+        let text = "r(1)\"<b>";
+        let error = RunError::Parse(parse_transaction(text).unwrap_err());
+        let view = error_view(text, &error);
+        assert_eq!(view.title, "Not a transaction: error at column 5");
+        let p = view.pointer.as_ref().unwrap();
+        assert_eq!(
+            (p.before.as_str(), p.at.as_str(), p.after.as_str(), p.caret.as_str()),
+            ("r(1)", "\"", "<b>", "    ^")
+        );
+        assert_eq!(view.notes, ["Nothing was sent to the cluster."]);
+
+        // Past the end: the gap where something was expected is marked.
+        let text = "r(1";
+        let view = error_view(text, &RunError::Parse(parse_transaction(text).unwrap_err()));
+        let p = view.pointer.as_ref().unwrap();
+        assert_eq!((p.column, p.before.as_str(), p.at.as_str(), p.after.as_str()), (4, "r(1", " ", ""));
+    }
+
+    #[test]
+    fn an_unavailable_cluster_offers_to_run_an_undecided_commit_again() {
+        let seen = crate::run::NoAnswer::Unsent(SendError::Connect { agent: LEADER.into(), cause: "refused".into() });
+        let id = Uuid::new_v4();
+        let error = RunError::unavailable(Unavailable::NoSupervisor { seen }, Some(id));
+        let view = error_view("w(1=1)", &error);
+        assert_eq!(view.title, "The cluster is unavailable");
+        assert_eq!(
+            view.message,
+            "cannot reach the agent at 127.0.0.1:8000: refused; no supervisor to ask where the leader is"
+        );
+        assert_eq!(view.retry_txn, Some(id));
+        assert!(view.notes[0].contains(&format!("same txn_id ({id}) is safe")), "{:?}", view.notes);
+
+        let refused = error_view("w(1=1)", &RunError::Rejected(Rejection::ByAgent { message: "too big".into() }));
+        assert_eq!((refused.title.as_str(), refused.message.as_str(), refused.retry_txn), ("Refused", "too big", None));
+    }
+
+    #[test]
+    fn the_read_from_menu_lists_the_nodes_and_keeps_the_choice() {
+        let cluster: SupervisorStatus = serde_json::from_str(crate::status::tests::AFTER_FAILOVER).unwrap();
+        let chosen =
+            |choices: Vec<Choice>| choices.into_iter().filter(|c| c.selected).map(|c| c.value).collect::<Vec<_>>();
+        let choices = read_choices(Some(&cluster), "127.0.0.1:8001");
+        let labels: Vec<&str> = choices.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "the leader",
+                "any node (in turn)",
+                "127.0.0.1:8000 (node0, replica)",
+                "127.0.0.1:8001 (node1, leader)",
+                "127.0.0.1:8002 (-, unknown)"
+            ]
+        );
+        assert_eq!(chosen(choices), ["127.0.0.1:8001"]);
+        assert_eq!(chosen(read_choices(None, "127.0.0.1:8001")), ["leader"], "a choice no longer offered");
+        assert_eq!(chosen(read_choices(None, "any")), ["any"]);
+    }
+
+    #[test]
+    fn history_entries_say_what_came_of_a_run() {
+        let entry = history_of_report(&committed(), 42);
+        assert_eq!((entry.at_ms, entry.outcome, entry.leader.as_deref()), (42, FormOutcome::Commit, Some(LEADER)));
+        assert_eq!(entry.txn_id, Some(Uuid::nil()));
+        // A read elsewhere than at the leader: the node that answered.
+        let elsewhere = RunReport { leader: None, commit: None, ..committed() };
+        assert_eq!(history_of_report(&elsewhere, 0).leader.as_deref(), Some(LEADER));
+
+        let long = "r(1)".repeat(30);
+        let error = RunError::Rejected(Rejection::Empty);
+        let entry = history_of_error(&format!("  {long}  "), &error, 7);
+        assert_eq!((entry.outcome, entry.txn_id, entry.latency_ms), (FormOutcome::Refused, None, 0.0));
+        assert_eq!(entry.transaction, format!("{}…", &long[..HISTORY_TEXT_CHARS]));
+        assert_eq!(entry.detail, "the transaction was refused: the transaction is empty");
+    }
+}

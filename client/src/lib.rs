@@ -1,9 +1,12 @@
 //! The client: runs transactions typed in the transaction language (`r(1)w(2=22)`) against the
 //! cluster, from the command line or from a web page, and shows the cluster's status.
 //!
-//! - [`run`]: the transaction logic shared by `client run` and the form, with leader following;
-//! - [`status`]: the supervisor's status, read leniently, and `client status`'s table;
-//! - [`web`]: `client serve`'s pages (askama templates in `client/templates`);
+//! - [`run`]: the transaction logic shared by `client run` and the form: the runner, leader
+//!   following, the report and the errors by kind;
+//! - [`status`]: the supervisor's status (`protocol::supervisor_status`), fetched from the
+//!   active supervisor, and `client status`'s table;
+//! - [`web`]: `client serve`'s pages, one module per page, with the pure view builders in
+//!   `web/view` (askama templates in `client/templates`);
 //! - [`metrics`]: what `client serve` counts, for `GET /metrics`;
 //! - [`openapi`]: the web client's OpenAPI document (also rendered into docs/api.md).
 //!

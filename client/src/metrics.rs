@@ -19,7 +19,7 @@
 //! Only `client serve` installs the recorder ([`install`]): `client run` and `client status` are
 //! one-shot commands that nobody scrapes, and there the `metrics` macros record nothing. The
 //! recorder's handle goes into the web app's state, not a global, so a test can give its app a
-//! recorder of its own ([`recorder`], set as the thread's local recorder) and count exactly what
+//! recorder of its own (`recorder`, set as the thread's local recorder) and count exactly what
 //! it did while other tests run.
 
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //! A read-only transaction may instead read from any node ([`ReadFrom::Nodes`]): a replica
 //! answers with a consistent snapshot at its own applied LSN.
 //!
-//! Following the leader ([`Route`]):
+//! Following the leader (`route.rs`):
 //! - an agent that is not the leader answers 421 with the leader's address: the request goes
 //!   there (at most [`MAX_REDIRECTS`] hops in a row, so two agents naming each other cannot loop);
 //! - an agent that cannot be reached, or answers 503 (down, an election in progress, a leader
@@ -21,6 +21,20 @@
 //!
 //! Invariant: every try of one commit carries the same `txn_id`, so a commit whose answer was
 //! lost is applied at most once whichever leader receives it again.
+//!
+//! The code: [`Runner`] here sends the requests; `route.rs` follows the leader (a pure
+//! `read_try` decides what each try came to, the loop around it waits and asks the supervisor);
+//! `report.rs` is what a run did, as text for people ([`RunReport`]); `error.rs` is why a run
+//! produced no outcome, by kind ([`RunError`], [`Unavailable`]).
+
+use std::time::{Duration, Instant};
+
+use protocol::{
+    parse_transaction, Account, CommitRequest, CommitResponse, ReadRequest, ReadResponse, Role, TransactionBody,
+};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 mod error;
 mod report;
@@ -37,15 +51,6 @@ use error::{error_for, parse_answer};
 use route::Route;
 
 use crate::status::StatusError;
-
-use std::time::{Duration, Instant};
-
-use protocol::{
-    parse_transaction, Account, CommitRequest, CommitResponse, ReadRequest, ReadResponse, Role, TransactionBody,
-};
-use reqwest::StatusCode;
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 /// How long one request to an agent may take. A read may wait up to 5 s for a locked key, a
 /// commit takes milliseconds when the cluster is well; a frozen leader must not hold a run for

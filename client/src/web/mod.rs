@@ -1,18 +1,18 @@
 //! `client serve`: the web pages.
 //!
-//! - `/create/` ([`form`]): the transaction form. GET shows it; POST runs the transaction with
+//! - `/create/` (`form.rs`): the transaction form. GET shows it; POST runs the transaction with
 //!   the same [`Runner::run`](crate::run::Runner::run) as `client run` and shows the outcome
 //!   under the form, keeping what was typed.
-//! - `/cluster/` ([`cluster`]): the cluster as the supervisor sees it, with the drills
-//!   ([`drill`]) and the transactions run from this client. Its live part is `/cluster/live`, an
+//! - `/cluster/` (`cluster.rs`): the cluster as the supervisor sees it, with the drills
+//!   (`drill.rs`) and the transactions run from this client. Its live part is `/cluster/live`, an
 //!   HTML fragment the page's script fetches every 500 ms; `/cluster/status.json` is the same as
 //!   JSON.
-//! - `/leader_changed/` ([`leader_changed`]): the supervisor tells this client the new leader.
+//! - `/leader_changed/` (`leader_changed.rs`): the supervisor tells this client the new leader.
 //! - `/metrics`: what this client did, in Prometheus text format (see `metrics.rs`).
 //!
-//! The handlers are thin: they read the [`state`], call the runner or an agent, and hand what
-//! came back to the pure builders of [`view`], which turn a run's report or error and the
-//! supervisor's status into the structs the templates print ([`page`] renders them).
+//! The handlers are thin: they read the state (`state.rs`), call the runner or an agent, and
+//! hand what came back to the pure builders of `view/`, which turn a run's report or error and
+//! the supervisor's status into the structs the templates print (`page.rs` renders them).
 //!
 //! Pages are askama templates (`client/templates`), which escape every value; the pages work
 //! without JavaScript (`static/app.js` only adds the live updates and confirmation dialogs).

@@ -1,5 +1,5 @@
 //! `GET /openapi.json`: the web client's HTTP interface as an OpenAPI 3.1 document, generated
-//! from the handlers' `#[utoipa::path]` annotations (`web.rs`). Most answers are HTML pages;
+//! from the handlers' `#[utoipa::path]` annotations (`web/`). Most answers are HTML pages;
 //! `/cluster/status.json`, `/health` and `/leader_changed/` are JSON, `/metrics` is Prometheus
 //! text. With a cluster token configured, `/leader_changed/` declares it and its 401 answer
 //! ([`protocol::openapi::apply_cluster_token`]).

@@ -57,6 +57,10 @@ struct Args {
     /// the leader alone, at the price of acknowledged commits living on one disk meanwhile.
     #[arg(long, env = "AGENT_MIN_COPIES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     min_copies: u32,
+    /// How many rounds the leader keeps in flight at once: round r+1 is prepared while round r
+    /// is decided, so PostgreSQL can share a WAL flush between them. 1 runs one round at a time.
+    #[arg(long, env = "AGENT_PIPELINE_DEPTH", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pipeline_depth: u32,
     /// A file holding the cluster token. When set (or CLUSTER_TOKEN is), internal endpoints,
     /// the drills and log paging need 'Authorization: Bearer <token>', and every internal call
     /// this agent makes carries it.
@@ -120,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
         token,
         peer_timeout: Duration::from_millis(args.peer_timeout_ms),
         min_copies: args.min_copies as usize,
+        pipeline_depth: args.pipeline_depth as usize,
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -53,6 +53,8 @@ pub struct NodeConfig {
     /// The durability floor: as leader, acknowledge a commit only once at least this many
     /// nodes (this one included) hold it durably.
     pub min_copies: usize,
+    /// Rounds the leader keeps in flight at once (`--pipeline-depth`).
+    pub pipeline_depth: usize,
 }
 
 pub struct Node {
@@ -137,6 +139,8 @@ impl Node {
             }
         } else if named_leader && (node.cfg.supervisor.is_none() || !restarted) {
             node.promote(config).await.map_err(|e| anyhow::anyhow!("resuming as leader: {e}"))?;
+        } else if !named_leader {
+            node.ask_for_birth().await;
         }
         tracing::info!(node = %node.cfg.node_id, role = ?node.role(), term, applied_lsn = end.lsn, "node ready");
         Ok(node)

@@ -19,6 +19,9 @@ use crate::node::Node;
 use crate::peers::PeerError;
 use crate::two_phase::Leader;
 
+/// How long a new cluster's first leader keeps offering its id to a member that does not answer.
+const BIRTH_RETRY_FOR: Duration = Duration::from_secs(10);
+
 /// Clears the promotion flag however a promotion ends.
 struct Promoting<'a>(&'a Node);
 
@@ -71,7 +74,15 @@ impl Node {
         let (committed, aborted) = self.resolve_in_doubt(&config).await?;
         let (lsn, ts) = self.applied();
         let last_write = self.store.write_timestamps().await.map_err(ApiError::unavailable)?;
-        let leader = Leader::new(self.me.clone(), config.term, self.cfg.min_copies);
+        let validator = engine::validation::Validator::new(last_write, ts);
+        let leader = Leader::new(
+            self.me.clone(),
+            config.term,
+            self.cfg.min_copies,
+            self.cfg.pipeline_depth,
+            validator,
+            acknowledged_before,
+        );
         if let Some(old) = self.install_leader(Some(leader.clone())) {
             old.depose();
         }
@@ -81,7 +92,7 @@ impl Node {
             leader.depose();
             return Err(ApiError::StaleTerm(self.look(|m| m.term())));
         }
-        leader.start(last_write, ts, lsn, acknowledged_before);
+        leader.start(lsn, ts);
         tracing::info!(term = config.term, applied_lsn = lsn, committed, aborted, "promoted to leader");
         Ok(PromoteResponse {
             term: config.term,
@@ -143,20 +154,75 @@ impl Node {
         Ok((committed, aborted))
     }
 
-    /// Gives a new cluster's id to every other member (best effort: one that does not take it
-    /// now takes it with its first round or recovery).
+    /// Gives a new cluster's id to every other member. A member that does not answer (it may
+    /// still be starting: the agents of a new cluster start together) is asked again in the
+    /// background for [`BIRTH_RETRY_FOR`]; one that still has not taken it takes it with its
+    /// first round or recovery.
     async fn announce_birth(&self, config: &ClusterConfig, cluster_id: Uuid) {
         let birth = ClusterBirth { term: config.term, leader: self.cfg.address.clone(), cluster_id };
         let others = config.members.iter().filter(|m| **m != self.cfg.address);
-        futures::future::join_all(others.map(|peer| {
+        let missed: Vec<String> = futures::future::join_all(others.map(|peer| {
             let birth = &birth;
-            async move {
-                if let Err(e) = self.peers.announce_birth(peer, birth).await {
-                    tracing::warn!(%peer, error = %e, "a member did not take the new cluster's id; it takes it at its first round");
+            async move { self.peers.announce_birth(peer, birth).await.err().map(|e| (peer.clone(), e)) }
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .filter_map(|(peer, e)| match e {
+            PeerError::Unreachable { .. } => Some(peer),
+            e => {
+                tracing::warn!(%peer, error = %e, "a member refused the new cluster's id");
+                None
+            }
+        })
+        .collect();
+        let Some(node) = self.me.upgrade() else {
+            return;
+        };
+        for peer in missed {
+            let (node, birth) = (node.clone(), birth.clone());
+            tokio::spawn(async move {
+                let give_up = tokio::time::Instant::now() + BIRTH_RETRY_FOR;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    match node.peers.announce_birth(&peer, &birth).await {
+                        Err(PeerError::Unreachable { .. }) if tokio::time::Instant::now() < give_up => {}
+                        Ok(_) => return,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "a member did not take the new cluster's id; it takes it at its first round");
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// At start-up, an empty database that belongs to no cluster asks the named leader for a new
+    /// cluster's id: the leader may have announced it before this agent listened. It takes it
+    /// only while the leader's log is empty too (a birth); a node joining a cluster with a
+    /// history takes the id by recovering.
+    pub(crate) async fn ask_for_birth(&self) {
+        let (leader, ours, applied, pending) =
+            self.look(|m| (m.config().leader.clone(), m.cluster_id(), m.applied().lsn, m.pending().is_some()));
+        let Some(leader) = leader.filter(|l| *l != self.cfg.address) else {
+            return;
+        };
+        if ours.is_some() || applied > 0 || pending {
+            return;
+        }
+        match self.peers.status(&leader).await {
+            Ok(status) if status.applied_lsn == 0 => {
+                if let Some(id) = status.cluster_id {
+                    let birth = ClusterBirth { term: status.term, leader, cluster_id: id };
+                    if let Err(e) = self.take_birth(&birth).await {
+                        tracing::warn!(error = %e, "could not take the new cluster's id from its leader");
+                    }
                 }
             }
-        }))
-        .await;
+            Ok(_) => {}
+            Err(e) => tracing::debug!(%leader, error = %e, "the leader is not reachable at start-up"),
+        }
     }
 
     /// `POST /internal/cluster_id`: takes a new cluster's id if this database is empty and

@@ -6,7 +6,7 @@ use protocol::{Lsn, PendingInfo, Term, Timestamp};
 use uuid::Uuid;
 
 /// Identifies one round of the leader: later rounds compare greater.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RoundId {
     pub term: Term,
     pub round: u64,

@@ -46,9 +46,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/down_leader/", get(down_leader))
         .route("/up_node/", get(up_node))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_INTERNAL_BODY_BYTES));
-    if let Some(token) = node.cfg.token.clone() {
-        internal = internal.route_layer(axum::middleware::from_fn_with_state(Arc::<str>::from(token), require_token));
-    }
+    internal = service::guard(internal, node.cfg.token.as_deref());
     // The document describes this agent as configured (with or without the token): built once.
     let spec: Arc<str> = crate::openapi::json(node.cfg.token.is_some()).into();
     Router::new()
@@ -66,16 +64,6 @@ pub fn router(node: Arc<Node>) -> Router {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))
         .with_state(node)
-}
-
-/// Refuses a call without the cluster token (401), before it can change anything.
-async fn require_token(State(token): State<Arc<str>>, req: Request, next: axum::middleware::Next) -> Response {
-    let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if protocol::auth::authorized(header, &token) {
-        return next.run(req).await;
-    }
-    tracing::warn!(path = %req.uri().path(), given = header.is_some(), "refused: missing or wrong cluster token");
-    ApiError::Unauthorized.into_response()
 }
 
 /// A JSON body, accepted whatever the `Content-Type` (the original's users send it both ways),
@@ -153,7 +141,7 @@ async fn commit(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<CommitReque
     metrics::histogram!("rmw_commit_seconds", "outcome" => label).record(started.elapsed().as_secs_f64());
     match outcome {
         TxnOutcome::NotApplied => Err(node.not_leader()),
-        TxnOutcome::Unknown { message } => Err(ApiError::Unavailable(format!("transaction {txn_id}: {message}"))),
+        TxnOutcome::Unknown { message } => Err(ApiError::OutcomeUnknown(format!("transaction {txn_id}: {message}"))),
         outcome => Ok(commit_response(txn_id, outcome)),
     }
 }

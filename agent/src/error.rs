@@ -23,11 +23,19 @@ pub enum ApiError {
     /// A request that contradicts this node's state (409).
     #[error("{0}")]
     Conflict(String),
+    /// This node's log is not a prefix of the leader's, or its database belongs to another
+    /// cluster (409 `diverged`): it must be rebuilt, never merged.
+    #[error("{0}")]
+    Diverged(String),
     /// The node cannot serve the request now (503); retrying later may work.
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     NotFound(String),
+    /// A commit whose outcome is not known yet (503 `outcome_unknown`): leadership or
+    /// membership changed while it was replicated; a retry with the same `txn_id` tells.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     /// Too much in flight (503 with `Retry-After`); nothing was done.
     #[error("{0}")]
     Overloaded(String),
@@ -57,6 +65,8 @@ impl IntoResponse for ApiError {
             ApiError::NotLeader { leader } => (StatusCode::MISDIRECTED_REQUEST, "not_leader", leader.clone(), None),
             ApiError::StaleTerm(term) => (StatusCode::CONFLICT, "stale_term", None, Some(*term)),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None, None),
+            ApiError::Diverged(_) => (StatusCode::CONFLICT, "diverged", None, None),
+            ApiError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown", None, None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, None),
             ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", None, None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None, None),

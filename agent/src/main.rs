@@ -138,11 +138,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, agent::api::router(node))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    axum::serve(listener, agent::api::router(node)).with_graceful_shutdown(service::shutdown_signal()).await?;
     Ok(())
 }
 

@@ -140,7 +140,10 @@ impl Node {
         } else if named_leader && (node.cfg.supervisor.is_none() || !restarted) {
             node.promote(config).await.map_err(|e| anyhow::anyhow!("resuming as leader: {e}"))?;
         } else if !named_leader {
-            node.ask_for_birth().await;
+            // In the background: the named leader may itself be starting, and waiting for it
+            // here would keep this agent from serving (and the supervisor from seeing it).
+            let asking = node.clone();
+            tokio::spawn(async move { asking.ask_for_birth().await });
         }
         tracing::info!(node = %node.cfg.node_id, role = ?node.role(), term, applied_lsn = end.lsn, "node ready");
         Ok(node)
@@ -174,6 +177,24 @@ impl Node {
         }
         self.changed.notify_waiters();
         result
+    }
+
+    /// Steps a request on the member: as [`Node::with_member`], except that a step that only
+    /// says to wait changes nothing and wakes no one. (Waking would wake the caller itself,
+    /// whose wait started before the step, and it would spin without yielding.)
+    pub(crate) fn step<A>(&self, f: impl FnOnce(&mut Member) -> Step<A>) -> Step<A> {
+        let (step, end) = {
+            let mut member = locked(&self.member);
+            let step = f(&mut member);
+            (step, member.applied())
+        };
+        if *self.applied.borrow() != end {
+            self.applied.send_replace(end);
+        }
+        if !matches!(step, Step::Wait(_)) {
+            self.changed.notify_waiters();
+        }
+        step
     }
 
     /// A read-only look at the member.

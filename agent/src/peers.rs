@@ -34,20 +34,11 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(timeout: Duration, token: Option<&str>) -> Result<Peers, reqwest::Error> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = token {
-            // Tokens are checked to be header-safe ASCII when loaded.
-            if let Ok(value) = reqwest::header::HeaderValue::from_str(&protocol::auth::bearer(token)) {
-                headers.insert(reqwest::header::AUTHORIZATION, value);
-            }
-        }
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
+    pub fn new(timeout: Duration, token: Option<&str>) -> Result<Peers, service::ClientError> {
+        let http = service::client_builder(token)?
             .timeout(timeout)
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
             .build()?;
         Ok(Peers { http })
     }

@@ -42,11 +42,12 @@ impl Node {
     /// `POST /internal/recover`.
     pub async fn recover(&self, req: &RecoverRequest) -> Result<RecoverResponse, ApiError> {
         self.check_serving()?;
-        let joining = match membership(self.cluster_id(), req.cluster_id) {
+        let empty = self.look(|m| m.applied().lsn == 0 && m.pending().is_none());
+        let joining = match membership(self.cluster_id(), req.cluster_id, empty) {
             Membership::Same => None,
             Membership::Adopt(id) => Some(id),
             Membership::Foreign { ours, theirs } => {
-                return Err(ApiError::Conflict(format!(
+                return Err(ApiError::Diverged(format!(
                     "diverged: this node's database belongs to cluster {ours}, not {theirs}; it must be rebuilt, not merged"
                 )))
             }
@@ -83,7 +84,7 @@ impl Node {
             if ours.as_ref() != theirs {
                 tracing::error!(applied_lsn = after, ours = ?ours.map(|e| e.txn_id), theirs = ?theirs.map(|e| e.txn_id),
                     "DIVERGED: this node's log differs from the leader's; refusing to merge");
-                return Err(ApiError::Conflict(format!(
+                return Err(ApiError::Diverged(format!(
                     "diverged: this node's log entry at LSN {after} differs from the leader's; the node must be rebuilt, not merged"
                 )));
             }
@@ -129,7 +130,7 @@ impl Node {
         let deadline = Instant::now() + STEP_WAIT;
         loop {
             let changed = self.next_change();
-            let step = self.with_member(|m| m.begin_recovery(req.term));
+            let step = self.step(|m| m.begin_recovery(req.term));
             match self.settle(step, changed, deadline).await? {
                 Next::Answer(Ok(slots)) => return Ok(slots),
                 Next::Answer(Err(RecoveryRefusal::Leading)) => {

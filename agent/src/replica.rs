@@ -39,7 +39,7 @@ impl Node {
         let deadline = Instant::now() + self.cfg.peer_timeout.min(STEP_WAIT);
         let answer = loop {
             let changed = self.next_change();
-            let step = self.with_member(|m| m.prepare(&args));
+            let step = self.step(|m| m.prepare(&args));
             let next = match self.settle(step, changed, deadline).await {
                 Ok(next) => next,
                 // What blocked the vote did not clear in time (a predecessor that never came):
@@ -103,7 +103,7 @@ impl Node {
         let deadline = Instant::now() + STEP_WAIT;
         loop {
             let changed = self.next_change();
-            let step = self.with_member(|m| m.decide(req.term, req.last_lsn, req.last_txn, req.decision));
+            let step = self.step(|m| m.decide(req.term, req.last_lsn, req.last_txn, req.decision));
             let answer = match self.settle(step, changed, deadline).await? {
                 Next::Answer(answer) => answer,
                 Next::Again => continue,
@@ -166,7 +166,7 @@ impl Node {
         let deadline = Instant::now() + STEP_WAIT;
         loop {
             let changed = self.next_change();
-            let step = self.with_member(|m| m.batch_state(batch));
+            let step = self.step(|m| m.batch_state(batch));
             match self.settle(step, changed, deadline).await? {
                 Next::Answer(state) => return Ok(state),
                 Next::Again => continue,
@@ -184,7 +184,7 @@ impl Node {
         let deadline = Instant::now() + STEP_WAIT;
         loop {
             let changed = self.next_change();
-            let step = self.with_member(|m| m.configure(config));
+            let step = self.step(|m| m.configure(config));
             match self.settle(step, changed, deadline).await? {
                 Next::Answer(ConfigAnswer::Current) => return Ok(()),
                 Next::Answer(ConfigAnswer::Stale(term)) => return Err(ApiError::StaleTerm(term)),

@@ -139,12 +139,17 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT cluster_id FROM agent_identity WHERE id = 1").fetch_optional(&self.pool).await?)
     }
 
-    /// Stores `id` as this database's cluster unless it already has one; returns the one kept.
+    /// Stores `id` as this database's cluster unless it already has one and a log (an empty
+    /// database takes the cluster's id whatever it took before); returns the one kept.
     pub async fn adopt_cluster_id(&self, id: Uuid) -> Result<Uuid, StoreError> {
-        sqlx::query("INSERT INTO agent_identity (id, cluster_id) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO agent_identity (id, cluster_id) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET cluster_id = EXCLUDED.cluster_id \
+             WHERE NOT EXISTS (SELECT 1 FROM recovery_log)",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(self.cluster_id().await?.unwrap_or(id))
     }
 

@@ -17,6 +17,7 @@
 //!   `durable_lsn`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -59,6 +60,24 @@ pub struct Leader {
     round_done: Notify,
     /// When each round in flight started, and when it was decided (for the phase metrics).
     phases: Mutex<HashMap<RoundId, (Instant, Option<Instant>)>>,
+    /// Per replica, the PREPAREs in round order: a round's PREPARE leaves for a replica only
+    /// once the previous round's PREPARE to it was answered, so a member never sees round r+1
+    /// before round r (its PostgreSQL then prepares them in order too, while round r's
+    /// decision overlaps round r+1's PREPARE).
+    lanes: Mutex<HashMap<String, Lane>>,
+}
+
+/// The order of PREPAREs to one replica: tickets handed out in round order, served in turn.
+#[derive(Clone)]
+struct Lane {
+    next: u64,
+    served: tokio::sync::watch::Sender<u64>,
+}
+
+impl Lane {
+    fn new() -> Lane {
+        Lane { next: 0, served: tokio::sync::watch::channel(0).0 }
+    }
 }
 
 /// A panic while holding one of these locks is a bug; the state they protect stays usable.
@@ -101,6 +120,7 @@ impl Leader {
             kick: Notify::new(),
             round_done: Notify::new(),
             phases: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -319,8 +339,9 @@ impl Leader {
                     let request = Arc::new(request);
                     for peer in replicas {
                         let (leader, node, request) = (self.clone(), node.clone(), request.clone());
+                        let turn = self.ticket(&peer);
                         tokio::spawn(async move {
-                            let vote = match node.peers.prepare(&peer, &request).await {
+                            let vote = match in_turn(turn, node.peers.prepare(&peer, &request)).await {
                                 Ok(answer) if answer.vote == Vote::Yes => VoteResult::Yes,
                                 Ok(answer) => VoteResult::No {
                                     applied_lsn: answer.applied_lsn,
@@ -333,8 +354,9 @@ impl Leader {
                         });
                     }
                     let (leader, node) = (self.clone(), node.clone());
+                    let turn = self.ticket(&node.cfg.address);
                     tokio::spawn(async move {
-                        let vote = match node.prepare(&request).await {
+                        let vote = match in_turn(turn, node.prepare(&request)).await {
                             Ok(answer) if answer.vote == Vote::Yes => Ok(()),
                             Ok(answer) => Err(format!("the leader voted NO: {}", answer.reason.unwrap_or_default())),
                             Err(e) => Err(format!("the leader could not prepare: {e}")),
@@ -387,6 +409,14 @@ impl Leader {
             }
             self.round_done.notify_waiters();
         }
+    }
+
+    /// A place in the order of PREPAREs to `peer`.
+    fn ticket(&self, peer: &str) -> (u64, tokio::sync::watch::Sender<u64>) {
+        let mut lanes = locked(&self.lanes);
+        let lane = lanes.entry(peer.to_string()).or_insert_with(Lane::new);
+        lane.next += 1;
+        (lane.next - 1, lane.served.clone())
     }
 
     /// The prepare phase of `round` ended: its decision is being sent.
@@ -485,6 +515,14 @@ impl Leader {
             pause = (pause * 2).min(MAX_RETRY_PAUSE);
         }
     }
+}
+
+/// Runs `call` once every call that took an earlier ticket in the same lane has finished.
+async fn in_turn<T>((ticket, served): (u64, tokio::sync::watch::Sender<u64>), call: impl Future<Output = T>) -> T {
+    let _ = served.subscribe().wait_for(|served| *served >= ticket).await;
+    let out = call.await;
+    served.send_modify(|served| *served = (*served).max(ticket + 1));
+    out
 }
 
 async fn wait(rx: oneshot::Receiver<TxnOutcome>) -> Result<TxnOutcome, ApiError> {

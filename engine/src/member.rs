@@ -356,7 +356,8 @@ impl Member {
         if !self.learn_leader(req.id.term, req.leader.as_deref()) {
             return Step::Answer(PrepareAnswer::Stale(self.term));
         }
-        let adopt = match membership(self.cluster_id, req.cluster_id) {
+        let empty = self.applied.lsn == 0 && self.slots.is_empty();
+        let adopt = match membership(self.cluster_id, req.cluster_id, empty) {
             Membership::Same => None,
             Membership::Adopt(id) => Some(id),
             Membership::Foreign { ours, theirs } => {

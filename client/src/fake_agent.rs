@@ -38,7 +38,7 @@ pub struct Fake {
     pub fail_commit_with: Option<StatusCode>,
     /// Answer this many commits with 503 "no leader" before taking them.
     pub unavailable_commits: Arc<AtomicUsize>,
-    /// Name the transaction in those 503s, as a leader deposed mid-commit does.
+    /// Answer those 503s `outcome_unknown`, as a leader deposed mid-commit does.
     pub name_txn_in_503: bool,
     /// Abort every commit with 503 `replication_failed`.
     pub replication_fails: bool,
@@ -169,11 +169,12 @@ async fn commit(State(fake): State<Fake>, Json(req): Json<CommitRequest>) -> Res
         return (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response();
     }
     if fake.unavailable_commits.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-        return unavailable(if fake.name_txn_in_503 {
-            format!("transaction {txn_id}: the leader was deposed before the outcome was known")
-        } else {
-            "no leader at the moment (an election is in progress); retry shortly".into()
-        });
+        if fake.name_txn_in_503 {
+            let message = format!("transaction {txn_id}: the leader was deposed before the outcome was known");
+            let body = ErrorBody { error: "outcome_unknown".into(), message, leader: None, term: None };
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
+        return unavailable("no leader at the moment (an election is in progress); retry shortly".into());
     }
     if let Some(code) = fake.fail_commit_with {
         let body =

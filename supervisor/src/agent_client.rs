@@ -52,10 +52,9 @@ impl CallError {
     /// The agent refused to merge its log into the leader's (an entry differs, or its database
     /// belongs to another cluster): the node must be rebuilt, never recovered automatically.
     ///
-    /// The agent marks this only in its message (409 `conflict`, "diverged: ..."): the wire
-    /// has no code of its own for it yet, so this is the one place that reads the text.
+    /// The agent answers 409 with the code `diverged`.
     pub fn is_divergence(&self) -> bool {
-        matches!(self, CallError::Refused { message, .. } if message.contains("diverged"))
+        matches!(self, CallError::Refused { status: StatusCode::CONFLICT, code, .. } if code == "diverged")
     }
 }
 
@@ -192,12 +191,16 @@ mod tests {
     }
 
     #[test]
-    fn divergence_is_what_the_agent_says_of_its_log() {
-        let diverged = refused(
-            StatusCode::CONFLICT,
-            "diverged: this node's log entry at LSN 7 differs from the leader's; the node must be rebuilt, not merged",
-        );
+    fn divergence_is_the_agents_code_not_its_words() {
+        let diverged = CallError::Refused {
+            addr: "a:1".into(),
+            status: StatusCode::CONFLICT,
+            code: "diverged".into(),
+            message: "this node's log entry at LSN 7 differs from the leader's".into(),
+        };
         assert!(diverged.is_divergence());
+        // The word alone is not the code.
+        assert!(!refused(StatusCode::CONFLICT, "diverged: ...").is_divergence());
         assert!(!refused(StatusCode::CONFLICT, "the leader does not recover from another node").is_divergence());
     }
 }

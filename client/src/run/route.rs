@@ -142,7 +142,7 @@ fn read_try(agent: &str, txn: Option<Uuid>, sent: Result<(StatusCode, Vec<u8>), 
                 return Try::Answered(StatusCode::SERVICE_UNAVAILABLE, bytes);
             }
             let message = error_message(&bytes);
-            let outcome_unknown = txn.is_some_and(|id| names_transaction(&message, id));
+            let outcome_unknown = txn.is_some() && outcome_not_known(&bytes);
             Try::NoLeader { seen: NoAnswer::Unavailable { agent, message }, outcome_unknown }
         }
         Ok((code, bytes)) => Try::Answered(code, bytes),
@@ -151,15 +151,11 @@ fn read_try(agent: &str, txn: Option<Uuid>, sent: Result<(StatusCode, Vec<u8>), 
     }
 }
 
-/// Whether a 503's message names the transaction `id`: the agent does so when the commit's
-/// outcome is not known yet (a leader deposed mid-commit); its other 503s come before anything
-/// was done.
-///
-/// This is the one place the client reads an agent's text. Both kinds of 503 carry the same
-/// `error` code (`unavailable`) in `protocol::ErrorBody`; a code of its own for "outcome not
-/// known yet" would let this match the code instead.
-fn names_transaction(message: &str, id: Uuid) -> bool {
-    message.contains(&id.to_string())
+/// Whether a 503 says that the commit's outcome is not known yet (a leader deposed
+/// mid-commit): the agent's code `outcome_unknown`. Its other 503s come before anything was
+/// done.
+fn outcome_not_known(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<ErrorBody>(bytes).is_ok_and(|e| e.error == "outcome_unknown")
 }
 
 #[cfg(test)]
@@ -200,14 +196,16 @@ mod tests {
     }
 
     #[test]
-    fn a_503_leaves_a_commit_undecided_only_when_it_names_the_transaction() {
+    fn a_503_leaves_a_commit_undecided_only_when_its_code_says_so() {
         let id = Uuid::new_v4();
         let message = format!("transaction {id}: the leader was deposed before the outcome was known");
-        let deposed = answer(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "unavailable", "message": message}));
-        let seen = NoAnswer::Unavailable { agent: AGENT.into(), message };
+        let deposed = answer(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "outcome_unknown", "message": message}));
+        let seen = NoAnswer::Unavailable { agent: AGENT.into(), message: message.clone() };
         assert_eq!(read_try(AGENT, Some(id), deposed.clone(), true), no_leader(seen.clone(), true));
-        assert_eq!(read_try(AGENT, Some(Uuid::new_v4()), deposed.clone(), true), no_leader(seen.clone(), false));
-        assert_eq!(read_try(AGENT, None, deposed, true), no_leader(seen, false), "a read decides nothing");
+        assert_eq!(read_try(AGENT, None, deposed, true), no_leader(seen.clone(), false), "a read decides nothing");
+        // Another 503, even one that names the transaction, came before anything was done.
+        let busy = answer(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "unavailable", "message": message}));
+        assert_eq!(read_try(AGENT, Some(id), busy, true), no_leader(seen, false));
 
         // A member refused the commit: an ABORT, which is an answer.
         let abort = CommitResponse {

@@ -517,11 +517,18 @@ impl Runner for Scenario {
                 let name = args.names.first().ok_or("recover who?")?.clone();
                 let from = args.keys.get("from").ok_or("from=")?.clone();
                 let term = args.num("term")?;
-                let slots = match self.member(&name)?.begin_recovery(term) {
-                    Step::Answer(Ok(slots)) => slots,
-                    other => {
-                        writeln!(out, "{name}: {other:?}")?;
-                        return Ok(out);
+                let slots = loop {
+                    match self.member(&name)?.begin_recovery(term) {
+                        Step::Answer(Ok(slots)) => break slots,
+                        Step::Reconcile => self.reconcile(&name, &mut out)?,
+                        Step::Persist(config) => {
+                            writeln!(out, "{name}: persist term={}", config.term)?;
+                            self.persist(&name, &config)?;
+                        }
+                        other => {
+                            writeln!(out, "{name}: {other:?}")?;
+                            return Ok(out);
+                        }
                     }
                 };
                 for batch in slots {

@@ -92,12 +92,7 @@ impl Node {
     /// names it leader, resolves what it left prepared and starts leading.
     pub async fn start(cfg: NodeConfig, store: Store) -> anyhow::Result<Arc<Node>> {
         let peers = Peers::new(cfg.peer_timeout, cfg.token.as_deref())?;
-        let end = store.applied().await?;
-        let (prepared, stale) = chain(end.lsn, store.prepared_batches().await?);
-        for batch in stale {
-            tracing::warn!(gid = %batch.gid(), "rolling back a prepared batch that can never commit");
-            store.rollback_prepared(&batch).await?;
-        }
+        let (end, prepared) = ground_truth(&store).await?;
         let cluster_id = store.cluster_id().await?;
         let (config, restarted) = match store.load_config().await? {
             Some(stored) if !cfg.initial.is_newer_than(&stored) => (stored, true),
@@ -167,6 +162,19 @@ impl Node {
     /// Runs `f` on the member (microseconds, no I/O), then wakes waiting requests and
     /// publishes where the log ends.
     pub(crate) fn with_member<R>(&self, f: impl FnOnce(&mut Member) -> R) -> R {
+        self.change(f, |_| true)
+    }
+
+    /// Steps a request on the member: as [`Node::with_member`], except that a step that only
+    /// says to wait changes nothing and wakes no one. (Waking would wake the caller itself,
+    /// whose wait started before the step, and it would spin without yielding.)
+    pub(crate) fn step<A>(&self, f: impl FnOnce(&mut Member) -> Step<A>) -> Step<A> {
+        self.change(f, |step| !matches!(step, Step::Wait(_)))
+    }
+
+    /// Runs `f` on the member under its lock, publishes where the log ends, and wakes the
+    /// waiting requests if `wakes` says the result changed something.
+    fn change<R>(&self, f: impl FnOnce(&mut Member) -> R, wakes: impl FnOnce(&R) -> bool) -> R {
         let (result, end) = {
             let mut member = locked(&self.member);
             let result = f(&mut member);
@@ -175,26 +183,10 @@ impl Node {
         if *self.applied.borrow() != end {
             self.applied.send_replace(end);
         }
-        self.changed.notify_waiters();
-        result
-    }
-
-    /// Steps a request on the member: as [`Node::with_member`], except that a step that only
-    /// says to wait changes nothing and wakes no one. (Waking would wake the caller itself,
-    /// whose wait started before the step, and it would spin without yielding.)
-    pub(crate) fn step<A>(&self, f: impl FnOnce(&mut Member) -> Step<A>) -> Step<A> {
-        let (step, end) = {
-            let mut member = locked(&self.member);
-            let step = f(&mut member);
-            (step, member.applied())
-        };
-        if *self.applied.borrow() != end {
-            self.applied.send_replace(end);
-        }
-        if !matches!(step, Step::Wait(_)) {
+        if wakes(&result) {
             self.changed.notify_waiters();
         }
-        step
+        result
     }
 
     /// A read-only look at the member.
@@ -276,16 +268,7 @@ impl Node {
     /// log's end. (An orphaned prepared batch would otherwise hold its row locks forever and
     /// block every later write of those rows.)
     async fn reconcile(&self) -> Result<(), ApiError> {
-        let read = async {
-            let end = self.store.applied().await?;
-            let (keep, stale) = chain(end.lsn, self.store.prepared_batches().await?);
-            for batch in &stale {
-                tracing::warn!(gid = %batch.gid(), "rolling back an orphaned prepared batch that can never commit");
-                self.store.rollback_prepared(batch).await?;
-            }
-            Ok::<_, crate::store::StoreError>((end, keep))
-        };
-        match read.await {
+        match ground_truth(&self.store).await {
             Ok((end, keep)) => {
                 for batch in &keep {
                     tracing::warn!(gid = %batch.gid(), "PostgreSQL holds a prepared batch (re-read after a failed call)");
@@ -496,6 +479,18 @@ impl Node {
             role: self.role(),
         })
     }
+}
+
+/// Where PostgreSQL's log ends and the prepared batches that continue it, after rolling back
+/// those that can never commit (at or below the log's end, or a second batch at one LSN).
+async fn ground_truth(store: &Store) -> Result<(LogEnd, Vec<engine::Batch>), crate::store::StoreError> {
+    let end = store.applied().await?;
+    let (keep, stale) = chain(end.lsn, store.prepared_batches().await?);
+    for batch in &stale {
+        tracing::warn!(gid = %batch.gid(), "rolling back a prepared batch that can never commit");
+        store.rollback_prepared(batch).await?;
+    }
+    Ok((end, keep))
 }
 
 /// One debug line per transaction of a decided batch, so that a `txn_id` can be followed

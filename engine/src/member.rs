@@ -673,17 +673,12 @@ impl Member {
         Step::Answer(Ok(self.slots.iter().map(|s| s.batch().clone()).collect()))
     }
 
-    /// During a recovery: decide a slot as the leader's log says.
+    /// During a recovery: decide a slot as the leader's log says, by the same rules as a
+    /// decision (the runtime resolves the slots first to last).
     pub fn resolve(&mut self, batch: &Batch, decision: Decision) -> Option<Op> {
-        let i = self.position(batch.last_lsn, batch.last_txn)?;
-        match decision {
-            Decision::Commit => {
-                // Committing out of order would leave a gap: the leader's log is the judge.
-                let batch = self.slots[i].batch().clone();
-                self.slots[i] = Slot::Deciding(batch.clone(), Decision::Commit);
-                Some(Op::Commit(batch))
-            }
-            Decision::Abort => Some(Op::RollBack(self.start_rollback(i))),
+        match self.decide_slot(batch.last_lsn, batch.last_txn, decision) {
+            Step::Run(op) => Some(op),
+            _ => None,
         }
     }
 

@@ -26,15 +26,11 @@ use engine::validation::Validator;
 use goldenscript::{Command, Runner};
 use uuid::Uuid;
 
+mod common;
+
 #[test]
 fn scenarios() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/coordinator");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    paths.sort();
-    assert!(!paths.is_empty());
-    for path in paths {
-        goldenscript::run(&mut Scenario::default(), &path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    }
+    common::run_scripts("coordinator", Scenario::default);
 }
 
 #[derive(Default)]

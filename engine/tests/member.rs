@@ -33,15 +33,11 @@ use goldenscript::{Command, Runner};
 use protocol::{BatchState, ClusterConfig, Decision, Lsn, PendingInfo, Term};
 use uuid::Uuid;
 
+mod common;
+
 #[test]
 fn scenarios() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/member");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    paths.sort();
-    assert!(!paths.is_empty());
-    for path in paths {
-        goldenscript::run(&mut Scenario::default(), &path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    }
+    common::run_scripts("member", Scenario::default);
 }
 
 /// What a member's PostgreSQL holds.

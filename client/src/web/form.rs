@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use askama::Template;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
 use serde::Deserialize;
@@ -39,9 +40,13 @@ struct CreatePage {
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub(crate) struct CreateForm {
-    /// Missing is the same as empty: the page then says what to type.
+    /// The transaction. Missing is the same as empty: the page then says what to type.
     #[serde(default)]
     transaction: String,
+    /// The same under the name the original system's form used, so that its scripts still
+    /// work: either field may carry the transaction (both, only if they agree).
+    #[serde(default)]
+    content: String,
     /// `leader` (the default), `any`, or a node's address.
     #[serde(default)]
     read_from: String,
@@ -71,13 +76,31 @@ pub(crate) async fn show_form(State(state): State<AppState>) -> Response {
     request_body(content = CreateForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "The form again, with the outcome (COMMIT, ABORT with the reason, the values read) or what is wrong with the input", body = String, content_type = "text/html"),
-        (status = 400, description = "The form could not be read", body = String, content_type = "text/plain"),
+        (status = 400, description = "The form gave `transaction` and `content` with different texts (the form again, saying so), or could not be read", body = String, content_type = "text/html"),
         (status = 413, description = "The form is over 64 KiB", body = String, content_type = "text/plain"),
         (status = 415, description = "Not `application/x-www-form-urlencoded`", body = String, content_type = "text/plain"),
         (status = 422, description = "The form could not be read", body = String, content_type = "text/plain"),
     ))]
 pub(crate) async fn create(State(state): State<AppState>, Form(form): Form<CreateForm>) -> Response {
-    let text = form.transaction;
+    let typed = form.transaction.clone();
+    let text = match transaction_text(form.transaction, form.content) {
+        Ok(text) => text,
+        Err(refusal) => {
+            crate::metrics::transaction(FormOutcome::Refused, None);
+            let cluster = state.cached_cluster().await;
+            let mut response = render(&CreatePage {
+                active: "create",
+                sample: SAMPLE_TRANSACTION,
+                leader: state.leader(),
+                text: typed,
+                read_choices: read_choices(cluster.as_ref(), "leader"),
+                result: None,
+                error: Some(refused_view(&refusal)),
+            });
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            return response;
+        }
+    };
     let leader = state.leader();
     let selected = if form.read_from.is_empty() { "leader".to_string() } else { form.read_from };
     // Only a read from elsewhere than the leader needs the supervisor's list of nodes now.
@@ -135,12 +158,28 @@ pub(crate) async fn create(State(state): State<AppState>, Form(form): Form<Creat
 /// Why the form's choices cannot be run; nothing is sent.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 enum FormError {
+    /// `transaction` and `content` both hold a text, and not the same one: which to run is
+    /// anyone's guess.
+    #[error("the form gave two different transactions, {transaction:?} as transaction and {content:?} as content; send one of the two fields")]
+    TwoTexts { transaction: String, content: String },
     /// The `txn_id` field holds something else than a UUID.
     #[error("txn_id {given:?} is not a UUID: {reason}")]
     NotAUuid { given: String, reason: String },
     /// "Read from" names an address the supervisor does not list (the menu only offers those).
     #[error("{address:?} is not a node of the cluster as the supervisor lists it; choose another place to read from")]
     NotANode { address: String },
+}
+
+/// The transaction the form carries: `transaction`, or `content` as the original system's form
+/// named it. Either may be missing or empty; both given must agree.
+fn transaction_text(transaction: String, content: String) -> Result<String, FormError> {
+    if transaction.is_empty() || transaction == content {
+        Ok(if transaction.is_empty() { content } else { transaction })
+    } else if content.is_empty() {
+        Ok(transaction)
+    } else {
+        Err(FormError::TwoTexts { transaction, content })
+    }
 }
 
 /// Reads the form's choices into [`RunOptions`], or says what is wrong with them. `nodes` are
@@ -181,7 +220,6 @@ mod tests {
     use crate::run::Runner;
     use crate::web::test_support::{get_page, post_form, state_for, supervisor_of};
     use crate::web::HISTORY_LEN;
-    use axum::http::StatusCode;
     use std::collections::BTreeMap;
     use std::sync::atomic::Ordering;
     use std::time::Duration;
@@ -206,6 +244,33 @@ mod tests {
         let refusal = run_options(nodes, "leader", "nope", 0).unwrap_err();
         assert!(matches!(&refusal, FormError::NotAUuid { given, .. } if given == "nope"), "{refusal:?}");
         assert!(refusal.to_string().starts_with("txn_id \"nope\" is not a UUID: "), "{refusal}");
+    }
+
+    #[test]
+    fn the_transaction_comes_from_either_field_and_both_must_agree() {
+        let text = |t: &str, c: &str| transaction_text(t.to_string(), c.to_string());
+        assert_eq!(text("r(1)", ""), Ok("r(1)".into()));
+        assert_eq!(text("", "r(1)"), Ok("r(1)".into()));
+        assert_eq!(text("r(1)", "r(1)"), Ok("r(1)".into()));
+        assert_eq!(text("", ""), Ok(String::new()), "the page then says what to type");
+        let refusal = text("r(1)", "r(2)").unwrap_err();
+        assert_eq!(refusal, FormError::TwoTexts { transaction: "r(1)".into(), content: "r(2)".into() });
+        assert!(refusal.to_string().contains("send one of the two fields"), "{refusal}");
+    }
+
+    #[tokio::test]
+    async fn the_original_form_s_content_field_runs_and_two_texts_are_refused() {
+        let agent = fake_agent::start(Fake { balances: BTreeMap::from([(1, 100)]), ..Fake::default() }).await;
+        let state = state_for(&agent, None);
+        let sent = post_form(&state, "/create/", "content=r%281%29w%282%3D22%29").await;
+        assert_eq!(sent.code, StatusCode::OK);
+        assert!(sent.body.contains(r#"<h2 id="outcome">COMMIT</h2>"#), "{}", sent.body);
+        assert!(sent.body.contains(r#"value="r(1)w(2=22)""#), "{}", sent.body);
+
+        let sent = post_form(&state, "/create/", "transaction=w%281%3D1%29&content=w%281%3D2%29").await;
+        assert_eq!(sent.code, StatusCode::BAD_REQUEST);
+        assert!(sent.body.contains("two different transactions"), "{}", sent.body);
+        assert_eq!(state.history().len(), 1, "nothing was run for the refused form");
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ pub mod config_file;
 pub mod language;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod operator;
 pub mod supervisor_status;
 pub mod wire;
 

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::operator::HistoryEvent;
 use crate::wire::{AgentStatus, Lsn, Role, Term};
 
 /// `GET /status` of the supervisor.
@@ -69,6 +70,12 @@ pub struct SupervisorStatus {
     /// The `/leader_changed/` URLs of the registered clients.
     #[cfg_attr(feature = "openapi", schema(required))]
     pub clients: Vec<String>,
+    /// Whether automatic failover and recovery are off (`POST /pause`; `POST /resume` ends it).
+    #[cfg_attr(feature = "openapi", schema(required))]
+    pub maintenance: bool,
+    /// The latest events of the durable history, oldest first (`GET /history` has more).
+    #[cfg_attr(feature = "openapi", schema(required))]
+    pub events: Vec<HistoryEvent>,
 }
 
 /// One agent as the supervisor sees it.
@@ -201,6 +208,8 @@ mod tests {
             "recoveries",
             "diverged",
             "clients",
+            "maintenance",
+            "events",
         ];
         expected.sort_unstable();
         assert_eq!(keys, expected);

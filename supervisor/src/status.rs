@@ -2,6 +2,7 @@
 //! the last polls and the history. Pure, so that what the page says in each state (writes
 //! available or not, and why) is a unit test.
 
+use protocol::operator::STATUS_EVENTS;
 use protocol::supervisor_status::{NodeReport, SupervisorStatus};
 use protocol::Role;
 
@@ -33,7 +34,7 @@ pub fn cluster_status(
     history: &History,
     standing: Standing,
 ) -> SupervisorStatus {
-    let Persisted { config, clients, cluster_id } = persisted;
+    let Persisted { config, clients, cluster_id, events, maintenance, nodes: _ } = persisted;
     let Standing { store, active, active_supervisor, store_error, min_copies, misses } = standing;
     let leader_applied = config
         .leader
@@ -103,6 +104,8 @@ pub fn cluster_status(
         recoveries: history.recoveries.iter().cloned().collect(),
         diverged: history.diverged.iter().cloned().collect(),
         clients,
+        maintenance,
+        events: events[events.len().saturating_sub(STATUS_EVENTS)..].to_vec(),
     }
 }
 
@@ -153,6 +156,7 @@ mod tests {
             },
             clients: vec![],
             cluster_id: None,
+            ..Persisted::empty()
         }
     }
 

@@ -13,6 +13,7 @@ use std::sync::Mutex as SyncMutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use protocol::operator::HistoryEvent;
 use protocol::ClusterConfig;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -27,6 +28,17 @@ pub struct Persisted {
     /// The cluster's id, learnt from its leader (absent in state files of older versions).
     #[serde(default)]
     pub cluster_id: Option<Uuid>,
+    /// What the supervisor did, oldest first, the last `MAX_HISTORY_EVENTS` (absent in state
+    /// files of older versions).
+    #[serde(default)]
+    pub events: Vec<HistoryEvent>,
+    /// Automatic failover and recovery are off (`POST /pause`), until `POST /resume`.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// The nodes the supervisor watches, in round-robin order, once an operator added or
+    /// removed one; None: the `--agents` list.
+    #[serde(default)]
+    pub nodes: Option<Vec<String>>,
 }
 
 impl Persisted {
@@ -37,6 +49,9 @@ impl Persisted {
             config: ClusterConfig { term: 0, version: 0, leader: None, members: vec![] },
             clients: vec![],
             cluster_id: None,
+            events: vec![],
+            maintenance: false,
+            nodes: None,
         }
     }
 }

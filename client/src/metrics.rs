@@ -14,7 +14,9 @@
 //!   answer.
 //!
 //! Every label value comes from this module's enums or the code's own paths, never from a
-//! request, so the number of series stays bounded whatever callers send.
+//! request, so the number of series stays bounded whatever callers send. [`DESCRIPTIONS`]
+//! gives every metric its `# HELP` line; a unit test reads the crate's sources so that none is
+//! recorded without one.
 //!
 //! Only `client serve` installs the recorder ([`install`]): `client run` and `client status` are
 //! one-shot commands that nobody scrapes, and there the `metrics` macros record nothing. The
@@ -24,6 +26,7 @@
 
 use std::time::Duration;
 
+use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::run::{RunError, RunReport, Verdict};
@@ -39,7 +42,75 @@ fn builder() -> anyhow::Result<PrometheusBuilder> {
 /// Installs the process-wide recorder and returns its handle, for the web app's state. Called
 /// once, by `client serve`.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    Ok(builder()?.install_recorder()?)
+    let handle = builder()?.install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+/// What a metric is, for its `# TYPE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric of `client serve`: name, kind, unit, and the `# HELP` text (which names the
+/// unit, since Prometheus' text format has no field for it).
+pub const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
+    (
+        "rmw_client_transactions_total",
+        Kind::Counter,
+        Unit::Count,
+        "Transactions submitted through the form, by outcome: commit, abort, read, refused, unavailable (count).",
+    ),
+    (
+        "rmw_client_transaction_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "How long the form's transactions took, waits for a new leader included, by outcome (seconds).",
+    ),
+    (
+        "rmw_client_leader_announcements_total",
+        Kind::Counter,
+        Unit::Count,
+        "POST /leader_changed/ received, by result: accepted, unauthorized, bad_request (count).",
+    ),
+    (
+        "rmw_client_leader_term",
+        Kind::Gauge,
+        Unit::Count,
+        "The term of the last accepted leader announcement (term number).",
+    ),
+    (
+        "rmw_client_leader_node",
+        Kind::Gauge,
+        Unit::Count,
+        "The leader this client follows, as its position in the supervisor's list of nodes; -1 when unknown (index).",
+    ),
+    (
+        "rmw_client_drills_total",
+        Kind::Counter,
+        Unit::Count,
+        "Drills run from the cluster page, by action (down_leader, up_node, unknown) and result (changed, unchanged, failed, refused) (count).",
+    ),
+    (
+        "rmw_client_agent_call_failures_total",
+        Kind::Counter,
+        Unit::Count,
+        "Requests to an agent that got no HTTP answer, by path and error: connect, timeout, other (count).",
+    ),
+];
+
+/// Gives every metric of [`DESCRIPTIONS`] its help text, in the recorder in use.
+pub fn describe() {
+    for &(name, kind, unit, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, unit, help),
+            Kind::Gauge => metrics::describe_gauge!(name, unit, help),
+            Kind::Histogram => metrics::describe_histogram!(name, unit, help),
+        }
+    }
 }
 
 /// A recorder with the same buckets, not installed: a test sets it as its thread's recorder
@@ -191,4 +262,70 @@ pub fn agent_call_failed(path: &'static str, error: &reqwest::Error) {
         "other"
     };
     ::metrics::counter!("rmw_client_agent_call_failures_total", "path" => path, "error" => kind).increment(1);
+}
+
+#[cfg(test)]
+mod description_tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+
+    /// The `rmw_` names the crate's sources pass to `counter!`, `gauge!` or `histogram!`.
+    fn names_recorded_in(dir: &Path, names: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                names_recorded_in(&path, names);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                for macro_name in ["counter!(", "gauge!(", "histogram!("] {
+                    for piece in text.split(macro_name).skip(1) {
+                        if let Some(rest) = piece.trim_start().strip_prefix("\"rmw_") {
+                            names.insert(format!("rmw_{}", rest.chars().take_while(|&c| c != '"').collect::<String>()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_metric_recorded_is_described() {
+        let described: BTreeSet<String> = DESCRIPTIONS.iter().map(|(name, ..)| name.to_string()).collect();
+        let mut recorded = BTreeSet::new();
+        names_recorded_in(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut recorded);
+        assert!(recorded.len() > 5, "the sources record {recorded:?}");
+        let missing: Vec<_> = recorded.difference(&described).collect();
+        assert!(missing.is_empty(), "metrics recorded without a line in DESCRIPTIONS: {missing:?}");
+        let unused: Vec<_> = described.difference(&recorded).collect();
+        assert!(unused.is_empty(), "described but never recorded: {unused:?}");
+    }
+
+    #[test]
+    fn every_type_line_has_a_help_line() {
+        let recorder = builder().expect("the buckets are not empty").build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            for &(name, kind, ..) in DESCRIPTIONS {
+                match kind {
+                    Kind::Counter => metrics::counter!(name).increment(1),
+                    Kind::Gauge => metrics::gauge!(name).set(1.0),
+                    Kind::Histogram => metrics::histogram!(name).record(0.001),
+                }
+            }
+        });
+        let text = handle.render();
+        let types: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        assert_eq!(types.len(), DESCRIPTIONS.len(), "{text}");
+        for line in types {
+            let name = line.split(' ').next().unwrap_or_default();
+            let help = format!("# HELP {name} ");
+            assert!(
+                text.lines().any(|l| l.strip_prefix(&help).is_some_and(|h| !h.trim().is_empty())),
+                "no # HELP line for {name}:\n{text}"
+            );
+        }
+    }
 }

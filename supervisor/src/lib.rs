@@ -27,6 +27,7 @@ pub mod etcd;
 pub mod failover;
 pub mod history;
 pub mod membership;
+pub mod metrics;
 pub mod openapi;
 pub mod polling;
 pub mod recovery;

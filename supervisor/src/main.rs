@@ -20,6 +20,7 @@ fn install_metrics() -> anyhow::Result<()> {
         .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()), &seconds)?
         .install_recorder()?;
     let _ = METRICS.set(handle);
+    supervisor::metrics::describe();
     Ok(())
 }
 

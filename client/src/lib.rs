@@ -7,6 +7,8 @@
 //!   active supervisor, and `client status`'s table;
 //! - [`web`]: `client serve`'s pages, one module per page, with the pure view builders in
 //!   `web/view` (askama templates in `client/templates`);
+//! - [`operator`]: the supervisor's operator endpoints (switchover, pause and resume, members,
+//!   rebuild) as the operator commands and the cluster page's buttons call them;
 //! - [`metrics`]: what `client serve` counts, for `GET /metrics`;
 //! - [`openapi`]: the web client's OpenAPI document (also rendered into docs/api.md).
 //!
@@ -14,6 +16,7 @@
 
 pub mod metrics;
 pub mod openapi;
+pub mod operator;
 pub mod run;
 pub mod status;
 pub mod web;

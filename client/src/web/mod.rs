@@ -36,6 +36,7 @@ pub(crate) mod drill;
 pub(crate) mod form;
 pub(crate) mod leader_changed;
 mod page;
+pub mod sampler;
 mod state;
 mod view;
 

@@ -10,6 +10,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::sampler::SAMPLES_KEPT;
+use super::view::plot::Sample;
 use crate::metrics::FormOutcome;
 use crate::run::Runner;
 use crate::status::{self, StatusError, SupervisorStatus};
@@ -45,6 +47,9 @@ struct Shared {
     token: Option<String>,
     /// Renders `GET /metrics`; `None` (503) unless `client serve` installed a recorder.
     metrics: Option<PrometheusHandle>,
+    /// The leader's commit metrics as the sampler read them, oldest first, for the plots
+    /// (at most [`SAMPLES_KEPT`]).
+    samples: Mutex<VecDeque<Sample>>,
 }
 
 /// What this client did, newest last, for the cluster page.
@@ -103,6 +108,7 @@ impl AppState {
                 next_any: AtomicUsize::new(0),
                 token: None,
                 metrics: None,
+                samples: Mutex::new(VecDeque::with_capacity(SAMPLES_KEPT)),
             }),
         })
     }
@@ -192,6 +198,20 @@ impl AppState {
             log.drills.pop_front();
         }
         seq
+    }
+
+    /// Keeps one sample of the leader's metrics, forgetting the oldest beyond [`SAMPLES_KEPT`].
+    pub(super) fn record_sample(&self, sample: Sample) {
+        let mut samples = lock(&self.inner.samples);
+        samples.push_back(sample);
+        while samples.len() > SAMPLES_KEPT {
+            samples.pop_front();
+        }
+    }
+
+    /// The samples kept, oldest first.
+    pub(super) fn samples(&self) -> Vec<Sample> {
+        lock(&self.inner.samples).iter().cloned().collect()
     }
 
     /// Transactions run from here, newest first.

@@ -7,3 +7,4 @@
 
 pub(crate) mod cluster;
 pub(crate) mod form;
+pub(crate) mod plot;

@@ -15,7 +15,7 @@ use protocol::{
     AgentStatus, BatchStateResponse, ClusterBirth, ClusterConfig, CommitRequest, CommitResponse, DecideRequest,
     DecideResponse, DrillResponse, ErrorBody, FenceResponse, JoinRequest, LogPage, Lsn, Outcome, PauseRequest,
     PauseResponse, PrepareRequest, PrepareResponse, PromoteResponse, ReadRequest, ReadResponse, RecoverRequest,
-    RecoverResponse, DEFAULT_LOG_PAGE, MAX_BODY_BYTES, MAX_LOG_PAGE,
+    RecoverResponse, ResetResponse, Role, RoleCheck, DEFAULT_LOG_PAGE, MAX_BODY_BYTES, MAX_LOG_PAGE,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -42,6 +42,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/internal/join", post(join))
         .route("/internal/recover", post(recover))
         .route("/internal/cluster_id", post(cluster_id))
+        .route("/internal/reset", post(reset))
         .route("/replication_log/", get(replication_log))
         .route("/down_leader/", get(down_leader))
         .route("/up_node/", get(up_node))
@@ -55,6 +56,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/commit/", post(commit))
         .route("/status", get(status))
         .route("/health", get(health))
+        .route("/primary", get(primary))
+        .route("/replica", get(replica))
+        .route("/read-only", get(read_only))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(internal)
@@ -238,6 +242,81 @@ async fn health(
     Ok(Json(serde_json::json!({"status": "ok", "role": node.role()})).into_response())
 }
 
+/// What a role check passes on: the roles it accepts, and for a replica how far behind it may be.
+async fn role_check(node: &Node, accept: &[Role], max_lag: Option<Lsn>) -> Result<Response, ApiError> {
+    node.check_serving()?;
+    let role = node.role();
+    if !accept.contains(&role) {
+        let leader = node.status().leader.filter(|l| *l != node.cfg.address);
+        let leader = leader.map_or("no leader is known".to_string(), |l| format!("the leader is {l}"));
+        let (code, wanted) = match accept {
+            [Role::Leader] => ("not_primary", "the leader"),
+            [Role::Replica] => ("not_replica", "a member replica"),
+            _ => ("not_replica", "the leader or a member replica"),
+        };
+        return Err(ApiError::RoleCheck {
+            code,
+            message: format!("this node is not {wanted} (it is {role:?}; {leader})"),
+        });
+    }
+    let (term, applied_lsn, lag) = node.look(|m| (m.term(), m.applied().lsn, m.lag()));
+    if let Some(max) = max_lag.filter(|max| lag > *max) {
+        return Err(ApiError::RoleCheck {
+            code: "lagging",
+            message: format!("this replica is {lag} entries behind what its leader sent, more than max_lag={max}"),
+        });
+    }
+    node.store.ping().await.map_err(ApiError::unavailable)?;
+    Ok(Json(RoleCheck { status: "ok".into(), role, term, applied_lsn, lag }).into_response())
+}
+
+/// `GET /primary`: 200 only on the leader that accepts writes (for a load balancer's write
+/// backend; HAProxy: `option httpchk GET /primary`).
+#[utoipa::path(get, path = "/primary", tag = "operations",
+    responses(
+        (status = 200, description = "This node leads, serves and reaches its PostgreSQL", body = RoleCheck),
+        (status = 503, description = "Not the leader (`not_primary`, naming the leader when known), down, or PostgreSQL unreachable", body = ErrorBody),
+    ))]
+async fn primary(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    role_check(&node, &[Role::Leader], None).await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ReplicaQuery {
+    /// Fail the check when this replica holds more than this many entries prepared but not
+    /// applied yet (default: no bound).
+    #[param(value_type = Option<i64>, minimum = 0)]
+    max_lag: Option<Lsn>,
+}
+
+/// `GET /replica`: 200 on a member replica (it holds every acknowledged commit and serves
+/// reads), optionally not more than `max_lag` entries behind.
+#[utoipa::path(get, path = "/replica", tag = "operations", params(ReplicaQuery),
+    responses(
+        (status = 200, description = "A member replica that serves and reaches its PostgreSQL", body = RoleCheck),
+        (status = 400, description = "A `max_lag` that is not a non-negative integer", body = ErrorBody),
+        (status = 503, description = "Not a member replica (`not_replica`: the leader, a standby outside the member set, or down), behind by more than `max_lag` (`lagging`), or PostgreSQL unreachable", body = ErrorBody),
+    ))]
+async fn replica(State(node): State<Arc<Node>>, ApiQuery(q): ApiQuery<ReplicaQuery>) -> Result<Response, ApiError> {
+    if q.max_lag.is_some_and(|l| l < 0) {
+        return Err(ApiError::BadRequest("max_lag must be 0 or more".into()));
+    }
+    role_check(&node, &[Role::Replica], q.max_lag).await
+}
+
+/// `GET /read-only`: 200 on the leader or a member replica: a node whose reads hold every
+/// acknowledged commit (for a load balancer's read backend).
+#[utoipa::path(get, path = "/read-only", tag = "operations",
+    responses(
+        (status = 200, description = "The leader or a member replica, serving and reaching its PostgreSQL", body = RoleCheck),
+        (status = 503, description = "A standby outside the member set, down, or PostgreSQL unreachable (`not_replica`)", body = ErrorBody),
+    ))]
+async fn read_only(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    role_check(&node, &[Role::Leader, Role::Replica], None).await
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -396,6 +475,22 @@ async fn config(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterConf
 async fn cluster_id(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ClusterBirth>) -> Result<Response, ApiError> {
     node.check_serving()?;
     Ok(Json(detached(async move { node.take_birth(&req).await }).await?).into_response())
+}
+
+/// A rebuild: empties this node's database (balances, log, cluster id; prepared batches rolled
+/// back; the term stays) so that recovery replays the whole log onto it. Only for a node that
+/// neither leads nor is a member of the configuration sent.
+#[utoipa::path(post, path = "/internal/reset", tag = "internal",
+    request_body(content = ClusterConfig, description = "The supervisor's configuration, adopted first; this node must not be among its members"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Emptied", body = ResetResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 409, description = "A stale term, or this node leads or is a member: it keeps its data", body = ErrorBody),
+        (status = 503, description = "Down, or PostgreSQL unreachable (then retry: nothing, or only part, was emptied)", body = ErrorBody),
+    ))]
+async fn reset(State(node): State<Arc<Node>>, ApiJson(config): ApiJson<ClusterConfig>) -> Result<Response, ApiError> {
+    Ok(Json(detached(async move { node.reset(&config).await }).await?).into_response())
 }
 
 /// Recovery's final catch-up: the leader finishes its round and starts no new one for a moment.

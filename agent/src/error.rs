@@ -39,6 +39,10 @@ pub enum ApiError {
     /// Too much in flight (503 with `Retry-After`); nothing was done.
     #[error("{0}")]
     Overloaded(String),
+    /// A role check (`/primary`, `/replica`, `/read-only`) this node does not pass (503, with
+    /// the check's own code: `not_primary`, `not_replica`, `lagging`), for load balancers.
+    #[error("{message}")]
+    RoleCheck { code: &'static str, message: String },
     /// An internal endpoint called without the cluster token (401).
     #[error("this endpoint needs the cluster token: send 'Authorization: Bearer <token>'")]
     Unauthorized,
@@ -69,6 +73,7 @@ impl IntoResponse for ApiError {
             ApiError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown", None, None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, None),
             ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", None, None),
+            ApiError::RoleCheck { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, *code, None, None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None, None),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None, None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None, None),

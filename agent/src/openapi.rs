@@ -25,6 +25,9 @@ use utoipa::{OpenApi, ToSchema};
         crate::api::commit,
         crate::api::status,
         crate::api::health,
+        crate::api::primary,
+        crate::api::replica,
+        crate::api::read_only,
         crate::api::metrics,
         openapi_json,
         crate::api::replication_log,
@@ -40,6 +43,7 @@ use utoipa::{OpenApi, ToSchema};
         crate::api::join,
         crate::api::recover,
         crate::api::cluster_id,
+        crate::api::reset,
     ),
     // Named by `ReadRequest` and `CommitRequest` through `protocol::openapi`.
     components(schemas(protocol::TransactionBody)),
@@ -95,6 +99,9 @@ mod tests {
         ("post", "/commit/"),
         ("get", "/status"),
         ("get", "/health"),
+        ("get", "/primary"),
+        ("get", "/replica"),
+        ("get", "/read-only"),
         ("get", "/metrics"),
         ("get", "/openapi.json"),
         ("get", "/replication_log/"),
@@ -110,10 +117,21 @@ mod tests {
         ("post", "/internal/join"),
         ("post", "/internal/recover"),
         ("post", "/internal/cluster_id"),
+        ("post", "/internal/reset"),
     ];
 
     /// Routes open whatever the configuration.
-    const OPEN: &[&str] = &["/read/", "/commit/", "/status", "/health", "/metrics", "/openapi.json"];
+    const OPEN: &[&str] = &[
+        "/read/",
+        "/commit/",
+        "/status",
+        "/health",
+        "/primary",
+        "/replica",
+        "/read-only",
+        "/metrics",
+        "/openapi.json",
+    ];
 
     fn value(token: bool) -> serde_json::Value {
         serde_json::from_str(&json(token)).unwrap()

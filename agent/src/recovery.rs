@@ -11,9 +11,9 @@
 //! to call again; the supervisor calls it once in bulk and once more for the tail while the
 //! leader pauses.
 
-use engine::member::RecoveryRefusal;
+use engine::member::{RecoveryRefusal, ResetRefusal};
 use engine::Batch;
-use protocol::{BatchState, Decision, RecoverRequest, RecoverResponse};
+use protocol::{BatchState, ClusterConfig, Decision, RecoverRequest, RecoverResponse, ResetResponse};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -123,6 +123,40 @@ impl Node {
         }
         drop(guard);
         Ok(RecoverResponse { applied_lsn: self.applied().0, entries_applied, resolved_pending })
+    }
+
+    /// `POST /internal/reset`: empties this node's database so that recovery can replay the
+    /// whole log onto it (a rebuild of a diverged or damaged node). `config` is the
+    /// supervisor's: it is adopted first, and the node must not be a member in it, nor lead.
+    pub async fn reset(&self, config: &ClusterConfig) -> Result<ResetResponse, ApiError> {
+        self.check_serving()?;
+        self.configure(config).await?;
+        let deadline = Instant::now() + STEP_WAIT;
+        loop {
+            let changed = self.next_change();
+            let step = self.step(|m| m.begin_reset());
+            match self.settle(step, changed, deadline).await? {
+                Next::Answer(Ok(_slots)) => break,
+                Next::Answer(Err(ResetRefusal::Leading)) => {
+                    return Err(ApiError::Conflict("this node leads: switch over to another node first".into()))
+                }
+                Next::Answer(Err(ResetRefusal::Member)) => {
+                    return Err(ApiError::Conflict(
+                        "this node is a member of the cluster's configuration: remove it first".into(),
+                    ))
+                }
+                Next::Again => continue,
+                Next::Run(op) => return Err(ApiError::Internal(format!("a reset stepped into {op:?}"))),
+            }
+        }
+        // The member's slots are among PostgreSQL's prepared batches, which `wipe` rolls back.
+        let mut guard = Recovering { node: self, uncertain: true };
+        let (wiped_entries, rolled_back) = self.store.wipe().await.map_err(ApiError::unavailable)?;
+        guard.uncertain = false;
+        self.with_member(|m| m.wiped());
+        drop(guard);
+        tracing::warn!(wiped_entries, rolled_back, "emptied this node's database for a rebuild");
+        Ok(ResetResponse { wiped_entries, rolled_back })
     }
 
     /// Puts the member in recovery mode; returns the batches it holds prepared.

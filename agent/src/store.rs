@@ -293,6 +293,21 @@ impl Store {
         Ok(gids.iter().filter_map(|g| PendingBatch::from_gid(g)).collect())
     }
 
+    /// Empties this database for a rebuild: rolls back every prepared batch, then removes the
+    /// balances, the log and the cluster id in one transaction (the stored configuration, with
+    /// its term, stays). Returns (log entries removed, batches rolled back).
+    pub async fn wipe(&self) -> Result<(u64, u64), StoreError> {
+        let prepared = self.prepared_batches().await?;
+        for batch in &prepared {
+            self.rollback_prepared(batch).await?;
+        }
+        let mut tx = self.pool.begin().await?;
+        let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM recovery_log").fetch_one(&mut *tx).await?;
+        sqlx::query("TRUNCATE bank_balance, recovery_log, agent_identity").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok((entries.max(0) as u64, prepared.len() as u64))
+    }
+
     /// Whether this node's log holds the batch: its last entry at its LSN, from its term. The
     /// transaction id alone is not enough: a client may have retried it, and a later leader
     /// committed it elsewhere while this batch was never committed.

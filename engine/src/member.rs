@@ -693,6 +693,54 @@ impl Member {
             self.mode = if uncertain { Mode::Uncertain } else { Mode::Sound };
         }
     }
+
+    // ---- rebuild ----
+
+    /// Before the runtime empties this node's database for a rebuild: only a node that neither
+    /// leads nor is a member of the configuration it holds (the supervisor's, adopted first)
+    /// may forget its log, since a member's copies count towards acknowledged commits. Owns the
+    /// log as a recovery does (`Recovering`); returns the batches held prepared, to roll back.
+    /// [`Member::wiped`] or [`Member::end_recovery`] ends it.
+    pub fn begin_reset(&mut self) -> Step<Result<Vec<Batch>, ResetRefusal>> {
+        if self.leading().is_some() {
+            return Step::Answer(Err(ResetRefusal::Leading));
+        }
+        if self.config.members.contains(&self.address) {
+            return Step::Answer(Err(ResetRefusal::Member));
+        }
+        if let Some(step) = self.gate() {
+            return step;
+        }
+        if self.slots.iter().any(Slot::in_flight) {
+            return Step::Wait("a batch is being prepared or decided".into());
+        }
+        self.mode = Mode::Recovering;
+        Step::Answer(Ok(self.slots.iter().map(|s| s.batch().clone()).collect()))
+    }
+
+    /// The database is empty now: no log, no prepared batch, no cluster. The term and the
+    /// configuration stay (a vote must never be given twice in a term).
+    pub fn wiped(&mut self) {
+        self.applied = LogEnd::default();
+        self.slots.clear();
+        self.cluster_id = None;
+        if self.mode == Mode::Recovering {
+            self.mode = Mode::Sound;
+        }
+    }
+
+    /// Entries prepared here but not applied yet: how far this member is behind what its
+    /// leader has sent it (`GET /replica?max_lag=`).
+    pub fn lag(&self) -> Lsn {
+        self.tail() - self.applied.lsn
+    }
+}
+
+/// Why a rebuild's reset is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetRefusal {
+    Leading,
+    Member,
 }
 
 /// Why a promotion is refused.

@@ -550,6 +550,23 @@ impl Runner for Scenario {
                 member.end_recovery(false);
                 writeln!(out, "{}", self.status(&name)?)?;
             }
+            "reset" => {
+                // A rebuild: the member gives up its log, the runtime rolls back what it holds
+                // prepared and empties the database, the member forgets.
+                for name in &args.names {
+                    match self.member(name)?.begin_reset() {
+                        Step::Answer(Ok(slots)) => {
+                            let pg = self.pg.get_mut(name).ok_or("no pg")?;
+                            let config = pg.config.clone();
+                            *pg = Pg { config, ..Pg::default() };
+                            writeln!(out, "{name}: rolled back {} batches, emptied the database", slots.len())?;
+                            self.member(name)?.wiped();
+                            writeln!(out, "{}", self.status(name)?)?;
+                        }
+                        other => writeln!(out, "{name}: {other:?}")?,
+                    }
+                }
+            }
             "promote" => {
                 for name in &args.names {
                     let member = self.member(name)?;

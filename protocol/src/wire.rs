@@ -676,6 +676,34 @@ pub struct RecoverResponse {
     pub resolved_pending: Option<Decision>,
 }
 
+/// Answer of `POST /internal/reset` (body: the supervisor's [`ClusterConfig`], in which this
+/// node must not be a member): the node's database was emptied for a rebuild.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResetResponse {
+    /// How many log entries the node held before (all gone now).
+    pub wiped_entries: u64,
+    /// How many prepared batches it rolled back.
+    pub rolled_back: u64,
+}
+
+/// The answer of the role checks `GET /primary`, `/replica` and `/read-only` when the node
+/// passes (a 503 `ErrorBody` when it does not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RoleCheck {
+    /// Always `ok`.
+    pub status: String,
+    pub role: Role,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
+    pub term: Term,
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
+    pub applied_lsn: Lsn,
+    /// Entries this node holds prepared but not applied yet (0 on an idle replica).
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
+    pub lag: Lsn,
+}
+
 /// `POST /report_failure` on the supervisor: the leader could not reach a member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

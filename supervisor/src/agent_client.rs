@@ -58,6 +58,13 @@ impl CallError {
     }
 }
 
+/// The part of the agent's answer to `POST /internal/reset` the supervisor reads.
+#[derive(serde::Deserialize)]
+struct Wiped {
+    #[serde(default)]
+    wiped_entries: u64,
+}
+
 /// The HTTP client the supervisor calls the agents with.
 #[derive(Clone)]
 pub struct AgentClient {
@@ -135,6 +142,14 @@ impl AgentClient {
     /// log still ends where the node's does.
     pub async fn join(&self, addr: &str, req: &JoinRequest, timeout: Duration) -> Result<AgentStatus, CallError> {
         self.call(addr, "/internal/join", Some(req), timeout).await
+    }
+
+    /// `POST /internal/reset`: a node outside `config`'s members empties its database (rolls
+    /// back its prepared batches, drops its log, its table and its cluster id; keeps its term)
+    /// for a rebuild. How many log entries it held. The agent refuses (409) if it leads or is a
+    /// member of `config`.
+    pub async fn reset(&self, addr: &str, config: &ClusterConfig, timeout: Duration) -> Result<u64, CallError> {
+        self.call::<_, Wiped>(addr, "/internal/reset", Some(config), timeout).await.map(|w| w.wiped_entries)
     }
 
     /// `POST <url>` to a registered web client: the new leader.

@@ -7,18 +7,26 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use protocol::operator::{
+    HistoryPage, MaintenanceResponse, NodeAccepted, NodeRequest, SwitchoverRequest, SwitchoverResponse,
+    DEFAULT_HISTORY_LIMIT, MAX_HISTORY_EVENTS,
+};
 use protocol::supervisor_status::SupervisorStatus;
 use protocol::{ClusterConfig, ErrorBody, FailureReport, RegisterClient};
 use serde::de::DeserializeOwned;
 
+use crate::history::latest;
 use crate::membership::ReportError;
+use crate::operator::OperatorError;
+use crate::planned::{valid_address, Refused, Rejected};
 use crate::run::Supervisor;
 use crate::store::StoreError;
+use crate::switchover::SwitchoverError;
 
 /// Every error answer of the supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +40,16 @@ pub enum ApiError {
     /// 409 `refused`: a failure report that does not remove the member.
     #[error("{0}")]
     Refused(String),
+    /// 409 with the refusal's own code (`not_in_sync`, `below_floor`, ...): an operator's act
+    /// that may not go ahead now; nothing changed.
+    #[error(transparent)]
+    Operator(#[from] Refused),
+    /// 404 `not_found`: a node the supervisor does not know.
+    #[error("{0}")]
+    NotFound(String),
+    /// 503 `unavailable`: a change begun and not finished; the supervisor finishes it itself.
+    #[error("{0}")]
+    Unfinished(String),
     /// 503 or 500: a change that could not be stored.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -49,12 +67,35 @@ impl From<ReportError> for ApiError {
     }
 }
 
+impl From<OperatorError> for ApiError {
+    fn from(e: OperatorError) -> ApiError {
+        match e {
+            OperatorError::Rejected(Rejected::Refused(r)) => ApiError::Operator(r),
+            OperatorError::Rejected(Rejected::Unknown(u)) => ApiError::NotFound(u.0),
+            OperatorError::Store(e) => ApiError::Store(e),
+        }
+    }
+}
+
+impl From<SwitchoverError> for ApiError {
+    fn from(e: SwitchoverError) -> ApiError {
+        match e {
+            SwitchoverError::Refused(r) => ApiError::Operator(r),
+            SwitchoverError::Store(e) => ApiError::Store(e),
+            SwitchoverError::Unfinished(message) => ApiError::Unfinished(message),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Standby(_) => (StatusCode::SERVICE_UNAVAILABLE, "standby"),
             ApiError::Refused(_) => (StatusCode::CONFLICT, "refused"),
+            ApiError::Operator(r) => (StatusCode::CONFLICT, r.code.code()),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unfinished(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::MetricsDisabled => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             // Trying again may help: another supervisor wrote first, the store is unreachable,
             // or this one stopped being active.
@@ -74,8 +115,15 @@ impl IntoResponse for ApiError {
 }
 
 pub fn router(sup: Arc<Supervisor>) -> Router {
-    let guarded =
-        Router::new().route("/register_client/", post(register_client)).route("/report_failure", post(report_failure));
+    let guarded = Router::new()
+        .route("/register_client/", post(register_client))
+        .route("/report_failure", post(report_failure))
+        .route("/switchover", post(switchover))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
+        .route("/members/add", post(add_member))
+        .route("/members/remove", post(remove_member))
+        .route("/rebuild", post(rebuild));
     let guarded = service::guard(guarded, sup.settings.token.as_deref());
     // The document describes this supervisor as configured (with or without the token).
     let spec: Arc<str> = crate::openapi::json(sup.settings.token.is_some()).into();
@@ -85,6 +133,7 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
             get(move || async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], spec.to_string()) }),
         )
         .route("/status", get(status))
+        .route("/history", get(history))
         .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics_text))
         .merge(guarded)
@@ -186,9 +235,172 @@ pub(crate) async fn report_failure(
     Ok(Json(sup.on_failure_report(&report).await?))
 }
 
+/// `GET /history?limit=N`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct HistoryQuery {
+    /// How many of the latest events (1 to 1000; default 100).
+    limit: Option<String>,
+}
+
+/// The `limit` of `GET /history`: 1 to `MAX_HISTORY_EVENTS`, `DEFAULT_HISTORY_LIMIT` when absent.
+fn history_limit(limit: Option<&str>) -> Result<usize, ApiError> {
+    let Some(text) = limit else { return Ok(DEFAULT_HISTORY_LIMIT) };
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_HISTORY_EVENTS).contains(&n) => Ok(n),
+        _ => Err(ApiError::BadRequest(format!("limit {text:?} is not a number from 1 to {MAX_HISTORY_EVENTS}"))),
+    }
+}
+
+/// `GET /history`: what the supervisor did, from its store.
+#[utoipa::path(get, path = "/history", tag = "operations", params(HistoryQuery),
+    responses(
+        (status = 200, description = "The latest events, oldest first (newest last)", body = HistoryPage),
+        (status = 400, description = "A `limit` that is not a number from 1 to 1000", body = ErrorBody),
+    ))]
+pub(crate) async fn history(
+    State(sup): State<Arc<Supervisor>>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let limit = history_limit(query.limit.as_deref())?;
+    let persisted = sup.config.published();
+    Ok(Json(HistoryPage { events: latest(&persisted.events, limit).to_vec() }))
+}
+
+/// `POST /switchover`: a planned change of leader.
+#[utoipa::path(post, path = "/switchover", tag = "operator",
+    request_body(content = SwitchoverRequest, description = "The member to lead next"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "The target leads a new term; the old leader is a replica and a member", body = SwitchoverResponse),
+        (status = 400, description = "Not JSON, or not `{\"to\": \"host:port\"}`", body = ErrorBody),
+        (status = 409, description = "Refused, nothing changed: `no_leader`, `not_member`, `not_alive`, `already_leader`, `not_in_sync`", body = ErrorBody),
+        (status = 413, description = "A body over 2 MiB (axum's default limit)", body = String, content_type = "text/plain"),
+        (status = 503, description = "A standby (`standby`), the store is unavailable (`store_unavailable`), or the new term is stored and the supervisor finishes the election itself (`unavailable`)", body = ErrorBody),
+        (status = 500, description = "The store holds something unreadable", body = ErrorBody),
+    ))]
+pub(crate) async fn switchover(
+    State(sup): State<Arc<Supervisor>>,
+    body: axum::body::Bytes,
+) -> Result<Json<SwitchoverResponse>, ApiError> {
+    let req: SwitchoverRequest = parse(&body)?;
+    valid_address(&req.to).map_err(ApiError::BadRequest)?;
+    refuse_on_standby(&sup)?;
+    Ok(Json(sup.switchover(&req.to).await?))
+}
+
+/// `POST /pause`: maintenance on.
+#[utoipa::path(post, path = "/pause", tag = "operator",
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Automatic failover and recovery are off (stored)", body = MaintenanceResponse),
+        (status = 503, description = "A standby (`standby`), or the store is unavailable (`store_unavailable`)", body = ErrorBody),
+        (status = 500, description = "The store holds something unreadable", body = ErrorBody),
+    ))]
+pub(crate) async fn pause(State(sup): State<Arc<Supervisor>>) -> Result<Json<MaintenanceResponse>, ApiError> {
+    refuse_on_standby(&sup)?;
+    Ok(Json(sup.set_maintenance(true).await?))
+}
+
+/// `POST /resume`: maintenance off.
+#[utoipa::path(post, path = "/resume", tag = "operator",
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "Automatic failover and recovery are on (stored)", body = MaintenanceResponse),
+        (status = 503, description = "A standby (`standby`), or the store is unavailable (`store_unavailable`)", body = ErrorBody),
+        (status = 500, description = "The store holds something unreadable", body = ErrorBody),
+    ))]
+pub(crate) async fn resume(State(sup): State<Arc<Supervisor>>) -> Result<Json<MaintenanceResponse>, ApiError> {
+    refuse_on_standby(&sup)?;
+    Ok(Json(sup.set_maintenance(false).await?))
+}
+
+/// The node of a `NodeRequest` body, checked.
+fn node_of(body: &[u8]) -> Result<String, ApiError> {
+    let req: NodeRequest = parse(body)?;
+    valid_address(&req.node).map_err(ApiError::BadRequest)?;
+    Ok(req.node)
+}
+
+/// `POST /members/add`: a new node, recovered into the member set.
+#[utoipa::path(post, path = "/members/add", tag = "operator",
+    request_body(content = NodeRequest, description = "The agent's address"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 202, description = "Added to the supervisor's nodes; its recovery has started", body = NodeAccepted),
+        (status = 400, description = "Not JSON, or not `{\"node\": \"host:port\"}`", body = ErrorBody),
+        (status = 409, description = "Refused, nothing changed: `already_known`, `unreachable`", body = ErrorBody),
+        (status = 413, description = "A body over 2 MiB (axum's default limit)", body = String, content_type = "text/plain"),
+        (status = 503, description = "A standby (`standby`), or the store is unavailable (`store_unavailable`)", body = ErrorBody),
+        (status = 500, description = "The store holds something unreadable", body = ErrorBody),
+    ))]
+pub(crate) async fn add_member(
+    State(sup): State<Arc<Supervisor>>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<NodeAccepted>), ApiError> {
+    let node = node_of(&body)?;
+    refuse_on_standby(&sup)?;
+    Ok((StatusCode::ACCEPTED, Json(sup.add_member(&node).await?)))
+}
+
+/// `POST /members/remove`: a member leaves the member set and the supervisor's nodes.
+#[utoipa::path(post, path = "/members/remove", tag = "operator",
+    request_body(content = NodeRequest, description = "The agent's address"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "The new configuration (same term, next version), pushed to every agent", body = ClusterConfig),
+        (status = 400, description = "Not JSON, or not `{\"node\": \"host:port\"}`", body = ErrorBody),
+        (status = 404, description = "Not one of the supervisor's nodes (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Refused, nothing changed: `is_leader` (switch over first), `below_floor`", body = ErrorBody),
+        (status = 413, description = "A body over 2 MiB (axum's default limit)", body = String, content_type = "text/plain"),
+        (status = 503, description = "A standby (`standby`), or the store is unavailable (`store_unavailable`)", body = ErrorBody),
+        (status = 500, description = "The store holds something unreadable", body = ErrorBody),
+    ))]
+pub(crate) async fn remove_member(
+    State(sup): State<Arc<Supervisor>>,
+    body: axum::body::Bytes,
+) -> Result<Json<ClusterConfig>, ApiError> {
+    let node = node_of(&body)?;
+    refuse_on_standby(&sup)?;
+    Ok(Json(sup.remove_member(&node).await?))
+}
+
+/// `POST /rebuild`: a diverged or wiped node outside the members is emptied and recovered.
+#[utoipa::path(post, path = "/rebuild", tag = "operator",
+    request_body(content = NodeRequest, description = "The agent's address"),
+    security(("cluster_token" = [])),
+    responses(
+        (status = 202, description = "Its database was emptied; its recovery has started", body = NodeAccepted),
+        (status = 400, description = "Not JSON, or not `{\"node\": \"host:port\"}`", body = ErrorBody),
+        (status = 404, description = "Not one of the supervisor's nodes (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Refused, nothing changed: `is_member` (remove it first), `busy` (a recovery is under way), `unreachable`, `reset_refused` (the agent leads or counts itself a member)", body = ErrorBody),
+        (status = 413, description = "A body over 2 MiB (axum's default limit)", body = String, content_type = "text/plain"),
+        (status = 503, description = "A standby (`standby`), or the store is unavailable (`store_unavailable`)", body = ErrorBody),
+        (status = 500, description = "The store holds something unreadable", body = ErrorBody),
+    ))]
+pub(crate) async fn rebuild(
+    State(sup): State<Arc<Supervisor>>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<NodeAccepted>), ApiError> {
+    let node = node_of(&body)?;
+    refuse_on_standby(&sup)?;
+    Ok((StatusCode::ACCEPTED, Json(sup.rebuild(&node).await?)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use protocol::operator::OperatorRefusal;
+
+    #[test]
+    fn the_history_limit_is_one_to_a_thousand_and_defaults_to_a_hundred() {
+        assert_eq!(history_limit(None).unwrap(), DEFAULT_HISTORY_LIMIT);
+        assert_eq!(history_limit(Some("1000")).unwrap(), 1000);
+        for bad in ["0", "1001", "-1", "ten", ""] {
+            assert!(matches!(history_limit(Some(bad)), Err(ApiError::BadRequest(_))), "{bad}");
+        }
+    }
 
     async fn answer(e: ApiError) -> (StatusCode, serde_json::Value) {
         let resp = e.into_response();
@@ -212,6 +424,14 @@ mod tests {
         assert_eq!((status, &body["error"]), (StatusCode::INTERNAL_SERVER_ERROR, &serde_json::json!("internal")));
         let (status, body) = answer(ApiError::BadRequest("invalid JSON body: x".into())).await;
         assert_eq!((status, &body["error"]), (StatusCode::BAD_REQUEST, &serde_json::json!("bad_request")));
+        let refused = Refused { code: OperatorRefusal::NotInSync, message: "behind".into() };
+        let (status, body) = answer(ApiError::Operator(refused)).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::CONFLICT, serde_json::json!({"error": "not_in_sync", "message": "behind"}))
+        );
+        let (status, body) = answer(ApiError::NotFound("x".into())).await;
+        assert_eq!((status, &body["error"]), (StatusCode::NOT_FOUND, &serde_json::json!("not_found")));
         let (status, body) = answer(ApiError::MetricsDisabled).await;
         assert_eq!((status, &body["error"]), (StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!("unavailable")));
     }

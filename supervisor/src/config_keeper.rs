@@ -83,6 +83,11 @@ impl ConfigKeeper {
         lock(&self.published).clone()
     }
 
+    /// The stored node list of the last saved state (None: `--agents`), without cloning the rest.
+    pub fn published_nodes(&self) -> Option<Vec<String>> {
+        lock(&self.published).nodes.clone()
+    }
+
     pub fn published_term(&self) -> Term {
         lock(&self.published).config.term
     }

@@ -15,11 +15,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use protocol::operator::HistoryKind;
 use protocol::supervisor_status::FailoverReport;
 use protocol::{ClusterConfig, LeaderChanged, Term};
 
 use crate::config_keeper::lock;
-use crate::run::{now_ms, Supervisor, PUSH_TIMEOUT};
+use crate::run::{event, now_ms, Supervisor, PUSH_TIMEOUT};
 use crate::store::Persisted;
 
 /// Promoting (the candidate resolves its in-doubt batches) must finish within this.
@@ -53,7 +54,7 @@ impl Supervisor {
         tracing::warn!(old = ?old_leader, new = %candidate, term = next.term, "leader failed: electing the next member");
         // 2. Fence every reachable agent with the new term. Only the candidate's fence is waited
         //    for; the others are fenced in the background.
-        for addr in self.settings.agents.iter().filter(|a| **a != candidate) {
+        for addr in state.nodes_or(&self.settings.agents).iter().filter(|a| **a != candidate) {
             let (me, next, addr) = (self.clone(), next.clone(), addr.clone());
             tokio::spawn(async move {
                 if let Err(e) = me.agents.fence(&addr, &next, FENCE_TIMEOUT).await {
@@ -75,7 +76,6 @@ impl Supervisor {
                 return;
             }
         };
-        drop(state);
         let report = FailoverReport {
             at_ms: now_ms(),
             old_leader: old_leader.clone(),
@@ -94,6 +94,16 @@ impl Supervisor {
             in_doubt_committed = report.in_doubt_committed, in_doubt_aborted = report.in_doubt_aborted,
             "failover done: writes unavailable for {} ms", report.unavailable_ms
         );
+        let message = match &old_leader {
+            Some(old) => format!(
+                "{old} failed: {candidate} leads term {}; writes were unavailable for {} ms",
+                next.term, report.unavailable_ms
+            ),
+            None => format!("{candidate}'s interrupted election was finished: it leads term {}", next.term),
+        };
+        self.record_locked(&mut state, [event(HistoryKind::Failover, Some(&candidate), next.term, true, message)])
+            .await;
+        drop(state);
         metrics::counter!("rmw_failovers_total").increment(1);
         metrics::histogram!("rmw_failover_unavailable_seconds").record(report.unavailable_ms as f64 / 1000.0);
         lock(&self.history).failover_done(report);
@@ -103,7 +113,7 @@ impl Supervisor {
     }
 
     /// Tells every registered client the new leader (`POST /leader_changed/`).
-    async fn announce(&self, leader: &str, term: Term) {
+    pub(crate) async fn announce(&self, leader: &str, term: Term) {
         let clients = self.config.lock().await.clients.clone();
         let body = LeaderChanged { leader: leader.to_string(), term: Some(term) };
         futures::future::join_all(clients.iter().map(|url| {

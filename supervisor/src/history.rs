@@ -10,10 +10,13 @@
 //! - A node refused for a diverged log stays out of automatic recovery for the life of this
 //!   supervisor: merging it would lose or invent commits.
 //! - The reports are bounded: the latest `HISTORY` of each kind.
+//! - The durable history (`Persisted::events`, kept in the store) is bounded too: the latest
+//!   `MAX_HISTORY_EVENTS`, oldest dropped first ([`push_event`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use protocol::operator::{HistoryEvent, HistoryKind, MAX_HISTORY_EVENTS};
 use protocol::supervisor_status::{FailoverReport, RecoveryReport};
 
 use crate::failover::{promotion_backoff, MAX_PROMOTION_FAILURES};
@@ -55,6 +58,29 @@ fn push_bounded<T>(q: &mut VecDeque<T>, item: T) {
     while q.len() > HISTORY {
         q.pop_front();
     }
+}
+
+/// Appends `event` to the durable history, dropping the oldest beyond `MAX_HISTORY_EVENTS`.
+pub fn push_event(events: &mut Vec<HistoryEvent>, event: HistoryEvent) {
+    events.push(event);
+    let excess = events.len().saturating_sub(MAX_HISTORY_EVENTS);
+    events.drain(..excess);
+}
+
+/// The latest `limit` events, oldest first.
+pub fn latest(events: &[HistoryEvent], limit: usize) -> &[HistoryEvent] {
+    &events[events.len().saturating_sub(limit)..]
+}
+
+/// Whether a failed recovery of `node` goes into the durable history: only the first of a
+/// streak (a node that keeps failing is retried every few seconds, and would otherwise push
+/// everything else out of the history). Every success does.
+pub fn worth_recording(events: &[HistoryEvent], node: &str, ok: bool) -> bool {
+    ok || events
+        .iter()
+        .rev()
+        .find(|e| e.kind == HistoryKind::Recovery && e.node.as_deref() == Some(node))
+        .is_none_or(|last| last.ok)
 }
 
 impl History {
@@ -128,6 +154,13 @@ impl History {
     /// `member` was removed after a report.
     pub fn removed_after_report(&mut self, member: &str) {
         self.kept_after_report.remove(member);
+    }
+
+    /// An operator rebuilt `node` (its database is empty now): its divergence and its backoff
+    /// are forgotten, so that it is recovered at once.
+    pub fn forget(&mut self, node: &str) {
+        self.diverged.remove(node);
+        self.retry_after.remove(node);
     }
 
     /// Records why no leader is possible (None: a leader is serving again). True when the
@@ -204,6 +237,44 @@ mod tests {
         assert!(!history.reported_before("b:2", now + REPORTED_AGAIN_WITHIN));
         history.removed_after_report("b:2");
         assert!(!history.reported_before("b:2", now));
+    }
+
+    fn event(kind: HistoryKind, node: &str, ok: bool) -> HistoryEvent {
+        HistoryEvent { at_ms: 0, kind, node: Some(node.into()), term: 1, ok, message: String::new() }
+    }
+
+    #[test]
+    fn the_durable_history_keeps_the_latest_events_oldest_first() {
+        let mut events = vec![];
+        for at_ms in 0..MAX_HISTORY_EVENTS as u64 + 7 {
+            push_event(&mut events, HistoryEvent { at_ms, ..event(HistoryKind::Failover, "a:1", true) });
+        }
+        assert_eq!(events.len(), MAX_HISTORY_EVENTS);
+        assert_eq!(events[0].at_ms, 7, "the oldest were dropped");
+        let last = latest(&events, 3);
+        assert_eq!(last.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [1004, 1005, 1006]);
+        assert_eq!(latest(&events[..2], 100).len(), 2);
+    }
+
+    #[test]
+    fn a_streak_of_failed_recoveries_is_recorded_once() {
+        let mut events = vec![event(HistoryKind::Recovery, "c:3", false)];
+        assert!(!worth_recording(&events, "c:3", false), "the streak is already recorded");
+        assert!(worth_recording(&events, "b:2", false), "another node");
+        assert!(worth_recording(&events, "c:3", true), "a success always is");
+        events.push(event(HistoryKind::Recovery, "c:3", true));
+        assert!(worth_recording(&events, "c:3", false), "a new streak");
+    }
+
+    #[test]
+    fn a_rebuilt_node_is_recovered_again_at_once() {
+        let now = Instant::now();
+        let mut history = History::default();
+        history.begin_recovery("b:2");
+        history.recovery_finished(recovery("b:2", false), true, now);
+        history.forget("b:2");
+        assert!(history.not_to_recover(now).is_empty());
+        assert!(history.diverged.is_empty());
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! - Carrying decisions out: [`election`] (store the term, fence, promote), [`recovery`] (a
 //!   returning node, and a member behind at the floor), [`membership`] (the leader's failure
 //!   reports, client registrations).
+//! - The operator's own acts: [`planned`] decides (pure) whether a switchover, a member's
+//!   addition or removal, or a rebuild may go ahead; [`switchover`] and [`operator`] carry
+//!   them out, and maintenance (`POST /pause`) turns the automatic decisions off.
 //! - [`config_keeper`]: the configuration held in step with [`store`] (a state file, or etcd
 //!   through [`etcd`], shared with standby supervisors): compare-and-swap writes, re-read on
 //!   conflict, the lease of the active supervisor.
@@ -29,11 +32,14 @@ pub mod history;
 pub mod membership;
 pub mod metrics;
 pub mod openapi;
+pub mod operator;
+pub mod planned;
 pub mod polling;
 pub mod recovery;
 pub mod run;
 pub mod status;
 pub mod store;
+pub mod switchover;
 
 /// The Prometheus recorder's handle, for `GET /metrics`; `main` installs it.
 pub static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();

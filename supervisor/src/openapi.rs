@@ -1,8 +1,12 @@
 //! `GET /openapi.json`: the supervisor's HTTP interface as an OpenAPI 3.1 document, generated
 //! from the handlers' `#[utoipa::path]` annotations (`api.rs`) and the wire types (`protocol`).
-//! With a cluster token configured, `/register_client/` and `/report_failure` declare it and
-//! their 401 answer ([`protocol::openapi::apply_cluster_token`]).
+//! With a cluster token configured, every endpoint that changes something (`/register_client/`,
+//! `/report_failure` and the operator's) declares it and its 401 answer ([`protocol::openapi::apply_cluster_token`]).
 
+use protocol::operator::{
+    HistoryEvent, HistoryKind, HistoryPage, MaintenanceResponse, NodeAccepted, NodeRequest, SwitchoverRequest,
+    SwitchoverResponse,
+};
 use protocol::{ClusterConfig, ErrorBody, Term};
 use serde::Serialize;
 use utoipa::openapi::OpenApi as Document;
@@ -20,14 +24,25 @@ use utoipa::{OpenApi, ToSchema};
         health,
         crate::api::metrics_text,
         openapi_json,
+        crate::api::history,
         crate::api::register_client,
         crate::api::report_failure,
+        crate::api::switchover,
+        crate::api::pause,
+        crate::api::resume,
+        crate::api::add_member,
+        crate::api::remove_member,
+        crate::api::rebuild,
     ),
-    components(schemas(ErrorBody, ClusterConfig)),
+    components(schemas(
+        ErrorBody, ClusterConfig, HistoryEvent, HistoryKind, HistoryPage, SwitchoverRequest, SwitchoverResponse,
+        MaintenanceResponse, NodeRequest, NodeAccepted
+    )),
     tags(
         (name = "operations", description = "Status, health, metrics and this document"),
         (name = "clients", description = "Web clients that want to hear of every new leader"),
         (name = "agents", description = "Called by the leader agent"),
+        (name = "operator", description = "Planned changes: switchover, maintenance, members, rebuild"),
     )
 )]
 struct SupervisorApi;
@@ -82,8 +97,24 @@ mod tests {
         ("get", "/openapi.json"),
         ("post", "/register_client/"),
         ("post", "/report_failure"),
+        ("get", "/history"),
+        ("post", "/switchover"),
+        ("post", "/pause"),
+        ("post", "/resume"),
+        ("post", "/members/add"),
+        ("post", "/members/remove"),
+        ("post", "/rebuild"),
     ];
-    const GUARDED: &[&str] = &["/register_client/", "/report_failure"];
+    const GUARDED: &[&str] = &[
+        "/register_client/",
+        "/report_failure",
+        "/switchover",
+        "/pause",
+        "/resume",
+        "/members/add",
+        "/members/remove",
+        "/rebuild",
+    ];
 
     #[test]
     fn every_route_is_documented_with_its_errors_and_the_token_as_configured() {
@@ -95,7 +126,7 @@ mod tests {
             for (method, path) in ROUTES {
                 let op = &doc["paths"][path][method];
                 let responses = op["responses"].as_object().unwrap_or_else(|| panic!("{method} {path} undocumented"));
-                assert!(responses.contains_key("200"), "{method} {path}");
+                assert!(responses.contains_key("200") || responses.contains_key("202"), "{method} {path}");
                 if op.get("requestBody").is_some() {
                     assert!(responses.contains_key("400"), "{method} {path}");
                 }

@@ -71,8 +71,10 @@ impl Observations {
         Observations { nodes: SyncMutex::new(nodes), misses }
     }
 
-    /// One poll of every agent, all at once; the answers replace the last ones.
+    /// One poll of every agent, all at once; the answers replace the last ones. `agents` is the
+    /// node list as stored now: a node added starts unknown, a node removed is forgotten.
     pub async fn poll(&self, client: &AgentClient, agents: &[String], term: Term, interval: Duration) {
+        self.follow(agents);
         let timeout = interval.max(MIN_POLL_TIMEOUT);
         let answers = futures::future::join_all(agents.iter().map(|addr| async move {
             let health = client.health(addr, term, timeout).await;
@@ -87,9 +89,29 @@ impl Observations {
         .await;
         let now = Instant::now();
         let mut nodes = lock(&self.nodes);
-        for (node, (health, status)) in nodes.iter_mut().zip(answers) {
-            node.record(health, status, now);
+        for (addr, (health, status)) in agents.iter().zip(answers) {
+            if let Some(node) = nodes.iter_mut().find(|n| n.address == *addr) {
+                node.record(health, status, now);
+            }
         }
+    }
+
+    /// Makes the observed nodes the `agents` list, in its order, keeping what is known of each.
+    fn follow(&self, agents: &[String]) {
+        let mut nodes = lock(&self.nodes);
+        if nodes.iter().map(|n| &n.address).eq(agents.iter()) {
+            return;
+        }
+        let old = std::mem::take(&mut *nodes);
+        *nodes = agents
+            .iter()
+            .map(|a| {
+                old.iter()
+                    .find(|o| o.address == *a)
+                    .cloned()
+                    .unwrap_or_else(|| NodeObs { address: a.clone(), ..Default::default() })
+            })
+            .collect();
     }
 
     /// Each agent as the decisions see it.
@@ -167,5 +189,16 @@ mod tests {
         assert!(!observations.still_learning());
         assert_eq!(observations.observed().iter().map(|o| o.alive).collect::<Vec<_>>(), [true, false]);
         assert_eq!(observations.last_ok("a:1"), Some(now));
+    }
+
+    #[test]
+    fn the_observed_nodes_follow_the_stored_list_keeping_what_is_known() {
+        let observations = Observations::new(&["a:1".to_string(), "b:2".to_string()], 2);
+        lock(&observations.nodes)[0].record(Ok(()), None, Instant::now());
+        observations.follow(&["a:1".to_string(), "c:3".to_string()]);
+        let seen = observations.observed();
+        assert_eq!(seen.iter().map(|o| o.address.as_str()).collect::<Vec<_>>(), ["a:1", "c:3"]);
+        assert!(seen[0].alive, "a:1's polls are kept");
+        assert!(observations.still_learning(), "c:3 is new");
     }
 }

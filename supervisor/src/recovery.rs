@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use protocol::operator::HistoryKind;
 use protocol::supervisor_status::RecoveryReport;
 use protocol::{ClusterConfig, JoinRequest, Lsn, PauseRequest, RecoverRequest};
 use uuid::Uuid;
@@ -22,7 +23,8 @@ use uuid::Uuid;
 use crate::agent_client::CallError;
 use crate::config_keeper::lock;
 use crate::failover::{caught_up_to, with_member, ShortOfLeader};
-use crate::run::{now_ms, Supervisor, PUSH_TIMEOUT};
+use crate::history::worth_recording;
+use crate::run::{event, now_ms, Supervisor, PUSH_TIMEOUT};
 use crate::store::{Persisted, StoreError};
 
 /// How long recovery may take to apply the bulk of a returning node's missing log.
@@ -50,6 +52,8 @@ pub enum RecoveryError {
     Call(#[from] CallError),
     #[error("the configuration changed during recovery")]
     ConfigChanged,
+    #[error("an operator removed the node from the supervisor's nodes during its recovery")]
+    Removed,
     #[error(transparent)]
     ShortOfLeader(#[from] ShortOfLeader),
     /// The leader refused the new member set (its log moved past the node's, or the term
@@ -78,11 +82,14 @@ impl RecoveryError {
 impl Supervisor {
     /// Recovers `node` in the background; the history notes it under way, then its outcome.
     pub(crate) fn start_recovery(self: &Arc<Self>, node: String) {
-        lock(&self.history).begin_recovery(&node);
+        if !lock(&self.history).begin_recovery(&node) {
+            return; // under way already
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let (report, result) = me.recover(&node).await;
             let diverged = matches!(result, Err(RecoveryError::Diverged(_)));
+            me.record_recovery(&report, diverged).await;
             lock(&me.history).recovery_finished(report, diverged, Instant::now());
         });
     }
@@ -130,13 +137,18 @@ impl Supervisor {
         if state.config != config {
             return Err(RecoveryError::ConfigChanged);
         }
+        // An operator removed the node meanwhile: it must never become a member again.
+        let nodes = state.nodes_or(&self.settings.agents).to_vec();
+        if !nodes.iter().any(|n| n == node) {
+            return Err(RecoveryError::Removed);
+        }
         let paused_at = Instant::now();
         let pause = PauseRequest { term: config.term, max_ms: MAX_PAUSE.as_millis() as u64 };
         // Bounded by the pause's own length: a leader stuck in a round must not hold the
         // supervisor (and so any failover) for long.
         let paused = self.agents.pause(&leader, &pause, MAX_PAUSE).await?;
         let tail = self.agents.recover(node, &req, CONTROL_TIMEOUT).await;
-        let next = with_member(&config, &self.settings.agents, node);
+        let next = with_member(&config, &nodes, node);
         let caught_up = match tail {
             Ok(tail) => {
                 report.entries_applied += tail.entries_applied;
@@ -166,6 +178,32 @@ impl Supervisor {
         drop(state);
         self.push_config(&next);
         Ok(())
+    }
+
+    /// Records a recovery's outcome in the durable history: every success, the first failure of
+    /// a streak, and a divergence as an event of its own (the node then needs a rebuild).
+    async fn record_recovery(&self, report: &RecoveryReport, diverged: bool) {
+        let mut state = self.config.lock().await;
+        if !self.config.acting() || !worth_recording(&state.events, &report.node, report.ok) {
+            return;
+        }
+        let term = state.config.term;
+        let node = Some(report.node.as_str());
+        let message = if report.ok {
+            format!("{} is back in the member set ({} entries applied)", report.node, report.entries_applied)
+        } else {
+            format!("the recovery of {} did not finish: {}", report.node, report.message)
+        };
+        let mut events = vec![event(HistoryKind::Recovery, node, term, report.ok, message)];
+        if diverged {
+            let message = format!(
+                "{}'s log differs from the leader's: it is never recovered automatically; rebuild it \
+                 (POST /rebuild) to recover it from scratch",
+                report.node
+            );
+            events.push(event(HistoryKind::Diverged, node, term, false, message));
+        }
+        self.record_locked(&mut state, events).await;
     }
 
     /// Sends `next` to the leader until it confirms it stored it (or refuses it for good):

@@ -2,12 +2,17 @@
 //! adopts what they report of a newer configuration, asks [`crate::failover::decide`] what to do
 //! and carries the [`Action`] out: an election ([`crate::election`]) or the recovery of a
 //! returning node ([`crate::recovery`]). Member removals arrive from the leader over HTTP
-//! ([`crate::membership`], [`crate::api`]).
+//! ([`crate::membership`], [`crate::api`]), planned changes from an operator
+//! ([`crate::switchover`], [`crate::operator`]).
 //!
 //! Invariants kept here:
 //! - Only an active supervisor acts (always, with a state file); a standby polls and reports.
 //! - Nothing is decided before every agent is known: answered once, or missed enough polls to
 //!   count as down.
+//! - The agents are the stored node list (`Persisted::nodes`, which an operator changes), or
+//!   `--agents` until one does: polls, pushes, elections and recoveries all read the same list.
+//! - In maintenance (`Persisted::maintenance`) nothing is elected or recovered automatically;
+//!   the polls, the leader's failure reports and the operator's own acts go on.
 //! - Every outbound call has a timeout; a pause of the leader is always ended (by the new
 //!   configuration, or by a resume if recovery fails, or by the pause's own deadline).
 //! - Configuration pushes run in the background: a frozen agent never holds up the supervisor.
@@ -16,13 +21,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use protocol::operator::{HistoryEvent, HistoryKind};
 use protocol::supervisor_status::SupervisorStatus;
-use protocol::ClusterConfig;
+use protocol::{ClusterConfig, Term};
 
 use crate::agent_client::AgentClient;
 use crate::config_keeper::{lock, ConfigKeeper};
 use crate::failover::{decide, reported_cluster_id, Action, Known, Observed};
-use crate::history::History;
+use crate::history::{push_event, History};
 use crate::polling::Observations;
 use crate::status::{cluster_status, Standing};
 use crate::store::{Persisted, StoreSpec};
@@ -63,6 +69,11 @@ pub struct Supervisor {
     pub(crate) history: SyncMutex<History>,
 }
 
+/// One event of the durable history, at the current time.
+pub(crate) fn event(kind: HistoryKind, node: Option<&str>, term: Term, ok: bool, message: String) -> HistoryEvent {
+    HistoryEvent { at_ms: now_ms(), kind, node: node.map(str::to_string), term, ok, message }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -94,7 +105,8 @@ impl Supervisor {
         loop {
             tick.tick().await;
             let term = self.config.published_term();
-            self.observations.poll(&self.agents, &self.settings.agents, term, self.settings.poll_interval).await;
+            let nodes = self.nodes();
+            self.observations.poll(&self.agents, &nodes, term, self.settings.poll_interval).await;
             if self.config.acting() {
                 self.adopt_newer_config().await;
                 self.step().await;
@@ -122,18 +134,27 @@ impl Supervisor {
             return;
         }
         let observed = self.observations.observed();
-        let (config, not_to_recover, unelectable, cluster_id) = {
+        let (config, not_to_recover, unelectable, cluster_id, maintenance, nodes) = {
             let mut state = self.config.lock().await;
             self.learn_cluster_id(&mut state, &observed).await;
             let history = lock(&self.history);
             let now = Instant::now();
-            (state.config.clone(), history.not_to_recover(now), history.unelectable(now), state.cluster_id)
+            let nodes = state.nodes_or(&self.settings.agents).to_vec();
+            let (maintenance, cluster_id) = (state.maintenance, state.cluster_id);
+            (
+                state.config.clone(),
+                history.not_to_recover(now),
+                history.unelectable(now),
+                cluster_id,
+                maintenance,
+                nodes,
+            )
         };
         if config.term == 0 {
             return; // no configuration adopted yet
         }
         let known = Known { min_copies: self.settings.min_copies, cluster_id };
-        match decide(&config, &self.settings.agents, &observed, &not_to_recover, &unelectable, known) {
+        match decide(&config, &nodes, &observed, &not_to_recover, &unelectable, known) {
             Action::Steady => {
                 lock(&self.history).no_leader(None);
             }
@@ -141,6 +162,21 @@ impl Supervisor {
                 if lock(&self.history).no_leader(Some(reason.clone())) {
                     tracing::error!(%reason, "writes unavailable");
                 }
+            }
+            // A promotion only finishes an election already stored (an interrupted switchover,
+            // a restarted leader): it goes on in maintenance; choosing a new leader does not.
+            Action::Failover { candidate, .. } if maintenance => {
+                let reason = format!(
+                    "no leader is serving, and automatic failover is off (maintenance): {candidate} would be \
+                     elected; POST /resume, or switch over, to elect a leader"
+                );
+                if lock(&self.history).no_leader(Some(reason.clone())) {
+                    tracing::error!(%reason, "writes unavailable");
+                }
+            }
+            Action::Recover { node } if maintenance => {
+                lock(&self.history).no_leader(None);
+                tracing::debug!(%node, "not recovered: automatic recovery is off (maintenance)");
             }
             Action::Failover { old_leader, candidate, config: next } => {
                 self.failover(&config, old_leader, candidate, next).await
@@ -172,13 +208,37 @@ impl Supervisor {
     /// Sends `config` to every agent in the background: an agent that is frozen or gone must
     /// not hold up the supervisor (each learns the configuration later by fence or recovery).
     pub(crate) fn push_config(self: &Arc<Self>, config: &ClusterConfig) {
-        for addr in self.settings.agents.clone() {
+        self.push_config_to(self.nodes(), config);
+    }
+
+    /// Sends `config` to each of `nodes` in the background.
+    pub(crate) fn push_config_to(self: &Arc<Self>, nodes: Vec<String>, config: &ClusterConfig) {
+        for addr in nodes {
             let (me, config) = (self.clone(), config.clone());
             tokio::spawn(async move {
                 if let Err(e) = me.agents.send_config(&addr, &config, PUSH_TIMEOUT).await {
                     tracing::debug!(%addr, error = %e, "configuration not delivered");
                 }
             });
+        }
+    }
+
+    /// The nodes the supervisor watches, in round-robin order: the stored list once an operator
+    /// changed it, else `--agents`.
+    pub(crate) fn nodes(&self) -> Vec<String> {
+        self.config.published_nodes().unwrap_or_else(|| self.settings.agents.clone())
+    }
+
+    /// Stores `events` in the durable history; the caller holds the configuration. A store
+    /// that refuses is logged, not fatal: the events are a record, and the change they
+    /// describe has happened.
+    pub(crate) async fn record_locked(&self, state: &mut Persisted, events: impl IntoIterator<Item = HistoryEvent>) {
+        let mut next = state.clone();
+        for e in events {
+            push_event(&mut next.events, e);
+        }
+        if let Err(e) = self.config.save(state, next).await {
+            tracing::warn!(error = %e, "could not store an event of the history");
         }
     }
 

@@ -84,6 +84,11 @@ pub fn cluster_status(
          removed, or it answers again"
             .into()
     };
+    let message = if maintenance {
+        format!("maintenance: automatic failover and recovery are off (POST /resume turns them on); {message}")
+    } else {
+        message
+    };
     SupervisorStatus {
         store,
         active,
@@ -200,5 +205,32 @@ mod tests {
         history.no_leader(Some("no live member can lead".into()));
         let status = cluster_status(persisted(&["a:1", "b:2"]), &nodes, &history, standing());
         assert_eq!(status.message, "no live member can lead");
+    }
+
+    #[test]
+    fn maintenance_shows_and_says_automatic_failover_is_off_and_the_status_carries_the_latest_events() {
+        let nodes = [node("a:1", Role::Leader, 12), node("b:2", Role::Replica, 12)];
+        let mut state = persisted(&["a:1", "b:2"]);
+        state.maintenance = true;
+        for at_ms in 0..STATUS_EVENTS as u64 + 3 {
+            state.events.push(protocol::operator::HistoryEvent {
+                at_ms,
+                kind: protocol::operator::HistoryKind::Recovery,
+                node: None,
+                term: 2,
+                ok: true,
+                message: String::new(),
+            });
+        }
+        let status = cluster_status(state, &nodes, &History::default(), standing());
+        assert!(status.maintenance);
+        assert!(
+            status.message.starts_with("maintenance: automatic failover and recovery are off"),
+            "{}",
+            status.message
+        );
+        assert!(status.message.ends_with("writes go to a:1"), "{}", status.message);
+        assert_eq!(status.events.len(), STATUS_EVENTS);
+        assert_eq!(status.events.last().map(|e| e.at_ms), Some(STATUS_EVENTS as u64 + 2), "newest last");
     }
 }

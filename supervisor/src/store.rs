@@ -42,6 +42,12 @@ pub struct Persisted {
 }
 
 impl Persisted {
+    /// The nodes the supervisor watches, in round-robin order: the stored list once an operator
+    /// changed it, else `agents` (`--agents`).
+    pub fn nodes_or<'a>(&'a self, agents: &'a [String]) -> &'a [String] {
+        self.nodes.as_deref().unwrap_or(agents)
+    }
+
     /// Before any configuration: term 0, which the first poll replaces with what the agents
     /// report.
     pub fn empty() -> Persisted {
@@ -467,6 +473,38 @@ mod tests {
             let err = bad.parse::<StoreSpec>().unwrap_err();
             assert!(err.contains(bad.trim_start_matches("etcd://").split(':').next().unwrap_or(bad)), "{bad}: {err}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_state_file_of_an_older_version_loads_and_the_history_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("rmw-store-test-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        // Written before the history, maintenance and the node list existed.
+        let old = r#"{"config": {"term": 3, "version": 4, "leader": "a:1", "members": ["a:1", "b:2"]},
+                      "clients": [], "cluster_id": null}"#;
+        std::fs::write(&path, old).unwrap();
+        let store = Store::open(&StoreSpec::File, &path, false).unwrap();
+        let loaded = store.load().await.unwrap().persisted.unwrap();
+        assert_eq!(loaded.config.term, 3);
+        assert!(loaded.events.is_empty() && !loaded.maintenance && loaded.nodes.is_none());
+        assert_eq!(loaded.nodes_or(&["x:1".to_string()]), ["x:1"], "--agents until an operator changes the list");
+
+        let mut next = loaded.clone();
+        next.maintenance = true;
+        next.nodes = Some(vec!["a:1".into(), "b:2".into(), "d:4".into()]);
+        next.events.push(protocol::operator::HistoryEvent {
+            at_ms: 1,
+            kind: protocol::operator::HistoryKind::MemberAdded,
+            node: Some("d:4".into()),
+            term: 3,
+            ok: true,
+            message: "added".into(),
+        });
+        store.save(&next, 1).await.unwrap();
+        let reopened = Store::open(&StoreSpec::File, &path, false).unwrap();
+        assert_eq!(reopened.load().await.unwrap().persisted, Some(next));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

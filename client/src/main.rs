@@ -1,5 +1,6 @@
-//! The client's program: parses the options and runs `client run`, `status` or `serve` with
-//! the [`client`] library (see `lib.rs` for the modules).
+//! The client's program: parses the options and runs `client run`, `status`, `serve` or an
+//! operator command (`switchover`, `pause`, `resume`, `member add|remove`, `rebuild`) with the
+//! [`client`] library (see `lib.rs` for the modules).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -10,8 +11,56 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
-use client::run::{ReadFrom, RunError, RunOptions, Runner, EXIT_UNAVAILABLE, EXIT_USAGE};
+use client::operator::{self, Operation, Progress};
+use client::run::{ReadFrom, RunError, RunOptions, Runner, EXIT_ABORT, EXIT_UNAVAILABLE, EXIT_USAGE};
 use client::{metrics, status, web};
+
+/// What every operator command's `--help` says about its exit code.
+const OPERATOR_EXIT_CODES: &str = "Exit code: 0 done, 1 refused (the supervisor says why), 2 bad input (an unknown \
+node, an unreadable token file, a missing or wrong token), 3 no active supervisor answered.";
+/// The same for `member add` and `rebuild`, which wait for the node.
+const RECOVERY_EXIT_CODES: &str = "Exit code: 0 the node is a member, 1 refused (the supervisor says why) or the \
+node diverged, 2 bad input (not an address, an unreadable token file, a missing or wrong token), 3 no active \
+supervisor answered, or the node was not a member within --wait-secs (the supervisor goes on: watch `client \
+status`).";
+/// How often a waiting command reads the supervisor's status.
+const PROGRESS_POLL: Duration = Duration::from_millis(500);
+
+/// Where an operator command sends its request, and with which token. Global, so that
+/// `client member --supervisor X add Y` and `client member add Y --supervisor X` both work.
+#[derive(Debug, clap::Args)]
+struct OperatorArgs {
+    /// The supervisor (host:port, or several comma-separated with standby supervisors: the
+    /// active one acts, a standby answers 503 and the next is asked).
+    #[arg(long, env = "CLIENT_SUPERVISOR", default_value = "127.0.0.1:9000", global = true)]
+    supervisor: String,
+    /// A file holding the cluster token: the supervisor's operator endpoints need it when the
+    /// cluster has one (see setup.sh).
+    #[arg(long, env = "CLIENT_CLUSTER_TOKEN_FILE", global = true)]
+    cluster_token_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCommand {
+    /// Add a node to the cluster: the supervisor starts watching it, replays the leader's log
+    /// onto it and makes it a member; waits (up to --wait-secs) until it is one, printing its
+    /// progress.
+    #[command(after_help = RECOVERY_EXIT_CODES)]
+    Add {
+        /// The node's agent (host:port), as the supervisor will reach it.
+        addr: String,
+        /// How long to wait for it to be a member (0: do not wait).
+        #[arg(long, env = "CLIENT_WAIT_SECS", default_value_t = 60.0)]
+        wait_secs: f64,
+    },
+    /// Take a member out of the member set (never the leader, never below the durability
+    /// floor). It stays watched, and rejoins only when added back or rebuilt.
+    #[command(after_help = OPERATOR_EXIT_CODES)]
+    Remove {
+        /// The member: its node id (`node2`, as `client status` shows) or its address.
+        node: String,
+    },
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,12 +105,72 @@ enum Command {
         #[arg(long, env = "CLIENT_WAIT_SECS", default_value_t = 10.0)]
         wait_secs: f64,
     },
-    /// Show the cluster's nodes as the supervisor sees them, the last failover and recoveries.
+    /// Show the cluster's nodes as the supervisor sees them, the last failover and recoveries,
+    /// whether automatic failover is paused, and the supervisor's latest events.
+    ///
+    /// Exit code: 0 shown, 3 the supervisor could not be reached (with --watch: 0 on Ctrl-C; an
+    /// unreachable supervisor is printed and asked again).
     Status {
         /// The supervisor's address (host:port, or several comma-separated: the active one
         /// answers).
         #[arg(long, env = "CLIENT_SUPERVISOR", default_value = "127.0.0.1:9000")]
         supervisor: String,
+        /// Print the supervisor's status as JSON (pretty-printed, fields in a fixed order)
+        /// instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Show it again every --interval-ms until Ctrl-C: on a terminal the screen is redrawn,
+        /// otherwise each refresh is a block under a line with its time.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes, in milliseconds (100 to 3600000).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+        interval_ms: u64,
+    },
+    /// Move the leadership to another member in sync (a planned switchover): the leader's
+    /// commits pause while the target catches up, then the target leads in a new term.
+    #[command(after_help = OPERATOR_EXIT_CODES)]
+    Switchover {
+        /// The member to lead: its node id (`node1`, as `client status` shows) or its address.
+        #[arg(long, value_name = "NODE")]
+        to: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// Turn automatic failover and recovery off (maintenance): the supervisor elects no new
+    /// leader and recovers no node by itself until `client resume`.
+    #[command(after_help = OPERATOR_EXIT_CODES)]
+    Pause {
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// Turn automatic failover and recovery back on.
+    #[command(after_help = OPERATOR_EXIT_CODES)]
+    Resume {
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// Add a node to the cluster, or remove a member (`client member add ADDR`, `client member
+    /// remove NODE`).
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// Rebuild a node that is not a member: the supervisor has its database EMPTIED, then
+    /// replays the leader's whole log onto it and makes it a member (for a diverged node).
+    /// Waits (up to --wait-secs) until it is a member, printing its progress.
+    #[command(after_help = RECOVERY_EXIT_CODES)]
+    Rebuild {
+        /// The node: its node id (`node2`) or its address (a node that does not answer has no id
+        /// the supervisor knows: give its address).
+        node: String,
+        /// How long to wait for it to be a member (0: do not wait).
+        #[arg(long, env = "CLIENT_WAIT_SECS", default_value_t = 60.0)]
+        wait_secs: f64,
+        #[command(flatten)]
+        operator: OperatorArgs,
     },
     /// Serve the web pages: the transaction form at /create/ and the cluster at /cluster/.
     Serve {
@@ -124,7 +233,34 @@ fn main() -> ExitCode {
                 let read_from = read_from.map_or(ReadFrom::Leader, |node| ReadFrom::Nodes(vec![node]));
                 run(&agent, &supervisor, &transaction, RunOptions { txn_id, read_from }, wait).await
             }
-            Command::Status { supervisor } => status(&supervisor).await,
+            Command::Status { supervisor, json, watch, interval_ms } => {
+                let every = Duration::from_millis(interval_ms);
+                if watch {
+                    watch_status(&supervisor, json, every).await
+                } else {
+                    status(&supervisor, json).await
+                }
+            }
+            Command::Switchover { to, operator } => operate(operator, Operation::Switchover { to }, None).await,
+            Command::Pause { operator } => operate(operator, Operation::Pause, None).await,
+            Command::Resume { operator } => operate(operator, Operation::Resume, None).await,
+            Command::Member { command: MemberCommand::Add { addr, wait_secs }, operator } => {
+                let Some(wait) = wait(wait_secs) else {
+                    eprintln!("error: --wait-secs must be a number of seconds from 0 to 3600");
+                    return ExitCode::from(EXIT_USAGE);
+                };
+                operate(operator, Operation::AddMember { node: addr }, Some(wait)).await
+            }
+            Command::Member { command: MemberCommand::Remove { node }, operator } => {
+                operate(operator, Operation::RemoveMember { node }, None).await
+            }
+            Command::Rebuild { node, wait_secs, operator } => {
+                let Some(wait) = wait(wait_secs) else {
+                    eprintln!("error: --wait-secs must be a number of seconds from 0 to 3600");
+                    return ExitCode::from(EXIT_USAGE);
+                };
+                operate(operator, Operation::Rebuild { node }, Some(wait)).await
+            }
             Command::Serve { listen, agent, supervisor, advertise, cluster_token_file, wait_secs, log_json } => {
                 let Some(wait) = wait(wait_secs) else {
                     eprintln!("error: --wait-secs must be a number of seconds from 0 to 3600");
@@ -194,7 +330,7 @@ fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-async fn status(supervisor: &str) -> ExitCode {
+async fn status(supervisor: &str, json: bool) -> ExitCode {
     let http = match reqwest::Client::builder().build() {
         Ok(http) => http,
         Err(e) => {
@@ -204,13 +340,167 @@ async fn status(supervisor: &str) -> ExitCode {
     };
     match status::fetch(&http, supervisor).await {
         Ok(cluster) => {
-            print!("{}", status::render(&cluster));
+            print!("{}", if json { status::to_json(&cluster) } else { status::render(&cluster) });
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_UNAVAILABLE)
         }
+    }
+}
+
+/// `client status --watch`: the status again every `every` until Ctrl-C (or SIGTERM); a
+/// supervisor that does not answer is said so, and asked again.
+async fn watch_status(supervisor: &str, json: bool, every: Duration) -> ExitCode {
+    let http = match reqwest::Client::builder().build() {
+        Ok(http) => http,
+        Err(e) => {
+            eprintln!("error: cannot set up the HTTP client: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let terminal = std::io::stdout().is_terminal();
+    let stop = service::shutdown_signal();
+    tokio::pin!(stop);
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return ExitCode::SUCCESS,
+            _ = ticks.tick() => {}
+        }
+        let block = tokio::select! {
+            _ = &mut stop => return ExitCode::SUCCESS,
+            fetched = status::fetch(&http, supervisor) => fetched
+                .map(|c| if json { status::to_json(&c) } else { status::render(&c) })
+                .map_err(|e| e.to_string()),
+        };
+        print!("{}", status::watch_frame(now_ms(), every, &block, terminal));
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// The wall clock in Unix milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An operator command: names the node by its address (a node id is looked up in the
+/// supervisor's status), sends the request, prints the supervisor's answer, and for `member
+/// add` and `rebuild` waits up to `wait` for the node to be a member.
+async fn operate(args: OperatorArgs, operation: Operation, wait: Option<Duration>) -> ExitCode {
+    let token = match args.cluster_token_file.as_deref().map(protocol::auth::load_token).transpose() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let http = match service::client_builder(token.as_deref()).and_then(|b| Ok(b.build()?)) {
+        Ok(http) => http,
+        Err(e) => {
+            eprintln!("error: cannot set up the HTTP client: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let operation = match operation.node().map(str::to_string) {
+        None => operation,
+        // A new node is named by its address: the supervisor does not know it yet.
+        Some(node) if matches!(operation, Operation::AddMember { .. }) => {
+            if !operator::is_address(&node) {
+                eprintln!("error: {}", operator::NodeNameError::NotAnAddress { given: node });
+                return ExitCode::from(EXIT_USAGE);
+            }
+            operation
+        }
+        Some(node) if operator::is_address(&node) => operation,
+        Some(node) => {
+            let cluster = match status::fetch(&http, &args.supervisor).await {
+                Ok(cluster) => cluster,
+                Err(e) => {
+                    eprintln!("error: cannot look up {node}: {e}");
+                    return ExitCode::from(EXIT_UNAVAILABLE);
+                }
+            };
+            match operator::resolve_node(&cluster, &node) {
+                Ok(address) => {
+                    println!("{node} is {address}");
+                    operation.on(address)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
+    };
+    let what = match operation.node() {
+        Some(node) => format!("{} {node}", operation.name()),
+        None => operation.name().to_string(),
+    };
+    // Recoveries the supervisor reports from here on count as this one's (with a margin for
+    // clocks that differ a little).
+    let since_ms = now_ms().saturating_sub(5_000);
+    let answer = match operator::send(&http, &args.supervisor, &operation).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("error: {what}: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    println!("{what}: {}", answer.message);
+    match (operation.node(), wait) {
+        (Some(node), Some(wait)) if operation.ends_with_a_recovery() && !wait.is_zero() => {
+            wait_for_member(&http, &answer.supervisor, node, since_ms, wait).await
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// Prints where `node` stands each time it changes, until it is a member (0), it diverged (1),
+/// or `wait` is over (3).
+async fn wait_for_member(
+    http: &reqwest::Client,
+    supervisor: &str,
+    node: &str,
+    since_ms: u64,
+    wait: Duration,
+) -> ExitCode {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut last = String::new();
+    loop {
+        let line = match status::fetch(http, supervisor).await {
+            Ok(cluster) => {
+                let progress = operator::progress(&cluster, node, since_ms);
+                let line = progress.describe(node);
+                match progress {
+                    Progress::Member { .. } => {
+                        println!("{line}");
+                        return ExitCode::SUCCESS;
+                    }
+                    Progress::Diverged => {
+                        eprintln!("error: {line}");
+                        return ExitCode::from(EXIT_ABORT);
+                    }
+                    _ => line,
+                }
+            }
+            Err(e) => format!("cannot read the supervisor's status: {e} (retrying)"),
+        };
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if tokio::time::Instant::now() + PROGRESS_POLL > deadline {
+            eprintln!(
+                "error: {node} is not a member after {:.0} s; the supervisor goes on: watch `client status`",
+                wait.as_secs_f64()
+            );
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+        tokio::time::sleep(PROGRESS_POLL).await;
     }
 }
 
@@ -305,9 +595,38 @@ mod config_tests {
         assert_eq!((listen.as_str(), supervisor.as_str()), ("127.0.0.1:5001", "127.0.0.1:9000"));
         // `client status` takes only the keys it knows (`listen` is for `serve`).
         let cli = parse(&["status", "--config", EXAMPLE]).unwrap();
-        assert!(matches!(cli.command, Command::Status { supervisor } if supervisor == "127.0.0.1:9000"));
+        assert!(matches!(cli.command, Command::Status { supervisor, .. } if supervisor == "127.0.0.1:9000"));
         let cli = parse(&["run", "r(1)", "--config", EXAMPLE, "--wait-secs", "2"]).unwrap();
         assert!(matches!(cli.command, Command::Run { wait_secs, .. } if wait_secs == 2.0));
+    }
+
+    #[test]
+    fn the_operator_commands_take_the_supervisor_and_the_token_file_from_flags_and_the_file() {
+        let cli = parse(&["pause", "--config", EXAMPLE]).unwrap();
+        let Command::Pause { operator } = cli.command else { panic!() };
+        assert_eq!(operator.supervisor, "127.0.0.1:9000");
+        assert_eq!(operator.cluster_token_file.as_deref(), Some(std::path::Path::new("data/cluster-token")));
+        let cli = parse(&["switchover", "--to", "node1", "--supervisor", "s:1"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Switchover { to, operator } if to == "node1" && operator.supervisor == "s:1")
+        );
+        // The member commands take the options before or after `add`/`remove`, and the file's.
+        for args in [
+            &["member", "add", "h:8003", "--supervisor", "s:1", "--wait-secs", "5"][..],
+            &["member", "--supervisor", "s:1", "add", "h:8003", "--wait-secs", "5"][..],
+        ] {
+            let cli = parse(args).unwrap();
+            let Command::Member { command: MemberCommand::Add { addr, wait_secs }, operator } = cli.command else {
+                panic!()
+            };
+            assert_eq!((addr.as_str(), wait_secs, operator.supervisor.as_str()), ("h:8003", 5.0, "s:1"));
+        }
+        let cli = parse(&["member", "remove", "node2", "--config", EXAMPLE]).unwrap();
+        let Command::Member { command: MemberCommand::Remove { node }, operator } = cli.command else { panic!() };
+        assert_eq!((node.as_str(), operator.cluster_token_file.is_some()), ("node2", true));
+        let cli = parse(&["rebuild", "node2"]).unwrap();
+        assert!(matches!(cli.command, Command::Rebuild { wait_secs, .. } if wait_secs == 60.0));
+        assert!(parse(&["status", "--watch", "--interval-ms", "5"]).is_err(), "below 100 ms");
     }
 
     #[test]

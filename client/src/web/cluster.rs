@@ -11,7 +11,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::page::render;
+use super::sampler::PLOT_WINDOW;
+use super::state::now_ms;
 use super::view::cluster::{flash, live_view, Flash, LiveView};
+use super::view::plot::charts;
 use super::AppState;
 use crate::status::{StatusError, SupervisorStatus};
 
@@ -84,9 +87,11 @@ pub(crate) async fn cluster_json(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// The live view of `cluster` with this client's side: its leader, history and drills.
+/// The live view of `cluster` with this client's side: its leader, history and drills, and the
+/// plots of the leader's commits as sampled.
 fn live(state: &AppState, cluster: &Result<SupervisorStatus, StatusError>) -> LiveView {
-    live_view(cluster, state.leader(), state.history(), state.drills())
+    let plots = charts(&state.samples(), now_ms(), PLOT_WINDOW.as_millis() as u64);
+    live_view(cluster, state.leader(), state.history(), state.drills(), plots)
 }
 
 #[cfg(test)]
@@ -128,6 +133,40 @@ mod tests {
         let json: Value = serde_json::from_str(&get_page(&state, "/cluster/status.json").await.body).unwrap();
         assert_eq!(json["supervisor"]["leader"], "127.0.0.1:8001");
         assert_eq!(json["history"][0]["outcome"], "COMMIT");
+    }
+
+    #[tokio::test]
+    async fn the_cluster_page_offers_the_operator_actions_and_shows_the_timeline() {
+        let supervisor = FakeSupervisor::start(None).await;
+        let mut status: Value = serde_json::from_str(crate::status::tests::AFTER_FAILOVER).unwrap();
+        status["events"] = json!([
+            {"at_ms": 3600000, "kind": "failover", "node": "127.0.0.1:8001", "term": 2, "ok": true,
+             "message": "127.0.0.1:8000 stopped answering"},
+            {"at_ms": 3723000, "kind": "recovery", "node": "127.0.0.1:8002", "term": 2, "ok": false,
+             "message": "cannot reach <it>"}
+        ]);
+        supervisor.set_status(status);
+        let state = state_for("127.0.0.1:1", Some(&supervisor.address));
+        let html = get_page(&state, "/cluster/").await.body;
+        // node0 (a replica member) can lead or leave, node2 (not a member) can be rebuilt.
+        let op = |action: &str, node: &str| {
+            format!(
+                "<input type=\"hidden\" name=\"action\" value=\"{action}\">\n      <input type=\"hidden\" name=\"node\" value=\"{node}\">"
+            )
+        };
+        assert!(html.contains(&op("switchover", "127.0.0.1:8000")), "{html}");
+        assert!(html.contains(&op("member_remove", "127.0.0.1:8000")), "{html}");
+        assert!(html.contains(&op("rebuild", "127.0.0.1:8002")), "{html}");
+        assert!(!html.contains(&op("switchover", "127.0.0.1:8001")), "not to the leader: {html}");
+        assert!(html.contains(r#"data-confirm="Pause automatic failover (POST /pause)?"#), "{html}");
+        assert!(!html.contains(r#"id="maintenance""#), "{html}");
+        assert!(html.contains(r#"<form method="post" action="/cluster/operate" class="add-member""#), "{html}");
+        // The timeline, newest first, escaped.
+        let timeline = &html[html.find(r#"id="timeline""#).unwrap()..];
+        let recovery = timeline.find(r#"<span class="kind recovery">recovery</span> <span class="no">failed</span>"#);
+        let failover = timeline.find(r#"<span class="kind failover">failover</span>"#);
+        assert!(recovery.is_some() && recovery < failover, "{timeline}");
+        assert!(timeline.contains("cannot reach &#60;it&#62;"), "{timeline}");
     }
 
     #[tokio::test]

@@ -84,14 +84,17 @@ impl Drill {
     }
 }
 
+/// The page that asks before a drill or an operator action runs, for a browser without the
+/// script's dialog: it posts the same form to `path` with `confirmed=yes`.
 #[derive(Template)]
 #[template(path = "confirm.html")]
-struct ConfirmPage {
-    active: &'static str,
-    question: String,
-    action: &'static str,
-    node: String,
-    label: &'static str,
+pub(super) struct ConfirmPage {
+    pub(super) active: &'static str,
+    pub(super) path: &'static str,
+    pub(super) question: String,
+    pub(super) action: &'static str,
+    pub(super) node: String,
+    pub(super) label: &'static str,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -137,7 +140,14 @@ pub(crate) async fn drill(State(state): State<AppState>, Form(form): Form<DrillF
     if form.confirmed != "yes" {
         let question = drill.question(&form.node);
         let label = drill.confirm_button();
-        return render(&ConfirmPage { active: "cluster", question, action, node: form.node, label });
+        return render(&ConfirmPage {
+            active: "cluster",
+            path: "/cluster/drill",
+            question,
+            action,
+            node: form.node,
+            label,
+        });
     }
 
     let (result, message) = call_drill(state.http(), &form.node, drill.path()).await;

@@ -35,6 +35,7 @@ pub(crate) mod cluster;
 pub(crate) mod drill;
 pub(crate) mod form;
 pub(crate) mod leader_changed;
+pub(crate) mod operate;
 mod page;
 pub mod sampler;
 mod state;
@@ -69,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .route("/cluster/live", get(cluster::cluster_live))
         .route("/cluster/status.json", get(cluster::cluster_json))
         .route("/cluster/drill", post(drill::drill))
+        .route("/cluster/operate", post(operate::operate))
         .route("/leader_changed/", post(leader_changed::leader_changed))
         .route("/static/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
         .route("/static/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))

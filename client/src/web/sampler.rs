@@ -74,3 +74,48 @@ async fn scrape(http: &reqwest::Client, node: &str) -> Result<Scrape, String> {
     }
     Ok(parse_scrape(&String::from_utf8_lossy(&bytes)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_agent::{self, Fake};
+    use crate::web::test_support::{get_page, post_form, state_for, supervisor_of};
+
+    #[tokio::test]
+    async fn the_sampler_reads_the_leader_s_commits_and_the_page_plots_them() {
+        let leader = fake_agent::start(Fake::default()).await;
+        let supervisor = supervisor_of(&[(&leader, "leader")]).await;
+        let state = state_for(&leader, Some(&supervisor.address));
+        let html = get_page(&state, "/cluster/").await.body;
+        assert!(html.contains(r#"<svg id="plot-commits""#), "{html}");
+        assert!(html.contains("no data yet"), "{html}");
+
+        sample_once(&state).await;
+        post_form(&state, "/create/", "transaction=w%281%3D1%29").await;
+        post_form(&state, "/create/", "transaction=w%281%3D2%29").await;
+        sample_once(&state).await;
+        let samples = state.samples();
+        let commits: Vec<_> = samples.iter().map(|s| (s.node.as_str(), s.scrape.as_ref().map(|s| s.commits))).collect();
+        assert_eq!(commits, [(leader.as_str(), Some(0.0)), (leader.as_str(), Some(2.0))]);
+        let html = get_page(&state, "/cluster/").await.body;
+        assert!(html.contains(r#"<path class="line rate""#), "{html}");
+        assert!(html.contains(r#"<path class="line p50""#), "{html}");
+
+        // A leader that does not answer: the sample says so (and the line will break there).
+        supervisor.set_status(serde_json::json!({"leader": fake_agent::closed_port().await}));
+        state.forget_cluster().await;
+        sample_once(&state).await;
+        assert_eq!(state.samples().last().map(|s| s.scrape.is_none()), Some(true));
+    }
+
+    #[test]
+    fn the_ring_holds_ten_minutes_and_one() {
+        assert_eq!(SAMPLES_KEPT, 601);
+        let state = state_for("127.0.0.1:1", None);
+        for at_ms in 0..(SAMPLES_KEPT as u64 + 5) {
+            state.record_sample(Sample { at_ms, node: "a".into(), scrape: None });
+        }
+        let samples = state.samples();
+        assert_eq!((samples.len(), samples[0].at_ms), (SAMPLES_KEPT, 5));
+    }
+}

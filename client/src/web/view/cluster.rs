@@ -1,10 +1,12 @@
-//! The cluster page's views: the supervisor's status, the history and the drills, as text ready to
-//! print.
+//! The cluster page's views: the supervisor's status, its timeline of events, the operator
+//! buttons, the history and the drills, as text ready to print.
 
 use protocol::Role;
 
 use crate::metrics::FormOutcome;
-use crate::status::{clock_time, node_id, role_label, NodeReport, StatusError, SupervisorStatus};
+use crate::operator::Operation;
+use crate::run::wire_name;
+use crate::status::{clock_time, node_id, role_label, HistoryEvent, NodeReport, StatusError, SupervisorStatus};
 use crate::web::drill::Drill;
 use crate::web::state::{DrillEntry, HistoryEntry, HISTORY_LEN};
 
@@ -18,6 +20,14 @@ pub(crate) struct Flash {
 pub(crate) struct LiveView {
     pub(crate) reachable: bool,
     pub(crate) error: String,
+    /// Automatic failover and recovery are off: the page shows a banner.
+    pub(crate) maintenance: bool,
+    /// Pause or resume, whichever applies now (none without a status).
+    pub(crate) maintenance_op: Option<OpButton>,
+    /// The supervisor's events, newest first (at most [`EVENTS_SHOWN`]).
+    pub(crate) events: Vec<EventRow>,
+    /// The plots, each an inline `<svg>` element (see `view::plot`).
+    pub(crate) plots: Vec<String>,
     pub(crate) writes_available: bool,
     pub(crate) message: String,
     pub(crate) term: i64,
@@ -48,6 +58,41 @@ pub(crate) struct NodeRow {
     pub(crate) lag: String,
     pub(crate) error: String,
     pub(crate) action: Option<DrillAction>,
+    /// The operator actions this node offers (switch over to it, remove it, rebuild it).
+    pub(crate) ops: Vec<OpButton>,
+}
+
+/// A button that asks the supervisor for an operator action (`POST /cluster/operate`).
+pub(crate) struct OpButton {
+    /// The form's `action`: `switchover`, `pause`, ...
+    pub(crate) action: &'static str,
+    /// The form's `node` (empty for pause and resume).
+    pub(crate) node: String,
+    pub(crate) label: &'static str,
+    pub(crate) confirm: String,
+}
+
+impl OpButton {
+    fn of(operation: &Operation) -> OpButton {
+        OpButton {
+            action: operation.name(),
+            node: operation.node().unwrap_or_default().to_string(),
+            label: operation.button(),
+            confirm: operation.question(),
+        }
+    }
+}
+
+/// One event of the supervisor's history, as the timeline prints it.
+pub(crate) struct EventRow {
+    pub(crate) at: String,
+    pub(crate) at_ms: u64,
+    /// `failover`, `switchover`, `maintenance_on`, ...: also its CSS class.
+    pub(crate) kind: String,
+    pub(crate) node: String,
+    pub(crate) term: i64,
+    pub(crate) ok: bool,
+    pub(crate) message: String,
 }
 
 pub(crate) struct DrillAction {
@@ -99,6 +144,9 @@ pub(crate) struct DrillRow {
     pub(crate) message: String,
 }
 
+/// Events the timeline shows, newest first (the supervisor's `/status` carries up to 50).
+pub(crate) const EVENTS_SHOWN: usize = 20;
+
 /// A number, or a dash where there is none.
 fn dash(value: Option<i64>) -> String {
     value.map_or_else(|| "–".to_string(), |v| v.to_string())
@@ -112,6 +160,42 @@ pub(crate) fn drill_for(node: &NodeReport) -> Option<DrillAction> {
         Role::Replica | Role::Standby => return None,
     };
     Some(DrillAction { action: drill.name(), label: drill.button(), confirm: drill.question(&node.address) })
+}
+
+/// The operator actions a node offers: a member that is not the leader can lead (if it
+/// answers) or be removed; a node outside the members can be rebuilt.
+pub(crate) fn operations_for(node: &NodeReport, leader: Option<&str>) -> Vec<OpButton> {
+    let address = node.address.clone();
+    let leads = leader == Some(node.address.as_str());
+    let mut ops = Vec::new();
+    if node.member && !leads && node.alive {
+        ops.push(OpButton::of(&Operation::Switchover { to: address.clone() }));
+    }
+    if node.member && !leads {
+        ops.push(OpButton::of(&Operation::RemoveMember { node: address.clone() }));
+    }
+    if !node.member {
+        ops.push(OpButton::of(&Operation::Rebuild { node: address }));
+    }
+    ops
+}
+
+/// The supervisor's events newest first, at most [`EVENTS_SHOWN`].
+pub(crate) fn timeline(events: &[HistoryEvent]) -> Vec<EventRow> {
+    events
+        .iter()
+        .rev()
+        .take(EVENTS_SHOWN)
+        .map(|e| EventRow {
+            at: clock_time(e.at_ms),
+            at_ms: e.at_ms,
+            kind: wire_name(&e.kind),
+            node: e.node.clone().unwrap_or_else(|| "–".into()),
+            term: e.term,
+            ok: e.ok,
+            message: e.message.clone(),
+        })
+        .collect()
 }
 
 /// The flash at the top of the cluster page after a drill: what the agent answered.
@@ -129,6 +213,7 @@ pub(crate) fn live_view(
     client_leader: String,
     history: Vec<HistoryEntry>,
     drills: Vec<DrillEntry>,
+    plots: Vec<String>,
 ) -> LiveView {
     let history = history
         .into_iter()
@@ -154,6 +239,10 @@ pub(crate) fn live_view(
     let mut view = LiveView {
         reachable: cluster.is_ok(),
         error: cluster.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+        maintenance: false,
+        maintenance_op: None,
+        events: Vec::new(),
+        plots,
         writes_available: false,
         message: String::new(),
         term: 0,
@@ -174,6 +263,9 @@ pub(crate) fn live_view(
     let Ok(c) = cluster else {
         return view;
     };
+    view.maintenance = c.maintenance;
+    view.maintenance_op = Some(OpButton::of(if c.maintenance { &Operation::Resume } else { &Operation::Pause }));
+    view.events = timeline(&c.events);
     view.writes_available = c.writes_available;
     view.message = c.message.clone();
     view.term = c.term;
@@ -194,6 +286,7 @@ pub(crate) fn live_view(
             lag: dash(n.lag),
             error: n.error.clone().unwrap_or_default(),
             action: drill_for(n),
+            ops: operations_for(n, c.leader.as_deref()),
         })
         .collect();
     view.last_failover = c.last_failover.as_ref().map(|f| FailoverView {
@@ -265,7 +358,7 @@ mod tests {
 
     #[test]
     fn the_live_view_prints_the_supervisor_s_status() {
-        let view = live_view(&Ok(after_failover()), "127.0.0.1:8001".into(), vec![], vec![]);
+        let view = live_view(&Ok(after_failover()), "127.0.0.1:8001".into(), vec![], vec![], vec![]);
         assert!(view.reachable && !view.writes_available);
         assert_eq!((view.term, view.config_version, view.leader.as_str()), (2, 3, "127.0.0.1:8001"));
         let rows: Vec<_> = view
@@ -298,6 +391,7 @@ mod tests {
             "127.0.0.1:8000".into(),
             vec![history(FormOutcome::Commit, 1.25)],
             vec![drill(1, true)],
+            vec![],
         );
         assert!(!view.reachable);
         assert_eq!(view.error, "this client has no supervisor to ask (--supervisor)");
@@ -322,6 +416,7 @@ mod tests {
                 history(FormOutcome::Read, 2.0),
             ],
             vec![],
+            vec![],
         )
         .history;
         let printed: Vec<_> = rows.iter().map(|r| (r.outcome, r.class, r.latency.as_str())).collect();
@@ -344,6 +439,56 @@ mod tests {
             node.role = role;
             assert!(drill_for(&node).is_none(), "{role:?}");
         }
+    }
+
+    #[test]
+    fn members_can_lead_or_leave_and_other_nodes_can_be_rebuilt() {
+        let cluster = after_failover();
+        let ops = |i: usize| {
+            operations_for(&cluster.nodes[i], cluster.leader.as_deref())
+                .iter()
+                .map(|o| (o.action, o.node.clone(), o.label))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ops(0),
+            [
+                ("switchover", "127.0.0.1:8000".to_string(), "Make leader"),
+                ("member_remove", "127.0.0.1:8000".to_string(), "Remove")
+            ]
+        );
+        assert_eq!(ops(1), [], "the leader: neither");
+        assert_eq!(ops(2), [("rebuild", "127.0.0.1:8002".to_string(), "Rebuild")]);
+        let rebuild = &operations_for(&cluster.nodes[2], None)[0];
+        assert!(rebuild.confirm.starts_with("Rebuild 127.0.0.1:8002 (POST /rebuild)? Its database is EMPTIED"));
+    }
+
+    #[test]
+    fn the_view_offers_pause_or_resume_and_lists_the_events_newest_first() {
+        let mut cluster = after_failover();
+        let view = live_view(&Ok(cluster.clone()), String::new(), vec![], vec![], vec![]);
+        assert!(!view.maintenance);
+        assert_eq!(view.maintenance_op.as_ref().map(|o| o.action), Some("pause"));
+        assert!(view.events.is_empty());
+        cluster.maintenance = true;
+        cluster.events = serde_json::from_str(
+            r#"[{"at_ms": 3600000, "kind": "failover", "node": "127.0.0.1:8001", "term": 2, "ok": true, "message": "a"},
+                {"at_ms": 3723000, "kind": "maintenance_on", "term": 2, "ok": true, "message": "b"}]"#,
+        )
+        .unwrap();
+        let view = live_view(&Ok(cluster), String::new(), vec![], vec![], vec!["<svg></svg>".into()]);
+        assert!(view.maintenance);
+        let resume = view.maintenance_op.unwrap();
+        assert_eq!((resume.action, resume.label, resume.node.as_str()), ("resume", "Resume automatic failover", ""));
+        let events: Vec<_> =
+            view.events.iter().map(|e| (e.at.as_str(), e.kind.as_str(), e.node.as_str(), e.term)).collect();
+        assert_eq!(
+            events,
+            [("01:02:03 UTC", "maintenance_on", "–", 2), ("01:00:00 UTC", "failover", "127.0.0.1:8001", 2)]
+        );
+        assert_eq!(view.plots, ["<svg></svg>"]);
+        let none = live_view(&Err(StatusError::NoAddress), String::new(), vec![], vec![], vec![]);
+        assert!(none.maintenance_op.is_none());
     }
 
     #[test]

@@ -208,6 +208,22 @@ pub(crate) fn latency_line(
     Line { name, class, runs: out }
 }
 
+/// The cluster page's two charts over the `window_ms` before `end_ms`: commits per second, and
+/// the p50 and p99 commit latency in milliseconds.
+pub(crate) fn charts(samples: &[Sample], end_ms: u64, window_ms: u64) -> Vec<String> {
+    let runs = series(samples);
+    let rate = svg("plot-commits", "Commits per second", "/s", &[rate_line(&runs)], end_ms, window_ms);
+    let latency = svg(
+        "plot-latency",
+        "Commit latency",
+        "ms",
+        &[latency_line(&runs, "p50", "p50", |p| p.p50), latency_line(&runs, "p99", "p99", |p| p.p99)],
+        end_ms,
+        window_ms,
+    );
+    vec![rate, latency]
+}
+
 /// The chart's size in its own units; the page scales it to its width.
 const WIDTH: f64 = 480.0;
 const HEIGHT: f64 = 170.0;
@@ -460,6 +476,17 @@ rmw_applied_lsn 40
         let one = Line { name: "p50", class: "p50", runs: vec![vec![(600_000, 2.0)]] };
         let dot = super::svg("p", "Latency", "ms", &[one], 600_000, 600_000);
         assert!(dot.contains(r#"d="M472.0 22.0 L473.0 22.0""#), "{dot}");
+    }
+
+    #[test]
+    fn the_page_has_a_rate_chart_and_a_latency_chart() {
+        let b = vec![(0.001, 5.0), (f64::INFINITY, 5.0)];
+        let samples = vec![sample(1_000, "a", 0.0, &[]), sample(2_000, "a", 5.0, &b)];
+        let drawn = charts(&samples, 2_000, 600_000);
+        assert_eq!(drawn.len(), 2);
+        assert!(drawn[0].starts_with(r#"<svg id="plot-commits""#) && drawn[0].contains(r#"class="line rate""#));
+        assert!(drawn[1].contains(r#"class="line p50""#) && drawn[1].contains(r#"class="line p99""#));
+        assert!(charts(&[], 2_000, 600_000).iter().all(|c| c.contains("no data yet")));
     }
 
     #[test]

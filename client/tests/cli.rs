@@ -209,7 +209,7 @@ async fn status_watch_prints_a_block_per_refresh_and_survives_an_unreachable_sup
     let closed = fake_agent::closed_port().await;
     // A supervisor that answers, then one that does not: each block says what came.
     for (list, wanted) in [(supervisor.address.clone(), "leader: 127.0.0.1:8000"), (closed, "error: cannot reach")] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_client"))
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_client"))
             .args(["status", "--watch", "--interval-ms", "200", "--supervisor", &list])
             .env_remove("CLIENT_SUPERVISOR")
             .stdout(std::process::Stdio::piped())

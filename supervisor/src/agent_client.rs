@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use protocol::{
     AgentStatus, ClusterConfig, ErrorBody, FenceResponse, JoinRequest, LeaderChanged, PauseRequest, PauseResponse,
-    PromoteResponse, RecoverRequest, RecoverResponse, Term,
+    PromoteResponse, RecoverRequest, RecoverResponse, ResetResponse, Term,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -56,13 +56,6 @@ impl CallError {
     pub fn is_divergence(&self) -> bool {
         matches!(self, CallError::Refused { status: StatusCode::CONFLICT, code, .. } if code == "diverged")
     }
-}
-
-/// The part of the agent's answer to `POST /internal/reset` the supervisor reads.
-#[derive(serde::Deserialize)]
-struct Wiped {
-    #[serde(default)]
-    wiped_entries: u64,
 }
 
 /// The HTTP client the supervisor calls the agents with.
@@ -149,7 +142,7 @@ impl AgentClient {
     /// for a rebuild. How many log entries it held. The agent refuses (409) if it leads or is a
     /// member of `config`.
     pub async fn reset(&self, addr: &str, config: &ClusterConfig, timeout: Duration) -> Result<u64, CallError> {
-        self.call::<_, Wiped>(addr, "/internal/reset", Some(config), timeout).await.map(|w| w.wiped_entries)
+        self.call::<_, ResetResponse>(addr, "/internal/reset", Some(config), timeout).await.map(|r| r.wiped_entries)
     }
 
     /// `POST <url>` to a registered web client: the new leader.

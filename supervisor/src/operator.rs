@@ -81,6 +81,7 @@ impl Supervisor {
         let message = format!("{node} added to the supervisor's nodes (it had applied LSN {})", status.applied_lsn);
         push_event(&mut next.events, event(HistoryKind::MemberAdded, Some(node), state.config.term, true, message));
         self.config.save(&mut state, next).await?;
+        self.observations.follow(state.nodes_or(&self.settings.agents));
         drop(state);
         tracing::warn!(%node, "an operator added a node; recovering it");
         lock(&self.history).forget(node);
@@ -113,6 +114,8 @@ impl Supervisor {
         };
         push_event(&mut next.events, event(HistoryKind::MemberRemoved, Some(node), state.config.term, true, message));
         self.config.save(&mut state, next).await?;
+        // `GET /status` stops listing it at once, not at the next poll.
+        self.observations.follow(&removal.nodes);
         drop(state);
         tracing::warn!(%node, members = ?removal.config.members, "an operator removed a node");
         lock(&self.history).forget(node);

@@ -97,7 +97,7 @@ impl Observations {
     }
 
     /// Makes the observed nodes the `agents` list, in its order, keeping what is known of each.
-    fn follow(&self, agents: &[String]) {
+    pub fn follow(&self, agents: &[String]) {
         let mut nodes = lock(&self.nodes);
         if nodes.iter().map(|n| &n.address).eq(agents.iter()) {
             return;

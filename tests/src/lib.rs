@@ -57,6 +57,7 @@ mod follow;
 mod hosts;
 mod invariants;
 mod listener;
+mod operator;
 mod pg;
 mod ports;
 mod supervisor;

@@ -202,6 +202,9 @@ pub enum OperatorError {
     /// `is_leader`, `below_floor`, ...).
     #[error("refused ({code}): {message}")]
     Refused { code: String, message: String },
+    /// The supervisor does not know the node (404 `not_found`).
+    #[error("{message}")]
+    UnknownNode { message: String },
     /// The supervisor has no such endpoint: it is older than this client.
     #[error("the supervisor at {supervisor} does not offer {path} (HTTP {status}): it is older than this client")]
     NotOffered { supervisor: String, path: &'static str, status: u16 },
@@ -232,9 +235,10 @@ impl OperatorError {
     pub fn exit_code(&self) -> u8 {
         match self {
             OperatorError::Refused { .. } | OperatorError::NotOffered { .. } => EXIT_ABORT,
-            OperatorError::BadRequest { .. } | OperatorError::Unauthorized { .. } | OperatorError::NoAddress => {
-                EXIT_USAGE
-            }
+            OperatorError::BadRequest { .. }
+            | OperatorError::UnknownNode { .. }
+            | OperatorError::Unauthorized { .. }
+            | OperatorError::NoAddress => EXIT_USAGE,
             OperatorError::NoActive(_) | OperatorError::Unreachable(_) => EXIT_UNAVAILABLE,
         }
     }
@@ -293,10 +297,7 @@ enum Reply {
 
 /// The supervisor's answer (`status`, `body`) to `operation`, in words.
 fn read_answer(supervisor: &str, operation: &Operation, status: StatusCode, body: &[u8]) -> Reply {
-    let error_message = || match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(error) => (error.error, error.message),
-        Err(_) => (String::new(), quote(body)),
-    };
+    let error_body = serde_json::from_slice::<ErrorBody>(body).ok();
     if status.is_success() {
         return match describe_success(operation, body) {
             Some(message) => Reply::Done(Answer { supervisor: supervisor.to_string(), code: status.as_u16(), message }),
@@ -306,13 +307,17 @@ fn read_answer(supervisor: &str, operation: &Operation, status: StatusCode, body
             )),
         };
     }
-    let (code, message) = error_message();
+    let explained = error_body.is_some();
+    let (code, message) = error_body.map_or_else(|| (String::new(), quote(body)), |e| (e.error, e.message));
     Reply::Failed(match status {
         StatusCode::CONFLICT => OperatorError::Refused { code, message },
-        StatusCode::SERVICE_UNAVAILABLE => return Reply::Standby(message),
+        // A standby acts on nothing: the next supervisor in the list may be the active one.
+        StatusCode::SERVICE_UNAVAILABLE if code == "standby" => return Reply::Standby(message),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             OperatorError::Unauthorized { supervisor: supervisor.to_string(), message }
         }
+        // The endpoint exists, and says the node is not one of its nodes.
+        StatusCode::NOT_FOUND if explained => OperatorError::UnknownNode { message },
         StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => OperatorError::NotOffered {
             supervisor: supervisor.to_string(),
             path: operation.path(),
@@ -529,6 +534,19 @@ mod tests {
         };
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("--cluster-token-file"), "{e}");
+        let unknown = read(
+            &Operation::Rebuild { node: "h:9".into() },
+            404,
+            r#"{"error": "not_found", "message": "h:9 is not one of the supervisor's nodes"}"#,
+        );
+        let Reply::Failed(e) = unknown else { panic!("{unknown:?}") };
+        assert_eq!((e.exit_code(), e.to_string().as_str()), (2, "h:9 is not one of the supervisor's nodes"));
+        // Busy storing, or finishing an election: not a standby, so no other supervisor to ask.
+        let busy = read(&Operation::Pause, 503, r#"{"error": "store_unavailable", "message": "etcd is down"}"#);
+        assert!(
+            matches!(&busy, Reply::Unusable(m) if m.contains("HTTP 503") && m.contains("etcd is down")),
+            "{busy:?}"
+        );
         let Reply::Failed(e) = read(&Operation::Pause, 404, "") else { panic!() };
         assert_eq!((e.exit_code(), e.to_string().contains("older than this client")), (1, true));
         let Reply::Failed(e) = read(

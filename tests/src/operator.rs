@@ -9,15 +9,26 @@ use crate::cluster::raw;
 use crate::Cluster;
 
 impl Cluster {
-    /// `POST path` on the supervisor, with `body` as JSON (no body when None) and `token` as
-    /// `Authorization: Bearer` when given; the answer must be JSON.
+    /// `POST path` on the (first) supervisor, with `body` as JSON (no body when None) and
+    /// `token` as `Authorization: Bearer` when given; the answer must be JSON.
     pub async fn supervisor_post_with(
         &self,
         path: &str,
         body: Option<&Value>,
         token: Option<&str>,
     ) -> (StatusCode, Value) {
-        let mut req = self.http().post(format!("{}{path}", self.supervisor_url()));
+        self.supervisor_post_at(0, path, body, token).await
+    }
+
+    /// [`Cluster::supervisor_post_with`] on supervisor `k`.
+    pub async fn supervisor_post_at(
+        &self,
+        k: usize,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http().post(format!("{}{path}", self.supervisor_url_at(k)));
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -37,11 +48,16 @@ impl Cluster {
         self.supervisor_post_with(path, Some(body), None).await
     }
 
-    /// `GET path` on the supervisor; the answer must be JSON.
+    /// `GET path` on the (first) supervisor; the answer must be JSON.
     pub async fn supervisor_get(&self, path: &str) -> (StatusCode, Value) {
+        self.supervisor_get_at(0, path).await
+    }
+
+    /// `GET path` on supervisor `k`; the answer must be JSON.
+    pub async fn supervisor_get_at(&self, k: usize, path: &str) -> (StatusCode, Value) {
         let resp = self
             .http()
-            .get(format!("{}{path}", self.supervisor_url()))
+            .get(format!("{}{path}", self.supervisor_url_at(k)))
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {path} on the supervisor: {e}"));

@@ -290,3 +290,44 @@ async fn a_diverged_node_is_rebuilt_and_becomes_a_member_with_the_leaders_balanc
     assert_eq!(one, Some(100), "node 2 has the leader's balances again");
     assert!(event_kinds(&s["events"]).contains(&"rebuild".to_string()), "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn maintenance_and_the_history_are_shared_with_a_standby_through_etcd() {
+    let c = Cluster::start_with(ClusterOptions::with_etcd(3)).await;
+    let active = c.wait_active_supervisor(None).await;
+    let standby = 1 - active;
+    c.write(0, &[(1, 1)]).await;
+
+    // A standby changes nothing and names the active supervisor.
+    let (code, body) = c.supervisor_post_at(standby, "/pause", None, None).await;
+    assert_eq!((code, &body["error"]), (StatusCode::SERVICE_UNAVAILABLE, &json!("standby")), "{body}");
+    let active_address = c.supervisor_address_at(active);
+    assert!(body["message"].as_str().is_some_and(|m| m.contains(&active_address)), "{body}");
+    let (code, body) = c.supervisor_post_at(standby, "/switchover", Some(&json!({"to": addr(&c, 1)})), None).await;
+    assert_eq!((code, &body["error"]), (StatusCode::SERVICE_UNAVAILABLE, &json!("standby")), "{body}");
+
+    let (code, body) = c.supervisor_post_at(active, "/pause", None, None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    c.kill_supervisor_at(active);
+    assert_eq!(c.wait_active_supervisor(Some(active)).await, standby);
+    let s = c.supervisor_status().await;
+    assert_eq!(s["maintenance"], json!(true), "the standby took over in maintenance: {s}");
+    let (_, page) = c.supervisor_get_at(standby, "/history").await;
+    assert!(event_kinds(&page["events"]).contains(&"maintenance_on".to_string()), "{page}");
+
+    // In maintenance still: a dead leader is not replaced by the new active supervisor either.
+    let term = s["term"].clone();
+    c.kill_agent(0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = c.supervisor_status().await;
+    assert_eq!((&s["leader"], &s["term"]), (&json!(addr(&c, 0)), &term), "failed over in maintenance: {s}");
+    let (code, body) = c.supervisor_post_at(standby, "/resume", None, None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let new = c.wait_leader_change(0).await;
+    c.write(new, &[(2, 2)]).await;
+    let (_, page) = c.supervisor_get_at(standby, "/history").await;
+    let kinds = event_kinds(&page["events"]);
+    for kind in ["maintenance_on", "maintenance_off", "failover"] {
+        assert!(kinds.contains(&kind.to_string()), "{kind} missing: {kinds:?}");
+    }
+}

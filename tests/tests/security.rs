@@ -3,6 +3,8 @@
 //! With a token configured, every internal endpoint (agent to agent, supervisor to agent, the
 //! drills, log paging) must refuse a call without the token, or with a wrong one, with 401 and a
 //! JSON message, and change nothing; the agents themselves, carrying the token, still replicate.
+//! So must every supervisor endpoint that changes something (the leader's failure reports,
+//! client registrations, and the operator's switchover, maintenance, members and rebuild).
 
 use e2e::{Cluster, ClusterOptions};
 use reqwest::StatusCode;
@@ -99,6 +101,53 @@ async fn internal_endpoints_refuse_a_missing_or_wrong_token_and_change_nothing()
     let (status, _) = c.commit(0, json!({"transaction": {"write_set": {"3": 30}}})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(c.get_raw(2, "/health").await.status, StatusCode::OK);
+}
+
+/// Every supervisor endpoint that changes something, with a body that would change something
+/// if it were accepted.
+fn supervisor_calls(c: &Cluster) -> Vec<(&'static str, Option<Value>)> {
+    vec![
+        ("/register_client/", Some(json!({"url": "http://127.0.0.1:1/leader_changed/"}))),
+        ("/report_failure", Some(json!({"term": 1, "member": c.node(2).address(), "reason": "x", "kind": "voted_no"}))),
+        ("/switchover", Some(json!({"to": c.node(1).address()}))),
+        ("/pause", None),
+        ("/resume", None),
+        ("/members/add", Some(json!({"node": "127.0.0.1:1"}))),
+        ("/members/remove", Some(json!({"node": c.node(2).address()}))),
+        ("/rebuild", Some(json!({"node": c.node(2).address()}))),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisors_endpoints_that_change_something_refuse_a_missing_or_wrong_token() {
+    let mut options = ClusterOptions::supervised(3);
+    options.agent_env.push(("CLUSTER_TOKEN".into(), TOKEN.into()));
+    options.supervisor_args.extend(["--cluster-token".into(), TOKEN.into()]);
+    let c = Cluster::start_with(options).await;
+    c.write(0, &[(1, 100)]).await;
+    // What a refused call could have changed.
+    let keep = |s: &Value| {
+        json!([s["term"], s["config_version"], s["leader"], s["members"], s["maintenance"], s["clients"], s["events"]])
+    };
+    let before = keep(&c.supervisor_status().await);
+    for (path, body) in supervisor_calls(&c) {
+        for auth in [None, Some("wrong-token")] {
+            let (status, answer) = c.supervisor_post_with(path, body.as_ref(), auth).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "POST {path} with {auth:?}: {answer}");
+            assert_eq!(answer["error"], "unauthorized", "{answer}");
+            assert!(answer["message"].as_str().is_some_and(|m| m.contains("token")), "{answer}");
+        }
+    }
+    assert_eq!(keep(&c.supervisor_status().await), before, "a refused call changed the supervisor's state");
+    // With the token they are heard: the refusals above were about the token only.
+    let (status, answer) = c.supervisor_post_with("/resume", None, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, answer) =
+        c.supervisor_post_with("/switchover", Some(&json!({"to": "127.0.0.1:1"})), Some(TOKEN)).await;
+    assert_eq!((status, &answer["error"]), (StatusCode::CONFLICT, &json!("not_member")), "{answer}");
+    // Reading stays open.
+    let (status, _) = c.supervisor_get("/history").await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 async fn futures_status(c: &Cluster) -> Vec<Value> {

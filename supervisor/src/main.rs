@@ -39,7 +39,8 @@ struct Args {
     #[arg(long, env = "SUPERVISOR_LISTEN", default_value = "127.0.0.1:9000")]
     listen: String,
     /// Every agent's address (host:port), comma-separated, in configured order: the order
-    /// round-robin elections follow.
+    /// round-robin elections follow. Once an operator adds or removes a node
+    /// (`POST /members/add`, `/members/remove`), the list kept in the store replaces it.
     #[arg(
         long,
         env = "SUPERVISOR_AGENTS",

@@ -80,8 +80,9 @@ fn program(env: &str, name: &str) -> String {
 }
 
 /// Where the workspace's `client` binary is: `RMW_BIN_DIR`, else the profile folder this test
-/// was built into (`target/debug/deps/<test>` -> `target/debug`).
-fn client_binary() -> PathBuf {
+/// was built into (`target/debug/deps/<test>` -> `target/debug`). For the command-line tests
+/// too.
+pub fn client_binary() -> PathBuf {
     if let Some(dir) = std::env::var_os("RMW_BIN_DIR") {
         return PathBuf::from(dir).join("client");
     }

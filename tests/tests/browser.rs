@@ -3,7 +3,9 @@
 //! `/create/` and `/cluster/`, including a failover and a recovery watched live. Screenshots of
 //! each page go to `target/test-output/browser/`.
 //!
-//! Also `client run` and `client status` against the same cluster.
+//! Also `client run` and `client status` against the same cluster; and the cluster page's
+//! operator side: the plots of the leader's commits, the timeline, and automatic failover paused
+//! and resumed from its buttons.
 
 use std::process::Command;
 use std::time::Duration;
@@ -167,4 +169,90 @@ async fn a_person_runs_transactions_and_watches_a_failover_and_a_recovery() {
     assert_eq!(code, Some(3), "{out}{err}");
     assert!(err.contains("the cluster seems to be stopped"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+/// Whether the element matching `css` exists in the page.
+async fn exists(browser: &Browser, css: &str) -> bool {
+    browser.js(&format!("return document.querySelector({}) !== null;", json!(css))).await == true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_watches_commits_plotted_and_pauses_failover_from_the_cluster_page() {
+    let c = Cluster::start_with(ClusterOptions::supervised(3)).await;
+    let leader = c.node(0).address();
+    let client = ClientProcess::start(&leader, &c.supervisor_address()).await;
+
+    // The original system's form posted the transaction as `content`: it runs the same.
+    let http = reqwest::Client::new();
+    let answer = http.post(client.url("/create/")).form(&[("content", "w(8=88)")]).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let html = answer.text().await.unwrap();
+    assert!(html.contains(r#"<h2 id="outcome">COMMIT</h2>"#), "{html}");
+    assert_eq!(c.read(0, &[8]).await.values.get(&8), Some(&88));
+    let form = [("transaction", "w(8=1)"), ("content", "w(8=2)")];
+    let answer = http.post(client.url("/create/")).form(&form).send().await.unwrap();
+    assert_eq!(answer.status(), 400);
+    assert!(answer.text().await.unwrap().contains("two different transactions"));
+
+    // The plots are inline SVG; commits while the client samples the leader draw a line.
+    let browser = Browser::start().await;
+    browser.goto(&client.url("/cluster/")).await;
+    assert!(exists(&browser, "#plots svg#plot-commits").await && exists(&browser, "#plots svg#plot-latency").await);
+    let external = browser.js("return [...document.querySelectorAll('script[src], link[href]')].map(e => e.src || e.href).filter(u => !u.startsWith(location.origin));").await;
+    assert_eq!(external, json!([]), "no script, font or style from elsewhere");
+    let mut balance = 0;
+    eventually("the commits plot to draw a line", PAGE_TIMEOUT, || {
+        balance += 1;
+        let balance = balance;
+        let c = &c;
+        let browser = &browser;
+        async move {
+            c.write(0, &[(9, balance)]).await;
+            let drawn = exists(browser, "#plot-commits path.line.rate").await
+                && exists(browser, "#plot-latency path.line.p50").await;
+            if drawn {
+                Ok(())
+            } else {
+                Err("no line yet".to_string())
+            }
+        }
+    })
+    .await;
+    assert!(browser.text("#timeline").await.is_some_and(|t| t.contains("Timeline")));
+    browser.screenshot("7-cluster-plots").await;
+
+    // Pause automatic failover: the page asks, then shows the banner and the event.
+    browser.click("#state button.op.pause").await;
+    let question = browser.accept_dialog().await;
+    assert!(question.starts_with("Pause automatic failover (POST /pause)?"), "{question}");
+    browser.wait_text("#flash", |t| t.starts_with("pause: automatic failover is OFF")).await;
+    browser.wait_text("#maintenance", |t| t.contains("paused")).await;
+    browser.wait_text("#timeline", |t| t.contains("maintenance_on")).await;
+    assert_eq!(c.supervisor_status().await["maintenance"], true);
+    browser.screenshot("8-cluster-maintenance").await;
+
+    // Resume: the banner goes.
+    browser.click("#state button.op.resume").await;
+    let question = browser.accept_dialog().await;
+    assert!(question.starts_with("Resume automatic failover (POST /resume)?"), "{question}");
+    browser.wait_text("#flash", |t| t.starts_with("resume: automatic failover is on")).await;
+    eventually("the maintenance banner to go", PAGE_TIMEOUT, || async {
+        if exists(&browser, "#maintenance").await {
+            Err("still there".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    browser.wait_text("#timeline", |t| t.contains("maintenance_off")).await;
+    assert_eq!(c.supervisor_status().await["maintenance"], false);
+
+    // On a phone's width the page still reads: nothing wider than the screen but the tables,
+    // which scroll within their cards.
+    browser.session().set_window_size(390, 1600).await.expect("resize the window");
+    browser.goto(&client.url("/cluster/")).await;
+    let overflow = browser.js("return document.documentElement.scrollWidth <= window.innerWidth + 1;").await;
+    assert_eq!(overflow, true, "the page is wider than a phone");
+    browser.screenshot("9-cluster-phone").await;
+    browser.close().await;
 }

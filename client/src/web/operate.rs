@@ -152,7 +152,7 @@ mod tests {
         assert_eq!((sent.code, sent.location.as_deref()), (StatusCode::SEE_OTHER, Some("/cluster/?drill=1")));
         assert_eq!(supervisor.operations(), vec![("/pause".to_string(), "{}".to_string())]);
         let html = get_page(&state, "/cluster/?drill=1").await.body;
-        assert!(html.contains(r#"<p id="flash" class="flash ok">pause on : automatic failover is OFF"#), "{html}");
+        assert!(html.contains(r#"<p id="flash" class="flash ok">pause: automatic failover is OFF"#), "{html}");
         assert!(html.contains(r#"id="maintenance""#), "the banner: {html}");
 
         // A refusal, in the supervisor's words.

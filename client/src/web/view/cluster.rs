@@ -202,7 +202,11 @@ pub(crate) fn timeline(events: &[HistoryEvent]) -> Vec<EventRow> {
 pub(crate) fn flash(drill: &DrillEntry) -> Flash {
     Flash {
         class: if drill.changed { "ok" } else { "bad" },
-        text: format!("{} on {}: {}", drill.action, drill.node, drill.message),
+        text: if drill.node.is_empty() {
+            format!("{}: {}", drill.action, drill.message)
+        } else {
+            format!("{} on {}: {}", drill.action, drill.node, drill.message)
+        },
     }
 }
 

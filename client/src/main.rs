@@ -53,8 +53,9 @@ enum MemberCommand {
         #[arg(long, env = "CLIENT_WAIT_SECS", default_value_t = 60.0)]
         wait_secs: f64,
     },
-    /// Take a member out of the member set (never the leader, never below the durability
-    /// floor). It stays watched, and rejoins only when added back or rebuilt.
+    /// Take a member out of the member set and the supervisor's node list (never the leader,
+    /// never below the durability floor): it is never recovered or elected again unless added
+    /// back.
     #[command(after_help = OPERATOR_EXIT_CODES)]
     Remove {
         /// The member: its node id (`node2`, as `client status` shows) or its address.

@@ -143,8 +143,8 @@ impl Operation {
                  leader's log onto it and makes it a member."
             ),
             Operation::RemoveMember { node } => format!(
-                "Remove {node} from the members (POST /members/remove)? Commits stop waiting for it; it stays \
-                 watched and rejoins only when added back or rebuilt."
+                "Remove {node} from the members (POST /members/remove)? Commits stop waiting for it, and the \
+                 supervisor forgets it: it is never recovered or elected again unless added back."
             ),
             Operation::Rebuild { node } => format!(
                 "Rebuild {node} (POST /rebuild)? Its database is EMPTIED, then the leader's whole log is replayed \

@@ -271,6 +271,8 @@ pub struct FakeSupervisor {
     pub registered: Arc<Mutex<Vec<String>>>,
     /// The operator requests received: (path, body).
     operations: Arc<Mutex<Vec<(String, String)>>>,
+    /// Act as a standby: every operator request gets 503 `standby`.
+    pub standby: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeSupervisor {
@@ -291,6 +293,7 @@ impl FakeSupervisor {
             status: Arc::new(Mutex::new(status)),
             registered: Arc::default(),
             operations: Arc::default(),
+            standby: Arc::default(),
         };
         let router = Router::new()
             .route("/status", get(supervisor_status))
@@ -323,6 +326,15 @@ fn refuse(code: &str, message: &str) -> Response {
 /// The operator endpoints, carried out on the status the fake serves.
 async fn operator(State(fake): State<FakeSupervisor>, path: &'static str, body: String) -> Response {
     lock(&fake.operations).push((path.to_string(), body.clone()));
+    if fake.standby.load(Ordering::SeqCst) {
+        let body = ErrorBody {
+            error: "standby".into(),
+            message: "this supervisor is a standby; the active one acts".into(),
+            leader: None,
+            term: None,
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     let request: Value = serde_json::from_str(&body).unwrap_or_default();
     let node = request["node"].as_str().or(request["to"].as_str()).unwrap_or_default().to_string();
     let mut status = lock(&fake.status);

@@ -204,6 +204,24 @@ async fn operator_commands_print_the_supervisor_s_answer_and_exit_by_kind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_command_goes_on_past_a_standby_and_a_dead_supervisor_to_the_active_one() {
+    let standby = three_nodes().await;
+    standby.standby.store(true, std::sync::atomic::Ordering::SeqCst);
+    let active = three_nodes().await;
+    let dead = fake_agent::closed_port().await;
+    let list = format!("{dead},{},{}", standby.address, active.address);
+    let (code, out, err) = text(&client(&["pause", "--supervisor", &list]).await);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!((standby.operations().len(), active.operations().len()), (1, 1));
+
+    // Only standbys: none acts, exit 3 saying so.
+    let (code, out, err) = text(&client(&["pause", "--supervisor", &standby.address]).await);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("no active supervisor: "), "{err}");
+    assert!(err.contains("is a standby"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_watch_prints_a_block_per_refresh_and_survives_an_unreachable_supervisor() {
     let supervisor = three_nodes().await;
     let closed = fake_agent::closed_port().await;

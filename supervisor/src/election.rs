@@ -20,6 +20,7 @@ use protocol::supervisor_status::FailoverReport;
 use protocol::{ClusterConfig, LeaderChanged, Term};
 
 use crate::config_keeper::lock;
+use crate::history::push_event;
 use crate::run::{event, now_ms, Supervisor, PUSH_TIMEOUT};
 use crate::store::Persisted;
 
@@ -46,7 +47,14 @@ impl Supervisor {
         }
         // 1. The new term is durable before anyone hears of it, and only if no other
         //    supervisor wrote since this one read: two can never both win a term.
-        let stored = Persisted { config: next.clone(), ..state.clone() };
+        //    The history's event goes in the same write: one write per election keeps two
+        //    supervisors racing for the store from conflicting more often than they must.
+        let mut stored = Persisted { config: next.clone(), ..state.clone() };
+        let message = match &old_leader {
+            Some(old) => format!("{old} failed: {candidate} elected leader of term {}", next.term),
+            None => format!("{candidate}'s interrupted election finished in term {}", next.term),
+        };
+        push_event(&mut stored.events, event(HistoryKind::Failover, Some(&candidate), next.term, true, message));
         if let Err(e) = self.config.save(&mut state, stored).await {
             tracing::error!(error = %e, "could not store the new term; not failing over");
             return;
@@ -94,15 +102,6 @@ impl Supervisor {
             in_doubt_committed = report.in_doubt_committed, in_doubt_aborted = report.in_doubt_aborted,
             "failover done: writes unavailable for {} ms", report.unavailable_ms
         );
-        let message = match &old_leader {
-            Some(old) => format!(
-                "{old} failed: {candidate} leads term {}; writes were unavailable for {} ms",
-                next.term, report.unavailable_ms
-            ),
-            None => format!("{candidate}'s interrupted election was finished: it leads term {}", next.term),
-        };
-        self.record_locked(&mut state, [event(HistoryKind::Failover, Some(&candidate), next.term, true, message)])
-            .await;
         drop(state);
         metrics::counter!("rmw_failovers_total").increment(1);
         metrics::histogram!("rmw_failover_unavailable_seconds").record(report.unavailable_ms as f64 / 1000.0);

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::agent_client::CallError;
 use crate::config_keeper::lock;
 use crate::failover::{caught_up_to, with_member, ShortOfLeader};
-use crate::history::worth_recording;
+use crate::history::{push_event, worth_recording};
 use crate::run::{event, now_ms, Supervisor, PUSH_TIMEOUT};
 use crate::store::{Persisted, StoreError};
 
@@ -171,30 +171,35 @@ impl Supervisor {
             }
             return Err(e);
         }
-        let stored = Persisted { config: next.clone(), ..state.clone() };
+        // The history's event goes in the same write as the new member set.
+        let mut stored = Persisted { config: next.clone(), ..state.clone() };
+        let message = format!("{node} is back in the member set ({} entries applied)", report.entries_applied);
+        push_event(&mut stored.events, event(HistoryKind::Recovery, Some(node), next.term, true, message));
         // Not stored (the store is down, another supervisor acts): the leader has the new
         // member set and reports it on every poll; the active supervisor adopts it from there.
-        self.config.save(&mut state, stored).await?;
+        // It is pushed all the same: the leader holds it already, and the node must hear that
+        // it is a member (an adoption from the leader's report tells no agent).
+        let saved = self.config.save(&mut state, stored).await;
         drop(state);
         self.push_config(&next);
-        Ok(())
+        saved.map_err(RecoveryError::from)
     }
 
-    /// Records a recovery's outcome in the durable history: every success, the first failure of
-    /// a streak, and a divergence as an event of its own (the node then needs a rebuild).
+    /// Records a failed recovery in the durable history (a success is recorded with its new
+    /// member set): the first failure of a streak, and a divergence as an event of its own (the
+    /// node then needs a rebuild).
     async fn record_recovery(&self, report: &RecoveryReport, diverged: bool) {
+        if report.ok {
+            return;
+        }
         let mut state = self.config.lock().await;
-        if !self.config.acting() || !worth_recording(&state.events, &report.node, report.ok) {
+        if !self.config.acting() || !worth_recording(&state.events, &report.node, false) {
             return;
         }
         let term = state.config.term;
         let node = Some(report.node.as_str());
-        let message = if report.ok {
-            format!("{} is back in the member set ({} entries applied)", report.node, report.entries_applied)
-        } else {
-            format!("the recovery of {} did not finish: {}", report.node, report.message)
-        };
-        let mut events = vec![event(HistoryKind::Recovery, node, term, report.ok, message)];
+        let message = format!("the recovery of {} did not finish: {}", report.node, report.message);
+        let mut events = vec![event(HistoryKind::Recovery, node, term, false, message)];
         if diverged {
             let message = format!(
                 "{}'s log differs from the leader's: it is never recovered automatically; rebuild it \

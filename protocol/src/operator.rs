@@ -39,6 +39,10 @@ pub enum HistoryKind {
     MaintenanceOff,
     /// A node's log was found to differ from the leader's: it needs a rebuild.
     Diverged,
+    /// A kind this program does not know (from a newer supervisor): shown as it is, never an
+    /// error, so that an older client still reads the whole status.
+    #[serde(other)]
+    Other,
 }
 
 /// One thing the supervisor did, kept in its store (the last [`MAX_HISTORY_EVENTS`]).
@@ -192,6 +196,15 @@ impl std::fmt::Display for OperatorRefusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_kind_from_a_newer_supervisor_still_reads() {
+        let event: HistoryEvent = serde_json::from_value(
+            serde_json::json!({"at_ms": 1, "kind": "cluster_renamed", "term": 3, "ok": true, "message": "m"}),
+        )
+        .unwrap();
+        assert_eq!(event.kind, HistoryKind::Other);
+    }
 
     #[test]
     fn kinds_and_codes_are_snake_case_on_the_wire() {

@@ -62,10 +62,8 @@ fn assert_recorded(names: &BTreeSet<String>, sources: &str, file: &str) {
     let unknown: Vec<&String> = names
         .iter()
         .filter(|name| {
-            let base = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix))
-                .unwrap_or(name);
+            let base =
+                ["_bucket", "_sum", "_count"].iter().find_map(|suffix| name.strip_suffix(suffix)).unwrap_or(name);
             !sources.contains(&format!("\"{name}\"")) && !sources.contains(&format!("\"{base}\""))
         })
         .collect();

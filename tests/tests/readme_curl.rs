@@ -1,7 +1,7 @@
 //! The README's curl session, step by step, against a fresh three-node cluster: what a user types
 //! and what they must see.
 
-use e2e::Cluster;
+use e2e::{Cluster, ClusterOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -141,4 +141,153 @@ async fn the_readme_session() {
     let converged = c.assert_converged().await;
     assert_eq!(converged.log.len(), 2);
     assert_eq!(converged.table, vec![(1, 100, Some(ts1), Some(ts1)), (2, 22, Some(ts1), Some(ts2))]);
+}
+
+/// The `sh` blocks of the README's "Try it with curl" section, each with the output block
+/// that follows it (what the README says the user sees).
+fn readme_curl_blocks() -> Vec<(Vec<String>, String)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let start = readme.find("\n## Try it with curl\n").expect("the README has a section \"Try it with curl\"");
+    let section = &readme[start + 1..];
+    let section = &section[..section[1..].find("\n## ").map_or(section.len(), |end| end + 1)];
+    let mut blocks: Vec<(Vec<String>, String)> = Vec::new();
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        let Some(kind) = line.strip_prefix("```") else { continue };
+        let body: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+        if kind == "sh" {
+            blocks.push((body.iter().map(|l| l.to_string()).collect(), String::new()));
+        } else if let Some(last) = blocks.last_mut() {
+            last.1.push_str(&body.join("\n"));
+        }
+    }
+    blocks
+}
+
+/// What the README promises in an output block, as substrings the real output must hold:
+/// the status line, the outcome and reason, roles, nodes, values, LSNs and metric lines. The
+/// ids and timestamps differ from run to run, so they are left out.
+fn promises(expected: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in expected.lines() {
+        if let Some(rest) = line.strip_prefix("HTTP/1.1 ") {
+            found.push(format!("HTTP/1.1 {}", &rest[..3]));
+        }
+        if line.starts_with("rmw_") {
+            found.push(line.to_string());
+        }
+    }
+    for key in ["commit", "reason", "error", "role", "read_status", "status", "node", "node_id", "leader"] {
+        let pattern = format!("\"{key}\":\"");
+        for (at, _) in expected.match_indices(&pattern) {
+            let value = &expected[at + pattern.len()..];
+            found.push(format!("{pattern}{}\"", &value[..value.find('"').unwrap_or(value.len())]));
+        }
+    }
+    for key in ["lsn", "applied_lsn", "term", "key", "more"] {
+        let pattern = format!("\"{key}\":");
+        for (at, _) in expected.match_indices(&pattern) {
+            let value: String =
+                expected[at + pattern.len()..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            found.push(format!("{pattern}{value}"));
+        }
+    }
+    for (at, _) in expected.match_indices("\"values\":{") {
+        let object = &expected[at..];
+        found.push(object[..=object.find('}').unwrap_or(object.len() - 1)].to_string());
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[test]
+fn promises_are_read_from_the_readme_outputs() {
+    let expected = "HTTP/1.1 409 Conflict\n\n{\"commit\":\"ABORT\",\"txn_id\":\"x\",\"reason\":\"stale_read\",\"key\":1,\n\"values\":{\"1\":10},\"lsn\":2}\nrmw_applied_lsn 5";
+    assert_eq!(
+        promises(expected),
+        [
+            "\"commit\":\"ABORT\"",
+            "\"key\":1",
+            "\"lsn\":2",
+            "\"reason\":\"stale_read\"",
+            "\"values\":{\"1\":10}",
+            "HTTP/1.1 409",
+            "rmw_applied_lsn 5"
+        ]
+    );
+}
+
+/// The README's curl lines, pasted one by one into one shell as its reader would (the `TS` and
+/// `ID` variables carry over), against a fresh supervised cluster with a cluster token: only the
+/// addresses are changed (the cluster runs on free ports) and `data/cluster-token` is the
+/// cluster's token. Every line must succeed and print what the README shows after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_curl_lines_as_pasted() {
+    let blocks = readme_curl_blocks();
+    assert!(blocks.len() >= 8, "the README's curl section has {} sh blocks", blocks.len());
+    let work = std::env::temp_dir().join(format!("rmw-readme-curl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("data")).expect("make the shell's folder");
+    let token = work.join("data/cluster-token");
+    std::fs::write(&token, "readme-curl-token-5b1e").expect("write the token");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(work.clone());
+
+    let mut options = ClusterOptions::supervised(3);
+    let token_arg = token.display().to_string();
+    options.agent_args.extend(["--cluster-token-file".to_string(), token_arg.clone()]);
+    options.supervisor_args.extend(["--cluster-token-file".to_string(), token_arg]);
+    let c = Cluster::start_with(options).await;
+    let addresses: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("127.0.0.1:{}", 8000 + i), c.node(i).address()))
+        .chain([("127.0.0.1:9000".to_string(), c.supervisor_address())])
+        .collect();
+    let here = |text: &str| addresses.iter().fold(text.to_string(), |t, (from, to)| t.replace(from, to));
+
+    let mut script = String::from("exec 2>&1\n");
+    for (b, (lines, _)) in blocks.iter().enumerate() {
+        for (l, line) in lines.iter().enumerate() {
+            script.push_str(&format!(
+                "printf '\\n@@start {b} {l}\\n'\n{}\nprintf '\\n@@rc {b} {l} %s\\n' \"$?\"\n",
+                here(line)
+            ));
+        }
+    }
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tokio::process::Command::new("bash").arg("-c").arg(&script).current_dir(&work).output(),
+    )
+    .await
+    .expect("the README's lines finish within 120 s")
+    .expect("run bash");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+
+    for (b, (lines, expected)) in blocks.iter().enumerate() {
+        let mut printed = String::new();
+        for (l, line) in lines.iter().enumerate() {
+            let start = format!("@@start {b} {l}\n");
+            let from = text.find(&start).unwrap_or_else(|| panic!("`{line}` did not run:\n{text}")) + start.len();
+            let rest = &text[from..];
+            let end = rest.find(&format!("\n@@rc {b} {l} ")).unwrap_or_else(|| panic!("`{line}` did not end:\n{text}"));
+            let rc: String =
+                rest[end..].lines().nth(1).unwrap_or_default().rsplit(' ').next().unwrap_or_default().into();
+            assert_eq!(rc, "0", "`{line}` failed (exit status {rc}):\n{}", &rest[..end]);
+            printed.push_str(&rest[..end]);
+            printed.push('\n');
+        }
+        for promise in promises(&here(expected)) {
+            assert!(
+                printed.contains(&promise),
+                "the README promises `{promise}` after\n{}\nbut the lines printed:\n{printed}",
+                lines.join("\n")
+            );
+        }
+    }
 }

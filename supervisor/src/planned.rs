@@ -47,6 +47,10 @@ pub fn check_switchover(config: &ClusterConfig, observed: &[Observed], to: &str)
     let Some(leader) = config.leader.clone() else {
         return refuse(OperatorRefusal::NoLeader, "there is no leader now: a failover is due, not a switchover".into());
     };
+    // Before the polls are asked: right after a switchover they may not show the new leader yet.
+    if to == leader {
+        return refuse(OperatorRefusal::AlreadyLeader, format!("{to} already leads term {}", config.term));
+    }
     let leading = status(&leader).filter(|s| s.role == Role::Leader && s.term == config.term);
     let Some(leader_status) = leading else {
         return refuse(
@@ -54,9 +58,6 @@ pub fn check_switchover(config: &ClusterConfig, observed: &[Observed], to: &str)
             format!("the leader {leader} is not serving now: a failover is due, not a switchover"),
         );
     };
-    if to == leader {
-        return refuse(OperatorRefusal::AlreadyLeader, format!("{to} already leads term {}", config.term));
-    }
     if !config.members.iter().any(|m| m == to) {
         return refuse(
             OperatorRefusal::NotMember,
@@ -274,6 +275,9 @@ mod tests {
         assert_eq!(code(check_switchover(&c, &polls, "a:1")), OperatorRefusal::AlreadyLeader);
         assert_eq!(code(check_switchover(&c, &polls, "c:3")), OperatorRefusal::NotMember);
         assert_eq!(code(check_switchover(&c, &polls, "z:9")), OperatorRefusal::NotMember);
+        // Right after a switchover to b:2 the polls still show a:1 leading the old term.
+        let switched = ClusterConfig { term: 4, leader: Some("b:2".into()), ..c.clone() };
+        assert_eq!(code(check_switchover(&switched, &polls, "b:2")), OperatorRefusal::AlreadyLeader);
         let no_leader = ClusterConfig { leader: None, ..c.clone() };
         assert_eq!(code(check_switchover(&no_leader, &polls, "b:2")), OperatorRefusal::NoLeader);
         let leader_down = [dead("a:1"), seen("b:2", Role::Replica, 3, 1000)];

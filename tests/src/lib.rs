@@ -54,6 +54,7 @@ pub mod browser;
 mod cluster;
 mod etcd;
 mod follow;
+pub mod haproxy;
 mod hosts;
 mod invariants;
 mod listener;

@@ -274,8 +274,26 @@ check_rust() {
     note "cargo $version (the workspace needs $required or newer)"
 }
 
+# rustup's installer for this machine, from static.rust-lang.org (what https://sh.rustup.rs
+# fetches too; that host may not resolve where static.rust-lang.org does).
+rustup_init_url() {
+    local arch
+    arch="$(uname -m)"
+    case "$arch" in
+    x86_64 | aarch64) printf 'https://static.rust-lang.org/rustup/dist/%s-unknown-linux-gnu/rustup-init' "$arch" ;;
+    *) return 1 ;;
+    esac
+}
+
 # What to run by hand when this script cannot install Rust itself.
-RUSTUP_COMMAND="curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy"
+rustup_command() {
+    local url
+    if url="$(rustup_init_url)"; then
+        printf "curl --proto '=https' --tlsv1.2 -sSf -o /tmp/rustup-init %s && chmod +x /tmp/rustup-init && /tmp/rustup-init -y --profile minimal --component rustfmt,clippy" "$url"
+    else
+        printf "curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy"
+    fi
+}
 
 ensure_rust() {
     if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
@@ -285,30 +303,33 @@ ensure_rust() {
         say "Rust: $(cargo --version)"
         return 0
     fi
-    local required
+    local required url init
     required="$(required_rust)"
+    url="$(rustup_init_url)" || die "this workspace needs Rust $required or newer, and rustup has no installer for $(uname -m) here: install Rust by hand (https://rustup.rs), then run ./setup.sh again"
     # rustup downloads from static.rust-lang.org, which some machines cannot reach: say so
     # plainly instead of failing halfway.
-    if ! curl -sSfI --max-time 10 https://static.rust-lang.org/rustup/release-stable.toml >/dev/null 2>&1; then
+    if ! curl -sSfI --max-time 10 "$url" >/dev/null 2>&1; then
         die "this workspace needs Rust $required or newer, and static.rust-lang.org (where rustup
-downloads it) cannot be reached from here. Install it where it can be reached, or once this
-machine can reach it run:
-  $RUSTUP_COMMAND
+downloads it) cannot be reached from here. Once this machine can reach it, run:
+  $(rustup_command)
 (or, with rustup already installed: rustup toolchain install stable && rustup default stable)
 then run ./setup.sh again."
     fi
     if command -v rustup >/dev/null 2>&1; then
         say "Updating Rust with rustup (the workspace needs $required or newer)"
-        rustup toolchain install stable --profile minimal --component rustfmt,clippy &&
-            rustup default stable ||
+        { rustup toolchain install stable --profile minimal --component rustfmt,clippy && rustup default stable; } ||
             die "rustup could not install a recent stable toolchain; run by hand:
   rustup toolchain install stable --profile minimal --component rustfmt,clippy && rustup default stable"
     else
         say "Installing Rust with rustup (the workspace needs $required or newer)"
-        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
-            sh -s -- -y --profile minimal --component rustfmt,clippy ||
+        init="$(mktemp)"
+        { curl --proto '=https' --tlsv1.2 -sSf -o "$init" "$url" && chmod +x "$init" &&
+            "$init" -y --profile minimal --component rustfmt,clippy; } || {
+            rm -f "$init"
             die "installing Rust with rustup failed; run by hand:
-  $RUSTUP_COMMAND"
+  $(rustup_command)"
+        }
+        rm -f "$init"
         export PATH="$HOME/.cargo/bin:$PATH"
     fi
     hash -r

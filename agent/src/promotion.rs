@@ -2,14 +2,15 @@
 //! batch), a new cluster's id, pausing for a joining node, and reporting a member that does
 //! not answer.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use engine::cluster::birth_check;
 use engine::member::PromoteRefusal;
-use engine::resolution::{resolve_in_order, Resolution};
+use engine::resolution::{held_by, resolve_in_order, Resolution};
 use protocol::{
-    AgentStatus, ClusterBirth, ClusterConfig, DecideRequest, Decision, FailureKind, FailureReport, JoinRequest,
+    AgentStatus, ClusterBirth, ClusterConfig, DecideRequest, Decision, FailureKind, FailureReport, JoinRequest, Lsn,
     PauseRequest, PauseResponse, PendingInfo, PromoteResponse, Term,
 };
 use uuid::Uuid;
@@ -68,11 +69,12 @@ impl Node {
                 self.announce_birth(&config, id).await;
             }
         }
-        // What an earlier leader acknowledged ends here; a batch resolved below may be on
-        // fewer than min_copies nodes until the first round copies it.
+        // What an earlier leader acknowledged ends here; a batch resolved below is durable
+        // once enough members committed it too, or else after the first round copies it.
         let acknowledged_before = self.applied().0;
-        let (committed, aborted) = self.resolve_in_doubt(&config).await?;
+        let (committed, aborted, held) = self.resolve_in_doubt(&config).await?;
         let (lsn, ts) = self.applied();
+        let durable_lsn = acknowledged_before.max(held.min(lsn));
         let last_write = self.store.write_timestamps().await.map_err(ApiError::unavailable)?;
         let validator = engine::validation::Validator::new(last_write, ts);
         let leader = Leader::new(
@@ -81,7 +83,7 @@ impl Node {
             self.cfg.min_copies,
             self.cfg.pipeline_depth,
             validator,
-            acknowledged_before,
+            durable_lsn,
         );
         if let Some(old) = self.install_leader(Some(leader.clone())) {
             old.depose();
@@ -103,13 +105,19 @@ impl Node {
     }
 
     /// Decides every batch that this node or another live member holds prepared, by asking
-    /// every live member where it stands. Returns (committed, aborted).
-    async fn resolve_in_doubt(&self, config: &ClusterConfig) -> Result<(u32, u32), ApiError> {
+    /// every live member where it stands. Returns (committed, aborted, the highest LSN that
+    /// `--min-copies` nodes are known to hold afterwards).
+    async fn resolve_in_doubt(&self, config: &ClusterConfig) -> Result<(u32, u32, Lsn), ApiError> {
         let others: Vec<&String> = config.members.iter().filter(|m| **m != self.cfg.address).collect();
         let mut batches: Vec<PendingInfo> = self.look(|m| m.slots().map(|s| s.batch().info()).collect::<Vec<_>>());
+        // Where each member's log ends, as last heard (a decision's answer moves it on).
+        let mut ends: HashMap<&str, Lsn> = HashMap::new();
         for peer in &others {
             match self.peers.status(peer).await {
-                Ok(status) => batches.extend(status.prepared_batch),
+                Ok(status) => {
+                    ends.insert(peer.as_str(), status.applied_lsn);
+                    batches.extend(status.prepared_batch)
+                }
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "member unreachable while looking for in-doubt batches")
                 }
@@ -140,8 +148,13 @@ impl Node {
             let req = DecideRequest { term: config.term, last_lsn: batch.last_lsn, last_txn: batch.last_txn, decision };
             self.decide(&req).await?;
             for peer in &others {
-                if let Err(e) = self.peers.decide(peer, &req).await {
-                    tracing::warn!(%peer, error = %e, "could not tell a member an in-doubt decision; it will be caught by its next PREPARE or its recovery");
+                match self.peers.decide(peer, &req).await {
+                    Ok(answer) => {
+                        ends.insert(peer.as_str(), answer.applied_lsn);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "could not tell a member an in-doubt decision; it will be caught by its next PREPARE or its recovery")
+                    }
                 }
             }
             match decision {
@@ -151,7 +164,9 @@ impl Node {
             let label = if decision == Decision::Commit { "commit" } else { "abort" };
             metrics::counter!("rmw_in_doubt_resolved_total", "decision" => label).increment(1);
         }
-        Ok((committed, aborted))
+        let mine = self.applied().0;
+        let held = held_by(&std::iter::once(mine).chain(ends.into_values()).collect::<Vec<_>>(), self.cfg.min_copies);
+        Ok((committed, aborted, held))
     }
 
     /// Gives a new cluster's id to every other member. A member that does not answer (it may

@@ -9,7 +9,7 @@
 //!   term: within one leader's pipeline a batch follows the one before it, and can never
 //!   commit without it.
 
-use protocol::{BatchState, PendingInfo, Term};
+use protocol::{BatchState, Lsn, PendingInfo, Term};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
@@ -46,10 +46,30 @@ pub fn resolve_in_order(mut batches: Vec<(PendingInfo, Vec<BatchState>)>) -> Vec
         .collect()
 }
 
+/// The highest LSN that at least `min_copies` nodes hold, given where each node's log ends (the
+/// new leader's included). Every member's log is a dense prefix of the leader's, so a node whose
+/// log ends at or after an LSN holds it. A new leader answers a retried transaction COMMIT only
+/// up to here: beyond it, an entry it resolved from the old leader's last batch may be on fewer
+/// copies than promised.
+pub fn held_by(ends: &[Lsn], min_copies: usize) -> Lsn {
+    let mut ends = ends.to_vec();
+    ends.sort_unstable_by(|a, b| b.cmp(a));
+    ends.get(min_copies.max(1) - 1).copied().unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use BatchState::*;
+
+    #[test]
+    fn an_lsn_is_held_when_enough_logs_reach_it() {
+        assert_eq!(held_by(&[12, 12, 10], 2), 12, "the leader and a replica resolved the batch");
+        assert_eq!(held_by(&[12, 10, 10], 2), 10, "only the leader committed it");
+        assert_eq!(held_by(&[12, 10], 3), 0, "fewer nodes answered than the floor asks");
+        assert_eq!(held_by(&[12], 1), 12);
+        assert_eq!(held_by(&[12, 9], 0), 12, "a floor of 0 counts as 1");
+    }
 
     #[test]
     fn the_three_rules() {

@@ -117,11 +117,9 @@ async fn commits_and_reads_through_haproxy_survive_failovers() {
 }
 
 /// The same with one writer alone: after the leader's agent is killed, its retry of a
-/// transaction the new leader committed while settling the old leader's batch is answered 503
-/// `outcome_unknown` ("not yet known to be on 2 nodes") until another transaction makes the new
-/// leader run a round, and with no other client that never happens.
+/// transaction the new leader committed while settling the old leader's batch must be answered
+/// by the new leader itself, without another client's commit to make it run a round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "agent: a lone client's retry after a failover waits for another client's commit (outcome_unknown until the new leader runs a round)"]
 async fn a_lone_writer_through_haproxy_survives_failovers() {
     through_haproxy_across_failovers(1).await;
 }

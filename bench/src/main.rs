@@ -98,6 +98,18 @@ pub struct Failover {
     pub rejoin_ms: Vec<f64>,
 }
 
+/// Planned switchovers (`POST /switchover` to the next member) under a light load.
+#[derive(Debug, Clone, Serialize)]
+pub struct Switchover {
+    /// The supervisor's `writes_paused_ms`: the leader's pause to the target leading.
+    pub paused_ms: Vec<u64>,
+    pub median_paused_ms: f64,
+    /// The request sent to the first commit acknowledged by the new leader, as a client sees it.
+    pub first_commit_ms: Vec<f64>,
+    /// Clients committing meanwhile.
+    pub background_clients: usize,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Recovery {
     pub missed: u64,
@@ -126,8 +138,10 @@ pub struct Report {
     pub postgres: String,
     pub steps: Vec<Step>,
     pub failover: Option<Failover>,
+    pub switchover: Option<Switchover>,
     pub recovery: Option<Recovery>,
     pub failover_error: Option<String>,
+    pub switchover_error: Option<String>,
     pub recovery_error: Option<String>,
     /// Failover with the configuration in etcd and two supervisors (one host; across hosts).
     pub control_plane: Vec<control_plane::ControlPlaneFailover>,
@@ -206,8 +220,10 @@ async fn real_main(args: Args) -> Result<()> {
         postgres,
         steps: Vec::new(),
         failover: None,
+        switchover: None,
         recovery: None,
         failover_error: None,
+        switchover_error: None,
         recovery_error: None,
         control_plane: Vec::new(),
         control_plane_errors: Vec::new(),
@@ -257,7 +273,7 @@ impl Progress {
     fn new(args: &Args, missed: u64) -> Progress {
         let mut steps = args.setups.len() as u64 * WORKLOADS.len() as u64 * args.clients.len() as u64;
         if args.setups.iter().any(|s| s == SETUP_OURS) {
-            steps += args.failovers as u64 + u64::from(missed > 0);
+            steps += 2 * args.failovers as u64 + u64::from(missed > 0);
         }
         let multi = MultiProgress::new();
         let overall = multi.add(ProgressBar::new(steps));
@@ -346,6 +362,13 @@ async fn run_all(
                         Err(e) => {
                             progress.println(&format!("failover figure: {e:#}"));
                             report.failover_error = Some(format!("{e:#}"));
+                        }
+                    }
+                    match run_switchovers(&mut ours, args.failovers, progress).await {
+                        Ok(s) => report.switchover = Some(s),
+                        Err(e) => {
+                            progress.println(&format!("switchover figure: {e:#}"));
+                            report.switchover_error = Some(format!("{e:#}"));
                         }
                     }
                 }
@@ -699,6 +722,88 @@ async fn run_failovers(ours: &mut Ours, runs: usize, progress: &Progress) -> Res
     }
     let median_ms = report::median(&samples);
     Ok(Failover { samples_ms: samples, median_ms, supervisor_unavailable_ms: sup, rejoin_ms: rejoin })
+}
+
+/// Clients committing through the switchovers, each to whichever agent takes its commit.
+const SWITCHOVER_CLIENTS: usize = 4;
+
+/// `runs` planned switchovers, each to the member after the leader, under a light load: the
+/// supervisor's `writes_paused_ms`, and the request to the first commit the new leader
+/// acknowledges.
+async fn run_switchovers(ours: &mut Ours, runs: usize, progress: &Progress) -> Result<Switchover> {
+    let http = load::http_client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let background: Vec<_> = (0..SWITCHOVER_CLIENTS as i64)
+        .map(|c| {
+            let (http, addresses, stop) = (http.clone(), ours.addresses.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut account = c * 1000;
+                while !stop.load(Ordering::Relaxed) {
+                    for a in &addresses {
+                        account = account % ACCOUNTS + 1;
+                        if ours::commit_one(&http, a, account).await.is_ok() {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let result = switchovers(ours, &http, runs, progress).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in background {
+        let _ = task.await;
+    }
+    result
+}
+
+async fn switchovers(ours: &mut Ours, http: &reqwest::Client, runs: usize, progress: &Progress) -> Result<Switchover> {
+    let (mut paused_ms, mut first_commit_ms) = (Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let st = ours.wait_all_members(Duration::from_secs(60)).await?;
+        let old = st.leader.context("no leader")?;
+        let target = ours.addresses[(ours.index_of(&old)? + 1) % ours.addresses.len()].clone();
+        let what = format!("switchover {run}/{runs}: {old} -> {target}");
+        progress.set_message(&what);
+        let t0 = Instant::now();
+        let resp = http
+            .post(format!("http://{}/switchover", ours.supervisor_address))
+            .json(&serde_json::json!({ "to": target }))
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await?;
+        let status = resp.status();
+        let answer: serde_json::Value = resp.json().await.context("the switchover's answer")?;
+        if !status.is_success() {
+            bail!("switchover to {target} refused ({status}): {answer}");
+        }
+        let paused = answer["writes_paused_ms"].as_u64().context("no writes_paused_ms in the answer")?;
+        let mut account = 1;
+        let first = loop {
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("the new leader {target} acknowledged no commit within 30 s; {}", ours.diagnose());
+            }
+            account = account % ACCOUNTS + 1;
+            if ours.try_commit(http, &target, account).await {
+                break t0.elapsed().as_secs_f64() * 1000.0;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        progress.println(&format!(
+            "{:<32} switchover {run}/{runs}: writes paused {paused} ms; first commit on the new leader {first:.0} ms              after the request",
+            report::setup_label(SETUP_OURS),
+        ));
+        paused_ms.push(paused);
+        first_commit_ms.push(first);
+        progress.overall.inc(1);
+    }
+    let as_f64: Vec<f64> = paused_ms.iter().map(|&p| p as f64).collect();
+    Ok(Switchover {
+        median_paused_ms: report::median(&as_f64),
+        paused_ms,
+        first_commit_ms,
+        background_clients: SWITCHOVER_CLIENTS,
+    })
 }
 
 /// SIGKILL a replica agent, commit `missed` blind transfers without it, restart it and time

@@ -143,6 +143,14 @@ pub fn targets(r: &Report, missed: u64) -> Vec<Target> {
         measured: r.failover.as_ref().map_or_else(|| "-".into(), |f| format!("{:.0} ms", f.median_ms)),
         met: r.failover.as_ref().map(|f| f.median_ms < 1000.0),
     });
+    out.push(Target {
+        target: "switchover (planned), writes paused < 500 ms in every run".into(),
+        measured: r.switchover.as_ref().map_or_else(
+            || "-".into(),
+            |s| format!("{:.0} ms (median), {} ms at most", s.median_paused_ms, s.paused_ms.iter().max().unwrap_or(&0)),
+        ),
+        met: r.switchover.as_ref().map(|s| !s.paused_ms.is_empty() && s.paused_ms.iter().all(|&p| p < 500)),
+    });
     for cp in &r.control_plane {
         out.push(Target {
             target: format!("failover with {}, median < 1 s", cp.topology),
@@ -250,6 +258,16 @@ fn figures(r: &Report, missed: u64) -> Vec<String> {
         (None, None) => {}
     }
     let list = |v: &[f64]| v.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ");
+    match (&r.switchover, &r.switchover_error) {
+        (Some(s), _) => out.push(format!(
+            "switchover: POST /switchover to the next member with {} clients committing: writes paused {} ms              (the supervisor's writes_paused_ms); first commit acknowledged by the new leader {} ms after the request",
+            s.background_clients,
+            s.paused_ms.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "),
+            list(&s.first_commit_ms),
+        )),
+        (None, Some(e)) => out.push(format!("switchover: not measured: {e}")),
+        (None, None) => {}
+    }
     for cp in &r.control_plane {
         out.push(format!(
             "failover with {}: SIGKILL of the leader agent -> first acknowledged commit elsewhere: median {:.0} ms \

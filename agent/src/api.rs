@@ -259,7 +259,17 @@ async fn role_check(node: &Node, accept: &[Role], max_lag: Option<Lsn>) -> Resul
             message: format!("this node is not {wanted} (it is {role:?}; {leader})"),
         });
     }
-    let (term, applied_lsn, lag) = node.look(|m| (m.term(), m.applied().lsn, m.lag()));
+    let (term, applied_lsn, lag, cluster) = node.look(|m| (m.term(), m.applied().lsn, m.lag(), m.cluster_id()));
+    if cluster.is_none() {
+        // A new or wiped database that names itself a member in its start-up configuration:
+        // it holds nothing until the supervisor has recovered it into the cluster.
+        return Err(ApiError::RoleCheck {
+            code: "not_replica",
+            message: "this node's database belongs to no cluster yet (new or wiped): it serves reads once the \
+                      supervisor has recovered it into the member set"
+                .into(),
+        });
+    }
     if let Some(max) = max_lag.filter(|max| lag > *max) {
         return Err(ApiError::RoleCheck {
             code: "lagging",

@@ -227,7 +227,9 @@ impl Node {
             return;
         }
         match self.peers.status(&leader).await {
-            Ok(status) if status.applied_lsn == 0 => {
+            // Only a member of the new cluster takes its id at birth; a node its leader does not
+            // count (a spare started beside it) gets it when it is recovered into the cluster.
+            Ok(status) if status.applied_lsn == 0 && status.members.contains(&self.cfg.address) => {
                 if let Some(id) = status.cluster_id {
                     let birth = ClusterBirth { term: status.term, leader, cluster_id: id };
                     if let Err(e) = self.take_birth(&birth).await {

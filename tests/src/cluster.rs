@@ -110,6 +110,11 @@ pub struct ClusterOptions {
     /// Whether every node, supervisor and etcd member runs on a host of its own (a network
     /// namespace with its own address on a bridge; needs root). Else all run on 127.0.0.1.
     pub hosts: bool,
+    /// How many of the last `nodes` are spares: new nodes (PostgreSQL and agent) that the
+    /// cluster does not know, as an operator starts them before `client member add`. A spare's
+    /// agent is given the members and the leader like the others, plus its own address; the
+    /// others and the supervisor are not given the spare's.
+    pub spare: usize,
 }
 
 impl ClusterOptions {
@@ -128,6 +133,7 @@ impl ClusterOptions {
             supervisors: 1,
             etcd_members: 0,
             hosts: false,
+            spare: 0,
         }
     }
 
@@ -399,7 +405,12 @@ impl Cluster {
         };
         let placed: Vec<(Ipv4Addr, Option<String>, u16, u16)> =
             (0..options.nodes).map(|i| place_two(HostId::Node(i), hosts::AGENT_PORT, hosts::POSTGRES_PORT)).collect();
-        let members: Vec<String> = placed.iter().map(|(ip, _, p, _)| format!("{ip}:{p}")).collect();
+        assert!(
+            options.spare < options.nodes && options.leader < options.nodes - options.spare,
+            "spares are not the leader"
+        );
+        let addresses: Vec<String> = placed.iter().map(|(ip, _, p, _)| format!("{ip}:{p}")).collect();
+        let members: Vec<String> = addresses[..options.nodes - options.spare].to_vec();
         assert!(
             options.supervisors <= 1 || options.etcd_members > 0,
             "several supervisors share their configuration through etcd: set etcd_members"
@@ -454,6 +465,10 @@ impl Cluster {
             .enumerate()
             .map(|(i, (ip, netns, port, pg_port))| {
                 let node_id = format!("node{i}");
+                let mut agent_members = members.clone();
+                if i >= members.len() {
+                    agent_members.push(addresses[i].clone());
+                }
                 let mut args: Vec<String> = vec![
                     "--node-id".into(),
                     node_id.clone(),
@@ -462,7 +477,7 @@ impl Cluster {
                     "--database-url".into(),
                     format!("postgres://postgres@{ip}:{pg_port}/postgres"),
                     "--members".into(),
-                    members.join(","),
+                    agent_members.join(","),
                     "--leader".into(),
                     members[options.leader].clone(),
                 ];
@@ -542,7 +557,7 @@ impl Cluster {
             // The supervisor starts from the agents' configuration: wait until it has adopted it,
             // so that a test starts from a known term, leader and member set.
             let leader = cluster.node(cluster.leader).address();
-            let all: Vec<String> = cluster.nodes().map(Node::address).collect();
+            let all: Vec<String> = cluster.nodes().map(Node::address).take(options.nodes - options.spare).collect();
             cluster
                 .wait_supervisor("it adopts the agents' first configuration", READY_TIMEOUT, |s| {
                     s["term"].as_i64().is_some_and(|t| t >= 1)

@@ -235,6 +235,39 @@ async fn a_member_removed_and_added_back_recovers_with_the_data_and_the_floor_ho
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_added_online_replays_the_log_then_takes_part_in_every_commit() {
+    // Node 3 is new: its own PostgreSQL and agent, started as an operator would, with the
+    // cluster's members and leader plus its own address; nobody else knows it yet.
+    let c = Cluster::start_with(ClusterOptions { spare: 1, ..ClusterOptions::supervised(4) }).await;
+    for n in 1..=5 {
+        c.write(0, &[(n, 10 * n)]).await;
+    }
+    let new = addr(&c, 3);
+    assert!(!members(&c.supervisor_status().await).contains(&new));
+    // Its own configuration names it a member, but its database is empty: no load balancer may
+    // send it reads.
+    for path in ["/replica", "/read-only"] {
+        let answer = c.get_raw(3, path).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{path} on a node not yet added: {}", answer.body);
+    }
+
+    let (code, answer) = c.supervisor_post("/members/add", &json!({"node": new})).await;
+    assert_eq!((code, &answer["state"]), (StatusCode::ACCEPTED, &json!("recovering")), "{answer}");
+    c.wait_member(3).await;
+    let s = c.supervisor_status().await;
+    assert_eq!(members(&s).len(), 4, "{s}");
+    assert!(s["nodes"].as_array().into_iter().flatten().any(|n| n["address"] == json!(new)), "{s}");
+
+    // From now on every commit reaches it too.
+    c.write(0, &[(6, 60)]).await;
+    let converged = c.assert_converged().await;
+    assert_eq!(converged.table.len(), 6, "the new node has every write");
+    assert_eq!(c.table(3).await, c.table(0).await);
+    assert_eq!(c.status(3).await.cluster_id, c.status(0).await.cluster_id, "it belongs to the cluster");
+    assert_eq!(c.get_raw(3, "/replica").await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diverged_node_is_rebuilt_and_becomes_a_member_with_the_leaders_balances() {
     let c = Cluster::start_with(ClusterOptions::supervised(3)).await;
     for n in 1..=3 {

@@ -90,7 +90,8 @@ async fn a_reset_empties_only_a_node_outside_the_member_set_and_recovery_rebuild
 
     // Out of the member set, node 2 may be emptied.
     let members: Vec<String> = status.members.iter().filter(|m| **m != c.node(2).address()).cloned().collect();
-    let smaller = json!({"term": status.term, "version": status.config_version + 1, "leader": status.leader, "members": members});
+    let smaller =
+        json!({"term": status.term, "version": status.config_version + 1, "leader": status.leader, "members": members});
     let (code, body) = c.post(leader, "/internal/config", &smaller).await;
     assert_eq!(code, StatusCode::OK, "{body}");
     let (code, body) = c.post(2, "/internal/reset", &smaller).await;

@@ -347,7 +347,7 @@ async fn operator(State(fake): State<FakeSupervisor>, path: &'static str, body: 
         "/switchover" => {
             status["leader"] = json!(node);
             status["term"] = json!(term + 1);
-            json!({"leader": node, "term": term + 1, "writes_paused_ms": 3, "message": "switched over"})
+            json!({"leader": node, "term": term + 1, "writes_paused_ms": 3, "message": format!("{node} leads term {} (a test)", term + 1)})
         }
         "/pause" | "/resume" => {
             let on = path == "/pause";

@@ -329,14 +329,13 @@ fn read_answer(supervisor: &str, operation: &Operation, status: StatusCode, body
 }
 
 /// A successful answer in words, from the typed body of each endpoint; `None` if it is not one.
+/// The supervisor's own sentence says it all for a switchover (the new leader, its term, the
+/// pause).
 fn describe_success(operation: &Operation, body: &[u8]) -> Option<String> {
     match operation {
         Operation::Switchover { .. } => {
             let done: SwitchoverResponse = serde_json::from_slice(body).ok()?;
-            Some(format!(
-                "{} leads in term {} (the old leader held commits for {} ms): {}",
-                done.leader, done.term, done.writes_paused_ms, done.message
-            ))
+            Some(done.message)
         }
         Operation::Pause | Operation::Resume => {
             let done: MaintenanceResponse = serde_json::from_slice(body).ok()?;
@@ -511,14 +510,15 @@ mod tests {
         let done = read(
             &switchover,
             200,
-            r#"{"leader": "127.0.0.1:8001", "term": 4, "writes_paused_ms": 12, "message": "switched over"}"#,
+            r#"{"leader": "127.0.0.1:8001", "term": 4, "writes_paused_ms": 12, "message": "127.0.0.1:8001 leads term 4 after 127.0.0.1:8000 (a replica and member now); writes paused for 12 ms"}"#,
         );
         assert_eq!(
             done,
             Reply::Done(Answer {
                 supervisor: "s:9000".into(),
                 code: 200,
-                message: "127.0.0.1:8001 leads in term 4 (the old leader held commits for 12 ms): switched over".into()
+                message: "127.0.0.1:8001 leads term 4 after 127.0.0.1:8000 (a replica and member now); writes paused for 12 ms"
+                    .into()
             })
         );
         let refused = read(&switchover, 409, r#"{"error": "not_in_sync", "message": "it lags by 40 entries"}"#);

@@ -161,7 +161,7 @@ async fn operator_commands_print_the_supervisor_s_answer_and_exit_by_kind() {
     let (code, out, err) = text(&client(&["switchover", "--to", "node1", "--supervisor", sup]).await);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("node1 is 127.0.0.1:8001\n"), "{out}");
-    assert!(out.contains("switchover 127.0.0.1:8001: 127.0.0.1:8001 leads in term 2"), "{out}");
+    assert!(out.contains("switchover 127.0.0.1:8001: 127.0.0.1:8001 leads term 2"), "{out}");
     assert_eq!(supervisor.operations()[0], ("/switchover".to_string(), r#"{"to":"127.0.0.1:8001"}"#.to_string()));
 
     // Refused: exit 1 with the supervisor's reason.

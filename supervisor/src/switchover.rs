@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::operator::{HistoryKind, OperatorRefusal, SwitchoverResponse};
-use protocol::{ClusterConfig, Lsn, PauseRequest};
+use protocol::{ClusterConfig, Lsn, PauseRequest, Role, Term};
 
 use crate::planned::{check_switchover, switchover_config, Refused};
 use crate::run::{event, Supervisor, PUSH_TIMEOUT};
@@ -132,6 +132,7 @@ impl Supervisor {
         self.push_config(&next);
         let (me, new_leader, term) = (self.clone(), to.to_string(), next.term);
         tokio::spawn(async move { me.announce(&new_leader, term).await });
+        self.until_polls_show(to, next.term).await;
         Ok(SwitchoverResponse { leader: to.to_string(), term: next.term, writes_paused_ms, message })
     }
 
@@ -149,6 +150,18 @@ impl Supervisor {
             if Instant::now() >= deadline {
                 return Err(reached);
             }
+            tokio::time::sleep(CATCH_UP_POLL).await;
+        }
+    }
+
+    /// Waits, at most a few poll intervals, until the polls show `leader` leading `term`, so that
+    /// a `/status` read right after the answer shows the new leader serving (not an election).
+    async fn until_polls_show(&self, leader: &str, term: Term) {
+        let deadline = Instant::now() + self.settings.poll_interval * 3;
+        let leading = |o: &crate::failover::Observed| {
+            o.address == leader && o.status.as_ref().is_some_and(|s| s.role == Role::Leader && s.term == term)
+        };
+        while Instant::now() < deadline && !self.observations.observed().iter().any(leading) {
             tokio::time::sleep(CATCH_UP_POLL).await;
         }
     }

@@ -254,10 +254,8 @@ async fn role_check(node: &Node, accept: &[Role], max_lag: Option<Lsn>) -> Resul
             [Role::Replica] => ("not_replica", "a member replica"),
             _ => ("not_replica", "the leader or a member replica"),
         };
-        return Err(ApiError::RoleCheck {
-            code,
-            message: format!("this node is not {wanted} (it is {role:?}; {leader})"),
-        });
+        let is = serde_json::to_value(role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        return Err(ApiError::RoleCheck { code, message: format!("this node is not {wanted} (it is {is}; {leader})") });
     }
     let (term, applied_lsn, lag, cluster) = node.look(|m| (m.term(), m.applied().lsn, m.lag(), m.cluster_id()));
     if cluster.is_none() {

@@ -438,7 +438,7 @@ async fn operate(args: OperatorArgs, operation: Operation, wait: Option<Duration
         }
     };
     let what = match operation.node() {
-        Some(node) => format!("{} {node}", operation.name()),
+        Some(node) => format!("{} {node}", operation.name().replace('_', " ")),
         None => operation.name().to_string(),
     };
     // Recoveries the supervisor reports from here on count as this one's (with a margin for

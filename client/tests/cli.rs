@@ -181,7 +181,7 @@ async fn operator_commands_print_the_supervisor_s_answer_and_exit_by_kind() {
     // Add waits until the node is a member, printing its progress.
     let (code, out, err) = text(&client(&["member", "add", "127.0.0.1:8003", "--supervisor", sup]).await);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("member_add 127.0.0.1:8003: 127.0.0.1:8003 is recovering: recovering\n"), "{out}");
+    assert!(out.contains("member add 127.0.0.1:8003: 127.0.0.1:8003 is recovering: recovering\n"), "{out}");
     assert!(out.ends_with("127.0.0.1:8003 is a member\n"), "{out}");
 
     // Bad input: exit 2, nothing sent.

@@ -165,9 +165,10 @@ pub fn remove_member(
             return Err(Refused {
                 code: OperatorRefusal::BelowFloor,
                 message: format!(
-                    "removing {node} would leave {} members, below the durability floor of {min_copies} \
+                    "removing {node} would leave {} of {} members, below the durability floor of {min_copies} \
                      (--min-copies); add a node first",
-                    config.members.len() - 1
+                    config.members.len() - 1,
+                    config.members.len()
                 ),
             }
             .into());

@@ -76,7 +76,7 @@ async fn an_operator_switches_over_pauses_resumes_and_is_told_why_not() {
     // Refusals exit 1 with the supervisor's reason.
     let (code, out, err) = client(&["member", "remove", "node1", "--supervisor", sup]).await;
     assert_eq!(code, Some(1), "{out}{err}");
-    assert!(err.contains(&format!("error: member_remove {node1}: refused (is_leader): ")), "{err}");
+    assert!(err.contains(&format!("error: member remove {node1}: refused (is_leader): ")), "{err}");
     let (code, out, err) = client(&["switchover", "--to", &node1, "--supervisor", sup]).await;
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(err.contains("refused (already_leader): "), "{err}");
@@ -105,13 +105,13 @@ async fn an_operator_switches_over_pauses_resumes_and_is_told_why_not() {
     let node2 = c.node(2).address();
     let (code, out, err) = client(&["member", "remove", "node2", "--supervisor", sup]).await;
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains(&format!("member_remove {node2}: {node2} removed; members now ")), "{out}");
+    assert!(out.contains(&format!("member remove {node2}: {node2} removed; members now ")), "{out}");
     let status = status_json(sup).await;
     assert!(!status["members"].as_array().is_some_and(|m| m.iter().any(|a| a == &node2)), "{status}");
     c.write(1, &[(3, 300)]).await;
     let (code, out, err) = client(&["member", "add", &node2, "--supervisor", sup, "--wait-secs", "60"]).await;
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains(&format!("member_add {node2}: {node2} is recovering")), "{out}");
+    assert!(out.contains(&format!("member add {node2}: {node2} is recovering")), "{out}");
     assert!(
         out.trim_end().ends_with(&format!("{node2} is a member"))
             || out.contains(&format!("{node2} is a member (applied LSN")),

@@ -1684,6 +1684,8 @@ cmd_test() {
     ensure_schemathesis
     # The load balancer's test (tests/tests/proxy.rs) runs a real HAProxy.
     ensure_haproxy
+    # The tests across hosts (tests/tests/hosts.rs) cut links with nft, as the torture run does.
+    ensure_torture_tools
     ensure_rust
     ensure_rust_components
     ensure_postgres_user
@@ -1702,7 +1704,6 @@ cmd_test() {
     else
         note "skipped: setup.sh with RMW_HOSTS=netns (network namespaces need root)"
     fi
-    ensure_torture_tools
     step "torture run: 60 s, seed $TORTURE_TEST_SEED (debug build)" \
         env RMW_PG_BINDIR="$PG_BIN" target/debug/torture --seconds 60 --seed "$TORTURE_TEST_SEED" --no-progress
     say "All test steps passed"

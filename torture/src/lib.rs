@@ -8,6 +8,7 @@ pub mod logs;
 pub mod nemesis;
 pub mod net;
 pub mod pgdata;
+pub mod planned;
 pub mod report;
 pub mod run;
 pub mod workload;

@@ -1,7 +1,10 @@
 //! The nemesis: one fault at a time (or two compatible ones together), chosen at random from the
 //! run's seed, each held for a random interval and then healed the way an operator would
 //! (restart what was killed, start PostgreSQL again, SIGCONT, `GET /up_node/`, remove the
-//! partition, make a wiped data folder again, restart the supervisor). Between faults it either
+//! partition, make a wiped data folder again, restart the supervisor, add a removed member
+//! back). An operator's planned changes are faults too: a switchover, a member removed and
+//! added back at the heal, through the supervisor's operator endpoints (the requests and their
+//! answers are in [`crate::planned`]). Between faults it either
 //! waits for the cluster to be whole again (every node a member, writes available), then reads
 //! the part of every node's log that commits acknowledged since the last such read fall in (a
 //! snapshot the checker holds those commits against), or, now and then, strikes again while a
@@ -32,6 +35,7 @@ use crate::checker::{LogSnapshot, SnapshotNode};
 use crate::history::History;
 use crate::net::{Endpoint, Net};
 use crate::pgdata;
+use crate::planned::{self, Act, Call, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -69,6 +73,12 @@ pub enum FaultKind {
     WipeNode,
     /// SIGKILL of the supervisor and its state file deleted; restarted later without it.
     WipeSupervisorState,
+    /// An operator's `POST /switchover` to a member that is not the leader, through the
+    /// supervisor that acts; a refusal is an answer, recorded. Nothing to undo.
+    Switchover,
+    /// An operator's `POST /members/remove` of a member that is not the leader; at the heal
+    /// `POST /members/add` of the same node, which recovers and becomes a member again.
+    RemoveAndAddMember,
     /// Two compatible faults of the kinds above at once, healed together.
     TwoFaults,
     // ---- On hosts only (`torture --hosts`: every process in a network namespace of its own,
@@ -92,7 +102,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// The kinds of a cluster on 127.0.0.1 (see [`FaultKind::ON_HOSTS`] for the others).
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::KillLeader,
         FaultKind::KillReplica,
         FaultKind::StopPostgres,
@@ -108,6 +118,8 @@ impl FaultKind {
         FaultKind::PauseReplicas,
         FaultKind::WipeNode,
         FaultKind::WipeSupervisorState,
+        FaultKind::Switchover,
+        FaultKind::RemoveAndAddMember,
         FaultKind::TwoFaults,
     ];
 
@@ -160,6 +172,8 @@ impl FaultKind {
             FaultKind::PauseReplicas => "pause_replicas",
             FaultKind::WipeNode => "wipe_node",
             FaultKind::WipeSupervisorState => "wipe_supervisor_state",
+            FaultKind::Switchover => "switchover",
+            FaultKind::RemoveAndAddMember => "remove_and_add_member",
             FaultKind::TwoFaults => "two_faults",
             FaultKind::CutLink => "cut_link",
             FaultKind::OneWayLoss => "one_way_loss",
@@ -202,7 +216,13 @@ impl FaultKind {
             | FaultKind::DownLeaderDrill
             | FaultKind::PartitionLeaderFromSupervisor
             | FaultKind::PartitionLeaderFromReplicas => Target::Leader,
-            FaultKind::KillReplica | FaultKind::PartitionReplicaFromLeader => Target::Replica,
+            // A planned change names a member that is not the leader: the switchover's target, or
+            // the member removed. No other fault then hits that node (a removal of a node another
+            // fault killed, or a switchover to it, would only be refused).
+            FaultKind::KillReplica
+            | FaultKind::PartitionReplicaFromLeader
+            | FaultKind::Switchover
+            | FaultKind::RemoveAndAddMember => Target::Replica,
             FaultKind::StopPostgres | FaultKind::PartitionNode | FaultKind::WipeNode => Target::AnyNode,
             FaultKind::PauseReplicas | FaultKind::PartitionSupervisorFromReplicas => Target::Replicas,
             FaultKind::KillSupervisor
@@ -228,7 +248,7 @@ impl FaultKind {
     /// The kinds a [`FaultKind::TwoFaults`] combines (the kill of the leader and the supervisor
     /// is already two), those of a cluster on hosts included (a run picks among those it can
     /// make).
-    pub const PAIRABLE: [FaultKind; 21] = [
+    pub const PAIRABLE: [FaultKind; 23] = [
         FaultKind::KillLeader,
         FaultKind::KillReplica,
         FaultKind::StopPostgres,
@@ -243,6 +263,8 @@ impl FaultKind {
         FaultKind::PauseReplicas,
         FaultKind::WipeNode,
         FaultKind::WipeSupervisorState,
+        FaultKind::Switchover,
+        FaultKind::RemoveAndAddMember,
         FaultKind::CutLink,
         FaultKind::OneWayLoss,
         FaultKind::KillActiveSupervisor,
@@ -314,6 +336,10 @@ pub struct FaultRecord {
     /// The two faults of a [`FaultKind::TwoFaults`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<FaultPart>,
+    /// The operator's requests it made (a switchover, a member removed and added back), with
+    /// the supervisor's answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<Call>,
 }
 
 fn label_of(kind: FaultKind, nodes: &[usize]) -> String {
@@ -357,6 +383,8 @@ struct Broken {
     /// Per etcd member.
     etcd_killed: Vec<bool>,
     partitioned: bool,
+    /// A node an operator's request removed from the members (or may have): added back last.
+    removed: Vec<bool>,
 }
 
 pub struct Nemesis {
@@ -379,6 +407,10 @@ pub struct Nemesis {
     wiped_since_snapshot: Vec<bool>,
     wipes: usize,
     http: reqwest::Client,
+    /// Operator requests sent by the fault being injected, answered once every part is in.
+    pending: Vec<tokio::task::JoinHandle<Call>>,
+    /// The requests the last heal sent (the add of a removed member).
+    heal_calls: Vec<Call>,
 }
 
 /// How long a healed cluster gets to become whole (every node a member) before it counts as
@@ -447,7 +479,10 @@ impl Nemesis {
                 supervisor_killed: vec![false; supervisors],
                 etcd_killed: vec![false; etcd],
                 partitioned: false,
+                removed: vec![false; n],
             },
+            pending: Vec::new(),
+            heal_calls: Vec::new(),
             wiped_since_snapshot: vec![false; n],
             wipes: 0,
             http: reqwest::Client::builder().no_proxy().build().expect("an HTTP client"),
@@ -510,6 +545,10 @@ impl Nemesis {
             self.set_current(format!("healing {}", record.label()));
             let healed = self.heal_all().await;
             record.healed = Some(self.history.now());
+            for call in std::mem::take(&mut self.heal_calls) {
+                record.note += &format!("; heal: {}", call.describe());
+                record.calls.push(call);
+            }
             if let Err(e) = healed {
                 record.error.get_or_insert(e);
             }
@@ -577,6 +616,7 @@ impl Nemesis {
             note: String::new(),
             error: None,
             parts: Vec::new(),
+            calls: Vec::new(),
         };
         let parts: Vec<FaultKind> = if kind == FaultKind::TwoFaults {
             match self.pick_pair() {
@@ -630,6 +670,23 @@ impl Nemesis {
                 errors.push(format!("injecting {}: {e}", k.name()));
             }
         }
+        // The operator's requests run beside the other part (a switchover while a replica
+        // dies); their answers come in here.
+        let alone = parts.len() == 1;
+        for call in std::mem::take(&mut self.pending) {
+            let call = match call.await {
+                Ok(call) => call,
+                Err(e) => {
+                    errors.push(format!("an operator request's task: {e}"));
+                    continue;
+                }
+            };
+            notes.push(call.describe());
+            if call.outcome.is_error(alone) {
+                errors.push(format!("{}: the supervisor did not answer as its API says", call.describe()));
+            }
+            record.calls.push(call);
+        }
         if kind == FaultKind::TwoFaults {
             record.parts =
                 parts.iter().zip(&targets).map(|(&kind, nodes)| FaultPart { kind, nodes: nodes.clone() }).collect();
@@ -657,34 +714,7 @@ impl Nemesis {
 
     /// The nodes a fault of `kind` hits, none of them in `used` (to which they are added).
     fn resolve(&mut self, kind: FaultKind, leader: Option<usize>, used: &mut Vec<usize>) -> Option<Vec<usize>> {
-        let n = self.cluster.len();
-        let free: Vec<usize> = (0..n).filter(|i| !used.contains(i)).collect();
-        let nodes = match kind.target() {
-            Target::Leader => vec![leader.filter(|l| free.contains(l))?],
-            Target::Replica => {
-                let candidates: Vec<usize> = free.iter().copied().filter(|i| Some(*i) != leader).collect();
-                if candidates.is_empty() {
-                    return None;
-                }
-                vec![candidates[self.rng.random_range(0..candidates.len())]]
-            }
-            Target::AnyNode => {
-                if free.is_empty() {
-                    return None;
-                }
-                vec![free[self.rng.random_range(0..free.len())]]
-            }
-            Target::Replicas => {
-                let replicas: Vec<usize> = (0..n).filter(|i| Some(*i) != leader).collect();
-                if replicas.iter().any(|r| used.contains(r)) {
-                    return None;
-                }
-                replicas
-            }
-            Target::Supervisor | Target::Link | Target::Etcd | Target::Composite => Vec::new(),
-        };
-        used.extend(&nodes);
-        Some(nodes)
+        resolve_nodes(kind, self.cluster.len(), leader, used, &mut self.rng)
     }
 
     /// Injects one fault on `nodes`: what was done, and whether it worked.
@@ -859,6 +889,19 @@ impl Nemesis {
                 (note, self.net.as_ref().map_or_else(no_net, |net| net.cut(&pairs)))
             }
             FaultKind::WipeNode => self.wipe(nodes[0], leader).await,
+            FaultKind::Switchover => {
+                let to = nodes[0];
+                self.pending.push(self.send_later(Act::Switchover, to));
+                (format!("POST /switchover to node{to}"), Ok(()))
+            }
+            FaultKind::RemoveAndAddMember => {
+                let i = nodes[0];
+                // Added back at the heal whatever the answer: a refused removal makes the add
+                // answer `already_known`, a removal whose answer was lost is undone all the same.
+                self.broken.removed[i] = true;
+                self.pending.push(self.send_later(Act::Remove, i));
+                (format!("POST /members/remove of node{i} (not the leader)"), Ok(()))
+            }
             FaultKind::TwoFaults => ("two faults are injected part by part".into(), Err("not a single fault".into())),
             FaultKind::CutLink
             | FaultKind::OneWayLoss
@@ -958,6 +1001,37 @@ impl Nemesis {
         }
     }
 
+    /// Sends an operator's request about node `node` in a task of its own: the nemesis goes on
+    /// with the other part of a pair while the supervisor works on it.
+    fn send_later(&self, act: Act, node: usize) -> tokio::task::JoinHandle<Call> {
+        let (c, http, history) = (self.cluster.clone(), self.http.clone(), self.history.clone());
+        tokio::spawn(async move { send_call(&c, &http, &history, act, node).await })
+    }
+
+    /// Adds node `i` back with `POST /members/add`, again and again until the supervisor knows
+    /// it (see [`Outcome::added_back`]) or [`planned::ADD_BACK_WITHIN`] has passed.
+    async fn add_back(&mut self, i: usize) -> Result<(), String> {
+        let deadline = Instant::now() + planned::ADD_BACK_WITHIN;
+        let sent = self.history.now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut call = send_call(&self.cluster, &self.http, &self.history, Act::Add, i).await;
+            let done = call.outcome.added_back();
+            if done || Instant::now() + planned::ADD_BACK_PAUSE > deadline {
+                (call.sent, call.attempts) = (sent, attempts);
+                let what = call.describe();
+                self.heal_calls.push(call);
+                return if done {
+                    Ok(())
+                } else {
+                    Err(format!("node{i} not added back within {} s: {what}", planned::ADD_BACK_WITHIN.as_secs()))
+                };
+            }
+            tokio::time::sleep(planned::ADD_BACK_PAUSE).await;
+        }
+    }
+
     /// Kills node `i`'s agent, stops its PostgreSQL and removes its data folder.
     async fn wipe(&mut self, i: usize, leader: Option<usize>) -> (String, Result<(), String>) {
         let c = self.cluster.clone();
@@ -1021,7 +1095,8 @@ impl Nemesis {
     }
 
     /// Heals everything broken, in an operator's order: the network, stopped processes,
-    /// PostgreSQL before its agent, the drill, the supervisor last.
+    /// PostgreSQL before its agent, the drill, the supervisor, and last a removed member added
+    /// back (the supervisor must answer, and the node's agent run, for that).
     pub async fn heal_all(&mut self) -> Result<(), String> {
         let c = self.cluster.clone();
         let mut errors = Vec::new();
@@ -1106,12 +1181,101 @@ impl Nemesis {
                 }
             }
         }
+        // Last: the supervisor probes the node before it takes it, and recovers it from the
+        // leader. Left marked when it fails, so that the final heal tries again.
+        for i in 0..c.len() {
+            if self.broken.removed[i] {
+                match self.add_back(i).await {
+                    Ok(()) => self.broken.removed[i] = false,
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors.join("; "))
         }
     }
+}
+
+/// The nodes of `n` a fault of `kind` hits, none of them in `used` (to which they are added);
+/// a random one, from the run's seeded `rng`, where several fit.
+fn resolve_nodes(
+    kind: FaultKind,
+    n: usize,
+    leader: Option<usize>,
+    used: &mut Vec<usize>,
+    rng: &mut StdRng,
+) -> Option<Vec<usize>> {
+    let free: Vec<usize> = (0..n).filter(|i| !used.contains(i)).collect();
+    let nodes = match kind.target() {
+        Target::Leader => vec![leader.filter(|l| free.contains(l))?],
+        Target::Replica => {
+            let candidates: Vec<usize> = free.iter().copied().filter(|i| Some(*i) != leader).collect();
+            if candidates.is_empty() {
+                return None;
+            }
+            vec![candidates[rng.random_range(0..candidates.len())]]
+        }
+        Target::AnyNode => {
+            if free.is_empty() {
+                return None;
+            }
+            vec![free[rng.random_range(0..free.len())]]
+        }
+        Target::Replicas => {
+            let replicas: Vec<usize> = (0..n).filter(|i| Some(*i) != leader).collect();
+            if replicas.iter().any(|r| used.contains(r)) {
+                return None;
+            }
+            replicas
+        }
+        Target::Supervisor | Target::Link | Target::Etcd | Target::Composite => Vec::new(),
+    };
+    used.extend(&nodes);
+    Some(nodes)
+}
+
+/// Sends `act` about node `node` to the supervisor that acts: on hosts the active one first,
+/// then the others; a standby's 503 `standby`, or no answer, moves on to the next one. No token:
+/// the harness's cluster runs without one.
+async fn send_call(c: &Cluster, http: &reqwest::Client, history: &History, act: Act, node: usize) -> Call {
+    let sent = history.now();
+    let address = c.node(node).address();
+    let mut order: Vec<usize> = (0..c.supervisor_count()).collect();
+    if order.len() > 1 {
+        if let Some(k) = c.active_supervisor().await {
+            order.retain(|&j| j != k);
+            order.insert(0, k);
+        }
+    }
+    // An answer ends the search, unless it is a standby's; no answer tries the next one.
+    let (mut unanswered, mut standby, mut outcome) = (None, None, None);
+    for k in order {
+        let url = format!("{}{}", c.supervisor_url_at(k), act.path());
+        let response = match http.post(&url).json(&act.body(&address)).timeout(planned::CALL_TIMEOUT).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                unanswered.get_or_insert(Outcome::no_answer(format!("sup{k}: {e}")));
+                continue;
+            }
+        };
+        let status = response.status().as_u16();
+        let answer = match response.text().await {
+            Ok(body) => Outcome::of_answer(act, status, &body),
+            Err(e) => Outcome::no_answer(format!("sup{k}: HTTP {status}, then the body: {e}")),
+        };
+        if answer.code() == Some("standby") {
+            standby = Some(answer);
+            continue;
+        }
+        outcome = Some(answer);
+        break;
+    }
+    // A supervisor that acts and does not answer says more than a standby pointing to it.
+    let outcome = outcome.or(unanswered).or(standby).unwrap_or_else(|| Outcome::no_answer("no supervisor"));
+    Call { act, node, sent, answered: history.now(), attempts: 1, outcome }
 }
 
 /// Whether hosts `a` and `b` exchange packets at all: agents with agents and supervisors,
@@ -1182,6 +1346,7 @@ pub async fn wait_whole(c: &Cluster, timeout: Duration, stop: &AtomicBool) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     #[test]
     fn every_kind_has_a_name_that_parses_back() {
@@ -1193,8 +1358,8 @@ mod tests {
         for k in FaultKind::ON_HOSTS {
             assert_eq!(FaultKind::parse(k.name()), Some(k));
         }
-        assert_eq!(FaultKind::ALL.len(), 16);
-        assert_eq!(FaultKind::every().count(), 23);
+        assert_eq!(FaultKind::ALL.len(), 18);
+        assert_eq!(FaultKind::every().count(), 25);
     }
 
     #[test]
@@ -1237,6 +1402,52 @@ mod tests {
     }
 
     #[test]
+    fn the_planned_changes_pair_with_faults_elsewhere_but_never_on_their_own_node() {
+        use FaultKind::*;
+        // A switchover while a replica dies, the leader dies or the supervisor dies.
+        assert!(FaultKind::compatible(Switchover, KillReplica));
+        assert!(FaultKind::compatible(Switchover, KillLeader));
+        assert!(FaultKind::compatible(Switchover, KillSupervisor));
+        assert!(FaultKind::compatible(Switchover, RemoveAndAddMember));
+        assert!(FaultKind::compatible(RemoveAndAddMember, KillLeader));
+        assert!(FaultKind::compatible(RemoveAndAddMember, WipeNode));
+        assert!(FaultKind::compatible(RemoveAndAddMember, KillActiveSupervisor));
+        assert!(FaultKind::compatible(Switchover, EtcdQuorumLost));
+        // Both replicas already hit: no replica is left to switch to or remove.
+        assert!(!FaultKind::compatible(Switchover, PauseReplicas));
+        assert!(!FaultKind::compatible(RemoveAndAddMember, PartitionSupervisorFromReplicas));
+        assert!(!FaultKind::compatible(Switchover, Switchover));
+        for k in [Switchover, RemoveAndAddMember] {
+            assert!(k.fits(false) && k.fits(true) && !k.is_partition(), "{k:?}");
+            assert!(k.needs_leader(), "{k:?}: 'not the leader' needs to know the leader");
+            assert!(FaultKind::defaults(false).contains(&k) && FaultKind::defaults(true).contains(&k));
+        }
+    }
+
+    /// The nodes of a pair with a planned change: the planned change's node is never the
+    /// leader, and never the node the other part hits.
+    #[test]
+    fn a_planned_change_names_a_replica_no_other_part_hits() {
+        use FaultKind::*;
+        for seed in 0..200 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let leader = Some((seed % 3) as usize);
+            for other in [KillReplica, StopPostgres, WipeNode, PartitionNode, KillLeader, Switchover] {
+                for (first, second) in [(RemoveAndAddMember, other), (other, RemoveAndAddMember)] {
+                    let mut used = Vec::new();
+                    let a = resolve_nodes(first, 3, leader, &mut used, &mut rng);
+                    let b = resolve_nodes(second, 3, leader, &mut used, &mut rng);
+                    let (Some(a), Some(b)) = (a, b) else { panic!("{first:?}+{second:?}: a part found no node") };
+                    let planned = if first == RemoveAndAddMember { &a } else { &b };
+                    assert_eq!(planned.len(), 1);
+                    assert_ne!(Some(planned[0]), leader, "{first:?}+{second:?}");
+                    assert!(a.iter().all(|n| !b.contains(n)), "{first:?}+{second:?}: {a:?} {b:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_pair_is_labelled_with_both_parts() {
         let r = FaultRecord {
             kind: FaultKind::TwoFaults,
@@ -1246,6 +1457,7 @@ mod tests {
             recovered: None,
             note: String::new(),
             error: None,
+            calls: vec![],
             parts: vec![
                 FaultPart { kind: FaultKind::KillLeader, nodes: vec![0] },
                 FaultPart { kind: FaultKind::PauseReplicas, nodes: vec![1, 2] },

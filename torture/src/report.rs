@@ -132,6 +132,10 @@ pub struct Summary {
     /// Log snapshots taken during the run.
     #[serde(default)]
     pub snapshots: usize,
+    /// The operator's requests the nemesis made, per act (`switchover`, `members/remove`,
+    /// `members/add`): how many were done, refused (by code), unanswered.
+    #[serde(default)]
+    pub planned: BTreeMap<String, String>,
 }
 
 /// The summary table, as printed at the end of a run.
@@ -200,6 +204,12 @@ pub fn table(s: &Summary, v: &Verdict, a: &Availability, out_dir: &Path) -> Stri
             value += &format!(" ({})", pairs.join(", "));
         }
         row(&mut t, &format!("  {kind}"), value);
+    }
+    if !s.planned.is_empty() {
+        row(&mut t, "planned changes (supervisor's answers)", String::new());
+        for (act, outcomes) in &s.planned {
+            row(&mut t, &format!("  {act}"), outcomes.clone());
+        }
     }
     match a.longest() {
         Some(o) => {
@@ -284,6 +294,8 @@ fn kind_color(kind: FaultKind) -> plotters::style::RGBColor {
         FaultKind::PauseReplicas => RGBColor(196, 156, 148),
         FaultKind::WipeNode => RGBColor(0, 0, 0),
         FaultKind::WipeSupervisorState => RGBColor(247, 182, 210),
+        FaultKind::Switchover => RGBColor(65, 105, 225),
+        FaultKind::RemoveAndAddMember => RGBColor(218, 165, 32),
         FaultKind::TwoFaults => RGBColor(255, 152, 150),
         FaultKind::CutLink => RGBColor(0, 128, 128),
         FaultKind::OneWayLoss => RGBColor(102, 194, 165),
@@ -397,6 +409,7 @@ mod tests {
             note: "SIGKILL".into(),
             error: None,
             parts: vec![],
+            calls: vec![],
         };
         let a = availability(&ops, &[fault], s / 2, 11 * s);
         assert_eq!(a.commits_per_second[..4], [0, 1, 1, 1]);
@@ -413,6 +426,7 @@ mod tests {
             fault_pairs: BTreeMap::from([("kill_leader+wipe_node".to_string(), 1)]),
             future_ts_sent: 3,
             future_ts_refused: 3,
+            planned: BTreeMap::from([("switchover".to_string(), "2 done, 1 refused not_in_sync".to_string())]),
             ..Summary::default()
         };
         let verdict = Verdict {
@@ -431,5 +445,7 @@ mod tests {
         assert!(line("same_lsn_acked").ends_with(" 0"), "{t}");
         assert!(line("far-future").contains("3 refused (400 bad_timestamp)"), "{t}");
         assert!(line("checker verdict").contains("FAILED: changed_outcome 2"), "{t}");
+        assert!(!line("planned changes").is_empty(), "{t}");
+        assert!(line("switchover").ends_with("2 done, 1 refused not_in_sync"), "{t}");
     }
 }

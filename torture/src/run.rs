@@ -729,6 +729,7 @@ async fn drive(
         future_ts_other: load(&stats.future_ts_other),
         min_copies,
         snapshots: verdict.counts.snapshots,
+        planned: crate::planned::summarize(fault_records.iter().flat_map(|f| &f.calls)),
     };
     write_json(
         &out.join("verdict.json"),

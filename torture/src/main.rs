@@ -17,7 +17,8 @@ use torture::run::{Options, SkewChoice};
                   partition_leader_from_replicas, partition_supervisor_from_replicas, partition_replica_from_leader, \
                   pause_replicas, wipe_node, wipe_supervisor_state (not with --hosts), switchover (POST /switchover \
                   to a replica; a refusal is recorded), remove_and_add_member (POST /members/remove of a replica, \
-                  /members/add at the heal), two_faults (two compatible kinds at once).\n\
+                  /members/add at the heal), two_faults (two compatible kinds at once; one of them among the other \
+                  kinds given to --faults, if any).\n\
                   With --hosts also: cut_link (two hosts cut apart, both directions), one_way_loss (every packet \
                   from one host to another lost), kill_active_supervisor, partition_active_supervisor (its host cut \
                   off from every other host), kill_etcd_member, partition_etcd_leader (from the other etcd members), \

@@ -292,6 +292,25 @@ impl FaultKind {
                 | (Replica, Replicas)
         )
     }
+
+    /// The ordered pairs a [`FaultKind::TwoFaults`] draws from, of the kinds in `pool`: those
+    /// with a part among `chosen` (the run's `--faults`) when there are any, so that
+    /// `--faults switchover,two_faults` pairs switchovers with everything else; else every
+    /// compatible pair (`--faults two_faults` alone, or the default kinds, which are all chosen).
+    pub fn pairs(pool: &[FaultKind], chosen: &[FaultKind]) -> Vec<(FaultKind, FaultKind)> {
+        let all: Vec<(FaultKind, FaultKind)> = pool
+            .iter()
+            .flat_map(|&a| pool.iter().map(move |&b| (a, b)))
+            .filter(|&(a, b)| FaultKind::compatible(a, b))
+            .collect();
+        let with_chosen: Vec<(FaultKind, FaultKind)> =
+            all.iter().copied().filter(|(a, b)| chosen.contains(a) || chosen.contains(b)).collect();
+        if with_chosen.is_empty() {
+            all
+        } else {
+            with_chosen
+        }
+    }
 }
 
 /// Whom a fault hits.
@@ -704,11 +723,7 @@ impl Nemesis {
         let partitions = self.partitions;
         let pool: Vec<FaultKind> =
             FaultKind::PAIRABLE.into_iter().filter(|k| k.fits(on_hosts) && (partitions || !k.is_partition())).collect();
-        let pairs: Vec<(FaultKind, FaultKind)> = pool
-            .iter()
-            .flat_map(|&a| pool.iter().map(move |&b| (a, b)))
-            .filter(|&(a, b)| FaultKind::compatible(a, b))
-            .collect();
+        let pairs = FaultKind::pairs(&pool, &self.kinds);
         (!pairs.is_empty()).then(|| pairs[self.rng.random_range(0..pairs.len())])
     }
 
@@ -1445,6 +1460,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn pairs_include_a_chosen_kind_when_some_are_chosen() {
+        use FaultKind::*;
+        let pool: Vec<FaultKind> = FaultKind::PAIRABLE.into_iter().filter(|k| k.fits(false)).collect();
+        let every = FaultKind::pairs(&pool, &[]);
+        // The defaults choose every kind: the pairs are all of them, in the same order.
+        assert_eq!(FaultKind::pairs(&pool, &FaultKind::defaults(false)), every);
+        assert_eq!(FaultKind::pairs(&pool, &[TwoFaults]), every);
+        let planned = FaultKind::pairs(&pool, &[Switchover, RemoveAndAddMember, TwoFaults]);
+        assert!(!planned.is_empty() && planned.len() < every.len());
+        for (a, b) in &planned {
+            assert!([a, b].iter().any(|k| matches!(k, Switchover | RemoveAndAddMember)), "{a:?}+{b:?}");
+        }
+        // Both orders: the planned change first or second.
+        assert!(planned.contains(&(Switchover, KillReplica)) && planned.contains(&(KillReplica, Switchover)));
     }
 
     #[test]

@@ -102,6 +102,7 @@ impl Supervisor {
             in_doubt_committed = report.in_doubt_committed, in_doubt_aborted = report.in_doubt_aborted,
             "failover done: writes unavailable for {} ms", report.unavailable_ms
         );
+        self.observations.leadership_changed();
         drop(state);
         metrics::counter!("rmw_failovers_total").increment(1);
         metrics::histogram!("rmw_failover_unavailable_seconds").record(report.unavailable_ms as f64 / 1000.0);

@@ -63,12 +63,28 @@ pub struct Observations {
     nodes: SyncMutex<Vec<NodeObs>>,
     /// `--misses`: consecutive missed polls after which an agent counts as down.
     misses: u32,
+    /// (when the last completed poll started, when the leadership last changed).
+    times: SyncMutex<(Option<Instant>, Option<Instant>)>,
 }
 
 impl Observations {
     pub fn new(agents: &[String], misses: u32) -> Observations {
         let nodes = agents.iter().map(|a| NodeObs { address: a.clone(), ..Default::default() }).collect();
-        Observations { nodes: SyncMutex::new(nodes), misses }
+        Observations { nodes: SyncMutex::new(nodes), misses, times: SyncMutex::new((None, None)) }
+    }
+
+    /// The supervisor has just made a new leader (an election or a switchover): polls started
+    /// before now show the old one, and no decision may be taken on them.
+    pub fn leadership_changed(&self) {
+        lock(&self.times).1 = Some(Instant::now());
+    }
+
+    /// Whether the last poll started after the leadership last changed. A decision on older
+    /// polls would see the new leader as a replica, perhaps behind the old one, and elect
+    /// another (it happened right after a switchover, under load).
+    pub fn fresh(&self) -> bool {
+        let (polled, changed) = *lock(&self.times);
+        fresh(polled, changed)
     }
 
     /// One poll of every agent, all at once; the answers replace the last ones. `agents` is the
@@ -76,6 +92,7 @@ impl Observations {
     pub async fn poll(&self, client: &AgentClient, agents: &[String], term: Term, interval: Duration) {
         self.follow(agents);
         let timeout = interval.max(MIN_POLL_TIMEOUT);
+        let started = Instant::now();
         let answers = futures::future::join_all(agents.iter().map(|addr| async move {
             let health = client.health(addr, term, timeout).await;
             let status = match &health {
@@ -94,6 +111,7 @@ impl Observations {
                 node.record(health, status, now);
             }
         }
+        lock(&self.times).0 = Some(started);
     }
 
     /// Makes the observed nodes the `agents` list, in its order, keeping what is known of each.
@@ -144,9 +162,28 @@ impl Observations {
     }
 }
 
+/// Whether a poll that started at `polled` saw the leadership that changed at `changed`.
+fn fresh(polled: Option<Instant>, changed: Option<Instant>) -> bool {
+    match (polled, changed) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(polled), Some(changed)) => polled > changed,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decisions_wait_for_a_poll_that_started_after_the_leadership_changed() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(5);
+        assert!(fresh(Some(t0), None), "nothing changed yet");
+        assert!(!fresh(None, Some(t0)));
+        assert!(!fresh(Some(t0), Some(later)), "that poll started before the new leader was made");
+        assert!(fresh(Some(later), Some(t0)));
+    }
 
     #[test]
     fn an_agent_is_alive_from_its_first_answer_until_it_misses_enough_polls() {

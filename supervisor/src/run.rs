@@ -130,7 +130,7 @@ impl Supervisor {
 
     /// One decision after a poll, carried out.
     async fn step(self: &Arc<Self>) {
-        if self.observations.still_learning() {
+        if self.observations.still_learning() || !self.observations.fresh() {
             return;
         }
         let observed = self.observations.observed();

@@ -113,6 +113,8 @@ impl Supervisor {
             Err(e) => Err(e),
         };
         if let Err(e) = finished {
+            // The next decision finishes the election: on polls of the new term, not older ones.
+            self.observations.leadership_changed();
             tracing::error!(target = %to, error = %e, "switchover stored but not finished; the next poll finishes the election");
             return Err(SwitchoverError::Unfinished(format!(
                 "term {} naming {to} leader is stored, but {to} could not be fenced or promoted ({e}); the \
@@ -128,6 +130,7 @@ impl Supervisor {
         tracing::warn!(old = %leader, new = %to, term = next.term, writes_paused_ms, "switchover done");
         self.record_locked(&mut state, [event(HistoryKind::Switchover, Some(to), next.term, true, message.clone())])
             .await;
+        self.observations.leadership_changed();
         drop(state);
         self.push_config(&next);
         let (me, new_leader, term) = (self.clone(), to.to_string(), next.term);

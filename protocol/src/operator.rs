@@ -163,7 +163,8 @@ pub enum OperatorRefusal {
     IsMember,
     /// Rebuild: the agent refused to empty its database (it leads, or counts itself a member).
     ResetRefused,
-    /// Another planned change or an election is under way; try again shortly.
+    /// Another planned change or an election is under way, or (switchover) the leader could not
+    /// pause its commits in time; try again shortly.
     Busy,
 }
 

@@ -64,9 +64,16 @@ impl Supervisor {
             Ok(paused) => paused,
             Err(e) => {
                 self.resume(&leader, &current).await;
+                // It serves (the polls say so) but did not stop: most often a round in flight
+                // waits for a member that does not answer, until the leader has it removed.
                 return Err(Refused {
-                    code: OperatorRefusal::NoLeader,
-                    message: format!("the leader {leader} could not be paused ({e}); nothing changed"),
+                    code: OperatorRefusal::Busy,
+                    message: format!(
+                        "the leader {leader} did not pause within {} ms ({e}): a round in flight is probably \
+                         waiting for a member that does not answer; nothing changed: try again once every \
+                         member answers or the unreachable one is removed",
+                        SWITCHOVER_PAUSE.as_millis()
+                    ),
                 }
                 .into());
             }

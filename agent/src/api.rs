@@ -247,15 +247,21 @@ async fn role_check(node: &Node, accept: &[Role], max_lag: Option<Lsn>) -> Resul
     node.check_serving()?;
     let role = node.role();
     if !accept.contains(&role) {
-        let leader = node.status().leader.filter(|l| *l != node.cfg.address);
-        let leader = leader.map_or("no leader is known".to_string(), |l| format!("the leader is {l}"));
         let (code, wanted) = match accept {
             [Role::Leader] => ("not_primary", "the leader"),
             [Role::Replica] => ("not_replica", "a member replica"),
             _ => ("not_replica", "the leader or a member replica"),
         };
         let is = serde_json::to_value(role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        return Err(ApiError::RoleCheck { code, message: format!("this node is not {wanted} (it is {is}; {leader})") });
+        let leader = match node.status().leader {
+            _ if role == Role::Leader => String::new(),
+            Some(leader) if leader != node.cfg.address => format!("; the leader is {leader}"),
+            _ => "; no leader is known".to_string(),
+        };
+        return Err(ApiError::RoleCheck {
+            code,
+            message: format!("this node is not {wanted} (it is the {is}{leader})"),
+        });
     }
     let (term, applied_lsn, lag, cluster) = node.look(|m| (m.term(), m.applied().lsn, m.lag(), m.cluster_id()));
     if cluster.is_none() {

@@ -2,7 +2,8 @@
 //! `./setup.sh test` into `target/schemathesis-venv`) generates requests from a real agent's
 //! `GET /openapi.json`, valid and invalid, and checks every answer against the document (`--checks
 //! all`, with the exceptions in `tests/schemathesis.toml`, each with its reason): no 5xx but the
-//! documented 503 of a read whose `min_lsn` is never reached, every status code, content type,
+//! documented 503s of a read whose `min_lsn` is never reached and of a role check the node does
+//! not pass (`/replica` on the leader), every status code, content type,
 //! header and body as documented, invalid input refused with a 4xx.
 //!
 //! Then no rejected request may have changed any data. The approach: the agents run with a
@@ -170,7 +171,8 @@ fn exchanges(har: &Path) -> Vec<Exchange> {
 }
 
 /// Paths open to everyone; the rest need the token when one is configured.
-const OPEN: &[&str] = &["/read/", "/commit/", "/status", "/health", "/metrics", "/openapi.json"];
+const OPEN: &[&str] =
+    &["/read/", "/commit/", "/status", "/health", "/primary", "/replica", "/read-only", "/metrics", "/openapi.json"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_answers_as_its_openapi_document_says_and_rejected_requests_change_nothing() {
@@ -238,16 +240,20 @@ async fn the_agent_answers_as_its_openapi_document_says_and_rejected_requests_ch
                 _ => {}
             }
         }
-        // The 5xx the configuration lets through: a read that waited for `min_lsn` in vain, and
-        // a commit that asked for more copies (`min_copies`) than the three nodes.
+        // The 5xx the configuration lets through: a read that waited for `min_lsn` in vain, a
+        // commit that asked for more copies (`min_copies`) than the three nodes, and a role check
+        // this node does not pass.
         if exchange.status >= 500 {
+            let role_check = matches!(exchange.path.as_str(), "/primary" | "/replica" | "/read-only")
+                && exchange.status == 503
+                && matches!(body["error"].as_str(), Some("not_primary" | "not_replica" | "lagging"));
             let waited = exchange.path == "/read/"
                 && exchange.status == 503
                 && body["message"].as_str().is_some_and(|m| m.contains("did not reach min_lsn"));
             let too_many_copies = exchange.path == "/commit/"
                 && exchange.status == 503
                 && body["reason"].as_str() == Some("not_enough_replicas");
-            assert!(waited || too_many_copies, "a server error: {exchange:?}");
+            assert!(waited || too_many_copies || role_check, "a server error: {exchange:?}");
         }
     }
     eprintln!(

@@ -494,9 +494,27 @@ pg_running_port() {
     sed -n 4p "$(pg_dir "$1")/postmaster.pid" 2>/dev/null
 }
 
+# Cluster $1's password for its agent (scram-sha-256), beside the data folders.
+pg_password_file() { printf '%s/pg%s.password' "$DATA_DIR" "$1"; }
+
+# Each PostgreSQL cluster has a random password, made once, in a file only the user who runs
+# the cluster can read; the agent reads it (--database-password-file). Nothing trusts a
+# connection without it, so no local user can change bank_balance behind the agents' backs.
+ensure_pg_password() {
+    local file
+    file="$(pg_password_file "$1")"
+    if [[ ! -s "$file" ]]; then
+        (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file") ||
+            die "could not write pg$1's password to $file"
+        note "generated pg$1's password in $file (mode 0600)"
+    fi
+    chmod 600 "$file"
+}
+
 init_cluster() {
     local i="$1" dir
     dir="$(pg_dir "$i")"
+    ensure_pg_password "$i"
     if [[ -f "$dir/PG_VERSION" ]]; then
         note "pg$i: reusing the data in $dir"
     else
@@ -504,8 +522,15 @@ init_cluster() {
         mkdir -p "$dir"
         if ((EUID == 0)); then chown postgres:postgres "$dir"; fi
         chmod 700 "$dir"
-        as_pg "$PG_BIN/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 >"$RUN_DIR/initdb-pg$i.log" 2>&1 ||
-            die "initdb of pg$i failed; see $RUN_DIR/initdb-pg$i.log:
+        # initdb reads the password from a copy the postgres user can open (not our 0600 file,
+        # nor a pipe of ours), removed as soon as initdb is done.
+        local pwfile="$DATA_DIR/.pg$i.initdb-password" made=0
+        (umask 077 && cp "$(pg_password_file "$i")" "$pwfile") || die "could not copy pg$i's password for initdb"
+        if ((EUID == 0)); then chown postgres:postgres "$pwfile"; fi
+        as_pg "$PG_BIN/initdb" -D "$dir" -U postgres --auth=scram-sha-256 --pwfile="$pwfile" -E UTF8 \
+            >"$RUN_DIR/initdb-pg$i.log" 2>&1 || made=$?
+        rm -f "$pwfile"
+        ((made == 0)) || die "initdb of pg$i failed; see $RUN_DIR/initdb-pg$i.log:
 $(tail -n 20 "$RUN_DIR/initdb-pg$i.log")"
     fi
     # Our settings live in their own file, rewritten on every start so that changes here (and
@@ -524,11 +549,30 @@ max_prepared_transactions = 64
 fsync = on
 EOF
     # On a namespaced host the agent connects from the host's own address, which initdb's
-    # loopback-only trust lines do not cover: trust that address alone.
+    # loopback-only lines do not cover: let that address alone in, with the password.
     if [[ "$HOSTS_MODE" == netns ]]; then
-        local line="host all all $(service_host "pg$i")/32 trust # setup.sh: the agent on this host"
+        local line="host all all $(service_host "pg$i")/32 scram-sha-256 # setup.sh: the agent on this host"
         grep -qF "$line" "$dir/pg_hba.conf" || printf '%s\n' "$line" | as_pg tee -a "$dir/pg_hba.conf" >/dev/null
     fi
+}
+
+# A cluster made by an older setup.sh trusts every local connection: while it still does, give
+# its postgres role the password, then turn its trust lines into scram-sha-256 and reload.
+upgrade_trust() {
+    local i="$1" dir
+    dir="$(pg_dir "$i")"
+    grep -Eq '^[^#]*[[:space:]]trust([[:space:]]|$)' "$dir/pg_hba.conf" || return 0
+    say "pg$i: replacing 'trust' by scram-sha-256 (the agent's password is in $(pg_password_file "$i"))"
+    # Its agent, if it runs, was started without the password: it restarts below with it.
+    stop_service "agent$i"
+    # The statement goes on stdin, so that the password shows in no process list.
+    printf "ALTER ROLE postgres PASSWORD '%s';\n" "$(cat "$(pg_password_file "$i")")" |
+        as_pg_of "$i" "$PG_BIN/psql" -h "$dir" -p "$(service_port "pg$i")" -U postgres -d postgres \
+            -X -q -v ON_ERROR_STOP=1 >/dev/null ||
+        die "could not set pg$i's password; its pg_hba.conf still says trust"
+    as_pg sed -i -E '/^[[:space:]]*#/! s/([[:space:]])trust([[:space:]]|$)/\1scram-sha-256\2/' "$dir/pg_hba.conf" ||
+        die "could not rewrite $dir/pg_hba.conf"
+    as_pg "$PG_BIN/pg_ctl" -D "$dir" reload >/dev/null || die "pg_ctl reload of pg$i failed"
 }
 
 start_cluster() {
@@ -724,6 +768,7 @@ service_args() {
         local i="${1#agent}"
         printf '%s\n' --node-id "node$i" --listen "$(service_address "$1")" \
             --database-url "postgres://postgres@$(service_address "pg$i")/postgres" \
+            --database-password-file "$(pg_password_file "$i")" \
             --members "$members" --leader "$(service_address agent0)" \
             --supervisor "$supervisors" --cluster-token-file "$TOKEN_FILE"
         ;;
@@ -1233,6 +1278,7 @@ cmd_start() {
     for i in "${!PG_PORTS[@]}"; do
         init_cluster "$i"
         start_cluster "$i"
+        upgrade_trust "$i"
     done
     for name in "${AGENT_NAMES[@]}" "${SUPERVISOR_NAMES[@]}" client; do
         start_service "$name"

@@ -16,9 +16,21 @@ as_postgres() {
 mkdir -p "$PGDATA"
 chown postgres:postgres "$PGDATA"
 chmod 700 "$PGDATA"
+# The agent's PostgreSQL password (scram-sha-256; nothing is trusted without it): made at first
+# start, kept beside the data in a file only root reads, unless the environment names one.
+PG_PASSWORD_FILE="${AGENT_DATABASE_PASSWORD_FILE:-$(dirname "$PGDATA")/agent.password}"
+if [ ! -s "$PG_PASSWORD_FILE" ]; then
+    (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$PG_PASSWORD_FILE")
+fi
+export AGENT_DATABASE_PASSWORD_FILE="$PG_PASSWORD_FILE"
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     echo "agent-entrypoint: creating the PostgreSQL cluster in $PGDATA"
-    as_postgres "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 >/dev/null
+    # From a copy the postgres user can open (not root's 0600 file), removed at once.
+    pwfile="$(dirname "$PGDATA")/.initdb-password"
+    (umask 077 && cp "$PG_PASSWORD_FILE" "$pwfile")
+    chown postgres:postgres "$pwfile"
+    as_postgres "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=scram-sha-256 --pwfile="$pwfile" -E UTF8 >/dev/null
+    rm -f "$pwfile"
 fi
 # Our settings, rewritten on every start (as setup.sh does): only the agent connects, locally.
 cat >"$PGDATA/rmw.conf" <<CONF

@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::two_phase::TxnOutcome;
+use protocol::api_keys::Scope;
 
 /// Internal messages carry whole batches: up to `MAX_BATCH` transactions of up to
 /// `MAX_SET_LEN` writes each.
@@ -48,12 +49,17 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/up_node/", get(up_node))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_INTERNAL_BODY_BYTES));
     internal = service::guard(internal, node.cfg.token.as_deref());
-    // The document describes this agent as configured (with or without the token): built once.
-    let spec: Arc<str> = crate::openapi::json(node.cfg.token.is_some()).into();
+    // The transactions: behind client API keys when there are some.
+    let keys = node.cfg.api_keys.as_ref();
+    let reads = crate::client_keys::guard(Router::new().route("/read/", post(read)), keys, Scope::Read);
+    let commits = crate::client_keys::guard(Router::new().route("/commit/", post(commit)), keys, Scope::Write);
+    // The document describes this agent as configured (with or without the token and keys):
+    // built once.
+    let spec: Arc<str> = crate::openapi::json(node.cfg.token.is_some(), keys.is_some()).into();
     Router::new()
         .route("/openapi.json", get(move || async move { ([(CONTENT_TYPE, "application/json")], spec.to_string()) }))
-        .route("/read/", post(read))
-        .route("/commit/", post(commit))
+        .merge(reads)
+        .merge(commits)
         .route("/status", get(status))
         .route("/health", get(health))
         .route("/primary", get(primary))

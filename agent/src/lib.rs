@@ -7,6 +7,7 @@
 //! [`two_phase`] (the leader's commit path) and [`api`] (the HTTP edge).
 
 pub mod api;
+pub mod client_keys;
 pub mod error;
 pub mod metrics;
 pub mod node;

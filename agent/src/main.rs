@@ -28,6 +28,10 @@ struct Args {
     /// The local PostgreSQL server.
     #[arg(long, env = "AGENT_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     database_url: String,
+    /// A file holding the PostgreSQL password (its first line; keep it mode 0600). Better than
+    /// a password in --database-url, which shows in `ps` and the environment.
+    #[arg(long, env = "AGENT_DATABASE_PASSWORD_FILE", value_name = "FILE")]
+    database_password_file: Option<std::path::PathBuf>,
     /// Every agent's address in configured order, this one included (comma-separated).
     #[arg(
         long,
@@ -69,6 +73,11 @@ struct Args {
     /// The cluster token itself (prefer --cluster-token-file: environments leak).
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    /// A file of client API keys, one per line: `<key> <scope> <name>`, scope `read` or
+    /// `write` (docs/operations.md). With it `/read/` needs a read or write key and `/commit/`
+    /// a write key, sent as 'Authorization: Bearer <key>'; without it both are open.
+    #[arg(long, env = "AGENT_API_KEYS", value_name = "FILE")]
+    api_keys: Option<std::path::PathBuf>,
     /// Connections to PostgreSQL.
     #[arg(long, env = "AGENT_DB_POOL", default_value_t = DEFAULT_POOL_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
     db_pool: u32,
@@ -91,6 +100,27 @@ fn init_logs(json: bool) {
     }
 }
 
+/// Longest API keys file read: [`protocol::api_keys::MAX_KEYS`] lines of a key, a scope and a
+/// name, with room for comments.
+const MAX_API_KEYS_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads and checks `--api-keys`; says at start-up how many keys of each scope it holds.
+fn load_api_keys(path: &std::path::Path) -> anyhow::Result<protocol::api_keys::ApiKeys> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read the API keys file {shown}"))?;
+    if meta.len() > MAX_API_KEYS_FILE_BYTES {
+        anyhow::bail!("the API keys file {shown} is larger than {MAX_API_KEYS_FILE_BYTES} bytes");
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the API keys file {shown}"))?;
+    let keys = protocol::api_keys::ApiKeys::parse(&text).with_context(|| format!("in the API keys file {shown}"))?;
+    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+        tracing::warn!(file = %shown, "other users may read the API keys file: chmod 600 it");
+    }
+    let (read, write) = keys.counts();
+    tracing::info!(file = %shown, read, write, "client API keys required on /read/ and /commit/");
+    Ok(keys)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Flags, then the environment, then the --config file, then the defaults.
@@ -111,10 +141,21 @@ async fn main() -> anyhow::Result<()> {
     if !args.members.contains(&args.leader) {
         anyhow::bail!("--leader {} is not one of --members ({})", args.leader, args.members.join(","));
     }
-    let store = Store::connect(&args.database_url, args.db_pool)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {}", args.database_url))?;
+    let password = match &args.database_password_file {
+        Some(path) => {
+            let file = protocol::secrets::load_secret_file(path, "PostgreSQL password")?;
+            if file.readable_by_others {
+                tracing::warn!(file = %path.display(), "other users may read the PostgreSQL password file: chmod 600 it");
+            }
+            Some(file.secret)
+        }
+        None => None,
+    };
+    let store = Store::connect(&args.database_url, password.as_deref(), args.db_pool).await.with_context(|| {
+        format!("connecting to PostgreSQL at {}", protocol::secrets::redact_url(&args.database_url))
+    })?;
     store.init_schema().await.context("creating the tables")?;
+    let api_keys = args.api_keys.as_deref().map(load_api_keys).transpose()?.map(std::sync::Arc::new);
     let token = protocol::auth::resolve_token(args.cluster_token_file.as_deref(), args.cluster_token.as_deref())?;
     let cfg = NodeConfig {
         node_id: args.node_id,
@@ -125,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         peer_timeout: Duration::from_millis(args.peer_timeout_ms),
         min_copies: args.min_copies as usize,
         pipeline_depth: args.pipeline_depth as usize,
+        api_keys,
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

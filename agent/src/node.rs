@@ -55,6 +55,9 @@ pub struct NodeConfig {
     pub min_copies: usize,
     /// Rounds the leader keeps in flight at once (`--pipeline-depth`).
     pub pipeline_depth: usize,
+    /// Client API keys (`--api-keys`): with them `/read/` needs a read or write key and
+    /// `/commit/` a write key; without them both are open.
+    pub api_keys: Option<std::sync::Arc<protocol::api_keys::ApiKeys>>,
 }
 
 pub struct Node {

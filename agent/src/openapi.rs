@@ -79,14 +79,55 @@ pub enum CommitUnavailable {
     Error(ErrorBody),
 }
 
-/// The document for an agent with (`token_configured`) or without a cluster token.
-pub fn document(token_configured: bool) -> Document {
-    protocol::openapi::document::<AgentApi>(token_configured)
+/// The name of the client API key scheme in the document.
+pub const API_KEY: &str = "api_key";
+
+/// The document for an agent with (`token_configured`) or without a cluster token, and with
+/// (`keys_configured`) or without client API keys.
+pub fn document(token_configured: bool, keys_configured: bool) -> Document {
+    let mut doc = protocol::openapi::document::<AgentApi>(token_configured);
+    if keys_configured {
+        apply_api_keys(&mut doc);
+    }
+    doc
 }
 
 /// The document as JSON text, as `GET /openapi.json` serves it.
-pub fn json(token_configured: bool) -> String {
-    protocol::openapi::json::<AgentApi>(token_configured)
+pub fn json(token_configured: bool, keys_configured: bool) -> String {
+    document(token_configured, keys_configured).to_json().expect("the OpenAPI document serializes")
+}
+
+/// With keys, `/read/` and `/commit/` declare the `api_key` bearer scheme and their 401 (no
+/// valid key) and 403 (a read key on `/commit/`) answers.
+fn apply_api_keys(doc: &mut Document) {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let answer = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+            .build()
+    };
+    for (path, forbidden) in [("/read/", false), ("/commit/", true)] {
+        let Some(op) = doc.paths.paths.get_mut(path).and_then(|item| item.post.as_mut()) else {
+            continue;
+        };
+        op.security = Some(vec![SecurityRequirement::new(API_KEY, Vec::<String>::new())]);
+        op.responses.responses.insert(
+            "401".into(),
+            answer("`unauthorized`: no API key, or one the agent does not know; nothing changed").into(),
+        );
+        if forbidden {
+            op.responses.responses.insert(
+                "403".into(),
+                answer("`forbidden`: a read key; commits need a write key; nothing changed").into(),
+            );
+        }
+    }
+    let mut scheme = Http::new(HttpAuthScheme::Bearer);
+    scheme.description =
+        Some("A client API key from the agent's `--api-keys` file: `Authorization: Bearer <key>`.".into());
+    doc.components.get_or_insert_with(Default::default).add_security_scheme(API_KEY, SecurityScheme::Http(scheme));
 }
 
 #[cfg(test)]
@@ -134,7 +175,7 @@ mod tests {
     ];
 
     fn value(token: bool) -> serde_json::Value {
-        serde_json::from_str(&json(token)).unwrap()
+        serde_json::from_str(&json(token, false)).unwrap()
     }
 
     #[test]
@@ -190,6 +231,21 @@ mod tests {
             assert!(op["responses"].get("401").is_none(), "{method} {path} without a token");
             assert!(op.get("security").is_none(), "{method} {path} without a token");
         }
+    }
+
+    #[test]
+    fn with_keys_reads_and_commits_declare_the_key_and_its_refusals() {
+        let with: serde_json::Value = serde_json::from_str(&json(false, true)).unwrap();
+        assert!(with["components"]["securitySchemes"][API_KEY].is_object());
+        for (path, forbidden) in [("/read/", false), ("/commit/", true)] {
+            let op = &with["paths"][path]["post"];
+            assert_eq!(op["security"][0][API_KEY], serde_json::json!([]), "{path}");
+            assert!(op["responses"]["401"].is_object(), "{path}");
+            assert_eq!(op["responses"].get("403").is_some(), forbidden, "{path}");
+        }
+        assert!(with["paths"]["/status"]["get"].get("security").is_none());
+        let without = value(false);
+        assert!(without["paths"]["/commit/"]["post"].get("security").is_none());
     }
 
     #[test]

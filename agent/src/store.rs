@@ -73,12 +73,17 @@ CREATE TABLE IF NOT EXISTS agent_cluster_config (
 "#;
 
 impl Store {
-    pub async fn connect(url: &str, pool_size: u32) -> Result<Store, StoreError> {
+    /// Connects to `url`, with `password` (from `--database-password-file`) instead of one in
+    /// the URL when given.
+    pub async fn connect(url: &str, password: Option<&str>, pool_size: u32) -> Result<Store, StoreError> {
         // Every batch ends with a COMMIT after its PREPARE TRANSACTION (see `apply`), which
         // PostgreSQL answers with a WARNING notice; on the agent's own sessions only errors are
         // worth a line, in the server's log and in the agent's.
-        let options: PgConnectOptions =
+        let mut options: PgConnectOptions =
             url.parse::<PgConnectOptions>()?.options([("log_min_messages", "error"), ("client_min_messages", "error")]);
+        if let Some(password) = password {
+            options = options.password(password);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             // With PostgreSQL stopped, sqlx keeps retrying the connect until this deadline: every

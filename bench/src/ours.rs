@@ -47,6 +47,8 @@ impl Ours {
                 addresses[i].clone(),
                 "--database-url".into(),
                 pg.url(),
+                "--database-password-file".into(),
+                ws.password_file.display().to_string(),
                 "--members".into(),
                 members.clone(),
                 "--leader".into(),

@@ -110,6 +110,11 @@ pub struct Workspace {
     pub bindir: PathBuf,
     template: Option<PathBuf>,
     pub keep_logs: bool,
+    /// Every server's password (scram-sha-256, as `./setup.sh` sets them up, so that the
+    /// figures include what a real install pays), random per run.
+    password: String,
+    /// [`Workspace::password`] in a 0600 file, for the agents' `--database-password-file`.
+    pub password_file: PathBuf,
 }
 
 impl Workspace {
@@ -124,7 +129,16 @@ impl Workspace {
         fs::create_dir_all(&logs)?;
         fs::set_permissions(&logs, fs::Permissions::from_mode(0o755))?;
         give_to_postgres(&logs)?;
-        Ok(Workspace { root, logs, bindir, template: None, keep_logs: false })
+        let mut random = [0u8; 16];
+        std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut random)?;
+        let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let password_file = root.join("pg.password");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&password_file)?;
+            f.write_all(password.as_bytes())?;
+        }
+        Ok(Workspace { root, logs, bindir, template: None, keep_logs: false, password, password_file })
     }
 
     /// A command running PostgreSQL's program `name`, as the `postgres` user when we are root.
@@ -138,7 +152,7 @@ impl Workspace {
             Command::new(bin)
         };
         // The postgres user may not be allowed into the caller's working folder.
-        cmd.current_dir(&self.root).stdin(Stdio::null());
+        cmd.current_dir(&self.root).stdin(Stdio::null()).env("PGPASSWORD", &self.password);
         cmd
     }
 
@@ -174,8 +188,18 @@ impl Workspace {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         give_to_postgres(&dir)?;
         let d = dir.to_str().context("non-UTF-8 temp path")?;
-        self.run_pg("initdb", &["-D", d, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
-            .context("initdb")?;
+        // initdb reads the password from a copy the postgres user can open (not our 0600 file,
+        // nor a pipe of ours), removed as soon as initdb is done.
+        let pwfile = self.root.join("initdb-password");
+        fs::copy(&self.password_file, &pwfile).context("copy the password for initdb")?;
+        give_to_postgres(&pwfile)?;
+        let pwfile_arg = format!("--pwfile={}", pwfile.display());
+        let made = self.run_pg(
+            "initdb",
+            &["-D", d, "-U", "postgres", "--auth=scram-sha-256", &pwfile_arg, "-E", "UTF8", "--locale=C", "--no-sync"],
+        );
+        let _ = fs::remove_file(&pwfile);
+        made.context("initdb")?;
         append(&dir.join("postgresql.conf"), COMMON_CONF)?;
         self.template = Some(dir.clone());
         Ok(dir)
@@ -204,7 +228,10 @@ impl Workspace {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         give_to_postgres(&dir)?;
         let d = dir.to_str().context("non-UTF-8 temp path")?;
-        let conninfo = format!("host=127.0.0.1 port={} user=postgres application_name={name}", primary.port);
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres password={} application_name={name}",
+            primary.port, self.password
+        );
         self.run_pg("pg_basebackup", &["-D", d, "-d", &conninfo, "-R", "-X", "stream", "-c", "fast", "--no-sync"])
             .with_context(|| format!("pg_basebackup for {name}"))?;
         // -R wrote primary_conninfo from the connection; say the application name once more, as the

@@ -105,6 +105,10 @@ enum Command {
         /// How long to wait for a leader during a failover before giving up (exit code 3).
         #[arg(long, env = "CLIENT_WAIT_SECS", default_value_t = 10.0)]
         wait_secs: f64,
+        /// A file holding a client API key (its first line), sent with the read and the
+        /// commit: agents run with --api-keys need one (a write key to commit).
+        #[arg(long, env = "CLIENT_API_KEY_FILE", value_name = "FILE")]
+        api_key_file: Option<std::path::PathBuf>,
     },
     /// Show the cluster's nodes as the supervisor sees them, the last failover and recoveries,
     /// whether automatic failover is paused, and the supervisor's latest events.
@@ -194,6 +198,10 @@ enum Command {
         /// supervisor need it when the cluster has one (see setup.sh).
         #[arg(long, env = "CLIENT_CLUSTER_TOKEN_FILE")]
         cluster_token_file: Option<std::path::PathBuf>,
+        /// A file holding a client API key, sent with the form's transactions when the visitor
+        /// gives none in the form: agents run with --api-keys need one.
+        #[arg(long, env = "CLIENT_API_KEY_FILE", value_name = "FILE")]
+        api_key_file: Option<std::path::PathBuf>,
         /// How long a transaction waits for a leader during a failover before the page says
         /// the cluster is unavailable.
         #[arg(long, env = "CLIENT_WAIT_SECS", default_value_t = 10.0)]
@@ -226,13 +234,21 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Run { transaction, agent, supervisor, read_from, txn_id, wait_secs } => {
+            Command::Run { transaction, agent, supervisor, read_from, txn_id, wait_secs, api_key_file } => {
                 let Some(wait) = wait(wait_secs) else {
                     eprintln!("error: --wait-secs must be a number of seconds from 0 to 3600");
                     return ExitCode::from(EXIT_USAGE);
                 };
+                let api_key = match api_key_file.as_deref().map(load_api_key).transpose() {
+                    Ok(key) => key,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                };
                 let read_from = read_from.map_or(ReadFrom::Leader, |node| ReadFrom::Nodes(vec![node]));
-                run(&agent, &supervisor, &transaction, RunOptions { txn_id, read_from }, wait).await
+                let options = RunOptions { txn_id, read_from };
+                run(&agent, &supervisor, &transaction, options, wait, api_key.as_deref()).await
             }
             Command::Status { supervisor, json, watch, interval_ms } => {
                 let every = Duration::from_millis(interval_ms);
@@ -262,7 +278,16 @@ fn main() -> ExitCode {
                 };
                 operate(operator, Operation::Rebuild { node }, Some(wait)).await
             }
-            Command::Serve { listen, agent, supervisor, advertise, cluster_token_file, wait_secs, log_json } => {
+            Command::Serve {
+                listen,
+                agent,
+                supervisor,
+                advertise,
+                cluster_token_file,
+                api_key_file,
+                wait_secs,
+                log_json,
+            } => {
                 let Some(wait) = wait(wait_secs) else {
                     eprintln!("error: --wait-secs must be a number of seconds from 0 to 3600");
                     return ExitCode::from(EXIT_USAGE);
@@ -274,8 +299,15 @@ fn main() -> ExitCode {
                         return ExitCode::from(EXIT_USAGE);
                     }
                 };
+                let api_key = match api_key_file.as_deref().map(load_api_key).transpose() {
+                    Ok(key) => key,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                };
                 init_logs(log_json);
-                match serve(&listen, &agent, &supervisor, advertise, token, wait).await {
+                match serve(&listen, &agent, &supervisor, advertise, token, api_key, wait).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e:#}");
@@ -303,9 +335,29 @@ fn wait(secs: f64) -> Option<Duration> {
     (0.0..=3600.0).contains(&secs).then(|| Duration::from_secs_f64(secs))
 }
 
-async fn run(agent: &str, supervisor: &str, transaction: &str, options: RunOptions, wait: Duration) -> ExitCode {
+/// A client API key from `--api-key-file`: its first line, which must be able to travel in a
+/// header (the agents' keys are ASCII letters, digits, '-', '_' and '.').
+fn load_api_key(path: &std::path::Path) -> anyhow::Result<String> {
+    let file = protocol::secrets::load_secret_file(path, "API key")?;
+    if !protocol::api_keys::is_key_text(&file.secret) {
+        anyhow::bail!(
+            "the API key in {} has characters other than ASCII letters, digits, '-', '_' and '.'",
+            path.display()
+        );
+    }
+    Ok(file.secret)
+}
+
+async fn run(
+    agent: &str,
+    supervisor: &str,
+    transaction: &str,
+    options: RunOptions,
+    wait: Duration,
+    api_key: Option<&str>,
+) -> ExitCode {
     let runner = match Runner::new() {
-        Ok(runner) => runner.with_supervisor(Some(supervisor)).with_follow_budget(wait),
+        Ok(runner) => runner.with_supervisor(Some(supervisor)).with_follow_budget(wait).with_api_key(api_key),
         Err(e) => {
             eprintln!("error: cannot set up the HTTP client: {e}");
             return ExitCode::from(EXIT_UNAVAILABLE);
@@ -318,6 +370,9 @@ async fn run(agent: &str, supervisor: &str, transaction: &str, options: RunOptio
         }
         Err(e) => {
             eprintln!("error: {e}");
+            if matches!(&e, RunError::Rejected(client::run::Rejection::NotAllowed { .. })) {
+                eprintln!("give a client API key with --api-key-file (a write key to commit)");
+            }
             if let RunError::Unavailable { unknown_txn: Some(id), .. } = &e {
                 eprintln!("to learn the outcome: client run --txn-id {id} {}", shell_quote(transaction));
             }
@@ -511,11 +566,13 @@ async fn serve(
     supervisor: &str,
     advertise: Option<String>,
     token: Option<String>,
+    api_key: Option<String>,
     wait: Duration,
 ) -> anyhow::Result<()> {
     // Only here: the one-shot commands have nobody to scrape them.
     let metrics = metrics::install().context("installing the metrics recorder")?;
-    let runner = Runner::new()?.with_supervisor(Some(supervisor)).with_follow_budget(wait);
+    let runner =
+        Runner::new()?.with_supervisor(Some(supervisor)).with_follow_budget(wait).with_api_key(api_key.as_deref());
     let state = web::AppState::new(agent, runner)?.with_token(token.as_deref())?.with_metrics(metrics)?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let url = format!("http://{}/leader_changed/", advertise.as_deref().unwrap_or(listen));

@@ -5,6 +5,7 @@
 //! whether they arrive as JSON numbers (read sets) or as JSON object keys (write sets), so a
 //! write's lock and a read of the same account always meet.
 
+pub mod api_keys;
 pub mod auth;
 #[cfg(feature = "config-file")]
 pub mod config_file;
@@ -12,6 +13,7 @@ pub mod language;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod operator;
+pub mod secrets;
 pub mod supervisor_status;
 pub mod wire;
 

@@ -279,8 +279,10 @@ impl Node {
         format!("http://{}", self.address())
     }
 
+    /// Where the harness connects to this node's PostgreSQL, with the password (a test-run's
+    /// throwaway one: the agents get it from a file instead).
     pub fn database_url(&self) -> String {
-        format!("postgres://postgres@{}:{}/postgres", self.ip, self.pg_port)
+        format!("postgres://postgres:{}@{}:{}/postgres", pg::password(), self.ip, self.pg_port)
     }
 
     /// Where its PostgreSQL runs, for the `pg` module.
@@ -476,6 +478,8 @@ impl Cluster {
                     format!("{ip}:{port}"),
                     "--database-url".into(),
                     format!("postgres://postgres@{ip}:{pg_port}/postgres"),
+                    "--database-password-file".into(),
+                    pg::password_file().display().to_string(),
                     "--members".into(),
                     agent_members.join(","),
                     "--leader".into(),

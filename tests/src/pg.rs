@@ -123,16 +123,65 @@ fn template() -> &'static Path {
         unsafe { libc::atexit(remove_template) };
         set_mode_0700(&dir);
         give_to_postgres(&dir);
+        // Every connection needs the password (scram-sha-256), as on a real install: the agents
+        // read it from `password_file()`. initdb reads it from a file the `postgres` user can
+        // open (not our 0600 one, nor a pipe of ours), removed as soon as initdb is done.
+        let pwfile = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-initdb-password", std::process::id()));
+        write_private(&pwfile, password());
+        give_to_postgres(&pwfile);
         let out = pg_command("initdb", &std::env::temp_dir())
             .arg("-D")
             .arg(&dir)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
-            .output()
-            .expect("run initdb");
+            .args(["-U", "postgres", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output();
+        let _ = fs::remove_file(&pwfile);
+        let out = out.expect("run initdb");
         assert!(out.status.success(), "initdb -D {} failed: {}", dir.display(), describe(&out));
         append(&dir.join("postgresql.conf"), COMMON_CONF);
         dir
     })
+}
+
+/// The PostgreSQL password of every server this process starts (they are copies of one
+/// template, so they share it): random per test process.
+pub fn password() -> &'static str {
+    static PASSWORD: OnceLock<String> = OnceLock::new();
+    PASSWORD.get_or_init(|| format!("e2e-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// A 0600 file holding [`password`], for the agents' `--database-password-file`; removed when
+/// the process exits.
+pub fn password_file() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn remove_password_dir() {
+        if let Some(file) = FILE.get().and_then(|f| f.parent()) {
+            let _ = fs::remove_dir_all(file);
+        }
+    }
+    FILE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-secrets", std::process::id()));
+        fs::create_dir_all(&dir).expect("create the secrets folder");
+        set_mode_0700(&dir);
+        // SAFETY: registering a plain function with no captured state; it only removes a folder.
+        unsafe { libc::atexit(remove_password_dir) };
+        let file = dir.join("pg.password");
+        write_private(&file, password());
+        file
+    })
+}
+
+/// Writes `text` to a new file only its owner may read.
+fn write_private(file: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = fs::remove_file(file);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .unwrap_or_else(|e| panic!("create {}: {e}", file.display()));
+    f.write_all(text.as_bytes()).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
 }
 
 fn set_mode_0700(path: &Path) {
@@ -160,8 +209,8 @@ impl Server {
     /// Creates the data folder (which must not exist) from the template, set up to listen on
     /// `ip:port` with its socket in the folder itself. Used for every node at the start, and
     /// again by `Cluster::recreate_data_dir` for a node whose folder was removed. On a host of
-    /// its own it also trusts connections from its own address (its agent's) and from
-    /// `trusted` (the bridge, whence the harness connects).
+    /// its own it also lets in, with the password, connections from its own address (its
+    /// agent's) and from `trusted` (the bridge, whence the harness connects).
     pub(crate) fn create_data_dir(&self, trusted: Option<Ipv4Addr>) {
         let (dir, template) = (&self.dir, template());
         let out = Command::new("cp").arg("-a").arg(template).arg(dir).output().expect("run cp");
@@ -169,9 +218,11 @@ impl Server {
         let mut conf = format!("port = {}\nunix_socket_directories = '{}'\n", self.port, dir.display());
         if self.ip != Ipv4Addr::LOCALHOST {
             conf += &format!("listen_addresses = '{}'\n", self.ip);
-            let mut hba = format!("# rmw e2e harness: the agent on this host\nhost all all {}/32 trust\n", self.ip);
+            let mut hba =
+                format!("# rmw e2e harness: the agent on this host\nhost all all {}/32 scram-sha-256\n", self.ip);
             if let Some(from) = trusted {
-                hba += &format!("# rmw e2e harness: the harness, over the bridge\nhost all all {from}/32 trust\n");
+                hba +=
+                    &format!("# rmw e2e harness: the harness, over the bridge\nhost all all {from}/32 scram-sha-256\n");
             }
             append(&dir.join("pg_hba.conf"), &hba);
         }
@@ -205,6 +256,7 @@ fn lock_holders(dir: &Path, ip: Ipv4Addr, port: u16, netns: Option<&str>) -> Str
     let out = pg_command_in("psql", dir, netns)
         .args(["-h", &ip.to_string(), "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-At", "-c", query])
         .env("PGCONNECT_TIMEOUT", "3")
+        .env("PGPASSWORD", password())
         .env("PGOPTIONS", "-c statement_timeout=3000")
         .output();
     match out {

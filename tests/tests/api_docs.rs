@@ -27,7 +27,7 @@ fn document(json: String) -> serde_json::Value {
 fn generated() -> String {
     let guide = std::fs::read_to_string(docs().join("api-intro.md")).expect("docs/api-intro.md is readable");
     let programs = [
-        Program { id: "agent", title: "Agent", document: document(agent::openapi::json(true)) },
+        Program { id: "agent", title: "Agent", document: document(agent::openapi::json(true, true)) },
         Program { id: "supervisor", title: "Supervisor", document: document(supervisor::openapi::json(true)) },
         Program { id: "client", title: "Web client", document: document(client::openapi::json(true)) },
     ];

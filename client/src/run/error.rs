@@ -88,6 +88,9 @@ pub enum Rejection {
     /// The agent answered 400 or 413; its message.
     #[error("{message}")]
     ByAgent { message: String },
+    /// The agent wants a client API key (401), or one of a wider scope (403); its message.
+    #[error("{message}")]
+    NotAllowed { message: String },
 }
 
 /// Why the cluster gave no usable answer.
@@ -194,6 +197,7 @@ pub(super) fn error_for(agent: &str, path: &'static str, code: StatusCode, bytes
     let message = error_message(bytes);
     match code {
         StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => RunError::Rejected(Rejection::ByAgent { message }),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RunError::Rejected(Rejection::NotAllowed { message }),
         StatusCode::SERVICE_UNAVAILABLE => Unavailable::AgentUnavailable { agent: agent.to_string(), message }.into(),
         _ => Unavailable::UnexpectedStatus { agent: agent.to_string(), path, code, message }.into(),
     }

@@ -27,6 +27,7 @@
 //! `report.rs` is what a run did, as text for people ([`RunReport`]); `error.rs` is why a run
 //! produced no outcome, by kind ([`RunError`], [`Unavailable`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::{
@@ -110,12 +111,25 @@ pub struct Runner {
     supervisor: Option<String>,
     /// How long one run keeps looking for a leader.
     follow_budget: Duration,
+    /// The client API key sent with every `/read/` and `/commit/` (agents with `--api-keys`
+    /// need one), as `Authorization: Bearer <key>`.
+    api_key: Option<Arc<str>>,
 }
 
 impl Runner {
     pub fn new() -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).connect_timeout(CONNECT_TIMEOUT).build()?;
-        Ok(Self { http, supervisor: None, follow_budget: DEFAULT_FOLLOW_BUDGET })
+        Ok(Self { http, supervisor: None, follow_budget: DEFAULT_FOLLOW_BUDGET, api_key: None })
+    }
+
+    /// Sends `key` with every read and commit (none: send no key).
+    pub fn with_api_key(mut self, key: Option<&str>) -> Self {
+        self.api_key = key.map(Arc::from);
+        self
+    }
+
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
     }
 
     /// Asks this supervisor (`host:port`) for the leader when the leader does not answer. An
@@ -291,7 +305,11 @@ impl Runner {
     ) -> Result<(StatusCode, Vec<u8>), SendError> {
         let url = format!("{}{path}", base_url(agent));
         let answer: Result<_, reqwest::Error> = async {
-            let response = self.http.post(&url).json(body).send().await?;
+            let mut request = self.http.post(&url).json(body);
+            if let Some(key) = &self.api_key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await?;
             let code = response.status();
             let bytes = response.bytes().await?;
             Ok((code, bytes.to_vec()))

@@ -53,6 +53,10 @@ pub(crate) struct CreateForm {
     /// To run a commit again whose outcome is unknown.
     #[serde(default)]
     txn_id: String,
+    /// A client API key to send instead of the one `client serve` was given (agents run with
+    /// `--api-keys` need one). Used for this transaction only, never shown again.
+    #[serde(default)]
+    api_key: String,
 }
 
 /// `GET /create/`: the transaction form.
@@ -125,8 +129,16 @@ pub(crate) async fn create(State(state): State<AppState>, Form(form): Form<Creat
             return render(&page(None, Some(refused_view(&refusal))));
         }
     };
+    let runner = match form.api_key.trim() {
+        "" => state.runner().clone(),
+        key if protocol::api_keys::is_key_text(key) => state.runner().clone().with_api_key(Some(key)),
+        _ => {
+            crate::metrics::transaction(FormOutcome::Refused, None);
+            return render(&page(None, Some(refused_view(&FormError::NotAKey))));
+        }
+    };
     let started = Instant::now();
-    let result = state.runner().run(&leader, &text, &options).await;
+    let result = runner.run(&leader, &text, &options).await;
     crate::metrics::transaction(FormOutcome::of(&result), Some(started.elapsed()));
     match &result {
         Ok(report) => {
@@ -165,6 +177,13 @@ enum FormError {
     /// The `txn_id` field holds something else than a UUID.
     #[error("txn_id {given:?} is not a UUID: {reason}")]
     NotAUuid { given: String, reason: String },
+    /// The API key field holds something no agent's keys file could (the key is not repeated).
+    #[error(
+        "the API key given is not one: keys are {MIN_KEY_LEN} to {MAX_KEY_LEN} ASCII letters, digits, '-', '_' and '.'",
+        MIN_KEY_LEN = protocol::api_keys::MIN_KEY_LEN,
+        MAX_KEY_LEN = protocol::api_keys::MAX_KEY_LEN
+    )]
+    NotAKey,
     /// "Read from" names an address the supervisor does not list (the menu only offers those).
     #[error("{address:?} is not a node of the cluster as the supervisor lists it; choose another place to read from")]
     NotANode { address: String },

@@ -4,7 +4,7 @@ use protocol::Outcome;
 use uuid::Uuid;
 
 use crate::metrics::FormOutcome;
-use crate::run::{describe_writes, role_name, wire_name, RunError, RunReport, Verdict};
+use crate::run::{describe_writes, role_name, wire_name, Rejection, RunError, RunReport, Verdict};
 use crate::status::{node_id, role_label, SupervisorStatus};
 use crate::web::state::HistoryEntry;
 
@@ -166,7 +166,14 @@ pub(crate) fn error_view(text: &str, error: &RunError) -> ErrorView {
             message: rejection.to_string(),
             pointer: None,
             retry_txn: None,
-            notes: vec!["Nothing was applied.".into()],
+            notes: match rejection {
+                Rejection::NotAllowed { .. } => vec![
+                    "Nothing was applied. The agents require a client API key: give one under \"API key\" (a write \
+                     key to commit)."
+                        .into(),
+                ],
+                _ => vec!["Nothing was applied.".into()],
+            },
         },
         RunError::Unavailable { cause, unknown_txn } => ErrorView {
             title: "The cluster is unavailable".into(),

@@ -61,8 +61,9 @@ pub fn render(guide: &str, programs: &[Program]) -> String {
         .collect();
     out.block(&format!(
         "Generated from the OpenAPI documents the programs serve at `GET /openapi.json`, as they \
-         describe themselves with a cluster token configured: {}. Without a cluster token, the endpoints \
-         that need it are open and never answer 401.",
+         describe themselves with a cluster token and client API keys configured: {}. Without a cluster \
+         token, the endpoints that need it are open and never answer 401; without API keys (the default), \
+         `/read/` and `/commit/` are open.",
         sections.join(", ")
     ));
     for program in programs {
@@ -179,7 +180,8 @@ impl Context<'_> {
             for (name, scheme) in schemes {
                 let what = scheme["description"].as_str().map(|d| self.prose(d)).unwrap_or_default();
                 out.block(&format!(
-                    "Endpoints marked *token* need the `{name}` credential when the program has one configured. {what}"
+                    "Endpoints marked {} need the `{name}` credential when the program has one configured. {what}",
+                    marker(name)
                 ));
             }
         }
@@ -188,12 +190,12 @@ impl Context<'_> {
         let rows: Vec<Vec<String>> = operations
             .iter()
             .map(|op| {
-                let token = if needs_token(op.operation) { "*token*" } else { "" };
+                let needs = credential(op.operation).map(marker).unwrap_or_default();
                 let summary = self.summary(op).map(|s| first_sentence(&s)).unwrap_or_default();
-                vec![format!("[`{}`](#{})", op.title(), self.anchor(op)), token.to_string(), summary]
+                vec![format!("[`{}`](#{})", op.title(), self.anchor(op)), needs.to_string(), summary]
             })
             .collect();
-        out.table(&["endpoint", "token", "what it does"], &rows);
+        out.table(&["endpoint", "needs", "what it does"], &rows);
 
         let mut tag = None;
         for op in &operations {
@@ -231,11 +233,15 @@ impl Context<'_> {
         if let Some(description) = operation["description"].as_str() {
             out.block(&self.prose(description));
         }
-        out.block(match needs_token(operation) {
-            true => {
+        out.block(match credential(operation) {
+            Some(API_KEY) => {
+                "**API key:** required when the agent runs with `--api-keys` (`Authorization: Bearer <key>`; \
+                 without a known key 401, with a key of too narrow a scope 403; nothing changes)."
+            }
+            Some(_) => {
                 "**Cluster token:** required (`Authorization: Bearer <token>`; without it, 401 and nothing changes)."
             }
-            false => "**Cluster token:** not needed.",
+            None => "**Cluster token:** not needed.",
         });
 
         if let Some(parameters) = operation["parameters"].as_array().filter(|p| !p.is_empty()) {
@@ -522,8 +528,24 @@ fn operations(document: &Value) -> Vec<Operation<'_>> {
     operations
 }
 
-fn needs_token(operation: &Value) -> bool {
-    operation["security"].as_array().is_some_and(|s| !s.is_empty())
+/// The name of the client API key scheme (the agent's `--api-keys`).
+const API_KEY: &str = "api_key";
+
+/// The credential an operation needs, by the name of its security scheme.
+fn credential(operation: &Value) -> Option<&str> {
+    operation["security"]
+        .as_array()?
+        .iter()
+        .find_map(|requirement| requirement.as_object()?.keys().next())
+        .map(|k| k.as_str())
+}
+
+/// How the endpoint tables mark the endpoints that need scheme `name`.
+fn marker(name: &str) -> &'static str {
+    match name {
+        API_KEY => "*key*",
+        _ => "*token*",
+    }
 }
 
 fn is_null(schema: &Value) -> bool {

@@ -1,8 +1,10 @@
-//! Outbound HTTP with the cluster token.
+//! Outbound HTTP with the cluster token, and over TLS when the cluster uses it.
 
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+
+use crate::Tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -17,20 +19,46 @@ pub enum ClientError {
 
 /// A client builder whose every request carries `Authorization: Bearer <token>` when there is a
 /// token, with Nagle's algorithm off (the calls are small and latency-bound). The caller adds
-/// its own timeouts and pool settings.
+/// its own timeouts and pool settings. Plain HTTP: [`client_builder_tls`] for a cluster with
+/// TLS.
 pub fn client_builder(token: Option<&str>) -> Result<reqwest::ClientBuilder, ClientError> {
+    client_builder_tls(token, None)
+}
+
+/// As [`client_builder`], and with `tls` every call goes over HTTPS (an `http://` URL is
+/// refused rather than sent in clear), trusts the cluster's CA only, and presents the
+/// program's certificate to a server that asks for one (`--tls-client-auth`).
+///
+/// The TLS configuration is handed to reqwest whole, so reqwest's own TLS settings
+/// (`add_root_certificate`, `identity`, ...) do not apply to the builder returned.
+pub fn client_builder_tls(token: Option<&str>, tls: Option<&Tls>) -> Result<reqwest::ClientBuilder, ClientError> {
     let mut headers = HeaderMap::new();
     if let Some(token) = token {
         let value = HeaderValue::from_str(&protocol::auth::bearer(token)).map_err(|_| ClientError::InvalidToken)?;
         headers.insert(AUTHORIZATION, value);
     }
-    Ok(reqwest::Client::builder().default_headers(headers).tcp_nodelay(true))
+    let builder = reqwest::Client::builder().default_headers(headers).tcp_nodelay(true);
+    Ok(match tls {
+        // reqwest accepts this `rustls::ClientConfig` because both use the same rustls (0.23);
+        // were they to differ, `build()` would fail, and the tests here would say so.
+        Some(tls) => builder.use_preconfigured_tls(rustls::ClientConfig::clone(&tls.client_config())).https_only(true),
+        None => builder,
+    })
 }
 
 /// A client as [`client_builder`] makes it, where every request (connecting included) must
 /// finish within `timeout` unless the request sets its own.
 pub fn http_client(token: Option<&str>, timeout: Duration) -> Result<reqwest::Client, ClientError> {
-    Ok(client_builder(token)?.timeout(timeout).connect_timeout(timeout).build()?)
+    http_client_tls(token, timeout, None)
+}
+
+/// A client as [`client_builder_tls`] makes it, with the timeouts of [`http_client`].
+pub fn http_client_tls(
+    token: Option<&str>,
+    timeout: Duration,
+    tls: Option<&Tls>,
+) -> Result<reqwest::Client, ClientError> {
+    Ok(client_builder_tls(token, tls)?.timeout(timeout).connect_timeout(timeout).build()?)
 }
 
 #[cfg(test)]
@@ -64,6 +92,18 @@ mod tests {
         assert_eq!(with.get(&url).send().await.unwrap().text().await.unwrap(), "Bearer s3cret");
         let without = http_client(None, Duration::from_secs(5)).unwrap();
         assert_eq!(without.get(&url).send().await.unwrap().text().await.unwrap(), "-");
+    }
+
+    #[tokio::test]
+    async fn with_tls_a_call_in_clear_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki =
+            crate::generate_local_pki(dir.path(), &[("client", &["127.0.0.1"])], Duration::from_secs(3600)).unwrap();
+        let tls = pki.options("client", false).unwrap().load().unwrap().unwrap();
+        let url = echo_authorization().await;
+        let client = http_client_tls(Some("s3cret"), Duration::from_secs(5), Some(&tls)).unwrap();
+        let error = client.get(&url).send().await.unwrap_err();
+        assert!(error.is_builder(), "{error}");
     }
 
     #[test]

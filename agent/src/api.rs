@@ -49,6 +49,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/up_node/", get(up_node))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_INTERNAL_BODY_BYTES));
     internal = service::guard(internal, node.cfg.token.as_deref());
+    // With mutual TLS, only programs holding a certificate from the cluster's CA get past here.
+    internal = service::guard_client_cert(internal, node.cfg.tls.as_ref().is_some_and(service::Tls::client_auth));
     // The transactions: behind client API keys when there are some.
     let keys = node.cfg.api_keys.as_ref();
     let reads = crate::client_keys::guard(Router::new().route("/read/", post(read)), keys, Scope::Read);

@@ -78,6 +78,20 @@ struct Args {
     /// a write key, sent as 'Authorization: Bearer <key>'; without it both are open.
     #[arg(long, env = "AGENT_API_KEYS", value_name = "FILE")]
     api_keys: Option<std::path::PathBuf>,
+    /// This agent's TLS certificate (PEM). With --tls-key and --tls-ca it serves HTTPS only
+    /// and calls the other agents and the supervisor over HTTPS.
+    #[arg(long, env = "AGENT_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM; keep it 0600).
+    #[arg(long, env = "AGENT_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The cluster's CA certificate (PEM): the only one trusted for the other programs.
+    #[arg(long, env = "AGENT_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Mutual TLS: the internal endpoints, the drills and log paging also need a client
+    /// certificate from --tls-ca (reads, commits, /status, /health and /metrics do not).
+    #[arg(long, env = "AGENT_TLS_CLIENT_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
+    tls_client_auth: bool,
     /// Connections to PostgreSQL.
     #[arg(long, env = "AGENT_DB_POOL", default_value_t = DEFAULT_POOL_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
     db_pool: u32,
@@ -156,6 +170,16 @@ async fn main() -> anyhow::Result<()> {
     })?;
     store.init_schema().await.context("creating the tables")?;
     let api_keys = args.api_keys.as_deref().map(load_api_keys).transpose()?.map(std::sync::Arc::new);
+    let tls = service::TlsOptions {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        ca: args.tls_ca.clone(),
+        client_auth: args.tls_client_auth,
+    }
+    .load()?;
+    if tls.as_ref().is_some_and(|t| t.server_config().is_none()) {
+        anyhow::bail!("--tls-ca alone is not enough for an agent, which serves: give --tls-cert and --tls-key too");
+    }
     let token = protocol::auth::resolve_token(args.cluster_token_file.as_deref(), args.cluster_token.as_deref())?;
     let cfg = NodeConfig {
         node_id: args.node_id,
@@ -167,20 +191,21 @@ async fn main() -> anyhow::Result<()> {
         min_copies: args.min_copies as usize,
         pipeline_depth: args.pipeline_depth as usize,
         api_keys,
+        tls: tls.clone(),
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {} (is the port taken?)", args.listen))?;
     let node = Node::start(cfg, store).await.context("starting the node")?;
-    tracing::info!(listen = %args.listen, "agent serving");
-    // Small request/response pairs: without TCP_NODELAY, Nagle's algorithm and delayed ACKs
-    // add tens of milliseconds to every internal round trip.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, agent::api::router(node)).with_graceful_shutdown(service::shutdown_signal()).await?;
+    tracing::info!(
+        listen = %args.listen,
+        tls = tls.is_some(),
+        client_auth = tls.as_ref().is_some_and(service::Tls::client_auth),
+        "agent serving"
+    );
+    // service::serve sets TCP_NODELAY on every connection: small request/response pairs would
+    // otherwise wait on Nagle's algorithm and delayed ACKs.
+    service::serve(listener, agent::api::router(node), tls.as_ref(), service::shutdown_signal()).await?;
     Ok(())
 }
 

@@ -58,6 +58,9 @@ pub struct NodeConfig {
     /// Client API keys (`--api-keys`): with them `/read/` needs a read or write key and
     /// `/commit/` a write key; without them both are open.
     pub api_keys: Option<std::sync::Arc<protocol::api_keys::ApiKeys>>,
+    /// TLS (`--tls-*`): this agent serves HTTPS and calls its peers and the supervisor over
+    /// HTTPS; with client auth its internal endpoints need a certificate from the CA.
+    pub tls: Option<service::Tls>,
 }
 
 pub struct Node {
@@ -94,7 +97,7 @@ impl Node {
     /// Opens the node: restores its member state from PostgreSQL and, if the configuration
     /// names it leader, resolves what it left prepared and starts leading.
     pub async fn start(cfg: NodeConfig, store: Store) -> anyhow::Result<Arc<Node>> {
-        let peers = Peers::new(cfg.peer_timeout, cfg.token.as_deref())?;
+        let peers = Peers::new(cfg.peer_timeout, cfg.token.as_deref(), cfg.tls.as_ref())?;
         let (end, prepared) = ground_truth(&store).await?;
         let cluster_id = store.cluster_id().await?;
         let (config, restarted) = match store.load_config().await? {

@@ -31,16 +31,27 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 #[derive(Clone)]
 pub struct Peers {
     http: reqwest::Client,
+    /// `http` or `https` (with `--tls-*`: the peers are then called over TLS, trusting the
+    /// cluster's CA only).
+    scheme: &'static str,
 }
 
 impl Peers {
-    pub fn new(timeout: Duration, token: Option<&str>) -> Result<Peers, service::ClientError> {
-        let http = service::client_builder(token)?
+    pub fn new(
+        timeout: Duration,
+        token: Option<&str>,
+        tls: Option<&service::Tls>,
+    ) -> Result<Peers, service::ClientError> {
+        let http = service::client_builder_tls(token, tls)?
             .timeout(timeout)
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Peers { http })
+        Ok(Peers { http, scheme: if tls.is_some() { "https" } else { "http" } })
+    }
+
+    fn url(&self, peer: &str, path: &str) -> String {
+        format!("{}://{peer}{path}", self.scheme)
     }
 
     pub async fn prepare(&self, peer: &str, req: &PrepareRequest) -> Result<PrepareResponse, PeerError> {
@@ -53,14 +64,14 @@ impl Peers {
 
     pub async fn batch_state(&self, peer: &str, batch: &PendingInfo) -> Result<BatchStateResponse, PeerError> {
         let PendingInfo { last_lsn, last_txn, term } = batch;
-        let url = format!("http://{peer}/internal/batch_state?last_lsn={last_lsn}&last_txn={last_txn}&term={term}");
+        let url = self.url(peer, &format!("/internal/batch_state?last_lsn={last_lsn}&last_txn={last_txn}&term={term}"));
         let resp = self.http.get(url).send().await.map_err(|source| unreachable(peer, source))?;
         decode(peer, resp).await
     }
 
     /// Whether `peer` answers `/health` within [`PROBE_TIMEOUT`].
     pub async fn probe(&self, peer: &str) -> bool {
-        let req = self.http.get(format!("http://{peer}/health")).timeout(PROBE_TIMEOUT);
+        let req = self.http.get(self.url(peer, "/health")).timeout(PROBE_TIMEOUT);
         matches!(req.send().await, Ok(resp) if resp.status().is_success())
     }
 
@@ -83,8 +94,7 @@ impl Peers {
     }
 
     async fn get<T: DeserializeOwned>(&self, peer: &str, path: &str) -> Result<T, PeerError> {
-        let resp =
-            self.http.get(format!("http://{peer}{path}")).send().await.map_err(|source| unreachable(peer, source))?;
+        let resp = self.http.get(self.url(peer, path)).send().await.map_err(|source| unreachable(peer, source))?;
         decode(peer, resp).await
     }
 
@@ -95,13 +105,8 @@ impl Peers {
         body: &B,
     ) -> Result<T, PeerError> {
         let started = std::time::Instant::now();
-        let resp = self
-            .http
-            .post(format!("http://{peer}{path}"))
-            .json(body)
-            .send()
-            .await
-            .map_err(|source| unreachable(peer, source))?;
+        let resp =
+            self.http.post(self.url(peer, path)).json(body).send().await.map_err(|source| unreachable(peer, source))?;
         let answer = decode(peer, resp).await;
         // The round trip as the caller sees it: network, the peer's work, and both sides' scheduling.
         metrics::histogram!("rmw_peer_call_seconds", "path" => path).record(started.elapsed().as_secs_f64());

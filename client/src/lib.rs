@@ -10,11 +10,13 @@
 //! - [`operator`]: the supervisor's operator endpoints (switchover, pause and resume, members,
 //!   rebuild) as the operator commands and the cluster page's buttons call them;
 //! - [`metrics`]: what `client serve` counts, for `GET /metrics`;
+//! - [`net`]: plain HTTP or HTTPS to the cluster, chosen once per process (`--tls-*`);
 //! - [`openapi`]: the web client's OpenAPI document (also rendered into docs/api.md).
 //!
 //! `main.rs` only parses the options and runs a subcommand.
 
 pub mod metrics;
+pub mod net;
 pub mod openapi;
 pub mod operator;
 pub mod run;

@@ -74,6 +74,19 @@ struct Cli {
     /// docs/examples/client.toml); the environment and the flags override it.
     #[arg(long, global = true, env = "CLIENT_CONFIG", value_name = "FILE")]
     config: Option<std::path::PathBuf>,
+    /// The cluster's CA certificate (PEM): call the cluster over HTTPS, trusting this CA only.
+    #[arg(long, global = true, env = "CLIENT_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM): `serve` serves HTTPS with it, and every call presents it
+    /// (agents and supervisors run with --tls-client-auth want one on their internal endpoints).
+    #[arg(long, global = true, env = "CLIENT_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM; keep it 0600).
+    #[arg(long, global = true, env = "CLIENT_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Mutual TLS for `serve`: /leader_changed/ also needs a client certificate from --tls-ca.
+    #[arg(long, global = true, env = "CLIENT_TLS_CLIENT_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
+    tls_client_auth: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -225,6 +238,23 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let tls = match (service::TlsOptions {
+        cert: cli.tls_cert.clone(),
+        key: cli.tls_key.clone(),
+        ca: cli.tls_ca.clone(),
+        client_auth: cli.tls_client_auth,
+    })
+    .load()
+    {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if client::net::init(tls.clone()).is_err() {
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -307,6 +337,10 @@ fn main() -> ExitCode {
                     }
                 };
                 init_logs(log_json);
+                if tls.as_ref().is_some_and(|t| t.server_config().is_none()) {
+                    eprintln!("error: client serve with TLS needs --tls-cert and --tls-key as well as --tls-ca");
+                    return ExitCode::from(EXIT_USAGE);
+                }
                 match serve(&listen, &agent, &supervisor, advertise, token, api_key, wait).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
@@ -387,7 +421,7 @@ fn shell_quote(text: &str) -> String {
 }
 
 async fn status(supervisor: &str, json: bool) -> ExitCode {
-    let http = match reqwest::Client::builder().build() {
+    let http = match client::net::builder(None).and_then(|b| Ok(b.build()?)) {
         Ok(http) => http,
         Err(e) => {
             eprintln!("error: cannot set up the HTTP client: {e}");
@@ -409,7 +443,7 @@ async fn status(supervisor: &str, json: bool) -> ExitCode {
 /// `client status --watch`: the status again every `every` until Ctrl-C (or SIGTERM); a
 /// supervisor that does not answer is said so, and asked again.
 async fn watch_status(supervisor: &str, json: bool, every: Duration) -> ExitCode {
-    let http = match reqwest::Client::builder().build() {
+    let http = match client::net::builder(None).and_then(|b| Ok(b.build()?)) {
         Ok(http) => http,
         Err(e) => {
             eprintln!("error: cannot set up the HTTP client: {e}");
@@ -454,7 +488,7 @@ async fn operate(args: OperatorArgs, operation: Operation, wait: Option<Duration
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let http = match service::client_builder(token.as_deref()).and_then(|b| Ok(b.build()?)) {
+    let http = match client::net::builder(token.as_deref()).and_then(|b| Ok(b.build()?)) {
         Ok(http) => http,
         Err(e) => {
             eprintln!("error: cannot set up the HTTP client: {e}");
@@ -575,15 +609,15 @@ async fn serve(
         Runner::new()?.with_supervisor(Some(supervisor)).with_follow_budget(wait).with_api_key(api_key.as_deref());
     let state = web::AppState::new(agent, runner)?.with_token(token.as_deref())?.with_metrics(metrics)?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let url = format!("http://{}/leader_changed/", advertise.as_deref().unwrap_or(listen));
+    let url = format!("{}/leader_changed/", client::net::base_url(advertise.as_deref().unwrap_or(listen)));
     if !supervisor.trim().is_empty() {
         tokio::spawn(register(supervisor.to_string(), url, state.clone(), token.clone()));
     }
     // The cluster page's plots: the leader's metrics, once a second, for as long as we serve.
     tokio::spawn(web::sampler::run(state.clone()));
-    tracing::info!(%listen, %agent, %supervisor, "client web pages at http://{listen}/create/ and http://{listen}/cluster/");
-    axum::serve(listener, web::app(state))
-        .with_graceful_shutdown(service::shutdown_signal())
+    let pages = client::net::base_url(listen);
+    tracing::info!(%listen, %agent, %supervisor, "client web pages at {pages}/create/ and {pages}/cluster/");
+    service::serve(listener, web::app(state), client::net::tls(), service::shutdown_signal())
         .await
         .context("the HTTP server failed")?;
     tracing::info!("client stopped");
@@ -593,7 +627,7 @@ async fn serve(
 /// Registers with the supervisor, retrying until it answers (it may start after us), and
 /// adopts the leader it reports.
 async fn register(supervisor: String, url: String, state: web::AppState, token: Option<String>) {
-    let http = match service::client_builder(token.as_deref()).and_then(|builder| Ok(builder.build()?)) {
+    let http = match client::net::builder(token.as_deref()).and_then(|builder| Ok(builder.build()?)) {
         Ok(http) => http,
         Err(e) => {
             tracing::error!(error = %e, "cannot set up the HTTP client to register with the supervisor");
@@ -606,7 +640,7 @@ async fn register(supervisor: String, url: String, state: web::AppState, token: 
         // every supervisor reads it); a standby answers 503.
         for supervisor in client::status::supervisors(&supervisor) {
             let sent = http
-                .post(format!("http://{supervisor}/register_client/"))
+                .post(format!("{}/register_client/", client::net::base_url(supervisor)))
                 .json(&protocol::RegisterClient { url: url.clone() })
                 .timeout(std::time::Duration::from_secs(2))
                 .send()

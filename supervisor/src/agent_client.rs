@@ -62,11 +62,16 @@ impl CallError {
 #[derive(Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
+    /// `http`, or `https` with `--tls-*` (trusting the cluster's CA only).
+    scheme: &'static str,
 }
 
 impl AgentClient {
-    pub fn new(token: Option<&str>) -> Result<AgentClient, service::ClientError> {
-        Ok(AgentClient { http: service::client_builder(token)?.connect_timeout(CONNECT_TIMEOUT).build()? })
+    pub fn new(token: Option<&str>, tls: Option<&service::Tls>) -> Result<AgentClient, service::ClientError> {
+        Ok(AgentClient {
+            http: service::client_builder_tls(token, tls)?.connect_timeout(CONNECT_TIMEOUT).build()?,
+            scheme: if tls.is_some() { "https" } else { "http" },
+        })
     }
 
     /// `GET /health?term=`: the poll carries the current term, so that a leader of an older
@@ -157,7 +162,7 @@ impl AgentClient {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<T, CallError> {
-        let url = format!("http://{addr}{path}");
+        let url = format!("{}://{addr}{path}", self.scheme);
         let req = match body {
             Some(body) => self.http.post(url).json(body),
             None => self.http.get(url),

@@ -115,9 +115,15 @@ impl IntoResponse for ApiError {
 }
 
 pub fn router(sup: Arc<Supervisor>) -> Router {
+    // Called by the cluster's own programs: with mutual TLS, only with a certificate from the CA.
+    let internal =
+        Router::new().route("/register_client/", post(register_client)).route("/report_failure", post(report_failure));
+    let internal =
+        service::guard_client_cert(internal, sup.settings.tls.as_ref().is_some_and(service::Tls::client_auth));
+    // The operator's endpoints take the token alone: an operator's `client` need not hold a
+    // certificate of the cluster's.
     let guarded = Router::new()
-        .route("/register_client/", post(register_client))
-        .route("/report_failure", post(report_failure))
+        .merge(internal)
         .route("/switchover", post(switchover))
         .route("/pause", post(pause))
         .route("/resume", post(resume))

@@ -88,6 +88,20 @@ struct Args {
     /// The cluster token itself (prefer --cluster-token-file: environments leak).
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    /// The supervisor's TLS certificate (PEM). With --tls-key and --tls-ca it serves HTTPS
+    /// only and calls the agents and clients over HTTPS.
+    #[arg(long, env = "SUPERVISOR_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM; keep it 0600).
+    #[arg(long, env = "SUPERVISOR_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM): the only one trusted for the other programs.
+    #[arg(long, env = "SUPERVISOR_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: /report_failure and /register_client/ also need a client certificate from
+    /// --tls-ca (the operator's endpoints take the token alone).
+    #[arg(long, env = "SUPERVISOR_TLS_CLIENT_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
+    tls_client_auth: bool,
     /// Write the logs as JSON, one object per line, instead of text (`LOG_JSON=1` too).
     #[arg(long, env = "LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     log_json: bool,
@@ -120,6 +134,18 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let token = protocol::auth::resolve_token(args.cluster_token_file.as_deref(), args.cluster_token.as_deref())?;
+    let tls = service::TlsOptions {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        ca: args.tls_ca.clone(),
+        client_auth: args.tls_client_auth,
+    }
+    .load()?;
+    if tls.as_ref().is_some_and(|t| t.server_config().is_none()) {
+        anyhow::bail!(
+            "--tls-ca alone is not enough for the supervisor, which serves: give --tls-cert and --tls-key too"
+        );
+    }
     let settings = Settings {
         token,
         agents,
@@ -131,15 +157,15 @@ async fn main() -> anyhow::Result<()> {
         advertise: args.advertise.unwrap_or_else(|| args.listen.clone()),
         lease_ttl: Duration::from_secs(args.lease_ttl_s),
         act_without_lease: args.act_without_lease,
+        tls: tls.clone(),
     };
     let supervisor = Supervisor::new(settings).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (is the port taken?)", args.listen))?;
-    tracing::info!(listen = %args.listen, "supervisor serving");
+    tracing::info!(listen = %args.listen, tls = tls.is_some(), "supervisor serving");
     tokio::spawn(supervisor.clone().run());
-    axum::serve(listener, router(supervisor.clone()))
-        .with_graceful_shutdown(service::shutdown_signal())
+    service::serve(listener, router(supervisor.clone()), tls.as_ref(), service::shutdown_signal())
         .await
         .context("the HTTP server failed")?;
     supervisor.resign().await;

@@ -57,6 +57,10 @@ pub struct Settings {
     /// Tests only: act without holding the lease (the configuration's revision still guards
     /// every write).
     pub act_without_lease: bool,
+    /// TLS (`--tls-*`): the supervisor serves HTTPS and calls the agents and clients over
+    /// HTTPS; with client auth `/report_failure` and `/register_client/` need a certificate
+    /// from the CA.
+    pub tls: Option<service::Tls>,
 }
 
 pub struct Supervisor {
@@ -83,7 +87,7 @@ impl Supervisor {
     /// read when this supervisor first becomes active, and meanwhile as a standby.
     pub async fn new(settings: Settings) -> anyhow::Result<Arc<Supervisor>> {
         let config = ConfigKeeper::open(&settings.store, &settings.state_file, settings.act_without_lease).await?;
-        let agents = AgentClient::new(settings.token.as_deref())?;
+        let agents = AgentClient::new(settings.token.as_deref(), settings.tls.as_ref())?;
         let observations = Observations::new(&settings.agents, settings.misses);
         Ok(Arc::new(Supervisor { settings, agents, config, observations, history: SyncMutex::default() }))
     }

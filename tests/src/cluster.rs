@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use protocol::{Account, AgentStatus, Balance, CommitResponse, LogPage, Lsn, ReadResponse};
 use reqwest::StatusCode;
+
+use crate::tls;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
@@ -115,6 +117,13 @@ pub struct ClusterOptions {
     /// agent is given the members and the leader like the others, plus its own address; the
     /// others and the supervisor are not given the spare's.
     pub spare: usize,
+    /// TLS between every program and towards the harness: a CA and a certificate per agent,
+    /// supervisor and the harness itself, made in the cluster's folder; the harness then calls
+    /// `https://` URLs trusting that CA only.
+    pub tls: bool,
+    /// With `tls`: mutual TLS (`--tls-client-auth`) on every agent and supervisor; the
+    /// harness presents its own certificate.
+    pub tls_client_auth: bool,
 }
 
 impl ClusterOptions {
@@ -134,7 +143,14 @@ impl ClusterOptions {
             etcd_members: 0,
             hosts: false,
             spare: 0,
+            tls: false,
+            tls_client_auth: false,
         }
+    }
+
+    /// [`ClusterOptions::supervised`] with TLS everywhere, mutual inside.
+    pub fn with_tls(nodes: usize) -> Self {
+        ClusterOptions { tls: true, tls_client_auth: true, ..ClusterOptions::supervised(nodes) }
     }
 
     /// [`ClusterOptions::with_etcd`] with every node (PostgreSQL and agent), both supervisors
@@ -264,6 +280,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// Where the agent's stdout and stderr go (appended across restarts).
     pub log_path: PathBuf,
+    /// `http`, or `https` in a cluster with TLS.
+    pub scheme: &'static str,
     agent: Daemon,
     pool: tokio::sync::OnceCell<PgPool>,
 }
@@ -274,9 +292,9 @@ impl Node {
         format!("{}:{}", self.ip, self.port)
     }
 
-    /// `http://<ip>:<port>`.
+    /// `http://<ip>:<port>` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.address())
+        format!("{}://{}", self.scheme, self.address())
     }
 
     /// Where the harness connects to this node's PostgreSQL, with the password (a test-run's
@@ -341,6 +359,8 @@ pub struct Cluster {
     /// The etcd members holding the supervisors' configuration, when asked for.
     pub(crate) etcd: Vec<EtcdMember>,
     http: reqwest::Client,
+    /// The cluster's CA and certificates, with TLS.
+    pki: Option<tls::Pki>,
     /// The network namespaces and the bridge, on hosts. Declared last: dropped after the
     /// processes in them were stopped.
     pub(crate) hosts: Option<Hosts>,
@@ -352,6 +372,8 @@ pub(crate) struct SupervisorProcess {
     pub(crate) port: u16,
     /// Its `--state-file`, kept across restarts.
     pub(crate) state_file: PathBuf,
+    /// `http`, or `https` in a cluster with TLS.
+    pub(crate) scheme: &'static str,
     pub(crate) daemon: Daemon,
 }
 
@@ -422,9 +444,28 @@ impl Cluster {
             .collect();
         let etcd = etcd::members(&dir, &etcd_places);
         let store = (!etcd.is_empty()).then(|| format!("etcd://{}/rmw/test", etcd::endpoints(&etcd)));
+        // With TLS: a CA and a certificate per program (and one for the harness), all in the
+        // cluster's folder, each naming the address the program is reached at.
+        let scheme = if options.tls { "https" } else { "http" };
+        let sup_places: Vec<(Ipv4Addr, Option<String>, u16)> = (0..supervisor_count)
+            .map(|k| place(HostId::Supervisor(k), ports::free_port, hosts::SUPERVISOR_PORT))
+            .collect();
+        let pki = options.tls.then(|| {
+            let programs: Vec<(String, Ipv4Addr)> = placed
+                .iter()
+                .enumerate()
+                .map(|(i, (ip, ..))| (format!("agent{i}"), *ip))
+                .chain(sup_places.iter().enumerate().map(|(k, (ip, ..))| (format!("supervisor{k}"), *ip)))
+                .chain([("harness".to_string(), Ipv4Addr::LOCALHOST)])
+                .collect();
+            tls::Pki::create(&dir.join("tls"), &programs)
+        });
+        let tls_args = |stem: &str| -> Vec<String> {
+            pki.as_ref().map(|pki| pki.args(stem, options.tls_client_auth)).unwrap_or_default()
+        };
         let supervisors: Vec<SupervisorProcess> = (0..supervisor_count)
             .map(|k| {
-                let (ip, netns, port) = place(HostId::Supervisor(k), ports::free_port, hosts::SUPERVISOR_PORT);
+                let (ip, netns, port) = sup_places[k].clone();
                 // The first keeps the names of a single supervisor's files.
                 let suffix = if k == 0 { String::new() } else { k.to_string() };
                 let state_file = dir.join(format!("supervisor{suffix}-state.json"));
@@ -443,11 +484,13 @@ impl Cluster {
                 if let Some(store) = &store {
                     args.extend(["--store".into(), store.clone()]);
                 }
+                args.extend(tls_args(&format!("supervisor{k}")));
                 args.extend(options.supervisor_args.iter().cloned());
                 SupervisorProcess {
                     ip,
                     port,
                     state_file,
+                    scheme,
                     daemon: Daemon {
                         name: format!("supervisor{suffix}"),
                         program: binary("supervisor"),
@@ -488,9 +531,11 @@ impl Cluster {
                 if !supervisor_list.is_empty() {
                     args.extend(["--supervisor".into(), supervisor_list.join(",")]);
                 }
+                args.extend(tls_args(&format!("agent{i}")));
                 args.extend(options.agent_args.iter().cloned());
                 let log_path = dir.join(format!("agent{i}.log"));
                 Node {
+                    scheme,
                     index: i,
                     node_id,
                     ip,
@@ -513,14 +558,17 @@ impl Cluster {
                 }
             })
             .collect();
-        let http = reqwest::Client::builder()
+        // With TLS the harness trusts the cluster's CA only, and presents its own certificate.
+        let harness_tls = pki.as_ref().map(|pki| pki.load("harness"));
+        let http = service::client_builder_tls(None, harness_tls.as_ref())
+            .expect("the HTTP client's settings")
             .no_proxy()
             .timeout(Duration::from_secs(60))
             .build()
             .expect("build the HTTP client");
         // From here on, a panic drops the cluster, which cleans up whatever was started.
         let trusted = hosts.as_ref().map(|h| h.gateway);
-        let cluster = Cluster { dir, nodes, leader: options.leader, supervisors, etcd, http, hosts };
+        let cluster = Cluster { dir, nodes, leader: options.leader, supervisors, etcd, http, pki, hosts };
         if !cluster.etcd.is_empty() {
             cluster.start_etcd_cluster().await;
         }
@@ -614,6 +662,11 @@ impl Cluster {
     }
 
     /// The HTTP client the harness uses (no proxy, 60 s timeout).
+    /// The cluster's CA and certificates, in a cluster with TLS.
+    pub fn pki(&self) -> Option<&tls::Pki> {
+        self.pki.as_ref()
+    }
+
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }

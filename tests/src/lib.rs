@@ -62,6 +62,7 @@ mod operator;
 mod pg;
 mod ports;
 mod supervisor;
+pub mod tls;
 
 pub use cluster::{BalanceRow, Cluster, ClusterOptions, LogRow, Node, RawResponse};
 pub use follow::{Ack, Follower, Sent, FOLLOW_BUDGET, REQUEST_TIMEOUT};

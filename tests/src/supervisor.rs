@@ -59,9 +59,9 @@ impl Cluster {
         self.supervisor_url_at(0)
     }
 
-    /// `http://<ip>:<port>` of supervisor `k`.
+    /// `http://<ip>:<port>` (`https://` with TLS) of supervisor `k`.
     pub fn supervisor_url_at(&self, k: usize) -> String {
-        format!("http://{}", self.supervisor_address_at(k))
+        format!("{}://{}", self.sup_at(k).scheme, self.supervisor_address_at(k))
     }
 
     /// The supervisor's `--state-file`.

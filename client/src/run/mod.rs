@@ -84,12 +84,7 @@ pub struct RunOptions {
 
 /// `host:port` or a full `http://host:port` URL, without a trailing slash.
 pub fn base_url(address: &str) -> String {
-    let address = address.trim().trim_end_matches('/');
-    if address.starts_with("http://") || address.starts_with("https://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    }
+    crate::net::base_url(address)
 }
 
 /// The part of the supervisor's `GET /status` a run needs to find the leader. Read leniently:
@@ -118,7 +113,7 @@ pub struct Runner {
 
 impl Runner {
     pub fn new() -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).connect_timeout(CONNECT_TIMEOUT).build()?;
+        let http = crate::net::builder(None)?.timeout(REQUEST_TIMEOUT).connect_timeout(CONNECT_TIMEOUT).build()?;
         Ok(Self { http, supervisor: None, follow_budget: DEFAULT_FOLLOW_BUDGET, api_key: None })
     }
 

@@ -56,6 +56,11 @@ const APP_JS: &str = include_str!("../../static/app.js");
 pub fn app(state: AppState) -> Router {
     // The document describes this client as configured (with or without the token).
     let spec: Arc<str> = crate::openapi::json(state.token().is_some()).into();
+    // The supervisor calls it: with mutual TLS, only with a certificate from the cluster's CA.
+    let internal = service::guard_client_cert(
+        Router::new().route("/leader_changed/", post(leader_changed::leader_changed)),
+        crate::net::client_auth(),
+    );
     Router::new()
         .route(
             "/openapi.json",
@@ -71,7 +76,7 @@ pub fn app(state: AppState) -> Router {
         .route("/cluster/status.json", get(cluster::cluster_json))
         .route("/cluster/drill", post(drill::drill))
         .route("/cluster/operate", post(operate::operate))
-        .route("/leader_changed/", post(leader_changed::leader_changed))
+        .merge(internal)
         .route("/static/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
         .route("/static/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .fallback(not_found)

@@ -97,7 +97,7 @@ impl AppState {
     /// `leader` is where transactions go first; the runner asks its supervisor, if it has
     /// one, when the leader does not answer, and the cluster page shows that supervisor's view.
     pub fn new(leader: &str, runner: Runner) -> anyhow::Result<AppState> {
-        let http = service::client_builder(None)?.connect_timeout(CONNECT_TIMEOUT).build()?;
+        let http = crate::net::builder(None)?.connect_timeout(CONNECT_TIMEOUT).build()?;
         Ok(AppState {
             inner: Arc::new(Shared {
                 leader: RwLock::new(leader.trim().to_string()),
@@ -117,7 +117,7 @@ impl AppState {
     /// it on `/leader_changed/`.
     pub fn with_token(mut self, token: Option<&str>) -> anyhow::Result<AppState> {
         let Some(token) = token else { return Ok(self) };
-        let http = service::client_builder(Some(token))?.connect_timeout(CONNECT_TIMEOUT).build()?;
+        let http = crate::net::builder(Some(token))?.connect_timeout(CONNECT_TIMEOUT).build()?;
         let shared = Arc::get_mut(&mut self.inner).ok_or_else(|| anyhow::anyhow!("the state is already shared"))?;
         shared.http = http;
         shared.token = Some(token.to_string());

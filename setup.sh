@@ -48,6 +48,10 @@ BRIDGE="$NS_PREFIX-br0"
 # The etcd key prefix of this cluster's configuration.
 ETCD_PREFIX="${RMW_ETCD_PREFIX:-/rmw/default}"
 
+# TLS between every program and towards their callers (RMW_TLS=1): a local CA and a certificate
+# per program in $DATA_DIR/tls, made once by 'client certs'; mutual TLS on internal endpoints.
+TLS_MODE="${RMW_TLS:-0}"
+
 # A load balancer in front of the agents (RMW_PROXY=haproxy): one port for writes (the leader),
 # one for reads (the leader or a member replica).
 PROXY_MODE="${RMW_PROXY:-none}"
@@ -134,6 +138,8 @@ Environment:
   RMW_STORE=file|etcd        where the supervisors keep the configuration (default file)
   RMW_PROXY=none|haproxy     HAProxy in front of the agents (default none);
                              PROXY_WRITE_PORT=8080 PROXY_READ_PORT=8081
+  RMW_TLS=0|1                HTTPS between every program and towards their callers, mutual
+                             inside; a local CA and certificates in DATA_DIR/tls (default 0)
   RMW_HOSTS=local|netns      all on 127.0.0.1 (default), or a network namespace per host (root)
   ETCD_PORTS="2379 2479 2579" etcd's client ports (peer port: +1); RMW_SUBNET=10.77.0,
   RMW_NS_PREFIX=rmw, RMW_ETCD_PREFIX=/rmw/default, RMW_RUN_DIR=./run, RMW_PROFILE=release|debug
@@ -644,6 +650,61 @@ set_modes() {
     none | haproxy) ;;
     *) die "RMW_PROXY=$PROXY_MODE: give 'haproxy' (a load balancer in front of the agents) or 'none' (the default)" ;;
     esac
+    case "$TLS_MODE" in
+    0 | 1) ;;
+    *) die "RMW_TLS=$TLS_MODE: give 1 (HTTPS between every program, mutual inside) or 0 (the default)" ;;
+    esac
+}
+
+# ---------------------------------------------------------------------------------------------
+# TLS (RMW_TLS=1)
+
+tls_dir() { printf '%s/tls' "$DATA_DIR"; }
+
+# http, or https with RMW_TLS=1.
+scheme() { if ((TLS_MODE)); then printf https; else printf http; fi; }
+
+# The URL of one of our programs (not etcd's, which stays on plain HTTP).
+program_url() { printf '%s://%s' "$(scheme)" "$(service_address "$1")"; }
+
+# curl to one of our programs: with TLS, trusting the cluster's CA and presenting setup.sh's
+# own certificate (the internal endpoints want one).
+ccurl() {
+    if ((TLS_MODE)); then
+        curl --cacert "$(tls_dir)/ca.pem" --cert "$(tls_dir)/setup.pem" --key "$(tls_dir)/setup-key.pem" "$@"
+    else
+        curl "$@"
+    fi
+}
+
+# The --tls-* flags of program $1, one per line (none without TLS).
+tls_args() {
+    ((TLS_MODE)) || return 0
+    printf '%s\n' --tls-cert "$(tls_dir)/$1.pem" --tls-key "$(tls_dir)/$1-key.pem" --tls-ca "$(tls_dir)/ca.pem" \
+        --tls-client-auth
+}
+
+# A local CA and a certificate per program (and for setup.sh's own calls and HAProxy), made
+# once: kept while every file is there, so that restarts keep trusting each other.
+ensure_certs() {
+    ((TLS_MODE)) || return 0
+    local dir programs=() name missing=0
+    dir="$(tls_dir)"
+    for name in "${AGENT_NAMES[@]}" "${SUPERVISOR_NAMES[@]}" client; do
+        programs+=("$name=$(service_host "$name")")
+    done
+    programs+=("setup=$HOST" "haproxy=$HOST")
+    for name in ca "${programs[@]%%=*}"; do
+        [[ -s "$dir/$name.pem" ]] || missing=1
+    done
+    if ((missing)); then
+        "$BIN_DIR/client" certs --dir "$dir" "${programs[@]}" >"$RUN_DIR/certs.log" 2>&1 ||
+            die "could not make the TLS certificates; see $RUN_DIR/certs.log:
+$(tail -n 5 "$RUN_DIR/certs.log")"
+        note "made a local CA and a certificate per program in $dir (keys mode 0600)"
+    else
+        note "TLS: reusing the CA and certificates in $dir"
+    fi
 }
 
 # Every service started after PostgreSQL, in start order.
@@ -771,10 +832,12 @@ service_args() {
             --database-password-file "$(pg_password_file "$i")" \
             --members "$members" --leader "$(service_address agent0)" \
             --supervisor "$supervisors" --cluster-token-file "$TOKEN_FILE"
+        tls_args "$1"
         ;;
     supervisor*)
         printf '%s\n' --listen "$(service_address "$1")" --agents "$members" \
             --cluster-token-file "$TOKEN_FILE"
+        tls_args "$1"
         if [[ "$STORE_MODE" == etcd ]]; then
             printf '%s\n' --store "etcd://$(addresses_of "${ETCD_NAMES[@]}")$ETCD_PREFIX"
         else
@@ -798,8 +861,11 @@ service_args() {
             --initial-cluster "${peers[*]}" --initial-cluster-token rmw-etcd --initial-cluster-state new \
             --heartbeat-interval 50 --election-timeout 500 --logger zap --log-level warn
         ;;
-    client) printf '%s\n' serve --listen "$(service_address client)" --agent "$(service_address agent0)" \
-        --supervisor "$supervisors" --cluster-token-file "$TOKEN_FILE" ;;
+    client)
+        printf '%s\n' serve --listen "$(service_address client)" --agent "$(service_address agent0)" \
+            --supervisor "$supervisors" --cluster-token-file "$TOKEN_FILE"
+        tls_args client
+        ;;
     esac
 }
 
@@ -842,7 +908,10 @@ log_tail() {
 
 # Succeeds when a service answers /health with 200 (etcd: when it sees a leader).
 healthy() {
-    curl -fsS --max-time 1 -o /dev/null "http://$(service_address "$1")/health" 2>/dev/null
+    case "$1" in
+    etcd*) curl -fsS --max-time 1 -o /dev/null "http://$(service_address "$1")/health" 2>/dev/null ;;
+    *) ccurl -fsS --max-time 1 -o /dev/null "$(program_url "$1")/health" 2>/dev/null ;;
+    esac
 }
 
 # Waits until every service answers /health; fails early, with its log, when one has exited.
@@ -881,7 +950,7 @@ wait_leader() {
     local deadline=$((SECONDS + 10)) status="" name
     while ((SECONDS < deadline)); do
         for name in "${SUPERVISOR_NAMES[@]}"; do
-            status="$(curl -s --max-time 2 "http://$(service_address "$name")/status" || true)"
+            status="$(ccurl -s --max-time 2 "$(program_url "$name")/status" || true)"
             [[ "$status" == *'"writes_available":true'* ]] && return 0
         done
         sleep 0.2
@@ -1037,8 +1106,14 @@ ensure_haproxy() {
 # takes the writes within about half a second of answering /primary; sessions to a server
 # marked down are cut at once, so no client waits on a deposed leader.
 haproxy_config() {
-    local bind="$1" write_port="$2" read_port="$3" backend check
+    local bind="$1" write_port="$2" read_port="$3" backend check bind_tls="" server_tls=""
     shift 3
+    # With TLS (HAPROXY_TLS_DIR, set by start_haproxy): HTTPS on both ports with haproxy's own
+    # certificate, and HTTPS to the agents, verified against the cluster's CA.
+    if [[ -n "${HAPROXY_TLS_DIR:-}" ]]; then
+        bind_tls=" ssl crt $HAPROXY_TLS_DIR/haproxy-bundle.pem"
+        server_tls=" ssl verify required ca-file $HAPROXY_TLS_DIR/ca.pem"
+    fi
     cat <<EOF
 # Written by setup.sh (haproxy_config) on every start; edits here are lost.
 # docs/operations.md, "Load balancer (HAProxy)".
@@ -1062,12 +1137,12 @@ defaults
 
 # Writes: POST /commit/ (and reads from the leader) go to the one agent that leads.
 frontend rmw_write
-    bind $bind:$write_port
+    bind $bind:$write_port$bind_tls
     default_backend rmw_primary
 
 # Reads: POST /read/ on any agent whose reads hold every acknowledged commit.
 frontend rmw_read
-    bind $bind:$read_port
+    bind $bind:$read_port$bind_tls
     default_backend rmw_read_only
 EOF
     for backend in "rmw_primary /primary first" "rmw_read_only /read-only roundrobin"; do
@@ -1077,7 +1152,7 @@ EOF
         printf '    default-server inter 200ms fastinter 200ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions\n'
         local i=0 address
         for address in "$@"; do
-            printf '    server node%s %s check\n' "$i" "$address"
+            printf '    server node%s %s check%s\n' "$i" "$address" "$server_tls"
             i=$((i + 1))
         done
     done
@@ -1090,6 +1165,13 @@ start_haproxy() {
         return 0
     fi
     for name in "${AGENT_NAMES[@]}"; do addresses+=("$(service_address "$name")"); done
+    local HAPROXY_TLS_DIR=""
+    if ((TLS_MODE)); then
+        HAPROXY_TLS_DIR="$(tls_dir)"
+        # HAProxy takes its certificate and key in one file.
+        (umask 077 && cat "$HAPROXY_TLS_DIR/haproxy.pem" "$HAPROXY_TLS_DIR/haproxy-key.pem" >"$HAPROXY_TLS_DIR/haproxy-bundle.pem") ||
+            die "could not write $HAPROXY_TLS_DIR/haproxy-bundle.pem"
+    fi
     haproxy_config "$HOST" "$PROXY_WRITE_PORT" "$PROXY_READ_PORT" "${addresses[@]}" >"$cfg"
     check="$("$HAPROXY_BIN" -c -f "$cfg" 2>&1)" || die "haproxy refuses its configuration $cfg:
 $check"
@@ -1108,7 +1190,7 @@ wait_proxy() {
             die "haproxy exited during start-up; $RUN_DIR/haproxy.log ends with:
 $(log_tail haproxy)"
         fi
-        curl -fsS --max-time 1 -o /dev/null "http://$HOST:$PROXY_WRITE_PORT/primary" 2>/dev/null && return 0
+        ccurl -fsS --max-time 1 -o /dev/null "$(scheme)://$HOST:$PROXY_WRITE_PORT/primary" 2>/dev/null && return 0
         sleep 0.2
     done
     warn "HAProxy's write port $HOST:$PROXY_WRITE_PORT reaches no leader after 10s (see $RUN_DIR/haproxy.log)"
@@ -1117,8 +1199,8 @@ $(log_tail haproxy)"
 # What the proxy reaches: the node behind the write port, and whether reads get through.
 proxy_details() {
     local writes reads
-    writes="$(json_field "$(curl -fsS --max-time 2 "http://$HOST:$PROXY_WRITE_PORT/status" 2>/dev/null)" node_id)"
-    if curl -fsS --max-time 2 -o /dev/null "http://$HOST:$PROXY_READ_PORT/read-only" 2>/dev/null; then
+    writes="$(json_field "$(ccurl -fsS --max-time 2 "$(scheme)://$HOST:$PROXY_WRITE_PORT/status" 2>/dev/null)" node_id)"
+    if ccurl -fsS --max-time 2 -o /dev/null "$(scheme)://$HOST:$PROXY_READ_PORT/read-only" 2>/dev/null; then
         reads="a reader"
     else
         reads="no reader"
@@ -1146,7 +1228,8 @@ ensure_etcd() {
 write_inventory() {
     local file="$RUN_DIR/cluster.json" name i pid first=1
     {
-        printf '{"hosts": "%s", "store": "%s", "processes": [\n' "$HOSTS_MODE" "$STORE_MODE"
+        printf '{"hosts": "%s", "store": "%s", "tls": "%s", "processes": [\n' "$HOSTS_MODE" "$STORE_MODE" \
+            "$( ((TLS_MODE)) && echo on || echo off)"
         for i in "${!PG_PORTS[@]}"; do
             pid="$(pg_running_pid "$i" || echo null)"
             inventory_line "pg$i" postgresql "$pid" "$first"
@@ -1186,6 +1269,8 @@ read_inventory_modes() {
     line="$(head -n 1 "$file")"
     [[ "$line" =~ \"hosts\":\ \"([a-z]+)\" ]] && HOSTS_MODE="${BASH_REMATCH[1]}"
     [[ "$line" =~ \"store\":\ \"([a-z]+)\" ]] && STORE_MODE="${BASH_REMATCH[1]}"
+    [[ "$line" =~ \"tls\":\ \"on\" ]] && TLS_MODE=1
+    [[ "$line" =~ \"tls\":\ \"off\" ]] && TLS_MODE=0
     return 0
 }
 
@@ -1227,18 +1312,19 @@ link_data_dir() {
 
 # Refuses to start a cluster in other modes than the one still running (the addresses differ).
 check_same_modes() {
-    local want_hosts="$HOSTS_MODE" want_store="$STORE_MODE" running=0 name
+    local want_hosts="$HOSTS_MODE" want_store="$STORE_MODE" want_tls="$TLS_MODE" running=0 name
     [[ -f "$RUN_DIR/cluster.json" ]] || return 0
     read_inventory_modes
     set_modes
     for name in $(service_names); do
         running_pid "$name" "$(service_binary "$name")" >/dev/null && running=1
     done
-    if ((running)) && [[ "$HOSTS_MODE/$STORE_MODE" != "$want_hosts/$want_store" ]]; then
-        die "a cluster started with RMW_HOSTS=$HOSTS_MODE RMW_STORE=$STORE_MODE still runs: './setup.sh stop' first"
+    if ((running)) && [[ "$HOSTS_MODE/$STORE_MODE/$TLS_MODE" != "$want_hosts/$want_store/$want_tls" ]]; then
+        die "a cluster started with RMW_HOSTS=$HOSTS_MODE RMW_STORE=$STORE_MODE RMW_TLS=$TLS_MODE still runs: './setup.sh stop' first"
     fi
     HOSTS_MODE="$want_hosts"
     STORE_MODE="$want_store"
+    TLS_MODE="$want_tls"
     set_modes
 }
 
@@ -1267,6 +1353,7 @@ cmd_start() {
     fi
     mkdir -p "$DATA_DIR"
     ensure_token
+    ensure_certs
     link_data_dir
     if [[ "$HOSTS_MODE" == netns ]]; then create_hosts; fi
 
@@ -1292,29 +1379,34 @@ cmd_start() {
     write_inventory
 
     echo
-    say "The cluster is up (hosts: $HOSTS_MODE, configuration store: $STORE_MODE)"
+    say "The cluster is up (hosts: $HOSTS_MODE, configuration store: $STORE_MODE, TLS: $( ((TLS_MODE)) && echo on || echo off))"
     for i in "${!PG_PORTS[@]}"; do
         note "PostgreSQL pg$i   $(service_address "pg$i")   data $(pg_dir "$i")"
     done
     for i in "${!AGENT_PORTS[@]}"; do
         local role
-        role="$(curl -s --max-time 2 "http://$(service_address "agent$i")/status" | grep -o '"role":"[a-z]*"' | cut -d'"' -f4)"
-        note "agent node$i     http://$(service_address "agent$i")   (${role:-unknown})"
+        role="$(ccurl -s --max-time 2 "$(program_url "agent$i")/status" | grep -o '"role":"[a-z]*"' | cut -d'"' -f4)"
+        note "agent node$i     $(program_url "agent$i")   (${role:-unknown})"
     done
     for name in "${SUPERVISOR_NAMES[@]}"; do
-        note "$(printf '%-16s' "$name") http://$(service_address "$name")/status   ($(supervisor_role "$name"))"
+        note "$(printf '%-16s' "$name") $(program_url "$name")/status   ($(supervisor_role "$name"))"
     done
     for name in "${ETCD_NAMES[@]}"; do
         note "$(printf '%-16s' "$name") http://$(service_address "$name")"
     done
-    note "client web page  http://$(service_address client)/create/   cluster page http://$(service_address client)/cluster/"
+    note "client web page  $(program_url client)/create/   cluster page $(program_url client)/cluster/"
     if [[ "$PROXY_MODE" == haproxy ]]; then
-        note "haproxy          writes http://$HOST:$PROXY_WRITE_PORT (the leader), reads http://$HOST:$PROXY_READ_PORT (any member); config $RUN_DIR/haproxy.cfg"
+        note "haproxy          writes $(scheme)://$HOST:$PROXY_WRITE_PORT (the leader), reads $(scheme)://$HOST:$PROXY_READ_PORT (any member); config $RUN_DIR/haproxy.cfg"
+    fi
+    if ((TLS_MODE)); then
+        note "TLS              CA $(tls_dir)/ca.pem (curl --cacert $(tls_dir)/ca.pem https://...; client --tls-ca $(tls_dir)/ca.pem ...)"
     fi
     note "cluster token    $TOKEN_FILE$(token_alias) (drills: curl -H \"Authorization: Bearer \$(cat $(token_shown))\" ...)"
     note "inventory        $RUN_DIR/cluster.json"
     note "logs and pids    $RUN_DIR (PostgreSQL logs in $PG_LOG_DIR)"
-    note "try              $BIN_DIR/client run --agent $(service_address agent0) --supervisor $(addresses_of "${SUPERVISOR_NAMES[@]}") 'r(1)w(2=22)'"
+    local tls_ca=""
+    ((TLS_MODE)) && tls_ca=" --tls-ca $(tls_dir)/ca.pem"
+    note "try              $BIN_DIR/client$tls_ca run --agent $(service_address agent0) --supervisor $(addresses_of "${SUPERVISOR_NAMES[@]}") 'r(1)w(2=22)'"
     note "status / stop    ./setup.sh status   /   ./setup.sh stop"
 }
 
@@ -1337,7 +1429,7 @@ token_alias() {
 # "active" or "standby" (or why neither), from a supervisor's /status.
 supervisor_role() {
     local answer
-    answer="$(curl -fsS --max-time 2 "http://$(service_address "$1")/status" 2>/dev/null)" || {
+    answer="$(ccurl -fsS --max-time 2 "$(program_url "$1")/status" 2>/dev/null)" || {
         printf 'not answering'
         return 0
     }
@@ -1413,7 +1505,7 @@ cmd_status() {
         fi
         case "$kind" in
         agent)
-            if answer="$(curl -fsS --max-time 2 "http://$address:$port/status" 2>&1)"; then
+            if answer="$(ccurl -fsS --max-time 2 "$(scheme)://$address:$port/status" 2>&1)"; then
                 details="role=$(json_field "$answer" role) term=$(json_field "$answer" term) applied_lsn=$(json_field "$answer" applied_lsn)"
             else
                 details="/status: $answer"
@@ -1435,7 +1527,7 @@ cmd_status() {
         esac
         printf '%-12s %-8s %-8s %-22s %-12s %s\n' "$name" running "$pid" "$address:$port" "$ns" "$details"
     done <"$file"
-    note "hosts: $HOSTS_MODE, configuration store: $STORE_MODE, active supervisor: ${active:-none}"
+    note "hosts: $HOSTS_MODE, configuration store: $STORE_MODE, TLS: $( ((TLS_MODE)) && echo "on (CA $(tls_dir)/ca.pem)" || echo off), active supervisor: ${active:-none}"
     if [[ -n "${DATA_DIR:-}" ]]; then
         TOKEN_FILE="$DATA_DIR/cluster-token"
         if [[ -f "$TOKEN_FILE" ]]; then
@@ -1750,6 +1842,7 @@ cmd_test() {
     else
         note "skipped: setup.sh with RMW_HOSTS=netns (network namespaces need root)"
     fi
+    step "setup.sh itself with RMW_TLS=1 (debug build)" smoke_tls
     step "torture run: 60 s, seed $TORTURE_TEST_SEED (debug build)" \
         env RMW_PG_BINDIR="$PG_BIN" target/debug/torture --seconds 60 --seed "$TORTURE_TEST_SEED" --no-progress
     say "All test steps passed"
@@ -1802,6 +1895,54 @@ smoke_hosts_script() {
         sleep 0.1
     done
     note "smoke: node1 leads and committed $((SECONDS - start)) s after the kills: $answer"
+    env "$@" "$ROOT/setup.sh" status || die "smoke: ./setup.sh status failed"
+}
+
+# setup.sh as a user runs it with RMW_TLS=1, on ports, data and run folders of its own, with the
+# debug build: from outside, a plain HTTP connection to every program is refused and HTTPS
+# without the CA is not trusted; with the CA the README's curl lines commit and read, the
+# client runs a transaction, and after a SIGKILL of the leader agent a new leader commits.
+smoke_tls() {
+    local data run="$ROOT/target/smoke-tls-run" ok=0
+    data="$(mktemp -d /tmp/rmw-smoke-tls-XXXXXX)"
+    chmod 755 "$data"
+    local -a env=(RMW_TLS=1 RMW_PROFILE=debug RMW_RUN_DIR="$run" DATA_DIR="$data"
+        PG_PORTS="45432 45433 45434" AGENT_PORTS="48000 48001 48002" SUPERVISOR_PORT=49000 CLIENT_PORT=45000)
+    rm -rf "$run"
+    if (smoke_tls_script "$data" "$run" "${env[@]}"); then ok=1; fi
+    env "${env[@]}" "$ROOT/setup.sh" stop >/dev/null || warn "the TLS smoke cluster's stop failed"
+    rm -rf "$data"
+    ((ok))
+}
+
+smoke_tls_script() {
+    local data="$1" run="$2" port answer start
+    shift 2
+    env "$@" "$ROOT/setup.sh" start || die "smoke: RMW_TLS=1 ./setup.sh start failed"
+    local ca="$data/tls/ca.pem"
+    for port in 48000 48001 48002 49000 45000; do
+        if curl -fsS -m 2 -o /dev/null "http://$HOST:$port/health" 2>/dev/null; then
+            die "smoke: plain HTTP to $HOST:$port got an answer"
+        fi
+        if curl -fsS -m 2 -o /dev/null "https://$HOST:$port/health" 2>/dev/null; then
+            die "smoke: HTTPS to $HOST:$port was trusted without the cluster's CA"
+        fi
+        curl -fsS -m 2 -o /dev/null --cacert "$ca" "https://$HOST:$port/health" || die "smoke: HTTPS with the CA to $HOST:$port failed"
+    done
+    answer="$(curl -fsS --cacert "$ca" -X POST "https://$HOST:48000/commit/" -d '{"transaction": {"write_set": {"1": 10}}}')"
+    [[ "$answer" == *'"commit":"COMMIT"'* ]] || die "smoke: the first commit over TLS: $answer"
+    answer="$("$ROOT/target/debug/client" --tls-ca "$ca" run --agent "$HOST:48001" --supervisor "$HOST:49000" 'r(1)w(2=22)')" ||
+        die "smoke: client run over TLS failed: $answer"
+    [[ "$answer" == *COMMIT* ]] || die "smoke: client run over TLS: $answer"
+    say "smoke: SIGKILL of the leader agent (agent0) of the TLS cluster"
+    kill -KILL "$(<"$run/agent0.pid")" || die "smoke: could not kill agent0"
+    start=$SECONDS
+    until answer="$(curl -fsS -m 2 --cacert "$ca" -X POST "https://$HOST:48001/commit/" -d '{"transaction": {"write_set": {"3": 30}}}' 2>/dev/null)" &&
+        [[ "$answer" == *COMMIT* ]]; do
+        ((SECONDS - start < 20)) || die "smoke: no commit on node1 over TLS within 20 s of the kill"
+        sleep 0.1
+    done
+    note "smoke: node1 leads and committed over TLS $((SECONDS - start)) s after the kill"
     env "$@" "$ROOT/setup.sh" status || die "smoke: ./setup.sh status failed"
 }
 
@@ -1870,6 +2011,13 @@ main() {
         ensure_etcd
         ensure_postgres_user
         smoke_hosts || die "the hosts smoke test failed"
+        ;;
+    # Another: setup.sh itself with RMW_TLS=1.
+    test-tls)
+        set_modes
+        ensure_system_packages
+        ensure_postgres_user
+        smoke_tls || die "the TLS smoke test failed"
         ;;
     # For the tests (tests/tests/setup_sh.rs, tests/src/haproxy.rs): single pieces of this
     # script, run alone.

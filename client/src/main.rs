@@ -190,6 +190,25 @@ enum Command {
         #[command(flatten)]
         operator: OperatorArgs,
     },
+    /// Make a local CA and a TLS certificate per program, for a cluster on hosts you control
+    /// (what `RMW_TLS=1 ./setup.sh` runs). Writes DIR/ca.pem, DIR/ca-key.pem and, per
+    /// program, DIR/NAME.pem and DIR/NAME-key.pem (keys mode 0600); existing files are replaced.
+    ///
+    /// Each PROGRAM is NAME=ADDRESS[,ADDRESS...]: the addresses (IP addresses or DNS names)
+    /// the program is reached at, e.g. `agent0=127.0.0.1 supervisor=127.0.0.1,localhost`. Each
+    /// certificate serves as its program's server and client certificate. Exit code: 0 written,
+    /// 2 bad input or not written.
+    Certs {
+        /// Where to write the files (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: std::path::PathBuf,
+        /// How long the certificates are valid, in days (1 to 3650).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
+        days: u64,
+        /// The programs, as NAME=ADDRESS[,ADDRESS...].
+        #[arg(required = true, value_name = "PROGRAM")]
+        programs: Vec<String>,
+    },
     /// Serve the web pages: the transaction form at /create/ and the cluster at /cluster/.
     Serve {
         /// Address to serve the pages on. Run several clients on different ports.
@@ -308,6 +327,7 @@ fn main() -> ExitCode {
                 };
                 operate(operator, Operation::Rebuild { node }, Some(wait)).await
             }
+            Command::Certs { dir, days, programs } => certs(&dir, days, &programs),
             Command::Serve {
                 listen,
                 agent,
@@ -367,6 +387,33 @@ fn init_logs(json: bool) {
 /// `--wait-secs` as a duration, if it is a sensible one.
 fn wait(secs: f64) -> Option<Duration> {
     (0.0..=3600.0).contains(&secs).then(|| Duration::from_secs_f64(secs))
+}
+
+/// `client certs`: a local CA and a certificate per `NAME=ADDRESS[,ADDRESS...]`.
+fn certs(dir: &std::path::Path, days: u64, programs: &[String]) -> ExitCode {
+    let mut parsed: Vec<(&str, Vec<&str>)> = Vec::new();
+    for program in programs {
+        let Some((name, addresses)) = program.split_once('=') else {
+            eprintln!("error: {program:?} is not NAME=ADDRESS[,ADDRESS...]");
+            return ExitCode::from(EXIT_USAGE);
+        };
+        let addresses: Vec<&str> = addresses.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+        parsed.push((name.trim(), addresses));
+    }
+    let programs: Vec<(&str, &[&str])> = parsed.iter().map(|(name, addresses)| (*name, addresses.as_slice())).collect();
+    match service::generate_local_pki(dir, &programs, Duration::from_secs(days * 24 * 3600)) {
+        Ok(pki) => {
+            println!("CA certificate: {} (its key: {}, mode 0600)", pki.ca.display(), pki.ca_key.display());
+            for files in &pki.programs {
+                println!("{}: {} and {}", files.stem, files.cert.display(), files.key.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
 }
 
 /// A client API key from `--api-key-file`: its first line, which must be able to travel in a

@@ -1837,6 +1837,8 @@ cmd_test() {
     step "promtool check docs/monitoring/" check_monitoring_files
     step "systemd-analyze verify docker-files/systemd/" verify_systemd_units
     step "cargo test --workspace -- --test-threads=2" cargo test --workspace -- --test-threads=2
+    # The harness's clusters over mutual TLS (RMW_E2E_TLS=1): the failover tests again.
+    step "failover tests over TLS" env RMW_E2E_TLS=1 cargo test -p e2e --test failover -- --test-threads=2
     if ((EUID == 0)); then
         step "setup.sh itself with RMW_STORE=etcd RMW_HOSTS=netns (debug build)" smoke_hosts
     else
@@ -1845,6 +1847,8 @@ cmd_test() {
     step "setup.sh itself with RMW_TLS=1 (debug build)" smoke_tls
     step "torture run: 60 s, seed $TORTURE_TEST_SEED (debug build)" \
         env RMW_PG_BINDIR="$PG_BIN" target/debug/torture --seconds 60 --seed "$TORTURE_TEST_SEED" --no-progress
+    step "torture run over TLS: 60 s, seed $TORTURE_TEST_SEED (debug build)" \
+        env RMW_PG_BINDIR="$PG_BIN" target/debug/torture --seconds 60 --seed "$TORTURE_TEST_SEED" --no-progress --tls
     say "All test steps passed"
 }
 

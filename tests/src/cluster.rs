@@ -143,8 +143,10 @@ impl ClusterOptions {
             etcd_members: 0,
             hosts: false,
             spare: 0,
-            tls: false,
-            tls_client_auth: false,
+            // RMW_E2E_TLS=1 runs a whole test file's clusters over mutual TLS (`./setup.sh
+            // test` runs the failover tests so, beside their plain run).
+            tls: tls_from_env(),
+            tls_client_auth: tls_from_env(),
         }
     }
 
@@ -170,6 +172,11 @@ impl ClusterOptions {
     pub fn supervised(nodes: usize) -> Self {
         ClusterOptions { supervisor: true, ..ClusterOptions::new(nodes) }
     }
+}
+
+/// Whether `RMW_E2E_TLS=1` asks for every cluster of this test process to run over TLS.
+fn tls_from_env() -> bool {
+    std::env::var("RMW_E2E_TLS").is_ok_and(|v| v == "1")
 }
 
 /// A program the harness runs (an agent or the supervisor): its flags, its log, its process.

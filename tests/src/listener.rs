@@ -16,27 +16,41 @@ type Received = Arc<Mutex<Vec<Value>>>;
 /// Listens on a free port of 127.0.0.1 until dropped.
 pub struct LeaderChangedListener {
     address: SocketAddr,
+    /// `http`, or `https` for a cluster with TLS.
+    scheme: &'static str,
     received: Received,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl LeaderChangedListener {
+    /// A listener the supervisor of `c` can call: over HTTPS with the harness's certificate
+    /// when `c` runs with TLS.
+    pub async fn start_for(c: &crate::Cluster) -> Self {
+        Self::serve(c.pki().map(|pki| pki.load("harness"))).await
+    }
+
+    /// A plain HTTP listener.
     pub async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    async fn serve(tls: Option<service::Tls>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let address = listener.local_addr().expect("local_addr");
         let received: Received = Arc::default();
         let app = Router::new().route("/leader_changed/", post(record)).with_state(received.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = service::serve(listener, app, tls.as_ref(), std::future::pending()).await {
                 eprintln!("the /leader_changed/ listener stopped: {e}");
             }
         });
-        LeaderChangedListener { address, received, server }
+        LeaderChangedListener { address, scheme, received, server }
     }
 
     /// The URL to register with the supervisor.
     pub fn url(&self) -> String {
-        format!("http://{}/leader_changed/", self.address)
+        format!("{}://{}/leader_changed/", self.scheme, self.address)
     }
 
     /// Every body received so far, in order (a body that is not JSON is kept as a string).

@@ -289,7 +289,7 @@ async fn a_new_cluster_fails_over_before_its_first_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_leader_fails_over_to_the_next_node_and_up_node_brings_it_back() {
     let c = Cluster::start_with(ClusterOptions::supervised(3)).await;
-    let listener = LeaderChangedListener::start().await;
+    let listener = LeaderChangedListener::start_for(&c).await;
     c.register_client(&listener.url()).await;
     let s = c.supervisor_status().await;
     assert!(s["clients"].as_array().is_some_and(|l| l.contains(&json!(listener.url()))), "{s}");

@@ -54,7 +54,7 @@ fn internal_calls() -> Vec<(&'static str, &'static str, Value)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn internal_endpoints_refuse_a_missing_or_wrong_token_and_change_nothing() {
+async fn internal_endpoints_refuse_a_missing_wrong_empty_or_overlong_token_and_change_nothing() {
     let c = cluster_with_token().await;
     let committed = c.write(0, &[(1, 100), (2, 200)]).await;
     assert_eq!(committed.lsn, Some(1), "agents carrying the token replicate as usual");
@@ -63,7 +63,10 @@ async fn internal_endpoints_refuse_a_missing_or_wrong_token_and_change_nothing()
 
     for node in 0..3 {
         for (method, path, body) in internal_calls() {
-            for auth in [None, Some("Bearer wrong-token"), Some(TOKEN)] {
+            let overlong = format!("Bearer {}", "t".repeat(4000));
+            for auth in
+                [None, Some("Bearer wrong-token"), Some("Bearer "), Some(""), Some(overlong.as_str()), Some(TOKEN)]
+            {
                 // The right token without the "Bearer " scheme is refused too.
                 let mut req = match method {
                     "GET" => c.http().get(format!("{}{path}", c.url(node))),
@@ -119,7 +122,7 @@ fn supervisor_calls(c: &Cluster) -> Vec<(&'static str, Option<Value>)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_supervisors_endpoints_that_change_something_refuse_a_missing_or_wrong_token() {
+async fn the_supervisors_endpoints_that_change_something_refuse_a_missing_wrong_empty_or_overlong_token() {
     let mut options = ClusterOptions::supervised(3);
     options.agent_env.push(("CLUSTER_TOKEN".into(), TOKEN.into()));
     options.supervisor_args.extend(["--cluster-token".into(), TOKEN.into()]);
@@ -131,7 +134,8 @@ async fn the_supervisors_endpoints_that_change_something_refuse_a_missing_or_wro
     };
     let before = keep(&c.supervisor_status().await);
     for (path, body) in supervisor_calls(&c) {
-        for auth in [None, Some("wrong-token")] {
+        let overlong = "t".repeat(4000);
+        for auth in [None, Some("wrong-token"), Some(""), Some(overlong.as_str())] {
             let (status, answer) = c.supervisor_post_with(path, body.as_ref(), auth).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "POST {path} with {auth:?}: {answer}");
             assert_eq!(answer["error"], "unauthorized", "{answer}");

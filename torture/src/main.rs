@@ -72,6 +72,11 @@ struct Cli {
     /// killed, the etcd leader cut off, etcd's quorum lost). Needs root, ip, nft and etcd.
     #[arg(long)]
     hosts: bool,
+    /// Run the cluster over TLS with mutual TLS inside, as `RMW_TLS=1 ./setup.sh` does: a CA
+    /// and a certificate per program made for the run; the clients and the faults' calls
+    /// trust that CA only.
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +142,7 @@ fn main() -> ExitCode {
         progress_bar: !cli.no_progress,
         min_copies: cli.min_copies,
         hosts: cli.hosts,
+        tls: cli.tls,
     };
     match torture::run::run(options) {
         Ok(true) => ExitCode::SUCCESS,

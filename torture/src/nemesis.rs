@@ -479,6 +479,9 @@ impl Nemesis {
     ) -> Nemesis {
         let (n, supervisors, etcd) = (cluster.len(), cluster.supervisor_count(), cluster.etcd_len());
         let partitions = net.is_some() || cluster.on_hosts();
+        // The harness's client: it trusts the cluster's CA and presents its certificate when
+        // the cluster runs with TLS.
+        let http = cluster.http().clone();
         Nemesis {
             cluster,
             net,
@@ -504,7 +507,7 @@ impl Nemesis {
             heal_calls: Vec::new(),
             wiped_since_snapshot: vec![false; n],
             wipes: 0,
-            http: reqwest::Client::builder().no_proxy().build().expect("an HTTP client"),
+            http,
         }
     }
 

@@ -56,6 +56,8 @@ pub struct Options {
     /// Every node, both supervisors (on etcd) and three etcd members on hosts of their own
     /// (network namespaces on a bridge), with the faults across hosts.
     pub hosts: bool,
+    /// Every connection between the programs over TLS, mutual TLS on the internal endpoints.
+    pub tls: bool,
 }
 
 /// What `torture check` needs besides the history and the nodes' states.
@@ -78,6 +80,9 @@ pub struct RunInfo {
     /// On hosts: every host's name and address (`node0 10.78.5.11`, ...); empty on 127.0.0.1.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// Whether the cluster ran over TLS (`--tls`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
@@ -408,7 +413,7 @@ async fn run_async(
     partitions_on: bool,
     kinds: Vec<FaultKind>,
 ) -> anyhow::Result<bool> {
-    let options = if opts.hosts {
+    let mut options = if opts.hosts {
         println!(
             "torture: starting a {NODES}-node cluster on hosts: every node, 2 supervisors (on etcd) and 3 etcd members \
              in a network namespace of its own on one bridge"
@@ -418,6 +423,11 @@ async fn run_async(
         println!("torture: starting a supervised {NODES}-node cluster (PostgreSQL, agents, supervisor on free ports)");
         ClusterOptions::supervised(NODES)
     };
+    if opts.tls {
+        println!("torture: over TLS: a CA made for this run, mutual TLS on the internal endpoints");
+        options.tls = true;
+        options.tls_client_auth = true;
+    }
     let cluster =
         harness(Cluster::start_with(options)).await.map_err(|e| anyhow::anyhow!("the cluster did not start: {e}"))?;
     let c = Arc::new(cluster);
@@ -453,6 +463,7 @@ async fn run_async(
         supervisor_port,
         min_copies: opts.min_copies,
         hosts,
+        tls: opts.tls,
     };
     write_json(&out.join("run.json"), &info)?;
 
@@ -692,16 +703,20 @@ async fn drive(
         accounts: opts.accounts,
         clock_skew: info.clock_skew.clone(),
         partitions: info.partitions.clone(),
-        cluster: if info.hosts.is_empty() {
-            format!("{} nodes and a supervisor (state file) on 127.0.0.1", c.len())
-        } else {
-            format!(
-                "on hosts: {} nodes, {} supervisors on etcd, {} etcd members, each in its own network namespace",
-                c.len(),
-                c.supervisor_count(),
-                c.etcd_len()
-            )
-        },
+        cluster: format!(
+            "{}{}",
+            if info.hosts.is_empty() {
+                format!("{} nodes and a supervisor (state file) on 127.0.0.1", c.len())
+            } else {
+                format!(
+                    "on hosts: {} nodes, {} supervisors on etcd, {} etcd members, each in its own network namespace",
+                    c.len(),
+                    c.supervisor_count(),
+                    c.etcd_len()
+                )
+            },
+            if info.tls { ", over mutual TLS" } else { "" }
+        ),
         transfers_attempted: stats.attempted.load(Ordering::Relaxed),
         committed: stats.committed.load(Ordering::Relaxed),
         aborted: stats.aborted.lock().unwrap().clone(),

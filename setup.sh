@@ -1401,7 +1401,11 @@ cmd_start() {
     if ((TLS_MODE)); then
         note "TLS              CA $(tls_dir)/ca.pem (curl --cacert $(tls_dir)/ca.pem https://...; client --tls-ca $(tls_dir)/ca.pem ...)"
     fi
-    note "cluster token    $TOKEN_FILE$(token_alias) (drills: curl -H \"Authorization: Bearer \$(cat $(token_shown))\" ...)"
+    if ((TLS_MODE)); then
+        note "cluster token    $TOKEN_FILE$(token_alias) (drills: curl --cacert $(tls_dir)/ca.pem --cert $(tls_dir)/setup.pem --key $(tls_dir)/setup-key.pem -H \"Authorization: Bearer \$(cat $(token_shown))\" ...)"
+    else
+        note "cluster token    $TOKEN_FILE$(token_alias) (drills: curl -H \"Authorization: Bearer \$(cat $(token_shown))\" ...)"
+    fi
     note "inventory        $RUN_DIR/cluster.json"
     note "logs and pids    $RUN_DIR (PostgreSQL logs in $PG_LOG_DIR)"
     local tls_ca=""
@@ -1518,7 +1522,7 @@ cmd_status() {
         postgresql) ;;
         haproxy)
             PROXY_WRITE_PORT="$port"
-            PROXY_READ_PORT="$(sed -n 's/^ *bind .*:\([0-9]*\)$/\1/p' "$RUN_DIR/haproxy.cfg" 2>/dev/null | sed -n 2p)"
+            PROXY_READ_PORT="$(sed -n 's/^ *bind [^ ]*:\([0-9]*\)\( .*\)\{0,1\}$/\1/p' "$RUN_DIR/haproxy.cfg" 2>/dev/null | sed -n 2p)"
             details="$(proxy_details)"
             ;;
         *)

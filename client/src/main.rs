@@ -742,6 +742,19 @@ mod config_tests {
     }
 
     #[test]
+    fn the_options_the_example_file_only_mentions_are_real() {
+        let text = std::fs::read_to_string(EXAMPLE).unwrap();
+        let path = std::env::temp_dir().join(format!("rmw-client-example-{}.toml", std::process::id()));
+        std::fs::write(&path, protocol::config_file::with_commented_options_enabled(&text)).unwrap();
+        let parsed = parse(&["--config", path.to_str().unwrap(), "serve"]);
+        std::fs::remove_file(&path).unwrap();
+        let cli = parsed.unwrap();
+        assert_eq!(cli.tls_ca.as_deref(), Some(std::path::Path::new("data/tls/ca.pem")));
+        let Command::Serve { api_key_file, advertise, .. } = cli.command else { panic!("not serve") };
+        assert!(api_key_file.is_some() && advertise.is_some());
+    }
+
+    #[test]
     fn the_operator_commands_take_the_supervisor_and_the_token_file_from_flags_and_the_file() {
         let cli = parse(&["pause", "--config", EXAMPLE]).unwrap();
         let Command::Pause { operator } = cli.command else { panic!() };

@@ -210,10 +210,39 @@ fn check_value(owner: &Command, arg: &clap::Arg, text: &str) -> Result<(), Strin
     })
 }
 
+/// An example file's text with every commented-out option (`# key = value`) made active: the
+/// programs' tests parse it to check that the keys the examples only mention are real options
+/// with valid values. Prose comments are left as they are.
+pub fn with_commented_options_enabled(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if is_option_line(rest) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `key = value`, the key in lower case with dashes or underscores.
+fn is_option_line(line: &str) -> bool {
+    line.split_once(" = ").is_some_and(|(key, value)| {
+        !key.is_empty() && !value.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '-' || c == '_')
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn commented_options_are_enabled_and_prose_is_left_alone() {
+        let text = "# The address. Default \"x\".\n# listen = \"127.0.0.1:1\"\nlog-json = false\n# Set it so: a = b.\n#tls-ca = \"x\"";
+        assert_eq!(
+            with_commented_options_enabled(text),
+            "# The address. Default \"x\".\nlisten = \"127.0.0.1:1\"\nlog-json = false\n# Set it so: a = b.\n#tls-ca = \"x\""
+        );
+    }
 
     /// A program with the kinds of options ours have. Environment variables are unique to
     /// these tests, since tests run in parallel in one process.

@@ -62,7 +62,9 @@ impl Pki {
         (cert_file, key_file)
     }
 
-    fn files(&self, stem: &str) -> (PathBuf, PathBuf) {
+    /// `<stem>.pem` and `<stem>-key.pem`: a program's certificate and key (`harness` is the
+    /// tests' own, which the programs accept as a client certificate).
+    pub fn files(&self, stem: &str) -> (PathBuf, PathBuf) {
         (self.dir.join(format!("{stem}.pem")), self.dir.join(format!("{stem}-key.pem")))
     }
 

@@ -38,6 +38,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 const TOKEN: &str = "schemathesis-test-token-3b9e";
+/// The client API key of the run over TLS.
+const WRITE_KEY: &str = "schemathesis-write-key-7c1f0a9e";
 /// A hard bound on one schemathesis run; the examples bound keeps it far below this.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_EXAMPLES: u32 = 50;
@@ -182,7 +184,45 @@ async fn the_agent_answers_as_its_openapi_document_says_and_rejected_requests_ch
     options.agent_env.push(("CLUSTER_TOKEN".into(), TOKEN.into()));
     let c = Cluster::start_with(options).await;
     c.write(0, &[(1, 100), (2, 200), (3, 300)]).await;
+    fuzz_and_check(&c, "agent", &[], None).await;
+}
 
+/// The same over mutual TLS with client API keys: schemathesis trusts the cluster's CA only,
+/// presents the tests' client certificate (so that the internal endpoints get as far as the
+/// token check) and sends a write key on every request; its `ignored_auth` check also tries
+/// `/read/` and `/commit/` without the key and expects the documented 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_over_tls_with_keys_answers_as_its_document_says_and_rejected_requests_change_nothing() {
+    schemathesis();
+    let keys = std::env::temp_dir().join(format!("rmw-e2e-{}-schemathesis-keys", std::process::id()));
+    std::fs::write(&keys, format!("{WRITE_KEY} write schemathesis\n")).expect("write the keys file");
+    let mut options = ClusterOptions::with_tls(3);
+    options.supervisor = false;
+    options.agent_env.push(("CLUSTER_TOKEN".into(), TOKEN.into()));
+    options.agent_args.extend(["--api-keys".into(), keys.display().to_string()]);
+    let c = Cluster::start_with(options).await;
+    let _ = std::fs::remove_file(&keys);
+    let answer = c
+        .http()
+        .post(format!("{}/commit/", c.url(0)))
+        .bearer_auth(WRITE_KEY)
+        .json(&serde_json::json!({"transaction": {"write_set": {"1": 100, "2": 200, "3": 300}}}))
+        .send()
+        .await
+        .expect("a first commit");
+    assert_eq!(answer.status(), StatusCode::OK, "a first commit with the write key");
+    let pki = c.pki().expect("a cluster with TLS");
+    let (cert, key) = pki.files("harness");
+    let (ca, cert, key) = (pki.ca_file().display().to_string(), cert.display().to_string(), key.display().to_string());
+    let tls = ["--tls-verify", &ca, "--request-cert", &cert, "--request-cert-key", &key];
+    fuzz_and_check(&c, "agent-tls", &tls, Some(WRITE_KEY)).await;
+}
+
+/// Runs schemathesis against node 0 of `c` (reports named after `name`, `transport` the TLS
+/// options of every run): first every operation with the client API key `key` if any, then the
+/// internal endpoints that only read, with the token; then checks that nothing but the
+/// acknowledged commits changed any node.
+async fn fuzz_and_check(c: &Cluster, name: &str, transport: &[&str], key: Option<&str>) {
     // Every documented operation exists (a path the router does not know would be a 404).
     let (status, spec) = c.get(0, "/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
@@ -205,16 +245,12 @@ async fn the_agent_answers_as_its_openapi_document_says_and_rejected_requests_ch
     }
 
     let spec_url = format!("{}/openapi.json", c.url(0));
-    let mut sent = run("agent", &spec_url, &[]).await;
+    let with_key = key.map(|k| format!("Authorization: Bearer {k}"));
+    let key_args: Vec<&str> = with_key.iter().flat_map(|h| ["-H", h.as_str()]).collect();
+    let mut sent = run(name, &spec_url, &[transport, &key_args[..]].concat()).await;
     let auth = format!("Authorization: Bearer {TOKEN}");
-    sent.extend(
-        run(
-            "agent-internal-reads",
-            &spec_url,
-            &["--include-path-regex", "^/(replication_log/|internal/batch_state)$", "-H", &auth],
-        )
-        .await,
-    );
+    let internal = ["--include-path-regex", "^/(replication_log/|internal/batch_state)$", "-H", &auth];
+    sent.extend(run(&format!("{name}-internal-reads"), &spec_url, &[transport, &internal[..]].concat()).await);
     assert!(sent.len() > 100, "schemathesis sent only {} requests", sent.len());
 
     // Without the token, every guarded endpoint refused (the first run sent no token).

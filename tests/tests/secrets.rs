@@ -1,14 +1,15 @@
 //! Secrets never leave the files they are kept in: after a run over mutual TLS with the cluster
 //! token, client API keys and PostgreSQL passwords, with commits, refusals of every kind, a
-//! failover and `client run`, no log of any program (agents at debug level, supervisor,
-//! PostgreSQL), no `/status`, no error body, no OpenAPI document and no client output holds the
-//! token, a key, a password or a private key.
+//! failover, `client run` and `client serve` (the form, the cluster page, its `/leader_changed/`
+//! refusing wrong, empty and overlong tokens), no log of any program (agents and the web client
+//! at debug level, supervisor, PostgreSQL), no `/status`, page, error body, OpenAPI document or
+//! client output holds the token, a key, a password or a private key.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use e2e::browser::client_binary;
-use e2e::{Cluster, ClusterOptions};
+use e2e::{free_port, Cluster, ClusterOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -34,6 +35,16 @@ impl Folder {
         std::fs::write(&path, text).expect("write the file");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
         path.to_str().expect("a UTF-8 temp path").to_string()
+    }
+}
+
+/// A child process killed on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -155,6 +166,50 @@ async fn no_token_key_password_or_private_key_reaches_a_log_a_status_or_an_answe
     let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert_eq!(output.status.code(), Some(0), "client run: {printed}");
     answers.push(("client run".into(), printed));
+    // The web client, with the token, the key and its own certificate.
+    let (cert, cert_key) = pki.files("harness");
+    let port = free_port();
+    let web = format!("https://127.0.0.1:{port}");
+    let client_log = folder.0.join("client.log");
+    let out = std::fs::File::create(&client_log).expect("create the client's log");
+    let err = out.try_clone().expect("clone the log's handle");
+    let _serve = Killed(
+        Command::new(client_binary())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--agent", &c.node(0).address()])
+            .args(["--supervisor", &c.supervisor_address(), "--cluster-token-file", &folder.file("token2", TOKEN)])
+            .args([
+                "--api-key-file",
+                &folder.file("write2.key", WRITE_KEY),
+                "--tls-ca",
+                pki.ca_file().to_str().expect("UTF-8"),
+            ])
+            .args(["--tls-cert", cert.to_str().expect("UTF-8"), "--tls-key", cert_key.to_str().expect("UTF-8")])
+            .arg("--tls-client-auth")
+            .env("RUST_LOG", "debug")
+            .env_remove("CLIENT_API_KEY_FILE")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start client serve"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while c.http().get(format!("{web}/health")).send().await.map_or(true, |r| !r.status().is_success()) {
+        assert!(std::time::Instant::now() < deadline, "client serve did not answer /health over HTTPS");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let form =
+        c.http().post(format!("{web}/create/")).form(&[("transaction", "r(1)w(4=40)")]).send().await.expect("the form");
+    let page = form.text().await.unwrap_or_default();
+    assert!(page.contains("COMMIT"), "the form's commit with the client's key: {page}");
+    answers.push(("the form's answer".into(), page));
+    let overlong = "t".repeat(4000);
+    for bearer in ["wrong-token", "", overlong.as_str(), WRITE_KEY] {
+        let body = json!({"leader": c.node(2).address()});
+        let (status, body) = call(&c, "POST", format!("{web}/leader_changed/"), Some(bearer), &body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "/leader_changed/ with a {}-byte token: {body}", bearer.len());
+        answers.push(("client /leader_changed/".into(), body));
+    }
+
     c.kill_agent(0);
     let new_leader = c.wait_leader_change(0).await;
     let (status, body) = call(&c, "POST", format!("{}/commit/", c.url(new_leader)), Some(WRITE_KEY), &commit).await;
@@ -167,15 +222,21 @@ async fn no_token_key_password_or_private_key_reaches_a_log_a_status_or_an_answe
             answers.push((format!("node {i} {path}"), body));
         }
     }
+    for path in ["/create/", "/cluster/", "/cluster/status.json", "/metrics", "/openapi.json"] {
+        let (_, body) = call(&c, "GET", format!("{web}{path}"), None, &json!({})).await;
+        answers.push((format!("client serve {path}"), body));
+    }
     for path in ["/status", "/history", "/openapi.json"] {
         let (_, body) = call(&c, "GET", format!("{}{path}", c.supervisor_url_at(0)), None, &json!({})).await;
         answers.push((format!("supervisor {path}"), body));
     }
 
-    let logs = logs_under(c.dir());
+    let mut logs = logs_under(c.dir());
+    logs.extend(logs_under(&folder.0));
     let names: Vec<String> = logs.iter().map(|(p, _)| p.display().to_string()).collect();
     assert!(names.iter().filter(|n| n.contains("agent")).count() >= 3, "the agents' logs: {names:?}");
     assert!(names.iter().any(|n| n.contains("supervisor")), "the supervisor's log: {names:?}");
+    assert!(names.iter().any(|n| n.ends_with("client.log")), "the web client's log: {names:?}");
     assert!(names.iter().filter(|n| n.ends_with("server.log")).count() >= 3, "PostgreSQL's logs: {names:?}");
     assert!(
         logs.iter().any(|(_, text)| text.contains("key=teller")),

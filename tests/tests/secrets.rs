@@ -140,8 +140,7 @@ async fn no_token_key_password_or_private_key_reaches_a_log_a_status_or_an_answe
         .acquire_timeout(std::time::Duration::from_secs(5))
         .connect(&format!("postgres://postgres:wrong-password@{host}"))
         .await
-        .err()
-        .expect("PostgreSQL refuses a wrong password");
+        .expect_err("PostgreSQL refuses a wrong password");
     answers.push(("PostgreSQL login".into(), refused.to_string()));
 
     // The command-line client with a key and the CA, and a failover under way.

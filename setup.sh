@@ -545,6 +545,7 @@ $(tail -n 20 "$RUN_DIR/initdb-pg$i.log")"
         printf "\n# Settings of the replication middleware's setup.sh\ninclude_if_exists = 'rmw.conf'\n" |
             as_pg tee -a "$dir/postgresql.conf" >/dev/null
     fi
+    pg_tls_files "$i"
     as_pg tee "$dir/rmw.conf" >/dev/null <<EOF
 # Written by setup.sh on every start; edits here are lost.
 port = $(service_port "pg$i")
@@ -553,12 +554,45 @@ unix_socket_directories = '$dir'
 # The agents use PostgreSQL's two-phase commit (PREPARE TRANSACTION).
 max_prepared_transactions = 64
 fsync = on
+# RMW_TLS=1: TLS with the certificate setup.sh made for this server (copied into the data folder).
+ssl = $( ((TLS_MODE)) && echo on || echo off)
+ssl_cert_file = 'rmw-server.crt'
+ssl_key_file = 'rmw-server.key'
 EOF
+    pg_hba_tls "$i"
     # On a namespaced host the agent connects from the host's own address, which initdb's
     # loopback-only lines do not cover: let that address alone in, with the password.
     if [[ "$HOSTS_MODE" == netns ]]; then
         local line="host all all $(service_host "pg$i")/32 scram-sha-256 # setup.sh: the agent on this host"
         grep -qF "$line" "$dir/pg_hba.conf" || printf '%s\n' "$line" | as_pg tee -a "$dir/pg_hba.conf" >/dev/null
+    fi
+}
+
+# With RMW_TLS=1, server $1's certificate and key from the cluster's CA, copied where PostgreSQL
+# wants them: in its data folder, owned by the postgres user, the key mode 0600.
+pg_tls_files() {
+    local i="$1" dir tls
+    ((TLS_MODE)) || return 0
+    dir="$(pg_dir "$i")"
+    tls="$(tls_dir)"
+    install -m 0644 "$tls/pg$i.pem" "$dir/rmw-server.crt" &&
+        install -m 0600 "$tls/pg$i-key.pem" "$dir/rmw-server.key" ||
+        die "could not copy pg$i's certificate into $dir"
+    if ((EUID == 0)); then chown postgres:postgres "$dir/rmw-server.crt" "$dir/rmw-server.key"; fi
+}
+
+# With RMW_TLS=1 the first line of pg_hba.conf refuses every TCP connection without TLS (the
+# agent connects with sslmode=verify-full); without it that line goes away again.
+PG_HBA_TLS_LINE="hostnossl all all all reject # setup.sh (RMW_TLS=1): TCP connections need TLS"
+pg_hba_tls() {
+    local i="$1" hba
+    hba="$(pg_dir "$i")/pg_hba.conf"
+    if ((TLS_MODE)); then
+        grep -qxF "$PG_HBA_TLS_LINE" "$hba" && return 0
+        as_pg sed -i "1i $PG_HBA_TLS_LINE" "$hba" || die "could not rewrite $hba"
+    else
+        grep -qxF "$PG_HBA_TLS_LINE" "$hba" || return 0
+        as_pg sed -i "/^hostnossl all all all reject # setup.sh/d" "$hba" || die "could not rewrite $hba"
     fi
 }
 
@@ -688,12 +722,15 @@ tls_args() {
 # once: kept while every file is there, so that restarts keep trusting each other.
 ensure_certs() {
     ((TLS_MODE)) || return 0
-    local dir programs=() name missing=0
+    local dir programs=() name missing=0 i
     dir="$(tls_dir)"
     for name in "${AGENT_NAMES[@]}" "${SUPERVISOR_NAMES[@]}" client; do
         programs+=("$name=$(service_host "$name")")
     done
     programs+=("setup=$HOST" "haproxy=$HOST")
+    for i in "${!PG_PORTS[@]}"; do
+        programs+=("pg$i=$(service_host "pg$i")")
+    done
     for name in ca "${programs[@]%%=*}"; do
         [[ -s "$dir/$name.pem" ]] || missing=1
     done
@@ -820,6 +857,13 @@ addresses_of() {
     printf '%s' "${out[*]}"
 }
 
+# The database URL's TLS parameters with RMW_TLS=1: TLS required, the server's certificate
+# checked against the cluster's CA and the address dialled.
+pg_url_tls() {
+    ((TLS_MODE)) || return 0
+    printf '?sslmode=verify-full&sslrootcert=%s' "$(tls_dir)/ca.pem"
+}
+
 service_args() {
     local members supervisors
     members="$(addresses_of "${AGENT_NAMES[@]}")"
@@ -828,7 +872,7 @@ service_args() {
     agent*)
         local i="${1#agent}"
         printf '%s\n' --node-id "node$i" --listen "$(service_address "$1")" \
-            --database-url "postgres://postgres@$(service_address "pg$i")/postgres" \
+            --database-url "postgres://postgres@$(service_address "pg$i")/postgres$(pg_url_tls)" \
             --database-password-file "$(pg_password_file "$i")" \
             --members "$members" --leader "$(service_address agent0)" \
             --supervisor "$supervisors" --cluster-token-file "$TOKEN_FILE"
@@ -1939,6 +1983,16 @@ smoke_tls_script() {
     done
     answer="$(curl -fsS --cacert "$ca" -X POST "https://$HOST:48000/commit/" -d '{"transaction": {"write_set": {"1": 10}}}')"
     [[ "$answer" == *'"commit":"COMMIT"'* ]] || die "smoke: the first commit over TLS: $answer"
+    # PostgreSQL too: a connection without TLS is refused, and every agent connection has TLS.
+    local pw pg="host=$HOST port=45432 user=postgres dbname=postgres"
+    pw="$(cat "$data/pg0.password")" || die "smoke: no pg0.password"
+    if PGPASSWORD="$pw" "$PG_BIN/psql" "$pg sslmode=disable" -Atc 'select 1' >/dev/null 2>&1; then
+        die "smoke: PostgreSQL pg0 let a connection without TLS in"
+    fi
+    answer="$(PGPASSWORD="$pw" "$PG_BIN/psql" "$pg sslmode=verify-full sslrootcert=$ca" -Atc \
+        "select count(*), count(*) filter (where not s.ssl) from pg_stat_activity a join pg_stat_ssl s using (pid) where a.backend_type = 'client backend' and a.pid <> pg_backend_pid()")" ||
+        die "smoke: psql with TLS to pg0 failed"
+    [[ "$answer" =~ ^[1-9][0-9]*\|0$ ]] || die "smoke: pg0's agent connections (count|without TLS): $answer"
     answer="$("$ROOT/target/debug/client" --tls-ca "$ca" run --agent "$HOST:48001" --supervisor "$HOST:49000" 'r(1)w(2=22)')" ||
         die "smoke: client run over TLS failed: $answer"
     [[ "$answer" == *COMMIT* ]] || die "smoke: client run over TLS: $answer"

@@ -176,10 +176,7 @@ async fn main() -> anyhow::Result<()> {
         ca: args.tls_ca.clone(),
         client_auth: args.tls_client_auth,
     }
-    .load()?;
-    if tls.as_ref().is_some_and(|t| t.server_config().is_none()) {
-        anyhow::bail!("--tls-ca alone is not enough for an agent, which serves: give --tls-cert and --tls-key too");
-    }
+    .load_for_server("an agent")?;
     let token = protocol::auth::resolve_token(args.cluster_token_file.as_deref(), args.cluster_token.as_deref())?;
     let cfg = NodeConfig {
         node_id: args.node_id,

@@ -137,6 +137,8 @@ pub enum TlsError {
     ClientAuthWithoutCert,
     #[error("--tls-client-auth needs --tls-ca: the callers' certificates are verified against the cluster's CA")]
     ClientAuthWithoutCa,
+    #[error("--tls-ca alone is not enough for {program}, which serves: give --tls-cert and --tls-key too")]
+    ServerWithoutCert { program: &'static str },
     #[error("cannot read {flag} {}: {source}", path.display())]
     Read {
         flag: &'static str,
@@ -195,6 +197,16 @@ impl TlsOptions {
     ///
     /// A certificate that has expired is not refused here: the peers refuse it, and their
     /// messages say so.
+    /// [`TlsOptions::load`] for a program that serves (the agent, the supervisor, `client
+    /// serve`, named in the error as `program`): with TLS it needs its own certificate.
+    pub fn load_for_server(&self, program: &'static str) -> Result<Option<Tls>, TlsError> {
+        let tls = self.load()?;
+        if tls.as_ref().is_some_and(|t| t.server_config().is_none()) {
+            return Err(TlsError::ServerWithoutCert { program });
+        }
+        Ok(tls)
+    }
+
     pub fn load(&self) -> Result<Option<Tls>, TlsError> {
         let own = match (&self.cert, &self.key) {
             (None, None) => None,
@@ -1187,6 +1199,13 @@ mod tests {
         assert!(full.client_auth());
         assert_eq!(full.scheme(), "https");
         assert_eq!(full.client_config().alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let err = f.ca_only().load_for_server("the supervisor").err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("--tls-ca alone is not enough for the supervisor, which serves: give --tls-cert and --tls-key too")
+        );
+        assert!(f.member("server", false).load_for_server("an agent").unwrap().is_some());
+        assert!(TlsOptions::default().load_for_server("an agent").unwrap().is_none());
     }
 
     #[test]

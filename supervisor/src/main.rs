@@ -140,12 +140,7 @@ async fn main() -> anyhow::Result<()> {
         ca: args.tls_ca.clone(),
         client_auth: args.tls_client_auth,
     }
-    .load()?;
-    if tls.as_ref().is_some_and(|t| t.server_config().is_none()) {
-        anyhow::bail!(
-            "--tls-ca alone is not enough for the supervisor, which serves: give --tls-cert and --tls-key too"
-        );
-    }
+    .load_for_server("the supervisor")?;
     let settings = Settings {
         token,
         agents,

@@ -622,6 +622,8 @@ start_cluster() {
     if pid="$(pg_running_pid "$i")"; then
         port="$(pg_running_port "$i")"
         note "pg$i: already running (pid $pid, port $port)"
+        # rmw.conf and pg_hba.conf were just rewritten (TLS on or off): let it read them again.
+        as_pg "$PG_BIN/pg_ctl" -D "$dir" reload >/dev/null || warn "pg_ctl reload of pg$i failed"
         [[ "$port" == "$(service_port "pg$i")" ]] ||
             warn "pg$i runs on port $port, not $(service_port "pg$i"): './setup.sh stop' first to move it"
         return 0

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use engine::cluster::birth_check;
-use engine::member::PromoteRefusal;
+use engine::member::{JoinRefusal, PromoteRefusal};
 use engine::resolution::{held_by, resolve_in_order, Resolution};
 use protocol::{
     AgentStatus, ClusterBirth, ClusterConfig, DecideRequest, Decision, FailureKind, FailureReport, JoinRequest, Lsn,
@@ -287,13 +287,20 @@ impl Node {
         }
         {
             let _no_round = leader.hold_rounds().await;
-            let applied = self.applied().0;
-            if applied != req.applied_lsn {
-                return Err(ApiError::Conflict(format!(
-                    "this leader has applied LSN {applied} and the joining node LSN {}: it must catch up again \
-                     before it can be a member",
-                    req.applied_lsn
-                )));
+            match self.look(|m| m.admit_joiner(req.applied_lsn)) {
+                Ok(()) => {}
+                Err(JoinRefusal::NotCaughtUp { leader, joiner }) => {
+                    return Err(ApiError::Conflict(format!(
+                        "this leader has applied LSN {leader} and the joining node LSN {joiner}: it must catch up \
+                         again before it can be a member"
+                    )))
+                }
+                Err(JoinRefusal::Undecided { last_lsn }) => {
+                    return Err(ApiError::Conflict(format!(
+                        "this leader still holds the batch ending at LSN {last_lsn} prepared, without the joining \
+                         node: it must catch up again once that batch is decided"
+                    )))
+                }
             }
             self.configure(&req.config).await?;
         }

@@ -299,6 +299,14 @@ impl Leader {
             let gone = self.still_gone(&node, &replicas).await;
             let effects = {
                 let mut core = locked(&self.core);
+                // A node may have joined while the suspects were probed: its join held rounds,
+                // found none in flight and stored the new member set before releasing them. A
+                // round started with the members read before would be prepared without the
+                // new member, which then misses an entry it counts as holding. Read again under
+                // the lock a join needs: a change means another pass.
+                if node.replicas() != replicas {
+                    continue;
+                }
                 core.start_round(self.now_ms(), node.applied().0, replicas, gone, node.cluster_id())
             };
             self.execute(&node, effects);

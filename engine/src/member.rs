@@ -729,11 +729,34 @@ impl Member {
         }
     }
 
+    /// Whether a node that caught up to `joiner_applied` may join the members of this leader
+    /// now (the runtime holds new rounds while it asks). Only if the two logs end at the same
+    /// entry and this leader holds no batch prepared here and not applied yet: such a batch
+    /// was prepared without the joiner, and if it commits after the join, a member misses it.
+    pub fn admit_joiner(&self, joiner_applied: Lsn) -> Result<(), JoinRefusal> {
+        if let Some(last) = self.slots.back() {
+            return Err(JoinRefusal::Undecided { last_lsn: last.batch().last_lsn });
+        }
+        if joiner_applied != self.applied.lsn {
+            return Err(JoinRefusal::NotCaughtUp { leader: self.applied.lsn, joiner: joiner_applied });
+        }
+        Ok(())
+    }
+
     /// Entries prepared here but not applied yet: how far this member is behind what its
     /// leader has sent it (`GET /replica?max_lag=`).
     pub fn lag(&self) -> Lsn {
         self.tail() - self.applied.lsn
     }
+}
+
+/// Why a caught-up node may not join the members yet (it catches up again and asks again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinRefusal {
+    /// This leader holds the batch ending at `last_lsn` prepared and not applied.
+    Undecided { last_lsn: Lsn },
+    /// The leader's log ends at `leader`, the joiner's at `joiner`.
+    NotCaughtUp { leader: Lsn, joiner: Lsn },
 }
 
 /// Why a rebuild's reset is refused.

@@ -580,6 +580,12 @@ impl Runner for Scenario {
                     writeln!(out, "{}", self.status(name)?)?;
                 }
             }
+            "join" => {
+                // A caught-up node asks the leader to join the members.
+                let name = args.names.first().ok_or("join at which leader?")?.clone();
+                let answer = self.member(&name)?.admit_joiner(args.num("applied")?);
+                writeln!(out, "{name}: {answer:?}")?;
+            }
             other => return Err(format!("unknown command {other}").into()),
         }
         Ok(out)

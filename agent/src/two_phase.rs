@@ -295,19 +295,17 @@ impl Leader {
             let Some(node) = self.node.upgrade() else {
                 return;
             };
-            let replicas = node.replicas();
+            // The members, with the hold epoch under the lock a join's hold needs: a node that
+            // joins while the suspects are probed makes start_round refuse, and the next pass
+            // reads the new member set.
+            let (replicas, read_at) = {
+                let core = locked(&self.core);
+                (node.replicas(), core.hold_epoch())
+            };
             let gone = self.still_gone(&node, &replicas).await;
             let effects = {
                 let mut core = locked(&self.core);
-                // A node may have joined while the suspects were probed: its join held rounds,
-                // found none in flight and stored the new member set before releasing them. A
-                // round started with the members read before would be prepared without the
-                // new member, which then misses an entry it counts as holding. Read again under
-                // the lock a join needs: a change means another pass.
-                if node.replicas() != replicas {
-                    continue;
-                }
-                core.start_round(self.now_ms(), node.applied().0, replicas, gone, node.cluster_id())
+                core.start_round(self.now_ms(), node.applied().0, replicas, read_at, gone, node.cluster_id())
             };
             self.execute(&node, effects);
         }

@@ -266,6 +266,9 @@ pub struct Coordinator<W> {
     life: Life,
     /// Holders that keep rounds from starting (a joining node's final check).
     holds: usize,
+    /// How many holds were ever taken: a round starts only on members read since the last one
+    /// (a hold may change them: a node joins).
+    hold_epoch: u64,
     validator: Validator,
     queue: VecDeque<Admitted>,
     waiting: HashMap<Uuid, Vec<W>>,
@@ -304,6 +307,7 @@ impl<W> Coordinator<W> {
             depth: depth.max(1),
             life: Life::Leading,
             holds: 0,
+            hold_epoch: 0,
             validator,
             queue: VecDeque::new(),
             waiting: HashMap::new(),
@@ -442,6 +446,13 @@ impl<W> Coordinator<W> {
     /// Keeps rounds from starting while held (the runtime waits for the rounds in flight).
     pub fn hold(&mut self) {
         self.holds += 1;
+        self.hold_epoch += 1;
+    }
+
+    /// Read with the members a round is to be prepared on, and given back to
+    /// [`Coordinator::start_round`].
+    pub fn hold_epoch(&self) -> u64 {
+        self.hold_epoch
     }
     pub fn release(&mut self) {
         self.holds = self.holds.saturating_sub(1);
@@ -467,17 +478,20 @@ impl<W> Coordinator<W> {
     }
 
     /// Starts a round with what is queued. `applied_lsn` is where this node's log ends;
-    /// `replicas` the other members now; `gone` how many of them failed their last call and do
-    /// not answer a probe.
+    /// `replicas` the other members now, read when [`Coordinator::hold_epoch`] was
+    /// `members_read_at`; `gone` how many of them failed their last call and do not answer a
+    /// probe. Nothing starts if a hold was taken since the members were read: a node may have
+    /// joined, and a round prepared without it would leave a member without an entry.
     pub fn start_round(
         &mut self,
         now_ms: u64,
         applied_lsn: Lsn,
         replicas: Vec<String>,
+        members_read_at: u64,
         gone: usize,
         cluster_id: Option<Uuid>,
     ) -> Vec<Effect<W>> {
-        if !self.ready(now_ms) {
+        if !self.ready(now_ms) || members_read_at != self.hold_epoch {
             return Vec::new();
         }
         let members = 1 + replicas.len();

@@ -179,7 +179,12 @@ impl Runner for Scenario {
                 };
                 let applied = num("applied", self.applied)?;
                 let gone = num("gone", 0)? as usize;
-                let effects = self.leader()?.start_round(0, applied, replicas, gone, None);
+                // `read_at=`: the hold epoch when the members were read (default: now).
+                let read_at = match keys.get("read_at") {
+                    Some(v) => v.parse()?,
+                    None => self.leader()?.hold_epoch(),
+                };
+                let effects = self.leader()?.start_round(0, applied, replicas, read_at, gone, None);
                 if effects.is_empty() {
                     writeln!(out, "no round")?;
                 }
@@ -240,6 +245,13 @@ impl Runner for Scenario {
             }
             "resume" => {
                 self.leader()?.resume();
+            }
+            "hold" => {
+                self.leader()?.hold();
+                writeln!(out, "hold epoch {}", self.leader()?.hold_epoch())?;
+            }
+            "release" => {
+                self.leader()?.release();
             }
             "depose" => {
                 let effects = self.leader()?.depose();

@@ -1887,8 +1887,9 @@ cmd_test() {
     step "promtool check docs/monitoring/" check_monitoring_files
     step "systemd-analyze verify docker-files/systemd/" verify_systemd_units
     step "cargo test --workspace -- --test-threads=2" cargo test --workspace -- --test-threads=2
-    # The harness's clusters over mutual TLS (RMW_E2E_TLS=1): the failover tests again.
-    step "failover tests over TLS" env RMW_E2E_TLS=1 cargo test -p e2e --test failover -- --test-threads=2
+    # The harness's clusters over mutual TLS (RMW_E2E_TLS=1): the failover tests again (--workspace:
+    # the features as the step above built them, so nothing is rebuilt).
+    step "failover tests over TLS" env RMW_E2E_TLS=1 cargo test --workspace --test failover -- --test-threads=2
     if ((EUID == 0)); then
         step "setup.sh itself with RMW_STORE=etcd RMW_HOSTS=netns (debug build)" smoke_hosts
     else

@@ -366,6 +366,8 @@ pub struct Cluster {
     /// The etcd members holding the supervisors' configuration, when asked for.
     pub(crate) etcd: Vec<EtcdMember>,
     http: reqwest::Client,
+    /// For etcd's own API (plain HTTP, also in a cluster with TLS).
+    pub(crate) etcd_http: reqwest::Client,
     /// The cluster's CA and certificates, with TLS.
     pki: Option<tls::Pki>,
     /// The network namespaces and the bridge, on hosts. Declared last: dropped after the
@@ -575,7 +577,13 @@ impl Cluster {
             .expect("build the HTTP client");
         // From here on, a panic drops the cluster, which cleans up whatever was started.
         let trusted = hosts.as_ref().map(|h| h.gateway);
-        let cluster = Cluster { dir, nodes, leader: options.leader, supervisors, etcd, http, pki, hosts };
+        // etcd speaks plain HTTP, which the client above refuses once it has TLS.
+        let etcd_http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("build the etcd HTTP client");
+        let cluster = Cluster { dir, nodes, leader: options.leader, supervisors, etcd, http, etcd_http, pki, hosts };
         if !cluster.etcd.is_empty() {
             cluster.start_etcd_cluster().await;
         }

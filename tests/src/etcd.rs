@@ -149,7 +149,7 @@ impl Cluster {
                 panic!("{} exited ({exit}); its log:\n{}", member.daemon.name, member.daemon.tail(30));
             }
             let url = format!("http://{}/health", member.client_address());
-            let last = match self.http().get(&url).timeout(Duration::from_secs(2)).send().await {
+            let last = match self.etcd_http.get(&url).timeout(Duration::from_secs(2)).send().await {
                 Ok(r) if r.status() == StatusCode::OK => return,
                 Ok(r) => format!("HTTP {}", r.status()),
                 Err(e) => e.to_string(),
@@ -191,7 +191,7 @@ impl Cluster {
         let mut leader = None;
         for member in &self.etcd {
             let url = format!("http://{}/v3/maintenance/status", member.client_address());
-            let status = match self.http().post(&url).body("{}").timeout(Duration::from_secs(1)).send().await {
+            let status = match self.etcd_http.post(&url).body("{}").timeout(Duration::from_secs(1)).send().await {
                 Ok(resp) => resp.json::<Value>().await.ok(),
                 Err(_) => None,
             };

@@ -126,7 +126,7 @@ async fn first_commit_after_kill(c: &Cluster, http: &reqwest::Client, leader: us
         }
         for (address, last) in others.iter().zip(&mut last) {
             account = account % 1000 + 1;
-            match commit_one(http, address, account).await {
+            match commit_one(http, &format!("http://{address}"), account).await {
                 Ok(()) => return Ok(t0.elapsed().as_secs_f64() * 1000.0),
                 Err(e) => *last = e,
             }

@@ -106,9 +106,24 @@ enum Attempt {
     Failed(String),
 }
 
+/// Where the load goes: a base URL (`http://host:port`, or `https://` for a cluster with TLS)
+/// and the TLS settings that reach it.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub url: String,
+    pub tls: Option<service::Tls>,
+}
+
 /// One HTTP client per simulated client: its own pool, so its own keep-alive connection.
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    http_client_for(None)
+}
+
+/// [`http_client`] trusting the cluster's CA (and presenting its certificate) when `tls` is given.
+pub fn http_client_for(tls: Option<&service::Tls>) -> reqwest::Client {
+    service::client_builder_tls(None, tls)
+        .expect("the HTTP client's TLS settings")
+        .no_proxy()
         .pool_max_idle_per_host(1)
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(15))
@@ -116,7 +131,7 @@ pub fn http_client() -> reqwest::Client {
         .expect("build the HTTP client")
 }
 
-/// A blind write of two accounts to `leader`; returns whether the server answered 200.
+/// A blind write of two accounts to `leader` (a base URL); returns whether the server answered 200.
 pub async fn blind_commit(http: &reqwest::Client, leader: &str, rng: &mut SmallRng) -> Result<reqwest::StatusCode> {
     let (a, b) = two_accounts(rng);
     let body = format!(
@@ -128,15 +143,14 @@ pub async fn blind_commit(http: &reqwest::Client, leader: &str, rng: &mut SmallR
     Ok(status)
 }
 
-/// POSTs a JSON `body` to `path` on `node`; the status and the whole answer.
+/// POSTs a JSON `body` to `path` on `node` (a base URL); the status and the whole answer.
 async fn post(
     http: &reqwest::Client,
     node: &str,
     path: &str,
     body: String,
 ) -> Result<(reqwest::StatusCode, bytes::Bytes)> {
-    let resp =
-        http.post(format!("http://{node}{path}")).header("content-type", "application/json").body(body).send().await?;
+    let resp = http.post(format!("{node}{path}")).header("content-type", "application/json").body(body).send().await?;
     let status = resp.status();
     Ok((status, resp.bytes().await?))
 }
@@ -180,18 +194,18 @@ fn classify(status: reqwest::StatusCode, body: &str) -> Attempt {
 }
 
 /// Runs `clients` simulated clients against `leader` until `limit`; `live` is updated as they go.
-pub async fn run(leader: &str, workload: Workload, clients: usize, limit: Limit, live: Arc<Live>) -> Outcome {
+pub async fn run(leader: &Endpoint, workload: Workload, clients: usize, limit: Limit, live: Arc<Live>) -> Outcome {
     let start = Instant::now();
     let deadline = limit.duration.map(|d| start + d);
     let first_error: Arc<Mutex<Option<String>>> = Arc::default();
     let mut tasks = Vec::with_capacity(clients);
     for i in 0..clients {
-        let leader = leader.to_string();
+        let (leader, tls) = (leader.url.clone(), leader.tls.clone());
         let live = live.clone();
         let limit = limit.clone();
         let first_error = first_error.clone();
         tasks.push(tokio::spawn(async move {
-            let http = http_client();
+            let http = http_client_for(tls.as_ref());
             let mut rng = SmallRng::seed_from_u64(0x5eed_0000 + i as u64 * 7919 + std::process::id() as u64);
             let mut hist = new_histogram();
             loop {

@@ -41,7 +41,7 @@ struct Args {
     /// Client counts.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
     clients: Vec<usize>,
-    /// Which setups to run: ours, plain (a), sync (b).
+    /// Which setups to run: ours, plain (a), sync (b); also ours-tls (ours over mutual TLS).
     #[arg(long, value_delimiter = ',', default_value = "ours,plain,sync")]
     setups: Vec<String>,
     /// Failovers to time (the median is reported); 0 skips them.
@@ -162,6 +162,9 @@ pub struct IdleCpu {
 }
 
 pub const SETUP_OURS: &str = "ours";
+/// Ours with every connection over mutual TLS, as `RMW_TLS=1 ./setup.sh` runs it (not in the
+/// default set: `--setups ours,ours-tls` compares the two).
+pub const SETUP_OURS_TLS: &str = "ours-tls";
 pub const SETUP_PLAIN: &str = "plain";
 pub const SETUP_SYNC: &str = "sync";
 
@@ -182,8 +185,8 @@ async fn main() {
 
 async fn real_main(args: Args) -> Result<()> {
     for s in &args.setups {
-        if ![SETUP_OURS, SETUP_PLAIN, SETUP_SYNC].contains(&s.as_str()) {
-            bail!("--setups: unknown setup {s:?} (ours, plain, sync)");
+        if ![SETUP_OURS, SETUP_OURS_TLS, SETUP_PLAIN, SETUP_SYNC].contains(&s.as_str()) {
+            bail!("--setups: unknown setup {s:?} (ours, ours-tls, plain, sync)");
         }
     }
     if args.clients.is_empty() || args.clients.contains(&0) {
@@ -335,9 +338,32 @@ async fn run_all(
 
     for setup in &args.setups {
         match setup.as_str() {
+            SETUP_OURS_TLS => {
+                // Throughput and latency only: the failover figures are the plain cluster's.
+                progress.set_message("starting our cluster over mutual TLS (3 PostgreSQL, 3 agents, supervisor)");
+                let mut ours = Ours::start(ws, bin_dir, true).await?;
+                progress.set_message(&format!("loading {ACCOUNTS} accounts through the leader"));
+                ours.populate(ACCOUNTS).await?;
+                for pg in &ours.pgs {
+                    pg.psql(ws, "VACUUM ANALYZE bank_balance")?;
+                }
+                for workload in WORKLOADS {
+                    for &clients in &args.clients {
+                        for pg in &ours.pgs {
+                            pg.psql(ws, "CHECKPOINT")?;
+                        }
+                        let step =
+                            run_ours_step(&mut ours, SETUP_OURS_TLS, workload, clients, duration, progress).await?;
+                        progress.println(&report::step_line(&step));
+                        report.steps.push(step);
+                        progress.overall.inc(1);
+                    }
+                }
+                ours.stop();
+            }
             SETUP_OURS => {
                 progress.set_message("starting our cluster (3 PostgreSQL, 3 agents, supervisor)");
-                let mut ours = Ours::start(ws, bin_dir).await?;
+                let mut ours = Ours::start(ws, bin_dir, false).await?;
                 progress.set_message(&format!("loading {ACCOUNTS} accounts through the leader"));
                 ours.populate(ACCOUNTS).await?;
                 for pg in &ours.pgs {
@@ -350,7 +376,7 @@ async fn run_all(
                         for pg in &ours.pgs {
                             pg.psql(ws, "CHECKPOINT")?;
                         }
-                        let step = run_ours_step(&mut ours, workload, clients, duration, progress).await?;
+                        let step = run_ours_step(&mut ours, SETUP_OURS, workload, clients, duration, progress).await?;
                         progress.println(&report::step_line(&step));
                         report.steps.push(step);
                         progress.overall.inc(1);
@@ -566,6 +592,7 @@ async fn run_peer_steps(
 
 async fn run_ours_step(
     ours: &mut Ours,
+    setup: &str,
     workload: Workload,
     clients: usize,
     duration: Duration,
@@ -573,7 +600,7 @@ async fn run_ours_step(
 ) -> Result<Step> {
     let st = ours.wait_all_members(Duration::from_secs(60)).await?;
     let leader = st.leader.context("no leader")?;
-    let what = format!("{} {} {} clients", report::setup_label(SETUP_OURS), workload.name(), clients);
+    let what = format!("{} {} {} clients", report::setup_label(setup), workload.name(), clients);
     progress.set_message(&what);
     let bar = progress.step_bar(duration.as_millis() as u64, &what);
     let live = Arc::new(Live::default());
@@ -604,24 +631,30 @@ async fn run_ours_step(
         })
     };
     // Before the CPU counters start, so that the scrape is not counted as the step's work.
-    let scrape_before = rounds::Scrape::fetch(&ours.http, &leader).await;
+    let scrape_before = rounds::Scrape::fetch(&ours.http, &ours.url(&leader)).await;
     let agents_before = stats::pids_cpu(&agent_pids);
     let pg_before = stats::postgres_cpu(&postmasters);
     let host_before = stats::host_cpu();
     let self_before = stats::self_cpu_s();
-    let outcome =
-        load::run(&leader, workload, clients, Limit { duration: Some(duration), ..Limit::default() }, live).await;
+    let outcome = load::run(
+        &ours.endpoint(&leader),
+        workload,
+        clients,
+        Limit { duration: Some(duration), ..Limit::default() },
+        live,
+    )
+    .await;
     let loadgen_cpu = stats::self_cpu_s() - self_before;
     let host_busy = stats::host_busy(host_before, stats::host_cpu());
     let agents_cpu = stats::delta(&agents_before, &stats::pids_cpu(&agent_pids));
     let pg_cpu = stats::delta(&pg_before, &stats::postgres_cpu(&postmasters));
     sampler.abort();
-    let rounds = scrape_before.rounds_until(&rounds::Scrape::fetch(&ours.http, &leader).await);
+    let rounds = scrape_before.rounds_until(&rounds::Scrape::fetch(&ours.http, &ours.url(&leader)).await);
     sample_rss(&agent_pids, &rss);
     let rss = rss.lock().unwrap().clone();
     bar.finish_and_clear();
     Ok(Step {
-        setup: SETUP_OURS.into(),
+        setup: setup.into(),
         workload: workload.key().into(),
         clients,
         duration_s: outcome.elapsed.as_secs_f64(),
@@ -735,13 +768,14 @@ async fn run_switchovers(ours: &mut Ours, runs: usize, progress: &Progress) -> R
     let stop = Arc::new(AtomicBool::new(false));
     let background: Vec<_> = (0..SWITCHOVER_CLIENTS as i64)
         .map(|c| {
-            let (http, addresses, stop) = (http.clone(), ours.addresses.clone(), stop.clone());
+            let urls: Vec<String> = ours.addresses.iter().map(|a| ours.url(a)).collect();
+            let (http, stop) = (http.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut account = c * 1000;
                 while !stop.load(Ordering::Relaxed) {
-                    for a in &addresses {
+                    for url in &urls {
                         account = account % ACCOUNTS + 1;
-                        if ours::commit_one(&http, a, account).await.is_ok() {
+                        if ours::commit_one(&http, url, account).await.is_ok() {
                             break;
                         }
                     }
@@ -767,7 +801,7 @@ async fn switchovers(ours: &mut Ours, http: &reqwest::Client, runs: usize, progr
         progress.set_message(&what);
         let t0 = Instant::now();
         let resp = http
-            .post(format!("http://{}/switchover", ours.supervisor_address))
+            .post(format!("{}/switchover", ours.url(&ours.supervisor_address)))
             .json(&serde_json::json!({ "to": target }))
             .timeout(Duration::from_secs(20))
             .send()
@@ -832,7 +866,7 @@ async fn run_recovery(ours: &mut Ours, missed: u64, progress: &Progress) -> Resu
     };
     let started = Instant::now();
     let load = load::run(
-        &leader,
+        &ours.endpoint(&leader),
         Workload::Blind,
         32,
         Limit { commits: Some(missed), duration: Some(Duration::from_secs(1800)), stop: None },
@@ -853,7 +887,7 @@ async fn run_recovery(ours: &mut Ours, missed: u64, progress: &Progress) -> Resu
     bar.set_message(format!("recovery: restarting {victim} under a background load of 8 clients"));
     let stop = Arc::new(AtomicBool::new(false));
     let background = {
-        let leader = leader.clone();
+        let leader = ours.endpoint(&leader);
         let stop = stop.clone();
         tokio::spawn(async move {
             load::run(

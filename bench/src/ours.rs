@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use protocol::supervisor_status::SupervisorStatus;
 
+use crate::load::Endpoint;
 use crate::procs::{free_ports, wait_for, Daemon, PgServer, Workspace};
 
 pub struct Ours {
@@ -16,17 +17,23 @@ pub struct Ours {
     pub addresses: Vec<String>,
     pub supervisor_address: String,
     pub http: reqwest::Client,
+    /// With `--setups ours-tls`: every program serves HTTPS with mutual TLS inside, and the
+    /// benchmark calls them with the cluster's CA and a certificate of its own.
+    pub tls: Option<service::Tls>,
 }
 
 impl Ours {
-    /// Starts PostgreSQL, agents and the supervisor, and waits until the cluster takes commits.
-    pub async fn start(ws: &mut Workspace, bin_dir: &Path) -> Result<Ours> {
+    /// Starts PostgreSQL, agents and the supervisor (over mutual TLS with `tls`), and waits
+    /// until the cluster takes commits.
+    pub async fn start(ws: &mut Workspace, bin_dir: &Path, tls: bool) -> Result<Ours> {
         let ports = free_ports(7)?;
         let addresses: Vec<String> = ports[3..6].iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let supervisor_address = format!("127.0.0.1:{}", ports[6]);
+        // Names of their own for the cluster over TLS, which runs in the same work folder.
+        let prefix = if tls { "tls-" } else { "" };
         let mut pgs = Vec::new();
         for (i, &port) in ports[..3].iter().enumerate() {
-            let mut pg = ws.new_server(&format!("ours-pg{i}"), port, "max_prepared_transactions = 64\n")?;
+            let mut pg = ws.new_server(&format!("{prefix}ours-pg{i}"), port, "max_prepared_transactions = 64\n")?;
             pg.start(ws)?;
             pgs.push(pg);
         }
@@ -38,6 +45,42 @@ impl Ours {
             }
         }
         let members = addresses.join(",");
+        // A CA and a certificate per program (and one for the benchmark), as setup.sh makes them.
+        let (tls_args, client_tls) = if tls {
+            let dir = ws.root.join("tls");
+            let programs: [(&str, &[&str]); 5] = [
+                ("agent0", &["127.0.0.1"]),
+                ("agent1", &["127.0.0.1"]),
+                ("agent2", &["127.0.0.1"]),
+                ("supervisor", &["127.0.0.1"]),
+                ("bench", &["127.0.0.1"]),
+            ];
+            let pki = service::generate_local_pki(&dir, &programs, Duration::from_secs(24 * 3600))
+                .context("making the benchmark's certificates")?;
+            let options = service::TlsOptions {
+                cert: Some(dir.join("bench.pem")),
+                key: Some(dir.join("bench-key.pem")),
+                ca: Some(pki.ca.clone()),
+                client_auth: false,
+            };
+            let ca = pki.ca.display().to_string();
+            let args = move |stem: &str| -> Vec<String> {
+                let file = |suffix: &str| dir.join(format!("{stem}{suffix}")).display().to_string();
+                vec![
+                    "--tls-cert".into(),
+                    file(".pem"),
+                    "--tls-key".into(),
+                    file("-key.pem"),
+                    "--tls-ca".into(),
+                    ca.clone(),
+                    "--tls-client-auth".into(),
+                ]
+            };
+            (Some(args), options.load()?)
+        } else {
+            (None, None)
+        };
+        let tls_args_of = |stem: &str| tls_args.as_ref().map(|f| f(stem)).unwrap_or_default();
         let mut agents = Vec::new();
         for (i, pg) in pgs.iter().enumerate() {
             let args = vec![
@@ -56,14 +99,15 @@ impl Ours {
                 "--supervisor".into(),
                 supervisor_address.clone(),
             ];
-            let mut agent = Daemon::new(ws, &format!("agent{i}"), agent_bin.clone(), args);
+            let args = [args, tls_args_of(&format!("agent{i}"))].concat();
+            let mut agent = Daemon::new(ws, &format!("{prefix}agent{i}"), agent_bin.clone(), args);
             agent.spawn()?;
             agents.push(agent);
         }
-        let state_file = ws.root.join("supervisor-state.json");
+        let state_file = ws.root.join(format!("{prefix}supervisor-state.json"));
         let mut supervisor = Daemon::new(
             ws,
-            "supervisor",
+            &format!("{prefix}supervisor"),
             supervisor_bin,
             vec![
                 "--listen".into(),
@@ -76,7 +120,10 @@ impl Ours {
                 "200".into(),
                 "--misses".into(),
                 "3".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(tls_args_of("supervisor"))
+            .collect(),
         );
         supervisor.spawn()?;
         let mut ours = Ours {
@@ -85,16 +132,27 @@ impl Ours {
             supervisor,
             addresses,
             supervisor_address,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+            http: service::client_builder_tls(None, client_tls.as_ref())?.timeout(Duration::from_secs(5)).build()?,
+            tls: client_tls,
         };
         ours.wait_all_members(Duration::from_secs(60)).await?;
         Ok(ours)
     }
 
+    /// `host:port`'s base URL: `https://` when the cluster runs with TLS.
+    pub fn url(&self, address: &str) -> String {
+        service::base_url(address, self.tls.is_some())
+    }
+
+    /// Where the load goes when it goes to `address`.
+    pub fn endpoint(&self, address: &str) -> Endpoint {
+        Endpoint { url: self.url(address), tls: self.tls.clone() }
+    }
+
     pub async fn status(&self) -> Result<SupervisorStatus> {
         let resp = self
             .http
-            .get(format!("http://{}/status", self.supervisor_address))
+            .get(format!("{}/status", self.url(&self.supervisor_address)))
             .timeout(Duration::from_secs(2))
             .send()
             .await?;
@@ -163,7 +221,7 @@ impl Ours {
             let body = format!(r#"{{"transaction":{{"write_set":{{{}}}}}}}"#, writes.join(","));
             let resp = self
                 .http
-                .post(format!("http://{leader}/commit/"))
+                .post(format!("{}/commit/", self.url(&leader)))
                 .header("content-type", "application/json")
                 .body(body)
                 .timeout(Duration::from_secs(30))
@@ -180,7 +238,7 @@ impl Ours {
 
     /// A blind commit of one random-ish account to `address`: whether it was acknowledged.
     pub async fn try_commit(&self, http: &reqwest::Client, address: &str, account: i64) -> bool {
-        commit_one(http, address, account).await.is_ok()
+        commit_one(http, &self.url(address), account).await.is_ok()
     }
 
     /// Restarts agent `i` (after a kill) and waits until it is a member again; returns how
@@ -224,12 +282,12 @@ impl Drop for Ours {
     }
 }
 
-/// One blind commit of `account` at `address`: Ok when acknowledged, else the answer or the
-/// error.
+/// One blind commit of `account` at `address` (a base URL): Ok when acknowledged, else the
+/// answer or the error.
 pub async fn commit_one(http: &reqwest::Client, address: &str, account: i64) -> Result<(), String> {
     let body = format!(r#"{{"transaction":{{"write_set":{{"{account}":1}}}}}}"#);
     let resp = http
-        .post(format!("http://{address}/commit/"))
+        .post(format!("{address}/commit/"))
         .header("content-type", "application/json")
         .body(body)
         .timeout(Duration::from_secs(2))

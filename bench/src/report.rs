@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::load::Workload;
-use crate::{Report, Step, SETUP_OURS, SETUP_PLAIN, SETUP_SYNC};
+use crate::{Report, Step, SETUP_OURS, SETUP_OURS_TLS, SETUP_PLAIN, SETUP_SYNC};
 
 pub fn setup_label(setup: &str) -> &'static str {
     match setup {
         SETUP_OURS => "ours (3 nodes, 2PC)",
+        SETUP_OURS_TLS => "ours over mutual TLS",
         SETUP_PLAIN => "(a) one PostgreSQL",
         SETUP_SYNC => "(b) primary + 2 sync standbys",
         _ => "?",
@@ -320,7 +321,32 @@ fn figures(r: &Report, missed: u64) -> Vec<String> {
             ));
         }
     }
+    if let Some(line) = tls_line(r) {
+        out.push(line);
+    }
     out
+}
+
+/// What mutual TLS costs: each step over TLS against the same step of plain ours.
+fn tls_line(r: &Report) -> Option<String> {
+    let parts: Vec<String> = r
+        .steps
+        .iter()
+        .filter(|s| s.setup == SETUP_OURS_TLS)
+        .filter_map(|t| {
+            let plain = find(&r.steps, SETUP_OURS, Workload::of_key(&t.workload), t.clients)?;
+            (plain.tps > 0.0).then(|| {
+                format!(
+                    "{} {}c: {:.2}x the tps, p50 {:+.2} ms",
+                    Workload::of_key(&t.workload).short(),
+                    t.clients,
+                    t.tps / plain.tps,
+                    t.p50_ms - plain.p50_ms
+                )
+            })
+        })
+        .collect();
+    (!parts.is_empty()).then(|| format!("ours over mutual TLS against plain ours: {}", parts.join("; ")))
 }
 
 /// Where the time went in ours: the leader's rounds per step (how many, how big, how long
@@ -382,7 +408,7 @@ fn profile_lines(r: &Report) -> Vec<String> {
             r.cores
         ));
     }
-    let peers: Vec<&Step> = r.steps.iter().filter(|s| s.setup != SETUP_OURS).collect();
+    let peers: Vec<&Step> = r.steps.iter().filter(|s| s.setup != SETUP_OURS && s.setup != SETUP_OURS_TLS).collect();
     if !peers.is_empty() {
         let pg_gen: f64 = peers.iter().map(|s| s.loadgen_cpu_s).sum();
         let pg_wall: f64 = peers.iter().map(|s| s.duration_s).sum();
@@ -560,6 +586,8 @@ fn plot(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let series = [
         (SETUP_OURS, Workload::Blind, RGBColor(31, 119, 180)),
         (SETUP_OURS, Workload::ReadCommit, RGBColor(120, 170, 220)),
+        (SETUP_OURS_TLS, Workload::Blind, RGBColor(148, 103, 189)),
+        (SETUP_OURS_TLS, Workload::ReadCommit, RGBColor(197, 176, 213)),
         (SETUP_PLAIN, Workload::Blind, RGBColor(44, 160, 44)),
         (SETUP_PLAIN, Workload::ReadCommit, RGBColor(140, 210, 140)),
         (SETUP_SYNC, Workload::Blind, RGBColor(214, 39, 40)),

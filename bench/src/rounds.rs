@@ -54,9 +54,9 @@ impl Scrape {
         Scrape(out)
     }
 
-    /// Fetches and parses `http://<address>/metrics`; empty when it cannot.
-    pub async fn fetch(http: &reqwest::Client, address: &str) -> Scrape {
-        let text = async { http.get(format!("http://{address}/metrics")).send().await?.text().await };
+    /// Fetches and parses `<base_url>/metrics`; empty when it cannot.
+    pub async fn fetch(http: &reqwest::Client, base_url: &str) -> Scrape {
+        let text = async { http.get(format!("{base_url}/metrics")).send().await?.text().await };
         text.await.map(|t| Scrape::parse(&t)).unwrap_or_default()
     }
 

@@ -191,12 +191,6 @@ impl fmt::Debug for Tls {
 }
 
 impl TlsOptions {
-    /// Checks the options together and reads their files: `Ok(None)` when none is given (plain
-    /// HTTP), a [`Tls`] that serves and calls over HTTPS with `cert`, `key` and `ca`, and one that
-    /// only calls (a client program) with `ca` alone.
-    ///
-    /// A certificate that has expired is not refused here: the peers refuse it, and their
-    /// messages say so.
     /// [`TlsOptions::load`] for a program that serves (the agent, the supervisor, `client
     /// serve`, named in the error as `program`): with TLS it needs its own certificate.
     pub fn load_for_server(&self, program: &'static str) -> Result<Option<Tls>, TlsError> {
@@ -207,6 +201,12 @@ impl TlsOptions {
         Ok(tls)
     }
 
+    /// Checks the options together and reads their files: `Ok(None)` when none is given (plain
+    /// HTTP), a [`Tls`] that serves and calls over HTTPS with `cert`, `key` and `ca`, and one that
+    /// only calls (a client program) with `ca` alone.
+    ///
+    /// A certificate that has expired is not refused here: the peers refuse it, and their
+    /// messages say so.
     pub fn load(&self) -> Result<Option<Tls>, TlsError> {
         let own = match (&self.cert, &self.key) {
             (None, None) => None,

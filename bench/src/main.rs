@@ -340,48 +340,15 @@ async fn run_all(
         match setup.as_str() {
             SETUP_OURS_TLS => {
                 // Throughput and latency only: the failover figures are the plain cluster's.
-                progress.set_message("starting our cluster over mutual TLS (3 PostgreSQL, 3 agents, supervisor)");
-                let mut ours = Ours::start(ws, bin_dir, true).await?;
-                progress.set_message(&format!("loading {ACCOUNTS} accounts through the leader"));
-                ours.populate(ACCOUNTS).await?;
-                for pg in &ours.pgs {
-                    pg.psql(ws, "VACUUM ANALYZE bank_balance")?;
-                }
-                for workload in WORKLOADS {
-                    for &clients in &args.clients {
-                        for pg in &ours.pgs {
-                            pg.psql(ws, "CHECKPOINT")?;
-                        }
-                        let step =
-                            run_ours_step(&mut ours, SETUP_OURS_TLS, workload, clients, duration, progress).await?;
-                        progress.println(&report::step_line(&step));
-                        report.steps.push(step);
-                        progress.overall.inc(1);
-                    }
-                }
+                let mut ours = start_ours(ws, bin_dir, true, progress).await?;
+                run_ours_steps(ws, &mut ours, SETUP_OURS_TLS, args, duration, progress, report).await?;
                 ours.stop();
             }
             SETUP_OURS => {
-                progress.set_message("starting our cluster (3 PostgreSQL, 3 agents, supervisor)");
-                let mut ours = Ours::start(ws, bin_dir, false).await?;
-                progress.set_message(&format!("loading {ACCOUNTS} accounts through the leader"));
-                ours.populate(ACCOUNTS).await?;
-                for pg in &ours.pgs {
-                    pg.psql(ws, "VACUUM ANALYZE bank_balance")?;
-                }
+                let mut ours = start_ours(ws, bin_dir, false, progress).await?;
                 progress.set_message("measuring the idle cluster's CPU for 3 s");
                 report.idle_cpu = Some(idle_cpu(&ours, Duration::from_secs(3)).await);
-                for workload in WORKLOADS {
-                    for &clients in &args.clients {
-                        for pg in &ours.pgs {
-                            pg.psql(ws, "CHECKPOINT")?;
-                        }
-                        let step = run_ours_step(&mut ours, SETUP_OURS, workload, clients, duration, progress).await?;
-                        progress.println(&report::step_line(&step));
-                        report.steps.push(step);
-                        progress.overall.inc(1);
-                    }
-                }
+                run_ours_steps(ws, &mut ours, SETUP_OURS, args, duration, progress, report).await?;
                 if args.failovers > 0 {
                     match run_failovers(&mut ours, args.failovers, progress).await {
                         Ok(f) => report.failover = Some(f),
@@ -582,6 +549,46 @@ async fn run_peer_steps(
                 agent_rss_mib: None,
                 rounds: None,
             };
+            progress.println(&report::step_line(&step));
+            report.steps.push(step);
+            progress.overall.inc(1);
+        }
+    }
+    Ok(())
+}
+
+/// Starts our cluster (over mutual TLS with `tls`) and loads the accounts through its leader.
+async fn start_ours(ws: &mut Workspace, bin_dir: &std::path::Path, tls: bool, progress: &Progress) -> Result<Ours> {
+    progress.set_message(if tls {
+        "starting our cluster over mutual TLS (3 PostgreSQL, 3 agents, supervisor)"
+    } else {
+        "starting our cluster (3 PostgreSQL, 3 agents, supervisor)"
+    });
+    let ours = Ours::start(ws, bin_dir, tls).await?;
+    progress.set_message(&format!("loading {ACCOUNTS} accounts through the leader"));
+    ours.populate(ACCOUNTS).await?;
+    for pg in &ours.pgs {
+        pg.psql(ws, "VACUUM ANALYZE bank_balance")?;
+    }
+    Ok(ours)
+}
+
+/// Every workload at every client count against `ours`, reported as `setup`.
+async fn run_ours_steps(
+    ws: &Workspace,
+    ours: &mut Ours,
+    setup: &str,
+    args: &Args,
+    duration: Duration,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    for workload in WORKLOADS {
+        for &clients in &args.clients {
+            for pg in &ours.pgs {
+                pg.psql(ws, "CHECKPOINT")?;
+            }
+            let step = run_ours_step(ours, setup, workload, clients, duration, progress).await?;
             progress.println(&report::step_line(&step));
             report.steps.push(step);
             progress.overall.inc(1);

@@ -1957,12 +1957,15 @@ smoke_hosts_script() {
 # debug build: from outside, a plain HTTP connection to every program is refused and HTTPS
 # without the CA is not trusted; with the CA the README's curl lines commit and read, the
 # client runs a transaction, and after a SIGKILL of the leader agent a new leader commits.
+# Its fixed ports lie below the kernel's ephemeral range (32768 and up): a port in that range
+# can be taken at any moment as the source port of some outgoing connection (the agents' own,
+# while they start one after the other), and a listener then fails with "address in use".
 smoke_tls() {
     local data run="$ROOT/target/smoke-tls-run" ok=0
     data="$(mktemp -d /tmp/rmw-smoke-tls-XXXXXX)"
     chmod 755 "$data"
     local -a env=(RMW_TLS=1 RMW_PROFILE=debug RMW_RUN_DIR="$run" DATA_DIR="$data"
-        PG_PORTS="45432 45433 45434" AGENT_PORTS="48000 48001 48002" SUPERVISOR_PORT=49000 CLIENT_PORT=45000)
+        PG_PORTS="26432 26433 26434" AGENT_PORTS="28100 28101 28102" SUPERVISOR_PORT=29100 CLIENT_PORT=26000)
     rm -rf "$run"
     if (smoke_tls_script "$data" "$run" "${env[@]}"); then ok=1; fi
     env "${env[@]}" "$ROOT/setup.sh" stop >/dev/null || warn "the TLS smoke cluster's stop failed"
@@ -1975,7 +1978,7 @@ smoke_tls_script() {
     shift 2
     env "$@" "$ROOT/setup.sh" start || die "smoke: RMW_TLS=1 ./setup.sh start failed"
     local ca="$data/tls/ca.pem"
-    for port in 48000 48001 48002 49000 45000; do
+    for port in 28100 28101 28102 29100 26000; do
         if curl -fsS -m 2 -o /dev/null "http://$HOST:$port/health" 2>/dev/null; then
             die "smoke: plain HTTP to $HOST:$port got an answer"
         fi
@@ -1984,10 +1987,10 @@ smoke_tls_script() {
         fi
         curl -fsS -m 2 -o /dev/null --cacert "$ca" "https://$HOST:$port/health" || die "smoke: HTTPS with the CA to $HOST:$port failed"
     done
-    answer="$(curl -fsS --cacert "$ca" -X POST "https://$HOST:48000/commit/" -d '{"transaction": {"write_set": {"1": 10}}}')"
+    answer="$(curl -fsS --cacert "$ca" -X POST "https://$HOST:28100/commit/" -d '{"transaction": {"write_set": {"1": 10}}}')"
     [[ "$answer" == *'"commit":"COMMIT"'* ]] || die "smoke: the first commit over TLS: $answer"
     # PostgreSQL too: a connection without TLS is refused, and every agent connection has TLS.
-    local pw pg="host=$HOST port=45432 user=postgres dbname=postgres"
+    local pw pg="host=$HOST port=26432 user=postgres dbname=postgres"
     pw="$(cat "$data/pg0.password")" || die "smoke: no pg0.password"
     if PGPASSWORD="$pw" "$PG_BIN/psql" "$pg sslmode=disable" -Atc 'select 1' >/dev/null 2>&1; then
         die "smoke: PostgreSQL pg0 let a connection without TLS in"
@@ -1996,13 +1999,13 @@ smoke_tls_script() {
         "select count(*), count(*) filter (where not s.ssl) from pg_stat_activity a join pg_stat_ssl s using (pid) where a.backend_type = 'client backend' and a.pid <> pg_backend_pid()")" ||
         die "smoke: psql with TLS to pg0 failed"
     [[ "$answer" =~ ^[1-9][0-9]*\|0$ ]] || die "smoke: pg0's agent connections (count|without TLS): $answer"
-    answer="$("$ROOT/target/debug/client" --tls-ca "$ca" run --agent "$HOST:48001" --supervisor "$HOST:49000" 'r(1)w(2=22)')" ||
+    answer="$("$ROOT/target/debug/client" --tls-ca "$ca" run --agent "$HOST:28101" --supervisor "$HOST:29100" 'r(1)w(2=22)')" ||
         die "smoke: client run over TLS failed: $answer"
     [[ "$answer" == *COMMIT* ]] || die "smoke: client run over TLS: $answer"
     say "smoke: SIGKILL of the leader agent (agent0) of the TLS cluster"
     kill -KILL "$(<"$run/agent0.pid")" || die "smoke: could not kill agent0"
     start=$SECONDS
-    until answer="$(curl -fsS -m 2 --cacert "$ca" -X POST "https://$HOST:48001/commit/" -d '{"transaction": {"write_set": {"3": 30}}}' 2>/dev/null)" &&
+    until answer="$(curl -fsS -m 2 --cacert "$ca" -X POST "https://$HOST:28101/commit/" -d '{"transaction": {"write_set": {"3": 30}}}' 2>/dev/null)" &&
         [[ "$answer" == *COMMIT* ]]; do
         ((SECONDS - start < 20)) || die "smoke: no commit on node1 over TLS within 20 s of the kill"
         sleep 0.1

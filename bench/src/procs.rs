@@ -8,7 +8,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -63,11 +62,10 @@ pub fn find_bindir() -> Result<PathBuf> {
     }
 }
 
-/// Free TCP ports on 127.0.0.1, all different: the listeners are held until every one is chosen.
+/// Free TCP ports on 127.0.0.1, all different, below the kernel's ephemeral range (see
+/// `e2e::free_port`).
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>().context("bind 127.0.0.1:0")?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    Ok((0..n).map(|_| e2e::free_port()).collect())
 }
 
 pub fn describe(out: &Output) -> String {

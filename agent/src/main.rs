@@ -232,12 +232,9 @@ mod tests {
 
     #[test]
     fn the_options_the_example_file_only_mentions_are_real() {
-        let text = std::fs::read_to_string(example()).unwrap();
-        let path = std::env::temp_dir().join(format!("rmw-agent-example-{}.toml", std::process::id()));
-        std::fs::write(&path, protocol::config_file::with_commented_options_enabled(&text)).unwrap();
-        let parsed = parse(&["--config", path.to_str().unwrap()]);
-        std::fs::remove_file(&path).unwrap();
-        let args = parsed.unwrap();
+        let example = example();
+        let args: Args =
+            protocol::config_file::try_parse_example_with_commented_options(["agent"], example.as_ref()).unwrap();
         assert_eq!(args.tls_ca.as_deref(), Some(std::path::Path::new("data/tls/ca.pem")));
         assert!(args.tls_client_auth);
         assert!(args.api_keys.is_some() && args.database_password_file.is_some());

@@ -743,12 +743,9 @@ mod config_tests {
 
     #[test]
     fn the_options_the_example_file_only_mentions_are_real() {
-        let text = std::fs::read_to_string(EXAMPLE).unwrap();
-        let path = std::env::temp_dir().join(format!("rmw-client-example-{}.toml", std::process::id()));
-        std::fs::write(&path, protocol::config_file::with_commented_options_enabled(&text)).unwrap();
-        let parsed = parse(&["--config", path.to_str().unwrap(), "serve"]);
-        std::fs::remove_file(&path).unwrap();
-        let cli = parsed.unwrap();
+        let cli: Cli =
+            protocol::config_file::try_parse_example_with_commented_options(["client", "serve"], EXAMPLE.as_ref())
+                .unwrap();
         assert_eq!(cli.tls_ca.as_deref(), Some(std::path::Path::new("data/tls/ca.pem")));
         let Command::Serve { api_key_file, advertise, .. } = cli.command else { panic!("not serve") };
         assert!(api_key_file.is_some() && advertise.is_some());

@@ -94,10 +94,43 @@ where
     let Some(path) = first.get_one::<PathBuf>(CONFIG_ID).cloned() else {
         return Ok(T::from_arg_matches(&first)?);
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::File(format!("cannot read the configuration file {}: {e}", path.display())))?;
-    let cmd = with_file_defaults(cmd, &first, &path, &text)?;
-    let matches = cmd.try_get_matches_from(&args)?;
+    let text = read_file(&path)?;
+    parse_with_file(cmd, &args, &first, &path, &text)
+}
+
+/// For the programs' tests: `args` (the program's name first) parsed with the example
+/// configuration file `example` as if every option it only mentions in a comment (`# key =
+/// value`) were set, so that an example cannot name an option that does not exist, or a value
+/// the option refuses.
+pub fn try_parse_example_with_commented_options<T, I, S>(args: I, example: &Path) -> Result<T, Error>
+where
+    T: clap::Parser,
+    I: IntoIterator<Item = S>,
+    S: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cmd = T::command();
+    let first = cmd.clone().try_get_matches_from(&args)?;
+    let text = with_commented_options_enabled(&read_file(example)?);
+    parse_with_file(cmd, &args, &first, example, &text)
+}
+
+fn read_file(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::File(format!("cannot read the configuration file {}: {e}", path.display())))
+}
+
+/// Parses `args` again with the file's keys (`text`, read from `path`) as the defaults of the
+/// options the first parse (`first`) got from neither a flag nor the environment.
+fn parse_with_file<T: clap::Parser>(
+    cmd: Command,
+    args: &[OsString],
+    first: &ArgMatches,
+    path: &Path,
+    text: &str,
+) -> Result<T, Error> {
+    let cmd = with_file_defaults(cmd, first, path, text)?;
+    let matches = cmd.try_get_matches_from(args)?;
     Ok(T::from_arg_matches(&matches)?)
 }
 
@@ -210,10 +243,9 @@ fn check_value(owner: &Command, arg: &clap::Arg, text: &str) -> Result<(), Strin
     })
 }
 
-/// An example file's text with every commented-out option (`# key = value`) made active: the
-/// programs' tests parse it to check that the keys the examples only mention are real options
-/// with valid values. Prose comments are left as they are.
-pub fn with_commented_options_enabled(text: &str) -> String {
+/// An example file's text with every commented-out option (`# key = value`) made active.
+/// Prose comments are left as they are.
+fn with_commented_options_enabled(text: &str) -> String {
     text.lines()
         .map(|line| match line.strip_prefix("# ") {
             Some(rest) if is_option_line(rest) => rest,

@@ -190,12 +190,8 @@ mod tests {
     #[test]
     fn the_options_the_example_file_only_mentions_are_real() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/supervisor.toml");
-        let text = std::fs::read_to_string(example).unwrap();
-        let path = std::env::temp_dir().join(format!("rmw-supervisor-example-{}.toml", std::process::id()));
-        std::fs::write(&path, protocol::config_file::with_commented_options_enabled(&text)).unwrap();
-        let parsed = parse(&["--config", path.to_str().unwrap()]);
-        std::fs::remove_file(&path).unwrap();
-        let args = parsed.unwrap();
+        let args: Args =
+            protocol::config_file::try_parse_example_with_commented_options(["supervisor"], example.as_ref()).unwrap();
         assert_eq!(args.tls_ca.as_deref(), Some(std::path::Path::new("data/tls/ca.pem")));
         assert!(args.tls_client_auth);
     }

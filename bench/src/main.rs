@@ -773,10 +773,10 @@ const SWITCHOVER_CLIENTS: usize = 4;
 async fn run_switchovers(ours: &mut Ours, runs: usize, progress: &Progress) -> Result<Switchover> {
     let http = load::http_client();
     let stop = Arc::new(AtomicBool::new(false));
+    let urls: Vec<String> = ours.addresses.iter().map(|a| ours.url(a)).collect();
     let background: Vec<_> = (0..SWITCHOVER_CLIENTS as i64)
         .map(|c| {
-            let urls: Vec<String> = ours.addresses.iter().map(|a| ours.url(a)).collect();
-            let (http, stop) = (http.clone(), stop.clone());
+            let (http, urls, stop) = (http.clone(), urls.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut account = c * 1000;
                 while !stop.load(Ordering::Relaxed) {

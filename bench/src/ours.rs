@@ -1,6 +1,7 @@
 //! Our cluster for the benchmark: three PostgreSQL servers, an agent beside each (release
 //! build) and the supervisor, on free ports.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -45,42 +46,17 @@ impl Ours {
             }
         }
         let members = addresses.join(",");
-        // A CA and a certificate per program (and one for the benchmark), as setup.sh makes them.
-        let (tls_args, client_tls) = if tls {
-            let dir = ws.root.join("tls");
-            let programs: [(&str, &[&str]); 5] = [
-                ("agent0", &["127.0.0.1"]),
-                ("agent1", &["127.0.0.1"]),
-                ("agent2", &["127.0.0.1"]),
-                ("supervisor", &["127.0.0.1"]),
-                ("bench", &["127.0.0.1"]),
-            ];
-            let pki = service::generate_local_pki(&dir, &programs, Duration::from_secs(24 * 3600))
-                .context("making the benchmark's certificates")?;
-            let options = service::TlsOptions {
-                cert: Some(dir.join("bench.pem")),
-                key: Some(dir.join("bench-key.pem")),
-                ca: Some(pki.ca.clone()),
-                client_auth: false,
-            };
-            let ca = pki.ca.display().to_string();
-            let args = move |stem: &str| -> Vec<String> {
-                let file = |suffix: &str| dir.join(format!("{stem}{suffix}")).display().to_string();
-                vec![
-                    "--tls-cert".into(),
-                    file(".pem"),
-                    "--tls-key".into(),
-                    file("-key.pem"),
-                    "--tls-ca".into(),
-                    ca.clone(),
-                    "--tls-client-auth".into(),
-                ]
-            };
-            (Some(args), options.load()?)
-        } else {
-            (None, None)
-        };
-        let tls_args_of = |stem: &str| tls_args.as_ref().map(|f| f(stem)).unwrap_or_default();
+        // A CA and a certificate per program (and one for the benchmark), as the end-to-end
+        // harness makes them for its clusters over TLS.
+        let pki = tls.then(|| {
+            let programs: Vec<(String, Ipv4Addr)> = ["agent0", "agent1", "agent2", "supervisor", "bench"]
+                .into_iter()
+                .map(|stem| (stem.to_string(), Ipv4Addr::LOCALHOST))
+                .collect();
+            e2e::tls::Pki::create(&ws.root.join("tls"), &programs)
+        });
+        let tls_args_of = |stem: &str| pki.as_ref().map(|pki| pki.args(stem, true)).unwrap_or_default();
+        let client_tls = pki.as_ref().map(|pki| pki.load("bench"));
         let mut agents = Vec::new();
         for (i, pg) in pgs.iter().enumerate() {
             let args = vec![

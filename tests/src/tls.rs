@@ -22,7 +22,7 @@ pub struct Pki {
 impl Pki {
     /// Makes the CA and one certificate per `(stem, address)` in `dir`: `ca.pem`, and
     /// `<stem>.pem` with `<stem>-key.pem` (mode 0600).
-    pub(crate) fn create(dir: &Path, programs: &[(String, Ipv4Addr)]) -> Pki {
+    pub fn create(dir: &Path, programs: &[(String, Ipv4Addr)]) -> Pki {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let validity = Validity::from_now(LIFETIME).expect("a validity from now");
         let ca = LocalCa::new("rmw e2e cluster CA", validity).expect("make the cluster's CA");

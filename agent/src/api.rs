@@ -15,7 +15,7 @@ use protocol::{
     AgentStatus, BatchStateResponse, ClusterBirth, ClusterConfig, CommitRequest, CommitResponse, DecideRequest,
     DecideResponse, DrillResponse, ErrorBody, FenceResponse, JoinRequest, LogPage, Lsn, Outcome, PauseRequest,
     PauseResponse, PrepareRequest, PrepareResponse, PromoteResponse, ReadRequest, ReadResponse, RecoverRequest,
-    RecoverResponse, ResetResponse, Role, RoleCheck, DEFAULT_LOG_PAGE, MAX_BODY_BYTES, MAX_LOG_PAGE,
+    RecoverResponse, ResetResponse, Role, RoleCheck, SnapshotHeader, DEFAULT_LOG_PAGE, MAX_BODY_BYTES, MAX_LOG_PAGE,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -45,6 +45,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/internal/cluster_id", post(cluster_id))
         .route("/internal/reset", post(reset))
         .route("/replication_log/", get(replication_log))
+        .route("/internal/snapshot", get(snapshot))
         .route("/down_leader/", get(down_leader))
         .route("/up_node/", get(up_node))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_INTERNAL_BODY_BYTES));
@@ -132,6 +133,7 @@ async fn read(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ReadRequest>)
         (status = 200, description = "COMMIT: durable on every member", body = CommitResponse),
         (status = 400, description = "Malformed input (empty transaction, missing `time_stamp`, a negative account, an account given twice, a set over its limit, `min_copies` out of range), or `bad_timestamp`: a `time_stamp` above every timestamp the cluster handed out; nothing changed", body = ErrorBody),
         (status = 409, description = "ABORT by a conflict: `reason` is `stale_read` or `key_locked`, `key` the account. Final: a retry of the `txn_id` gets the same answer on any leader", body = CommitResponse),
+        (status = 410, description = "`log_trimmed`: a `txn_id` the log does not hold, with a `time_stamp` older than the log's first entry (`--retain-log`): if it is a retry, its outcome is no longer known; nothing was done", body = ErrorBody),
         (status = 421, description = "Not the leader: send the commit to `leader`", body = ErrorBody),
         (status = 503, description = "ABORT with `reason` `not_enough_replicas` (fewer nodes reachable than the durability floor) or `replication_failed` (nothing applied either way; retry with the same `txn_id`), or an error: the node is down, no leader is known, the outcome is not known yet (retry with the same `txn_id`), or too many commits are waiting (`Retry-After`)",
             body = crate::openapi::CommitUnavailable,
@@ -358,6 +360,7 @@ struct LogQuery {
     responses(
         (status = 200, description = "The entries after `after`, in LSN order", body = LogPage),
         (status = 400, description = "A negative `after`, a `limit` out of range, or an unknown parameter", body = ErrorBody),
+        (status = 410, description = "`log_trimmed`: the entries after `after` are no longer in this node's log (`--retain-log`, or it was rebuilt from a snapshot); `horizon` is the highest LSN it no longer holds", body = ErrorBody),
         (status = 503, description = "PostgreSQL unreachable", body = ErrorBody),
     ))]
 async fn replication_log(State(node): State<Arc<Node>>, ApiQuery(q): ApiQuery<LogQuery>) -> Result<Response, ApiError> {
@@ -371,9 +374,38 @@ async fn replication_log(State(node): State<Arc<Node>>, ApiQuery(q): ApiQuery<Lo
     let applied_lsn = node.applied().0;
     // One more than asked tells whether another page follows.
     let mut entries = node.store.log_page(q.after, limit + 1).await.map_err(ApiError::unavailable)?;
+    if let Some(first) = entries.first().filter(|e| e.lsn > q.after + 1) {
+        let horizon = first.lsn - 1;
+        return Err(ApiError::LogTrimmed {
+            horizon,
+            message: format!(
+                "this node's log starts at LSN {}: the entries after {} up to {horizon} were trimmed \
+                 (--retain-log) or replaced by a snapshot; a node that far behind is rebuilt from a snapshot",
+                first.lsn, q.after
+            ),
+        });
+    }
     let more = entries.len() as i64 > limit;
     entries.truncate(limit as usize);
     Ok(Json(LogPage { entries, applied_lsn, more }).into_response())
+}
+
+/// `GET /internal/snapshot`: a consistent snapshot of the accounts, for a rebuild.
+#[utoipa::path(get, path = "/internal/snapshot", tag = "recovery",
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "First line: a JSON `SnapshotHeader` (the log entry the snapshot is at, null for an empty log); \
+            then the accounts in PostgreSQL's COPY text format (account_number, balance, created_at, updated_at), streamed", content_type = "text/plain"),
+        (status = 503, description = "PostgreSQL unreachable", body = ErrorBody),
+    ))]
+async fn snapshot(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let (base, rows) = node.store.export_snapshot().await.map_err(ApiError::unavailable)?;
+    tracing::info!(base_lsn = ?base.as_ref().map(|b| b.lsn), "sending a snapshot");
+    let mut header = serde_json::to_vec(&SnapshotHeader { base }).map_err(ApiError::internal)?;
+    header.push(b'\n');
+    let first = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(header)) });
+    let body = axum::body::Body::from_stream(futures::StreamExt::chain(first, rows));
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 /// Phase one of a round: prepare the leader's batch in PostgreSQL (`PREPARE TRANSACTION`) and vote.
@@ -598,6 +630,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
         message: format!("{method} is not allowed on {}", uri.path()),
         leader: None,
         term: None,
+        horizon: None,
     };
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }

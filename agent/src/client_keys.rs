@@ -74,7 +74,7 @@ async fn require_key(State(needs): State<Needs>, req: Request, next: Next) -> Re
 }
 
 fn refuse(status: StatusCode, error: &str, message: String) -> Response {
-    (status, Json(ErrorBody { error: error.into(), message, leader: None, term: None })).into_response()
+    (status, Json(ErrorBody { error: error.into(), message, leader: None, term: None, horizon: None })).into_response()
 }
 
 #[cfg(test)]

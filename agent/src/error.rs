@@ -32,6 +32,10 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     NotFound(String),
+    /// What was asked lies at or below this node's log horizon (410 `log_trimmed`, with the
+    /// horizon): the entries were trimmed (`--retain-log`) or replaced by a snapshot.
+    #[error("{message}")]
+    LogTrimmed { horizon: protocol::Lsn, message: String },
     /// A commit whose outcome is not known yet (503 `outcome_unknown`): leadership or
     /// membership changed while it was replicated; a retry with the same `txn_id` tells.
     #[error("{0}")]
@@ -63,6 +67,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let horizon = match &self {
+            ApiError::LogTrimmed { horizon, .. } => Some(*horizon),
+            _ => None,
+        };
         let (status, code, leader, term) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", None, None),
             ApiError::BadTimestamp(_) => (StatusCode::BAD_REQUEST, "bad_timestamp", None, None),
@@ -75,6 +83,7 @@ impl IntoResponse for ApiError {
             ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", None, None),
             ApiError::RoleCheck { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, *code, None, None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None, None),
+            ApiError::LogTrimmed { .. } => (StatusCode::GONE, "log_trimmed", None, None),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None, None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None, None),
         };
@@ -89,7 +98,8 @@ impl IntoResponse for ApiError {
             ApiError::NotLeader { leader: None } => "this agent is not the leader and no leader is known".into(),
             other => other.to_string(),
         };
-        let mut response = (status, Json(ErrorBody { error: code.into(), message, leader, term })).into_response();
+        let mut response =
+            (status, Json(ErrorBody { error: code.into(), message, leader, term, horizon })).into_response();
         if code == "overloaded" {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         }

@@ -16,6 +16,7 @@ pub mod peers;
 pub mod promotion;
 pub mod recovery;
 pub mod replica;
+pub mod retention;
 pub mod store;
 pub mod two_phase;
 

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use agent::node::{Node, NodeConfig};
+use agent::retention::{Retention, MIN_RETAIN_LOG};
 use agent::store::{Store, DEFAULT_POOL_SIZE};
 use protocol::ClusterConfig;
 
@@ -92,6 +93,17 @@ struct Args {
     /// certificate from --tls-ca (reads, commits, /status, /health and /metrics do not).
     #[arg(long, env = "AGENT_TLS_CLIENT_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
     tls_client_auth: bool,
+    /// Keep only the newest N entries of the recovery log (at least 4096); older ones are
+    /// trimmed in the background once also older than --retain-log-secs. A node the log no
+    /// longer reaches is rebuilt from a snapshot. Default: keep every entry.
+    #[arg(long, env = "AGENT_RETAIN_LOG", value_name = "ENTRIES", value_parser = clap::value_parser!(i64).range(MIN_RETAIN_LOG..))]
+    retain_log: Option<i64>,
+    /// With --retain-log: never trim an entry younger than this many seconds. A retry of a
+    /// commit's txn_id is recognised as long as its entry is kept, so keep this at least as
+    /// long as clients retry (a write-only retry whose entry was trimmed would run again; one
+    /// with a time_stamp is refused with 410).
+    #[arg(long, env = "AGENT_RETAIN_LOG_SECS", value_name = "SECONDS", default_value_t = 3600)]
+    retain_log_secs: u64,
     /// Connections to PostgreSQL.
     #[arg(long, env = "AGENT_DB_POOL", default_value_t = DEFAULT_POOL_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
     db_pool: u32,
@@ -189,6 +201,9 @@ async fn main() -> anyhow::Result<()> {
         pipeline_depth: args.pipeline_depth as usize,
         api_keys,
         tls: tls.clone(),
+        retention: args
+            .retain_log
+            .map(|entries| Retention { entries, min_age: Duration::from_secs(args.retain_log_secs) }),
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -238,6 +253,16 @@ mod tests {
         assert_eq!(args.tls_ca.as_deref(), Some(std::path::Path::new("data/tls/ca.pem")));
         assert!(args.tls_client_auth);
         assert!(args.api_keys.is_some() && args.database_password_file.is_some());
+        assert_eq!((args.retain_log, args.retain_log_secs), (Some(100_000), 600));
+    }
+
+    #[test]
+    fn a_log_bound_below_the_floor_is_refused() {
+        let e = parse(&["--retain-log", "100"]).unwrap_err().to_string();
+        assert!(e.contains("--retain-log") && e.contains("4096"), "{e}");
+        let args = parse(&["--retain-log", "4096"]).unwrap();
+        assert_eq!((args.retain_log, args.retain_log_secs), (Some(4096), 3600));
+        assert_eq!(parse(&[]).unwrap().retain_log, None, "keeps every entry by default");
     }
 
     #[test]

@@ -42,6 +42,30 @@ pub enum Kind {
 /// Every metric of the agent: name, kind, unit, and the `# HELP` text (which names the unit,
 /// since Prometheus' text format has no field for it).
 pub const DESCRIPTIONS: &[(&str, Kind, Unit, &str)] = &[
+    (
+        "rmw_log_entries",
+        Kind::Gauge,
+        Unit::Count,
+        "Entries in this node's recovery log, with --retain-log: about the bound, plus what arrived since the last trim (count).",
+    ),
+    (
+        "rmw_log_horizon",
+        Kind::Gauge,
+        Unit::Count,
+        "The highest LSN this node's log no longer holds (trimmed, or before its snapshot), with --retain-log (LSN).",
+    ),
+    (
+        "rmw_log_trimmed_entries_total",
+        Kind::Counter,
+        Unit::Count,
+        "Log entries trimmed by --retain-log (count).",
+    ),
+    (
+        "rmw_snapshots_loaded_total",
+        Kind::Counter,
+        Unit::Count,
+        "Snapshots of the leader this node loaded in a rebuild, before replaying the log after them (count).",
+    ),
     ("rmw_commits_total", Kind::Counter, Unit::Count, "Transactions committed by this node as leader (count)."),
     (
         "rmw_committed_entries_total",

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     /// TLS (`--tls-*`): this agent serves HTTPS and calls its peers and the supervisor over
     /// HTTPS; with client auth its internal endpoints need a certificate from the CA.
     pub tls: Option<service::Tls>,
+    /// `--retain-log`: trim the log beyond this bound in the background; None keeps it all.
+    pub retention: Option<crate::retention::Retention>,
 }
 
 pub struct Node {
@@ -145,6 +147,9 @@ impl Node {
             // here would keep this agent from serving (and the supervisor from seeing it).
             let asking = node.clone();
             tokio::spawn(async move { asking.ask_for_birth().await });
+        }
+        if let Some(retention) = node.cfg.retention {
+            crate::retention::spawn(Arc::downgrade(&node), retention);
         }
         tracing::info!(node = %node.cfg.node_id, role = ?node.role(), term, applied_lsn = end.lsn, "node ready");
         Ok(node)

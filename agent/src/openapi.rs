@@ -31,6 +31,7 @@ use utoipa::{OpenApi, ToSchema};
         crate::api::metrics,
         openapi_json,
         crate::api::replication_log,
+        crate::api::snapshot,
         crate::api::down_leader,
         crate::api::up_node,
         crate::api::prepare,
@@ -46,7 +47,7 @@ use utoipa::{OpenApi, ToSchema};
         crate::api::reset,
     ),
     // Named by `ReadRequest` and `CommitRequest` through `protocol::openapi`.
-    components(schemas(protocol::TransactionBody)),
+    components(schemas(protocol::TransactionBody, protocol::SnapshotHeader)),
     tags(
         (name = "transactions", description = "Reads and commits"),
         (name = "operations", description = "Status, health, metrics and this document"),
@@ -146,6 +147,7 @@ mod tests {
         ("get", "/metrics"),
         ("get", "/openapi.json"),
         ("get", "/replication_log/"),
+        ("get", "/internal/snapshot"),
         ("get", "/down_leader/"),
         ("get", "/up_node/"),
         ("post", "/internal/prepare"),

@@ -5,11 +5,16 @@ use std::time::Duration;
 
 use protocol::{
     AgentStatus, BatchStateResponse, ClusterBirth, ClusterConfig, DecideRequest, DecideResponse, ErrorBody,
-    FailureReport, LogPage, Lsn, PendingInfo, PrepareRequest, PrepareResponse, Term,
+    FailureReport, LogPage, Lsn, PendingInfo, PrepareRequest, PrepareResponse, SnapshotHeader, Term,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// The longest a snapshot may take to arrive whole.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// A snapshot's header is one log entry: far below this.
+const MAX_SNAPSHOT_HEADER: usize = 4 << 20;
 
 /// Connecting to a live peer on a LAN takes well under this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -22,6 +27,9 @@ pub enum PeerError {
     StaleTerm { peer: String, term: Term },
     #[error("{peer} answered {status}: {message}")]
     Refused { peer: String, status: StatusCode, message: String },
+    /// 410 `log_trimmed`: the peer's log no longer holds what was asked.
+    #[error("{peer}'s log no longer reaches that far back (its horizon is LSN {horizon})")]
+    Trimmed { peer: String, horizon: Lsn },
 }
 
 /// How long the leader waits for a member it could not reach lately before it counts it as
@@ -83,6 +91,64 @@ impl Peers {
         self.get(peer, &format!("/replication_log/?after={after}&limit={limit}")).await
     }
 
+    /// The peer's snapshot (`GET /internal/snapshot`): its header, and the accounts in COPY
+    /// text format as they stream in. Not bound by the peer timeout: a large table takes a
+    /// while; [`SNAPSHOT_TIMEOUT`] bounds the whole transfer.
+    pub async fn snapshot(
+        &self,
+        peer: &str,
+    ) -> Result<(SnapshotHeader, impl futures::Stream<Item = Result<bytes::Bytes, PeerError>> + Unpin), PeerError> {
+        let resp = self
+            .http
+            .get(self.url(peer, "/internal/snapshot"))
+            .timeout(SNAPSHOT_TIMEOUT)
+            .send()
+            .await
+            .map_err(|source| unreachable(peer, source))?;
+        if !resp.status().is_success() {
+            return Err(decode::<()>(peer, resp).await.err().unwrap_or_else(|| PeerError::Refused {
+                peer: peer.to_string(),
+                status: StatusCode::OK,
+                message: "no snapshot".into(),
+            }));
+        }
+        let who = peer.to_string();
+        let mut body = futures::StreamExt::map(resp.bytes_stream(), move |chunk| {
+            chunk.map_err(|source| unreachable(&who, source))
+        });
+        // The header is the first line; whatever follows it in the same chunk is rows.
+        let mut head = Vec::new();
+        let rest = loop {
+            let Some(chunk) = futures::StreamExt::next(&mut body).await else {
+                return Err(PeerError::Refused {
+                    peer: peer.to_string(),
+                    status: StatusCode::OK,
+                    message: "the snapshot ended before its header".into(),
+                });
+            };
+            let chunk = chunk?;
+            if let Some(at) = chunk.iter().position(|b| *b == b'\n') {
+                head.extend_from_slice(&chunk[..at]);
+                break chunk.slice(at + 1..);
+            }
+            head.extend_from_slice(&chunk);
+            if head.len() > MAX_SNAPSHOT_HEADER {
+                return Err(PeerError::Refused {
+                    peer: peer.to_string(),
+                    status: StatusCode::OK,
+                    message: "the snapshot's header line is too long".into(),
+                });
+            }
+        };
+        let header: SnapshotHeader = serde_json::from_slice(&head).map_err(|e| PeerError::Refused {
+            peer: peer.to_string(),
+            status: StatusCode::OK,
+            message: format!("the snapshot's header is not JSON: {e}"),
+        })?;
+        let first = futures::stream::iter((!rest.is_empty()).then_some(Ok(rest)));
+        Ok((header, futures::StreamExt::chain(first, body)))
+    }
+
     /// Gives a new cluster's id to a member.
     pub async fn announce_birth(&self, peer: &str, birth: &ClusterBirth) -> Result<AgentStatus, PeerError> {
         self.post(peer, "/internal/cluster_id", birth).await
@@ -127,6 +193,9 @@ async fn decode<T: DeserializeOwned>(peer: &str, resp: reqwest::Response) -> Res
     match body {
         Some(ErrorBody { error, term: Some(term), .. }) if error == "stale_term" => {
             Err(PeerError::StaleTerm { peer: peer.to_string(), term })
+        }
+        Some(ErrorBody { error, horizon: Some(horizon), .. }) if error == "log_trimmed" => {
+            Err(PeerError::Trimmed { peer: peer.to_string(), horizon })
         }
         Some(body) => Err(PeerError::Refused { peer: peer.to_string(), status, message: body.message }),
         None => Err(PeerError::Refused { peer: peer.to_string(), status, message: "no JSON body".into() }),

@@ -13,7 +13,7 @@
 
 use engine::member::{RecoveryRefusal, ResetRefusal};
 use engine::Batch;
-use protocol::{BatchState, ClusterConfig, Decision, RecoverRequest, RecoverResponse, ResetResponse};
+use protocol::{BatchState, ClusterConfig, Decision, LogEntry, Lsn, RecoverRequest, RecoverResponse, ResetResponse};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -21,6 +21,26 @@ use crate::node::{Next, Node, STEP_WAIT};
 use crate::peers::PeerError;
 use crate::store::LogEnd;
 use engine::cluster::{membership, Membership};
+
+/// Why a recovery stops when the leader's log no longer reaches this node's position: the
+/// supervisor then rebuilds the node (reset, then a recovery that loads a snapshot).
+fn behind_horizon(position: Lsn, horizon: Lsn) -> ApiError {
+    ApiError::LogTrimmed {
+        horizon,
+        message: format!(
+            "this node is at LSN {position}, behind the leader's log horizon: the leader no longer holds the entries \
+             it would replay; rebuild the node from a snapshot (`client rebuild`, or the supervisor does it by itself)"
+        ),
+    }
+}
+
+/// A failed call to the leader during recovery, as this node answers it.
+fn refused(e: PeerError, position: Lsn) -> ApiError {
+    match e {
+        PeerError::Trimmed { horizon, .. } => behind_horizon(position, horizon),
+        e => ApiError::Unavailable(format!("recovery could not reach the leader: {e}")),
+    }
+}
 
 /// Page size when a recovering node fetches the leader's log.
 pub const RECOVERY_PAGE: i64 = 5_000;
@@ -69,6 +89,9 @@ impl Node {
                         "the leader still has this node's prepared batch in flight; retry".into(),
                     ))
                 }
+                // The leader's log no longer reaches this batch: this node is far behind, and
+                // is rebuilt (its prepared batch is rolled back with the rest of its data).
+                BatchState::Trimmed => return Err(behind_horizon(self.applied().0, batch.last_lsn)),
             };
             self.resolve_slot(&batch, decision, &mut guard).await?;
             tracing::info!(gid = %batch.gid(), ?decision, "recovery resolved this node's prepared batch");
@@ -78,7 +101,7 @@ impl Node {
         // 2. Our log must be a prefix of the leader's.
         let mut after = self.applied().0;
         if after > 0 {
-            let page = self.peers.log_page(leader, after - 1, 1).await.map_err(unreachable)?;
+            let page = self.peers.log_page(leader, after - 1, 1).await.map_err(|e| refused(e, after))?;
             let ours = self.store.entry_at(after).await.map_err(ApiError::internal)?;
             let theirs = page.entries.first();
             if ours.as_ref() != theirs {
@@ -90,10 +113,24 @@ impl Node {
             }
         }
 
-        // 3. Apply the leader's log after our applied LSN, page by page, in LSN order.
+        // 3. Apply the leader's log after our applied LSN, page by page, in LSN order. An
+        //    empty node takes the leader's snapshot first when the log alone would not do: the
+        //    leader's log no longer starts at 1, or is longer than one page.
         let mut entries_applied = 0u64;
+        let mut snapshot_lsn = None;
         loop {
-            let page = self.peers.log_page(leader, after, RECOVERY_PAGE).await.map_err(unreachable)?;
+            let page = match self.peers.log_page(leader, after, RECOVERY_PAGE).await {
+                Err(PeerError::Trimmed { .. }) if after == 0 => None,
+                Ok(page) if after == 0 && page.more => None,
+                Ok(page) => Some(page),
+                Err(e) => return Err(refused(e, after)),
+            };
+            let Some(page) = page else {
+                let base = self.load_snapshot(leader, &mut guard).await?;
+                snapshot_lsn = Some(base.lsn);
+                after = base.lsn;
+                continue;
+            };
             let Some(last) = page.entries.last() else {
                 break;
             };
@@ -122,7 +159,7 @@ impl Node {
             tracing::info!(cluster_id = %kept, "this node's database now belongs to the cluster");
         }
         drop(guard);
-        Ok(RecoverResponse { applied_lsn: self.applied().0, entries_applied, resolved_pending })
+        Ok(RecoverResponse { applied_lsn: self.applied().0, entries_applied, resolved_pending, snapshot_lsn })
     }
 
     /// `POST /internal/reset`: empties this node's database so that recovery can replay the
@@ -157,6 +194,39 @@ impl Node {
         drop(guard);
         tracing::warn!(wiped_entries, rolled_back, "emptied this node's database for a rebuild");
         Ok(ResetResponse { wiped_entries, rolled_back })
+    }
+
+    /// Loads the leader's snapshot into this empty node; returns its base entry (the node's
+    /// applied position now).
+    async fn load_snapshot(&self, leader: &str, guard: &mut Recovering<'_>) -> Result<LogEntry, ApiError> {
+        let started = std::time::Instant::now();
+        let (header, rows) = self
+            .peers
+            .snapshot(leader)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("recovery could not fetch the leader's snapshot: {e}")))?;
+        let Some(base) = header.base else {
+            return Err(ApiError::Conflict("the leader's snapshot is empty, but its log is not; retry".into()));
+        };
+        // Either the whole snapshot lands, in one transaction, or nothing does; but an error
+        // after the COMMIT was sent leaves it unknown which.
+        guard.uncertain = true;
+        let accounts = self
+            .store
+            .import_snapshot(&base, rows)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("recovery could not load the leader's snapshot: {e:#}")))?;
+        guard.uncertain = false;
+        let end = LogEnd { lsn: base.lsn, commit_ts: base.commit_ts, term: base.term };
+        self.with_member(|m| m.recovered(end));
+        metrics::counter!("rmw_snapshots_loaded_total").increment(1);
+        tracing::info!(
+            base_lsn = base.lsn,
+            accounts,
+            ms = started.elapsed().as_millis() as u64,
+            "loaded the leader's snapshot; replaying the log after it"
+        );
+        Ok(base)
     }
 
     /// Puts the member in recovery mode; returns the batches it holds prepared.

@@ -171,8 +171,7 @@ impl Node {
                 Next::Answer(state) => return Ok(state),
                 Next::Again => continue,
                 Next::Run(Op::CheckLog(batch)) => {
-                    let held = self.store.batch_committed(&batch).await.map_err(ApiError::unavailable)?;
-                    return Ok(if held { BatchState::Committed } else { BatchState::Absent });
+                    return self.store.batch_in_log(&batch).await.map_err(ApiError::unavailable);
                 }
                 Next::Run(op) => return Err(ApiError::Internal(format!("a batch state stepped into {op:?}"))),
             }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use protocol::{AbortRecord, Account, AccountRow, Balance, ClusterConfig, LogEntry, Lsn, Term, Timestamp};
+use protocol::{AbortRecord, Account, AccountRow, Balance, BatchState, ClusterConfig, LogEntry, Lsn, Term, Timestamp};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool, Row};
@@ -17,6 +17,13 @@ use uuid::Uuid;
 
 use engine::batch::Batch as PendingBatch;
 pub use engine::batch::LogEnd;
+
+/// The accounts as a snapshot carries them: PostgreSQL's COPY text format, these columns.
+const COPY_OUT: &str = "COPY bank_balance (account_number, balance, created_at, updated_at) TO STDOUT";
+const COPY_IN: &str = "COPY bank_balance (account_number, balance, created_at, updated_at) FROM STDIN";
+
+/// A snapshot's rows as they stream out of PostgreSQL.
+pub type SnapshotRows = tokio_stream::wrappers::ReceiverStream<Result<bytes::Bytes, std::io::Error>>;
 
 /// Connections to the local PostgreSQL. Enough for the commit path (one at a time) plus reads.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
@@ -317,14 +324,146 @@ impl Store {
     /// transaction id alone is not enough: a client may have retried it, and a later leader
     /// committed it elsewhere while this batch was never committed.
     pub async fn batch_committed(&self, batch: &PendingBatch) -> Result<bool, StoreError> {
-        let found: Option<i64> =
-            sqlx::query_scalar("SELECT lsn FROM recovery_log WHERE lsn = $1 AND txn_id = $2 AND term = $3")
-                .bind(batch.last_lsn)
-                .bind(batch.last_txn)
-                .bind(batch.id.term)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
+        Ok(self.batch_in_log(batch).await? == BatchState::Committed)
+    }
+
+    /// What the log says of a batch at or below the applied LSN: `Committed`, `Absent`, or
+    /// `Trimmed` when the log no longer starts before the batch's LSN (then it cannot tell).
+    pub async fn batch_in_log(&self, batch: &PendingBatch) -> Result<BatchState, StoreError> {
+        let (held, first): (bool, Option<i64>) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM recovery_log WHERE lsn = $1 AND txn_id = $2 AND term = $3), \
+                    (SELECT min(lsn) FROM recovery_log)",
+        )
+        .bind(batch.last_lsn)
+        .bind(batch.last_txn)
+        .bind(batch.id.term)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(match first {
+            _ if held => BatchState::Committed,
+            Some(first) if batch.last_lsn < first => BatchState::Trimmed,
+            _ => BatchState::Absent,
+        })
+    }
+
+    /// This log's first entry: its LSN and commit timestamp (None for an empty log). Entries
+    /// before it were trimmed, or replaced by the snapshot this node was rebuilt from.
+    pub async fn log_start(&self) -> Result<Option<(Lsn, Timestamp)>, StoreError> {
+        Ok(sqlx::query_as("SELECT lsn, commit_ts FROM recovery_log ORDER BY lsn LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The horizon: the highest LSN this log no longer holds (0 when it starts at LSN 1).
+    pub async fn horizon(&self) -> Result<Lsn, StoreError> {
+        Ok(self.log_start().await?.map_or(0, |(first, _)| first - 1))
+    }
+
+    /// Deletes the oldest entries, at most `chunk` of them, that are not among the last `keep`
+    /// and whose commit timestamp is below `before`; returns how many. One statement on the
+    /// primary key's range: it never touches the last entry (`keep` >= 1), from which the node
+    /// learns where its log ends.
+    pub async fn trim(&self, keep: i64, before: Timestamp, chunk: i64) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(
+            "WITH ends AS (SELECT min(lsn) AS lo, max(lsn) AS hi FROM recovery_log) \
+             DELETE FROM recovery_log AS r USING ends \
+             WHERE r.lsn <= LEAST(ends.hi - $1, ends.lo + $2 - 1) AND r.commit_ts < $3",
+        )
+        .bind(keep.max(1))
+        .bind(chunk.max(1))
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    /// How many entries this log holds.
+    pub async fn log_len(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM recovery_log").fetch_one(&self.pool).await?)
+    }
+
+    /// A consistent snapshot of the accounts for a rebuild: the last committed log entry (the
+    /// snapshot's base; None for an empty log) and the table as of it, in PostgreSQL's COPY text
+    /// format, streamed. One REPEATABLE READ transaction reads both, so the rows are exactly
+    /// the effect of the log up to the base (batches commit in LSN order).
+    pub async fn export_snapshot(&self) -> Result<(Option<LogEntry>, SnapshotRows), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+        let base = sqlx::query(
+            "SELECT lsn, term, txn_id, commit_ts, read_set, write_set, aborted FROM recovery_log ORDER BY lsn DESC LIMIT 1",
+        )
+        .fetch_optional(&mut *conn)
+        .await;
+        let base = match base {
+            Ok(row) => row.map(|r| log_entry(&r)).transpose(),
+            Err(e) => Err(e.into()),
+        };
+        let base = match base {
+            Ok(base) => base,
+            Err(e) => {
+                conn.close_on_drop();
+                return Err(e);
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+        tokio::spawn(async move {
+            let copied = async {
+                let mut rows = conn.copy_out_raw(COPY_OUT).await?;
+                while let Some(chunk) = futures::StreamExt::next(&mut rows).await {
+                    if tx.send(Ok(chunk?)).await.is_err() {
+                        // The receiver went away: abandon the snapshot.
+                        return Err(sqlx::Error::Protocol("the snapshot's receiver went away".into()));
+                    }
+                }
+                drop(rows);
+                conn.execute("COMMIT").await?;
+                Ok::<_, sqlx::Error>(())
+            }
+            .await;
+            if let Err(e) = copied {
+                // A connection left inside COPY or the transaction is not returned to the pool.
+                conn.close_on_drop();
+                let _ = tx.send(Err(std::io::Error::other(format!("the snapshot's COPY failed: {e}")))).await;
+            }
+        });
+        Ok((base, tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    /// Loads a snapshot into this (empty) database in one transaction: the rows, in COPY text
+    /// format, and `base` as the log's only entry. Returns the number of accounts loaded. A
+    /// failure half-way leaves the database as it was.
+    pub async fn import_snapshot<S, E>(&self, base: &LogEntry, mut rows: S) -> Result<u64, anyhow::Error>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("TRUNCATE bank_balance, recovery_log").execute(&mut *tx).await?;
+        let mut copy = tx.copy_in_raw(COPY_IN).await?;
+        while let Some(chunk) = futures::StreamExt::next(&mut rows).await {
+            match chunk {
+                Ok(chunk) => {
+                    copy.send(chunk).await?;
+                }
+                Err(e) => {
+                    let message = format!("the snapshot stream broke: {e}");
+                    copy.abort(message.clone()).await?;
+                    anyhow::bail!(message);
+                }
+            }
+        }
+        let loaded = copy.finish().await?;
+        let (log, _) = batch_json(std::slice::from_ref(base));
+        sqlx::query(
+            "INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set, aborted) \
+             SELECT e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set, e.aborted \
+             FROM jsonb_to_recordset($1) AS e(lsn bigint, term bigint, txn_id uuid, commit_ts bigint, read_set jsonb, write_set jsonb, aborted jsonb)",
+        )
+        .bind(sqlx::types::Json(&log))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(loaded)
     }
 
     /// Whether PostgreSQL holds the batch prepared: the ground truth, whatever the agent's memory.
@@ -337,15 +476,24 @@ impl Store {
         Ok(self.log_page(lsn - 1, 1).await?.into_iter().find(|e| e.lsn == lsn))
     }
 
-    /// The log entry of a committed transaction.
-    pub async fn find_txn(&self, txn_id: Uuid) -> Result<Option<LogEntry>, StoreError> {
+    /// The log entry of a decided transaction, if the log holds it, and where the log starts
+    /// (as [`Store::log_start`]), in one statement: a miss means "never decided" only if the
+    /// log reaches back far enough.
+    pub async fn find_txn(&self, txn_id: Uuid) -> Result<(Option<LogEntry>, Option<(Lsn, Timestamp)>), StoreError> {
         let row = sqlx::query(
-            "SELECT lsn, term, txn_id, commit_ts, read_set, write_set, aborted FROM recovery_log WHERE txn_id = $1",
+            "SELECT f.first_lsn, f.first_ts, e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set, e.aborted \
+             FROM (SELECT lsn AS first_lsn, commit_ts AS first_ts FROM recovery_log ORDER BY lsn LIMIT 1) AS f \
+             LEFT JOIN recovery_log AS e ON e.txn_id = $1",
         )
         .bind(txn_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| log_entry(&r)).transpose()
+        let Some(row) = row else {
+            return Ok((None, None));
+        };
+        let start = (row.try_get("first_lsn")?, row.try_get("first_ts")?);
+        let found = row.try_get::<Option<Uuid>, _>("txn_id")?.is_some();
+        Ok((if found { Some(log_entry(&row)?) } else { None }, Some(start)))
     }
 
     /// Up to `limit` log entries after `after`, in LSN order.

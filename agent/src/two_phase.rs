@@ -215,7 +215,11 @@ impl Leader {
                 Err(tx) => waiter = Some(tx),
             }
             // Not in memory: it may have been decided before a restart or under another leader.
-            if let Some(entry) = node.store.find_txn(txn_id).await.map_err(ApiError::unavailable)? {
+            let (found, start) = node.store.find_txn(txn_id).await.map_err(ApiError::unavailable)?;
+            if let Some(refusal) = beyond_horizon(found.is_some(), start, txn.read_ts) {
+                return Err(refusal);
+            }
+            if let Some(entry) = found {
                 let durable = locked(&self.core).durable_lsn();
                 if entry.lsn > durable {
                     let message = format!(
@@ -531,10 +535,41 @@ async fn in_turn<T>((ticket, served): (u64, tokio::sync::watch::Sender<u64>), ca
     out
 }
 
+/// A commit with a `txn_id` the log does not hold, whose `time_stamp` is older than the log's
+/// first entry: it may be a retry of a transaction whose entry was trimmed (a transaction
+/// commits after the timestamp it read), so it is refused rather than run a second time.
+fn beyond_horizon(found: bool, start: Option<(Lsn, Timestamp)>, read_ts: Option<Timestamp>) -> Option<ApiError> {
+    let (first_lsn, first_ts) = start?;
+    let read_ts = read_ts?;
+    (!found && first_lsn > 1 && read_ts < first_ts).then(|| ApiError::LogTrimmed {
+        horizon: first_lsn - 1,
+        message: format!(
+            "this txn_id is not in the log, but the log no longer reaches back to time_stamp {read_ts} (it starts at \
+             LSN {first_lsn}): if this is a retry, its outcome is no longer known; read again and commit with a new txn_id"
+        ),
+    })
+}
+
 async fn wait(rx: oneshot::Receiver<TxnOutcome>) -> Result<TxnOutcome, ApiError> {
     rx.await.map_err(|_| ApiError::Unavailable("the leader stopped before the transaction finished".into()))
 }
 
-fn now_ns() -> Timestamp {
+pub(crate) fn now_ns() -> Timestamp {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as Timestamp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_txn_id_older_than_the_log_is_refused_not_run_again() {
+        let trimmed = Some((101, 5_000));
+        assert!(beyond_horizon(false, trimmed, Some(4_999)).is_some(), "read before the first kept entry");
+        assert!(beyond_horizon(false, trimmed, Some(5_000)).is_none(), "its entry would be kept");
+        assert!(beyond_horizon(true, trimmed, Some(1)).is_none(), "found: answered from the log");
+        assert!(beyond_horizon(false, trimmed, None).is_none(), "write-only: only the age bound protects it");
+        assert!(beyond_horizon(false, Some((1, 5_000)), Some(1)).is_none(), "a whole log reaches everything");
+        assert!(beyond_horizon(false, None, Some(1)).is_none(), "an empty log");
+    }
 }

@@ -159,7 +159,7 @@ async fn agent_metrics(State(fake): State<Fake>) -> String {
 }
 
 fn unavailable(message: String) -> Response {
-    let body = ErrorBody { error: "unavailable".into(), message, leader: None, term: None };
+    let body = ErrorBody { error: "unavailable".into(), message, leader: None, term: None, horizon: None };
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
@@ -176,20 +176,26 @@ async fn commit(State(fake): State<Fake>, Json(req): Json<CommitRequest>) -> Res
             message: format!("this node is a replica; send commits to the leader at {leader}"),
             leader: Some(leader),
             term: None,
+            horizon: None,
         };
         return (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response();
     }
     if fake.unavailable_commits.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
         if fake.name_txn_in_503 {
             let message = format!("transaction {txn_id}: the leader was deposed before the outcome was known");
-            let body = ErrorBody { error: "outcome_unknown".into(), message, leader: None, term: None };
+            let body = ErrorBody { error: "outcome_unknown".into(), message, leader: None, term: None, horizon: None };
             return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
         }
         return unavailable("no leader at the moment (an election is in progress); retry shortly".into());
     }
     if let Some(code) = fake.fail_commit_with {
-        let body =
-            ErrorBody { error: "failed".into(), message: format!("the fake says {code}"), leader: None, term: None };
+        let body = ErrorBody {
+            error: "failed".into(),
+            message: format!("the fake says {code}"),
+            leader: None,
+            term: None,
+            horizon: None,
+        };
         return (code, Json(body)).into_response();
     }
     lock(&fake.commits_taken).push(req.clone());
@@ -319,7 +325,7 @@ impl FakeSupervisor {
 }
 
 fn refuse(code: &str, message: &str) -> Response {
-    let body = ErrorBody { error: code.into(), message: message.into(), leader: None, term: None };
+    let body = ErrorBody { error: code.into(), message: message.into(), leader: None, term: None, horizon: None };
     (StatusCode::CONFLICT, Json(body)).into_response()
 }
 
@@ -332,6 +338,7 @@ async fn operator(State(fake): State<FakeSupervisor>, path: &'static str, body: 
             message: "this supervisor is a standby; the active one acts".into(),
             leader: None,
             term: None,
+            horizon: None,
         };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }

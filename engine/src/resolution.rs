@@ -18,7 +18,9 @@ pub enum Resolution {
 }
 
 /// `states` holds the answer of every live member of the batch's configuration (the asking
-/// node included); unreachable members are left out.
+/// node included); unreachable members are left out, and so are those whose log no longer
+/// reaches the batch (`Trimmed`, which says nothing of it: with `--retain-log` at or above its
+/// floor no member's log is trimmed that close to a batch still in doubt).
 pub fn resolve(states: &[BatchState]) -> Resolution {
     if states.contains(&BatchState::Committed) {
         Resolution::Commit
@@ -77,6 +79,13 @@ mod tests {
         assert_eq!(resolve(&[Prepared, Absent]), Resolution::Abort);
         assert_eq!(resolve(&[Prepared, Prepared, Prepared]), Resolution::Commit);
         assert_eq!(resolve(&[Prepared]), Resolution::Commit);
+    }
+
+    #[test]
+    fn a_trimmed_log_is_no_answer() {
+        assert_eq!(resolve(&[Prepared, Trimmed]), Resolution::Commit, "as if that member were unreachable");
+        assert_eq!(resolve(&[Prepared, Trimmed, Absent]), Resolution::Abort);
+        assert_eq!(resolve(&[Prepared, Trimmed, Committed]), Resolution::Commit);
     }
 
     #[test]

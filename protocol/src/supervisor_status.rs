@@ -168,6 +168,11 @@ pub struct RecoveryReport {
     pub duration_ms: u64,
     /// How long commits were paused on the leader for the final catch-up.
     pub commit_pause_ms: Option<u64>,
+    /// The LSN of the leader's snapshot the node was rebuilt from, if it was (it was empty, or
+    /// behind the leader's log horizon: `--retain-log`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
+    pub snapshot_lsn: Option<i64>,
 }
 
 #[cfg(test)]

@@ -359,8 +359,8 @@ pub struct CommitResponse {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// A stable machine-readable code: `bad_request`, `not_leader`, `stale_term`, `conflict`,
-    /// `unavailable`, `overloaded`, `unauthorized`, `not_found`, `method_not_allowed`, `internal`
-    /// (and the supervisor's `refused`).
+    /// `unavailable`, `overloaded`, `unauthorized`, `not_found`, `method_not_allowed`,
+    /// `log_trimmed`, `internal` (and the supervisor's `refused`).
     pub error: String,
     /// What went wrong, for a human.
     pub message: String,
@@ -371,6 +371,11 @@ pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub term: Option<Term>,
+    /// On `log_trimmed` (410): the node's log horizon, the highest LSN it no longer holds; its
+    /// log starts at `horizon + 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
+    pub horizon: Option<Lsn>,
 }
 
 /// One entry of the recovery log: one committed transaction.
@@ -416,6 +421,14 @@ pub struct LogPage {
     pub applied_lsn: Lsn,
     /// True when entries after the last one returned exist.
     pub more: bool,
+}
+
+/// The first line of `GET /internal/snapshot`: the log entry the snapshot's accounts are the
+/// effect of (up to and including it); None when the sender's log is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SnapshotHeader {
+    pub base: Option<LogEntry>,
 }
 
 /// `POST /internal/prepare`: phase one for a batch of consecutive log entries.
@@ -503,6 +516,9 @@ pub enum BatchState {
     Prepared,
     /// Neither: the node never prepared it, or rolled it back.
     Absent,
+    /// The node's log no longer reaches the batch's LSN (trimmed by `--retain-log`, or the node
+    /// was rebuilt from a snapshot after it): the node cannot tell, which counts as no answer.
+    Trimmed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -674,6 +690,12 @@ pub struct RecoverResponse {
     pub entries_applied: u64,
     /// What happened to a batch the node held prepared, if any.
     pub resolved_pending: Option<Decision>,
+    /// The LSN of the leader's snapshot the node loaded before replaying the log after it, if
+    /// it was rebuilt from one (an empty node, when the leader's log no longer starts at 1, or
+    /// is longer than one page of recovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
+    pub snapshot_lsn: Option<Lsn>,
 }
 
 /// Answer of `POST /internal/reset` (body: the supervisor's [`ClusterConfig`], in which this

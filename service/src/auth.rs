@@ -36,8 +36,13 @@ pub async fn require_token(State(token): State<Arc<str>>, req: Request, next: Ne
 
 /// The 401 answer: an [`ErrorBody`] with the code `unauthorized`.
 pub fn unauthorized() -> Response {
-    let body =
-        ErrorBody { error: "unauthorized".into(), message: UNAUTHORIZED_MESSAGE.into(), leader: None, term: None };
+    let body = ErrorBody {
+        error: "unauthorized".into(),
+        message: UNAUTHORIZED_MESSAGE.into(),
+        leader: None,
+        term: None,
+        horizon: None,
+    };
     (StatusCode::UNAUTHORIZED, Json(body)).into_response()
 }
 

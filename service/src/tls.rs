@@ -636,6 +636,7 @@ pub fn client_certificate_required() -> Response {
         message: CLIENT_CERT_REQUIRED_MESSAGE.into(),
         leader: None,
         term: None,
+        horizon: None,
     };
     (StatusCode::FORBIDDEN, Json(body)).into_response()
 }

@@ -49,6 +49,12 @@ impl CallError {
         matches!(self, CallError::Refused { status: StatusCode::CONFLICT, .. })
     }
 
+    /// 410 `log_trimmed`: the leader's log no longer reaches the node's position; the node is
+    /// rebuilt from a snapshot.
+    pub fn is_log_trimmed(&self) -> bool {
+        matches!(self, CallError::Refused { status: StatusCode::GONE, code, .. } if code == "log_trimmed")
+    }
+
     /// The agent refused to merge its log into the leader's (an entry differs, or its database
     /// belongs to another cluster): the node must be rebuilt, never recovered automatically.
     ///

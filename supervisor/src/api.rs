@@ -110,7 +110,8 @@ impl IntoResponse for ApiError {
             ApiError::Store(e) => format!("could not store the change: {e}"),
             other => other.to_string(),
         };
-        (status, Json(ErrorBody { error: code.into(), message, leader: None, term: None })).into_response()
+        (status, Json(ErrorBody { error: code.into(), message, leader: None, term: None, horizon: None }))
+            .into_response()
     }
 }
 

@@ -156,8 +156,8 @@ impl Supervisor {
             node: node.to_string(),
             state: "recovering".into(),
             message: format!(
-                "{node}'s database was emptied ({wiped} log entries); it is being recovered from the leader's log \
-                 and becomes a member once it has caught up (GET /status)"
+                "{node}'s database was emptied ({wiped} log entries); it is being recovered from the leader's \
+                 snapshot and log and becomes a member once it has caught up (GET /status)"
             ),
             wiped_entries: Some(wiped),
         })

@@ -130,8 +130,16 @@ impl Supervisor {
         let leader = config.leader.clone().ok_or(RecoveryError::NoLeader)?;
         self.agents.fence(node, &config, CONTROL_TIMEOUT).await?;
         let req = RecoverRequest { term: config.term, leader: leader.clone(), cluster_id };
-        let bulk = self.agents.recover(node, &req, BULK_RECOVERY_TIMEOUT).await.map_err(RecoveryError::from_recover)?;
+        let bulk = match self.agents.recover(node, &req, BULK_RECOVERY_TIMEOUT).await {
+            Err(e) if e.is_log_trimmed() => {
+                self.empty_behind_horizon(node, &config, &e).await?;
+                self.agents.recover(node, &req, BULK_RECOVERY_TIMEOUT).await
+            }
+            answer => answer,
+        }
+        .map_err(RecoveryError::from_recover)?;
         report.entries_applied += bulk.entries_applied;
+        report.snapshot_lsn = bulk.snapshot_lsn;
 
         let mut state = self.config.lock().await;
         if state.config != config {
@@ -173,7 +181,13 @@ impl Supervisor {
         }
         // The history's event goes in the same write as the new member set.
         let mut stored = Persisted { config: next.clone(), ..state.clone() };
-        let message = format!("{node} is back in the member set ({} entries applied)", report.entries_applied);
+        let message = match report.snapshot_lsn {
+            Some(lsn) => format!(
+                "{node} is back in the member set (rebuilt from the leader's snapshot at LSN {lsn}, then {} entries applied)",
+                report.entries_applied
+            ),
+            None => format!("{node} is back in the member set ({} entries applied)", report.entries_applied),
+        };
         push_event(&mut stored.events, event(HistoryKind::Recovery, Some(node), next.term, true, message));
         // Not stored (the store is down, another supervisor acts): the leader has the new
         // member set and reports it on every poll; the active supervisor adopts it from there.
@@ -183,6 +197,29 @@ impl Supervisor {
         drop(state);
         self.push_config(&next);
         saved.map_err(RecoveryError::from)
+    }
+
+    /// Empties `node`, which the leader's log no longer reaches (`--retain-log`), so that the
+    /// next recovery loads the leader's snapshot: the node is outside the member set, so it
+    /// holds nothing the members lack.
+    async fn empty_behind_horizon(
+        &self,
+        node: &str,
+        config: &ClusterConfig,
+        why: &CallError,
+    ) -> Result<(), RecoveryError> {
+        let mut state = self.config.lock().await;
+        if state.config != *config {
+            return Err(RecoveryError::ConfigChanged);
+        }
+        let wiped = self.agents.reset(node, config, BULK_RECOVERY_TIMEOUT).await?;
+        let message = format!(
+            "{node} was behind the leader's log horizon; its database was emptied ({wiped} log entries) to rebuild it from a snapshot"
+        );
+        tracing::warn!(%node, wiped, reason = %why, "rebuilding a node from a snapshot");
+        let term = config.term;
+        self.record_locked(&mut state, [event(HistoryKind::Rebuild, Some(node), term, true, message)]).await;
+        Ok(())
     }
 
     /// Records a failed recovery in the durable history (a success is recorded with its new

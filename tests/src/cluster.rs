@@ -370,6 +370,9 @@ pub struct Cluster {
     pub(crate) etcd_http: reqwest::Client,
     /// The cluster's CA and certificates, with TLS.
     pki: Option<tls::Pki>,
+    /// Whether the agents run with `--retain-log`: a node's log may then start after LSN 1
+    /// (trimmed, or rebuilt from a snapshot), and the invariants compare logs where they meet.
+    pub(crate) trims_logs: bool,
     /// The network namespaces and the bridge, on hosts. Declared last: dropped after the
     /// processes in them were stopped.
     pub(crate) hosts: Option<Hosts>,
@@ -583,7 +586,9 @@ impl Cluster {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("build the etcd HTTP client");
-        let cluster = Cluster { dir, nodes, leader: options.leader, supervisors, etcd, http, etcd_http, pki, hosts };
+        let trims_logs = options.agent_args.iter().any(|a| a.starts_with("--retain-log"));
+        let cluster =
+            Cluster { dir, nodes, leader: options.leader, supervisors, etcd, http, etcd_http, pki, trims_logs, hosts };
         if !cluster.etcd.is_empty() {
             cluster.start_etcd_cluster().await;
         }

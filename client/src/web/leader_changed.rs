@@ -53,6 +53,7 @@ pub(crate) async fn leader_changed(
                     message: format!("expected {{\"leader\": \"host:port\", \"term\": N}}: {e}"),
                     leader: None,
                     term: None,
+                    horizon: None,
                 }),
             )
                 .into_response()

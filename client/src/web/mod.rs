@@ -110,6 +110,7 @@ pub(crate) async fn metrics_text(State(state): State<AppState>) -> Response {
                 message: "metrics are not enabled in this process".into(),
                 leader: None,
                 term: None,
+                horizon: None,
             }),
         )
             .into_response();

@@ -988,6 +988,15 @@ impl Cluster {
             .collect()
     }
 
+    /// Node `i`'s recovery log at a glance: its first LSN, its last LSN and how many entries it
+    /// holds (0, 0, 0 when empty). With `--retain-log` the first LSN passes 1.
+    pub async fn log_bounds(&self, node: usize) -> (Lsn, Lsn, i64) {
+        sqlx::query_as("SELECT coalesce(min(lsn), 0), coalesce(max(lsn), 0), count(*) FROM recovery_log")
+            .fetch_one(&self.db(node).await)
+            .await
+            .unwrap_or_else(|e| panic!("read the bounds of node {node}'s recovery_log: {e}"))
+    }
+
     /// `(bank_balance, recovery_log)` of every node, for "nothing changed" checks.
     pub async fn snapshot(&self) -> Vec<(Vec<BalanceRow>, Vec<LogRow>)> {
         let mut all = Vec::new();

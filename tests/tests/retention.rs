@@ -45,20 +45,13 @@ async fn write_many(c: &Arc<Cluster>, leader: usize, count: i64) {
     }
 }
 
-async fn log_bounds(c: &Cluster, node: usize) -> (i64, i64, i64) {
-    sqlx::query_as("SELECT coalesce(min(lsn), 0), coalesce(max(lsn), 0), count(*) FROM recovery_log")
-        .fetch_one(&c.db(node).await)
-        .await
-        .expect("reading the log's bounds")
-}
-
 /// Waits until every node's log holds at most `RETAIN` entries plus what a trim leaves.
 async fn wait_trimmed(c: &Cluster, nodes: &[usize]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut all = Vec::new();
         for &i in nodes {
-            all.push(log_bounds(c, i).await);
+            all.push(c.log_bounds(i).await);
         }
         if all.iter().all(|&(first, _, count)| first > 1 && count <= RETAIN) {
             return;
@@ -86,7 +79,7 @@ async fn a_node_the_log_no_longer_reaches_is_rebuilt_from_a_snapshot() {
     })
     .await;
     wait_trimmed(&c, &[0, 1]).await;
-    let (first, last, _) = log_bounds(&c, 0).await;
+    let (first, last, _) = c.log_bounds(0).await;
 
     // Paging below the horizon: 410 with the horizon.
     let (code, body) = c.get(0, "/replication_log/?after=0").await;
@@ -135,7 +128,7 @@ async fn a_node_the_log_no_longer_reaches_is_rebuilt_from_a_snapshot() {
     );
     let converged = c.assert_converged().await;
     assert_eq!(converged.table.len() as i64, ACCOUNTS);
-    let (first2, _, _) = log_bounds(&c, 2).await;
+    let (first2, _, _) = c.log_bounds(2).await;
     assert!(first2 > 1, "node 2's log starts at the snapshot, not at LSN 1");
     // A rebuilt node serves reads like the others.
     let read = c.read(2, &[1, 2]).await;

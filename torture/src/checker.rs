@@ -35,7 +35,14 @@
 //!   of a later term B had been acknowledged (a deposed leader kept committing);
 //! - `divergent_lsn`: two different entries (txn, term or outcome) at one LSN on two nodes, or
 //!   in two snapshots;
-//! - `same_lsn_acked`: two transactions acknowledged at the same LSN.
+//! - `same_lsn_acked`: two transactions acknowledged at the same LSN;
+//! - `archive_incomplete`: a node's log starts after LSN 1 (`--retain-log`, or a rebuild from a
+//!   snapshot) and the harness did not read the entries before it during the run, so its table
+//!   cannot be checked against the whole log.
+//!
+//! A log that starts after LSN 1 is first completed from the entries the harness read from
+//! every node during the run (`crate::archive`); two different entries read at one LSN are a
+//! `divergent_lsn` too.
 //!
 //! Log entries that record an ABORT (`aborted` set) are outcomes, not commits: they change no
 //! balance and are left out of every rule about commits.
@@ -170,6 +177,10 @@ pub struct CheckInput {
     /// Log snapshots taken during the run.
     #[serde(default)]
     pub snapshots: Vec<LogSnapshot>,
+    /// The nodes' logs as the harness read them during the run: what completes a log that no
+    /// longer starts at LSN 1 (trimmed, or rebuilt from a snapshot).
+    #[serde(default)]
+    pub archive: crate::archive::Archive,
 }
 
 /// A violation, with the transactions (txn ids, or history indexes) it concerns.
@@ -423,6 +434,56 @@ fn compare_tables(r: &mut Report, check: &str, a: &[Row], b: &[Row], a_name: &st
     r.add(check, format!("bank_balance of {a_name} and {b_name} differ: {}", diffs.join("; ")), Vec::new());
 }
 
+/// Each node's log from LSN 1: a log that starts later (trimmed by `--retain-log`, or rebuilt
+/// from a snapshot) is completed with the entries before it from the harness's archive, after
+/// checking that the node's own entries are those the archive holds. Every check after this
+/// one sees whole logs. A node whose missing entries the archive lacks too is left as it is
+/// (and reported: the run cannot be checked whole).
+fn complete_logs(r: &mut Report, nodes: &[NodeState], archive: &crate::archive::Archive) -> Vec<NodeState> {
+    for conflict in &archive.conflicts {
+        r.add("divergent_lsn", format!("the logs read during the run hold {conflict}"), Vec::new());
+    }
+    nodes
+        .iter()
+        .map(|n| {
+            let first = match n.log.first() {
+                Some(e) if e.lsn > 1 && n.error.is_none() => e.lsn,
+                _ => return n.clone(),
+            };
+            if let Some((kept, e)) =
+                n.log.iter().find_map(|e| archive.entries.get(&e.lsn).filter(|k| *k != e).map(|k| (k, e)))
+            {
+                r.add(
+                    "nodes_differ",
+                    format!(
+                        "node {}'s entry at lsn {} is not the one read during the run: {:?} vs {:?}",
+                        n.index, e.lsn, e, kept
+                    ),
+                    vec![e.txn_id.to_string(), kept.txn_id.to_string()],
+                );
+            }
+            let before: Option<Vec<Entry>> = (1..first).map(|lsn| archive.entries.get(&lsn).cloned()).collect();
+            match before {
+                Some(before) => {
+                    NodeState { log: before.into_iter().chain(n.log.iter().cloned()).collect(), ..n.clone() }
+                }
+                None => {
+                    r.add(
+                        "archive_incomplete",
+                        format!(
+                            "node {}'s log starts at lsn {first} and the harness did not read every entry before it \
+                             during the run: its table cannot be checked against the whole log",
+                            n.index
+                        ),
+                        Vec::new(),
+                    );
+                    n.clone()
+                }
+            }
+        })
+        .collect()
+}
+
 /// Runs every check.
 pub fn check(input: &CheckInput) -> Verdict {
     let mut r = Report::default();
@@ -431,8 +492,9 @@ pub fn check(input: &CheckInput) -> Verdict {
     let total = input.accounts * input.initial_balance;
 
     // ---- the nodes on their own, then against each other ----
-    let live: Vec<&NodeState> = input.nodes.iter().filter(|n| n.error.is_none()).collect();
-    for n in input.nodes.iter().filter(|n| n.error.is_some()) {
+    let nodes = complete_logs(&mut r, &input.nodes, &input.archive);
+    let live: Vec<&NodeState> = nodes.iter().filter(|n| n.error.is_none()).collect();
+    for n in nodes.iter().filter(|n| n.error.is_some()) {
         r.add(
             "node_unreachable",
             format!(
@@ -1288,12 +1350,52 @@ mod tests {
                 samples: Vec::new(),
                 min_copies: DEFAULT_MIN_COPIES,
                 snapshots: Vec::new(),
+                archive: Default::default(),
             }
         }
     }
 
     fn checks(v: &Verdict) -> Vec<&str> {
         v.finding_counts.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn a_trimmed_log_is_completed_from_the_archive_and_checked_whole() {
+        let mut run = Run::new();
+        run.transfer(1, 2, 10, true, OpType::Ok);
+        run.transfer(2, 3, 5, true, OpType::Ok);
+        run.transfer(3, 1, 7, true, OpType::Ok);
+        let mut input = run.input(3);
+        // Node 1 was rebuilt from a snapshot at lsn 3: its log starts there.
+        input.nodes[1].log.drain(..2);
+        input.archive = crate::archive::Archive::new(3);
+        input.archive.add(0, &run.log);
+        let v = check(&input);
+        assert!(v.valid, "{:?}", v.findings);
+
+        // The entries before it were never read: the run cannot be checked whole.
+        input.archive = crate::archive::Archive::new(3);
+        input.archive.add(0, &run.log[2..]);
+        assert!(checks(&check(&input)).contains(&"archive_incomplete"));
+
+        // A node whose own entry differs from the one read during the run.
+        input.archive = crate::archive::Archive::new(3);
+        input.archive.add(0, &run.log);
+        input.nodes[1].log[0].commit_ts += 1;
+        assert!(checks(&check(&input)).contains(&"nodes_differ"));
+    }
+
+    #[test]
+    fn two_entries_read_at_one_lsn_are_a_divergence() {
+        let mut run = Run::new();
+        run.transfer(1, 2, 10, true, OpType::Ok);
+        let mut input = run.input(3);
+        input.archive = crate::archive::Archive::new(3);
+        input.archive.add(0, &run.log);
+        let mut other = run.log[1].clone();
+        other.txn_id = Uuid::new_v4();
+        input.archive.add(1, &[other]);
+        assert_eq!(checks(&check(&input)), vec!["divergent_lsn"]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! faults, a history in Jepsen Elle's format, and a checker that proves nothing was lost.
 //! `./setup.sh torture` runs it; the README's "Torture run" says how to read its report.
 
+pub mod archive;
 pub mod checker;
 pub mod history;
 pub mod logs;

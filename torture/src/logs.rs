@@ -16,7 +16,8 @@ const PAGE: i64 = 1_000;
 const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The entries of `node`'s log after `after`, up to the LSN the node had applied when the first
-/// page was read (the log may grow meanwhile; the rest is left for later).
+/// page was read (the log may grow meanwhile; the rest is left for later). When the node's log
+/// no longer reaches `after` (410), the entries from its first one on.
 pub async fn fetch(c: &Cluster, node: usize, after: Lsn) -> Result<Vec<Entry>, String> {
     let mut out: Vec<Entry> = Vec::new();
     let mut cursor = after;
@@ -32,6 +33,18 @@ pub async fn fetch(c: &Cluster, node: usize, after: Lsn) -> Result<Vec<Entry>, S
             .map_err(|e| format!("GET {path} on node {node}: {e}"))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| format!("GET {path} on node {node}: {e}"))?;
+        // 410: the node's log no longer reaches `cursor` (`--retain-log`, or a node rebuilt
+        // from a snapshot): what it still holds starts at its horizon.
+        if status == reqwest::StatusCode::GONE {
+            let horizon = serde_json::from_str::<Value>(&text).ok().and_then(|b| b["horizon"].as_i64());
+            match horizon {
+                Some(h) if out.is_empty() && h > cursor => {
+                    cursor = h;
+                    continue;
+                }
+                _ => return Err(format!("GET {path} on node {node}: the log was trimmed while it was read: {text}")),
+            }
+        }
         if !status.is_success() {
             return Err(format!(
                 "GET {path} on node {node}: HTTP {status}: {}",

@@ -77,6 +77,12 @@ struct Cli {
     /// trust that CA only.
     #[arg(long)]
     tls: bool,
+    /// Run the agents with `--retain-log N` (and `--retain-log-secs 0`): each node trims its log
+    /// to its newest N entries, and a node the log no longer reaches is rebuilt from a snapshot.
+    /// Every other replica kill then lasts until the leader's log no longer reaches the dead
+    /// node (a long outage, at most 2 minutes). 0 keeps every entry.
+    #[arg(long, default_value_t = 5_000)]
+    retain_log: i64,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +149,7 @@ fn main() -> ExitCode {
         min_copies: cli.min_copies,
         hosts: cli.hosts,
         tls: cli.tls,
+        retain_log: (cli.retain_log > 0).then_some(cli.retain_log),
     };
     match torture::run::run(options) {
         Ok(true) => ExitCode::SUCCESS,

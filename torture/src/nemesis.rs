@@ -430,7 +430,14 @@ pub struct Nemesis {
     pending: Vec<tokio::task::JoinHandle<Call>>,
     /// The requests the last heal sent (the add of a removed member).
     heal_calls: Vec<Call>,
+    /// Whether every other replica kill lasts until the leader's log no longer reaches the
+    /// dead node (`--retain-log`): its return is then a rebuild from a snapshot.
+    pub long_outages: bool,
+    replica_kills: usize,
 }
+
+/// The longest a long outage (`--retain-log`) keeps a replica down.
+pub const LONG_OUTAGE: Duration = Duration::from_secs(120);
 
 /// How long a healed cluster gets to become whole (every node a member) before it counts as
 /// not recovering.
@@ -508,6 +515,8 @@ impl Nemesis {
             wiped_since_snapshot: vec![false; n],
             wipes: 0,
             http,
+            long_outages: false,
+            replica_kills: 0,
         }
     }
 
@@ -561,9 +570,24 @@ impl Nemesis {
             };
             let wait_for_recovery = self.rng.random_bool(0.75);
             let mut record = self.inject(kind).await;
-            self.set_current(format!("{} for {:.1} s", record.label(), hold.as_secs_f64()));
+            let long = match (kind, record.node) {
+                (FaultKind::KillReplica, Some(node)) if self.long_outages && record.error.is_none() => {
+                    self.replica_kills += 1;
+                    (self.replica_kills % 2 == 1).then_some(node)
+                }
+                _ => None,
+            };
             self.faults.lock().unwrap().push(record.clone());
-            Self::sleep(&stop, hold).await;
+            match long {
+                Some(node) => {
+                    self.set_current(format!("{} until the log no longer reaches it", record.label()));
+                    record.note += &self.outlive(node, &stop).await;
+                }
+                None => {
+                    self.set_current(format!("{} for {:.1} s", record.label(), hold.as_secs_f64()));
+                    Self::sleep(&stop, hold).await;
+                }
+            }
             self.set_current(format!("healing {}", record.label()));
             let healed = self.heal_all().await;
             record.healed = Some(self.history.now());
@@ -605,6 +629,33 @@ impl Nemesis {
         let _ = self.heal_all().await;
         self.set_current("none".into());
         self.faults.lock().unwrap().clone()
+    }
+
+    /// Waits, at most [`LONG_OUTAGE`], until the leader's log no longer reaches the last entry
+    /// of the dead `node` (whose PostgreSQL still runs): its return must then be a rebuild from
+    /// a snapshot. Returns a note for the record.
+    async fn outlive(&self, node: usize, stop: &AtomicBool) -> String {
+        let started = Instant::now();
+        while started.elapsed() < LONG_OUTAGE && !stop.load(Ordering::SeqCst) {
+            if let Some(leader) = self.leader().await.filter(|&l| l != node) {
+                let c = self.cluster.clone();
+                let bounds = tokio::spawn(async move { (c.log_bounds(node).await, c.log_bounds(leader).await) }).await;
+                if let Ok(((_, dead_last, _), (leader_first, _, _))) = bounds {
+                    if leader_first > dead_last + 1 {
+                        return format!(
+                            "; a long outage: after {:.0} s the leader's log starts at lsn {leader_first}, node{node}'s \
+                             ends at {dead_last}",
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        format!(
+            "; a long outage of {:.0} s (the leader's log still reached node{node})",
+            started.elapsed().as_secs_f64()
+        )
     }
 
     /// The node the supervisor names leader, if it also reports leader itself.
@@ -1102,6 +1153,9 @@ impl Nemesis {
             match crate::logs::fetch(&self.cluster, i, after).await {
                 Ok(entries) => {
                     self.wiped_since_snapshot[i] = false;
+                    // A log that no longer reaches `after` (trimmed, or rebuilt from a snapshot)
+                    // covers what it holds.
+                    let after = entries.first().map_or(after, |e| (e.lsn - 1).max(after));
                     nodes.push(SnapshotNode { index: i, after, entries, error: None });
                 }
                 Err(e) => nodes.push(SnapshotNode { index: i, after, entries: Vec::new(), error: Some(e) }),

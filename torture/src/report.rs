@@ -132,6 +132,15 @@ pub struct Summary {
     /// Log snapshots taken during the run.
     #[serde(default)]
     pub snapshots: usize,
+    /// The agents' `--retain-log`, if any.
+    #[serde(default)]
+    pub retain_log: Option<i64>,
+    /// Each node's log size at the end (None: unreadable).
+    #[serde(default)]
+    pub log_sizes: Vec<Option<i64>>,
+    /// Rebuilds of a node from the leader's snapshot, counted in the agents' logs.
+    #[serde(default)]
+    pub snapshot_rebuilds: usize,
     /// The operator's requests the nemesis made, per act (`switchover`, `members/remove`,
     /// `members/add`): how many were done, refused (by code), unanswered.
     #[serde(default)]
@@ -235,6 +244,22 @@ pub fn table(s: &Summary, v: &Verdict, a: &Availability, out_dir: &Path) -> Stri
             v.counts.leader_samples,
             v.counts.snapshots,
             v.counts.min_copies
+        ),
+    );
+    let sizes: Vec<String> = s
+        .log_sizes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("node{i} {}", n.map_or("?".into(), |n| n.to_string())))
+        .collect();
+    row(
+        &mut t,
+        "log sizes at the end",
+        format!(
+            "{} ({}); {} rebuild(s) from a snapshot",
+            sizes.join(", "),
+            s.retain_log.map_or("every entry kept".into(), |n| format!("--retain-log {n}")),
+            s.snapshot_rebuilds
         ),
     );
     row(&mut t, "violations by kind (newer checks)", String::new());

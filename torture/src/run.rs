@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::archive::Archive;
 use crate::checker::{self, CheckInput, Entry, Finding, LogSnapshot, NodeState, Row, StatusSample, Verdict};
 use crate::history::{read_history, History};
 use crate::nemesis::{self, FaultKind, FaultRecord, Nemesis};
@@ -58,6 +59,8 @@ pub struct Options {
     pub hosts: bool,
     /// Every connection between the programs over TLS, mutual TLS on the internal endpoints.
     pub tls: bool,
+    /// The agents' `--retain-log` (None: every entry kept).
+    pub retain_log: Option<i64>,
 }
 
 /// What `torture check` needs besides the history and the nodes' states.
@@ -83,6 +86,9 @@ pub struct RunInfo {
     /// Whether the cluster ran over TLS (`--tls`).
     #[serde(default)]
     pub tls: bool,
+    /// The agents' `--retain-log`, if any.
+    #[serde(default)]
+    pub retain_log: Option<i64>,
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
@@ -105,6 +111,8 @@ pub fn check_saved(dir: &Path) -> anyhow::Result<bool> {
     // Runs made before the snapshots existed have none.
     let snapshots: Vec<LogSnapshot> =
         if dir.join("snapshots.json").exists() { read_json(&dir.join("snapshots.json"))? } else { Vec::new() };
+    let archive: Archive =
+        if dir.join("archive.json").exists() { read_json(&dir.join("archive.json"))? } else { Archive::default() };
     let verdict = checker::check(&CheckInput {
         accounts: info.accounts,
         initial_balance: info.initial_balance,
@@ -113,6 +121,7 @@ pub fn check_saved(dir: &Path) -> anyhow::Result<bool> {
         samples,
         min_copies: info.min_copies.unwrap_or(checker::DEFAULT_MIN_COPIES),
         snapshots,
+        archive,
     });
     println!("{}", serde_json::to_string_pretty(&verdict)?);
     Ok(verdict.valid)
@@ -320,6 +329,29 @@ async fn wait_converged(c: &Cluster, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// The most entries a log may hold beyond `--retain-log` once the run is over: one round (a
+/// batch of 256), since trimming runs every second and no commit comes in after the run.
+const ONE_ROUND: i64 = 256;
+
+/// Every node's log size at the end, straight from PostgreSQL, after the agents' trimming had
+/// time for a pass (None: unreadable).
+async fn log_sizes(c: &Arc<Cluster>) -> Vec<Option<i64>> {
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut sizes = Vec::new();
+    for i in 0..c.len() {
+        let c2 = c.clone();
+        sizes.push(harness(async move { c2.log_bounds(i).await.2 }).await.ok());
+    }
+    sizes
+}
+
+/// How many times an agent loaded the leader's snapshot in a rebuild, from the agents' logs.
+fn snapshot_rebuilds(c: &Cluster) -> usize {
+    c.nodes()
+        .map(|n| fs::read_to_string(&n.log_path).map_or(0, |log| log.matches("loaded the leader's snapshot").count()))
+        .sum()
+}
+
 /// Node `i`'s table, straight from its PostgreSQL, and its log as its agent serves it
 /// (`GET /replication_log/`, which marks the entries of ABORTED transactions); when the agent
 /// cannot serve it, the log straight from PostgreSQL.
@@ -428,6 +460,10 @@ async fn run_async(
         options.tls = true;
         options.tls_client_auth = true;
     }
+    if let Some(n) = opts.retain_log {
+        println!("torture: the agents keep their newest {n} log entries (--retain-log {n} --retain-log-secs 0)");
+        options.agent_args.extend(["--retain-log".into(), n.to_string(), "--retain-log-secs".into(), "0".into()]);
+    }
     let cluster =
         harness(Cluster::start_with(options)).await.map_err(|e| anyhow::anyhow!("the cluster did not start: {e}"))?;
     let c = Arc::new(cluster);
@@ -464,6 +500,7 @@ async fn run_async(
         min_copies: opts.min_copies,
         hosts,
         tls: opts.tls,
+        retain_log: opts.retain_log,
     };
     write_json(&out.join("run.json"), &info)?;
 
@@ -495,11 +532,14 @@ async fn drive(
     let samples: Arc<Mutex<Vec<StatusSample>>> = Arc::default();
     let sampler_stop = Arc::new(AtomicBool::new(false));
     let sampler = tokio::spawn(sample_statuses(c.clone(), history.clone(), sampler_stop.clone(), samples.clone()));
+    let archive = Arc::new(Mutex::new(Archive::new(c.len())));
+    let archiver = tokio::spawn(crate::archive::keep(c.clone(), archive.clone(), sampler_stop.clone()));
 
     let clients = opts.clients;
     if let Err(e) = workload::deposit(&c, &history, clients as u64, opts.accounts, INITIAL_BALANCE).await {
         sampler_stop.store(true, Ordering::SeqCst);
         let _ = sampler.await;
+        let _ = archiver.await;
         return Err(e);
     }
     let workload_start = history.now();
@@ -533,6 +573,7 @@ async fn drive(
     drop(shared);
     let mut nemesis = Nemesis::new(c.clone(), net.clone(), history.clone(), StdRng::seed_from_u64(nemesis_seed), kinds);
     nemesis.partitions = partitions_on;
+    nemesis.long_outages = opts.retain_log.is_some();
     let faults = nemesis.faults.clone();
     let current = nemesis.current.clone();
     let snapshots = nemesis.snapshots.clone();
@@ -622,7 +663,21 @@ async fn drive(
     }
     sampler_stop.store(true, Ordering::SeqCst);
     let _ = sampler.await;
+    let _ = archiver.await;
+    crate::archive::read_all(&c, &archive).await;
     history.finish().map_err(|e| anyhow::anyhow!(e))?;
+    let log_sizes = log_sizes(&c).await;
+    if let Some(bound) = opts.retain_log {
+        for (i, size) in log_sizes.iter().enumerate() {
+            if let Some(size) = size.filter(|&n| n > bound + ONE_ROUND) {
+                late_findings.push((
+                    "log_unbounded".into(),
+                    format!("node{i}'s log holds {size} entries at the end, above --retain-log {bound} plus one round"),
+                ));
+            }
+        }
+    }
+    let snapshot_rebuilds = snapshot_rebuilds(&c);
 
     // ---- check ----
     let mut nodes = Vec::new();
@@ -640,6 +695,8 @@ async fn drive(
     write_json(&out.join("final-state.json"), &nodes)?;
     write_json(&out.join("samples.json"), &samples)?;
     write_json(&out.join("snapshots.json"), &snapshots)?;
+    let archive = std::mem::take(&mut *archive.lock().unwrap());
+    write_json(&out.join("archive.json"), &archive)?;
     write_json(&out.join("faults.json"), &fault_records)?;
     let ops = history.ops();
     println!(
@@ -656,6 +713,7 @@ async fn drive(
         samples,
         min_copies,
         snapshots,
+        archive,
     };
     let mut verdict = checker::check(&input);
     for f in fault_records.iter().filter(|f| f.error.is_some()) {
@@ -744,6 +802,9 @@ async fn drive(
         future_ts_other: load(&stats.future_ts_other),
         min_copies,
         snapshots: verdict.counts.snapshots,
+        retain_log: opts.retain_log,
+        log_sizes,
+        snapshot_rebuilds,
         planned: crate::planned::summarize(fault_records.iter().flat_map(|f| &f.calls)),
     };
     write_json(

@@ -442,6 +442,11 @@ fn classify(status: u16, body: &str, txn_id: Uuid) -> Step {
         };
     }
     match status {
+        // `log_trimmed`: a txn_id the leader's log no longer reaches; if it was a retry, its
+        // outcome is not known any more. Not a refusal: the first send may have committed.
+        410 => Step::Done(Answer::NoAnswer {
+            last_error: format!("HTTP 410 {}: {}", field("error").unwrap_or_default(), short),
+        }),
         421 => match field("leader") {
             Some(leader) => Step::Redirect(leader),
             None => Step::Retry(format!("421 without a leader: {short}")),
@@ -710,6 +715,11 @@ mod tests {
             Step::Done(Answer::Refused { status: 400, error: "bad_timestamp".into(), message: "too far".into() })
         );
         assert!(matches!(classify(500, "oops", id()), Step::Retry(_)));
+        // Beyond the log's horizon: the outcome is not known, which is no refusal.
+        assert!(matches!(
+            classify(410, r#"{"error":"log_trimmed","message":"m","horizon":9}"#, id()),
+            Step::Done(Answer::NoAnswer { .. })
+        ));
         // An answer about another transaction is not ours.
         let other = format!(r#"{{"commit":"COMMIT","txn_id":"{}","lsn":4,"commit_ts":40}}"#, Uuid::from_u128(8));
         assert!(matches!(classify(200, &other, id()), Step::Retry(_)));

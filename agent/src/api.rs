@@ -114,11 +114,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 /// `POST /read/`: the balances of some accounts, with the read timestamp to commit with.
 #[utoipa::path(post, path = "/read/", tag = "transactions",
-    request_body(content = ReadRequest, description = "The accounts to read (`read_set`, non-empty; no `write_set`), and optionally the LSN to wait for"),
+    request_body(content = ReadRequest, description = "The accounts to read (`read_set`, non-empty; no `write_set`), and optionally the LSN to wait for (`min_lsn`) or to read at (`as_of_lsn`)"),
     responses(
-        (status = 200, description = "The values read: a snapshot that is exactly the effect of the log up to `lsn`", body = ReadResponse),
-        (status = 400, description = "Malformed input (empty or oversized read set, a write set, a negative account or `min_lsn`); nothing changed", body = ErrorBody),
-        (status = 503, description = "The node is down, cannot reach its PostgreSQL, did not reach `min_lsn`, or an account stayed locked, within 5 s", body = ErrorBody),
+        (status = 200, description = "The values read: a snapshot that is exactly the effect of the log up to `lsn` (`as_of_lsn` when given)", body = ReadResponse),
+        (status = 400, description = "Malformed input (empty or oversized read set, a write set, a negative account, `min_lsn` or `as_of_lsn`); nothing changed", body = ErrorBody),
+        (status = 410, description = "`log_trimmed`: `as_of_lsn` is at or below this node's log horizon (`--retain-log`); `horizon` says where its log starts", body = ErrorBody),
+        (status = 503, description = "The node is down, cannot reach its PostgreSQL, did not reach `min_lsn` or `as_of_lsn`, or an account stayed locked, within 5 s", body = ErrorBody),
     ))]
 async fn read(State(node): State<Arc<Node>>, ApiJson(req): ApiJson<ReadRequest>) -> Result<Response, ApiError> {
     let read = req.validate().map_err(|e| ApiError::BadRequest(e.0))?;

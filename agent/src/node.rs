@@ -464,10 +464,11 @@ impl Node {
     pub async fn read(&self, read: ValidRead) -> Result<ReadResponse, ApiError> {
         self.check_serving()?;
         let deadline = Instant::now() + READ_WAIT;
-        if let Some(leader) = self.leader() {
+        // A past state never changes: no in-flight write can touch it.
+        if let (Some(leader), None) = (self.leader(), read.as_of_lsn) {
             leader.wait_unlocked(&read.accounts, deadline).await?;
         }
-        if let Some(min_lsn) = read.min_lsn {
+        if let Some(min_lsn) = read.min_lsn.max(read.as_of_lsn) {
             let mut applied = self.applied.subscribe();
             let reached = tokio::time::timeout_at(deadline, applied.wait_for(|end| end.lsn >= min_lsn)).await;
             if !matches!(reached, Ok(Ok(_))) {
@@ -479,7 +480,22 @@ impl Node {
             }
         }
         let accounts: Vec<i64> = read.accounts.iter().copied().collect();
-        let snapshot = self.store.read(&accounts).await.map_err(ApiError::unavailable)?;
+        let snapshot = match read.as_of_lsn {
+            None => self.store.read(&accounts).await.map_err(ApiError::unavailable)?,
+            Some(lsn) => match self.store.read_as_of(&accounts, lsn).await.map_err(ApiError::unavailable)? {
+                Some(snapshot) => snapshot,
+                None => {
+                    let horizon = self.store.horizon().await.map_err(ApiError::unavailable)?;
+                    return Err(ApiError::LogTrimmed {
+                        horizon,
+                        message: format!(
+                            "as_of_lsn {lsn} is at or below this node's log horizon (LSN {horizon}): its log no longer \
+                             reaches that far back (--retain-log); read at a later LSN"
+                        ),
+                    });
+                }
+            },
+        };
         Ok(ReadResponse {
             read_status: "success".into(),
             values: snapshot.rows.iter().map(|r| (r.account_number, r.balance)).collect(),

@@ -65,6 +65,19 @@ CREATE TABLE IF NOT EXISTS recovery_log (
     -- writes), so that a retry of its txn_id is answered ABORT by any leader, forever.
     aborted JSONB
 );
+-- The accounts as of `agent_log_base.lsn`: the state the log after it applies to. Trimming
+-- (`--retain-log`) folds the entries it removes into it, and a rebuild loads the leader's
+-- snapshot into it; with a whole log it stays empty at LSN 0. Reads at a past LSN start here.
+CREATE TABLE IF NOT EXISTS bank_balance_base (
+    account_number BIGINT PRIMARY KEY,
+    balance BIGINT NOT NULL,
+    created_at BIGINT,
+    updated_at BIGINT
+);
+CREATE TABLE IF NOT EXISTS agent_log_base (
+    id INT PRIMARY KEY CHECK (id = 1),
+    lsn BIGINT NOT NULL
+);
 -- The cluster this database belongs to, stored once: when it bootstraps a new cluster as its
 -- first leader, or when it has caught up with a cluster's leader. A wiped database has none.
 CREATE TABLE IF NOT EXISTS agent_identity (
@@ -315,7 +328,9 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM recovery_log").fetch_one(&mut *tx).await?;
-        sqlx::query("TRUNCATE bank_balance, recovery_log, agent_identity").execute(&mut *tx).await?;
+        sqlx::query("TRUNCATE bank_balance, recovery_log, agent_identity, bank_balance_base, agent_log_base")
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok((entries.max(0) as u64, prepared.len() as u64))
     }
@@ -363,18 +378,92 @@ impl Store {
     /// and whose commit timestamp is below `before`; returns how many. One statement on the
     /// primary key's range: it never touches the last entry (`keep` >= 1), from which the node
     /// learns where its log ends.
+    ///
+    /// The same statement folds the entries it removes into `bank_balance_base` and moves the
+    /// base LSN up to the last of them, so that the base plus the log is always the whole
+    /// history (what reads at a past LSN need).
     pub async fn trim(&self, keep: i64, before: Timestamp, chunk: i64) -> Result<u64, StoreError> {
-        let deleted = sqlx::query(
-            "WITH ends AS (SELECT min(lsn) AS lo, max(lsn) AS hi FROM recovery_log) \
-             DELETE FROM recovery_log AS r USING ends \
-             WHERE r.lsn <= LEAST(ends.hi - $1, ends.lo + $2 - 1) AND r.commit_ts < $3",
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH ends AS (SELECT min(lsn) AS lo, max(lsn) AS hi FROM recovery_log), \
+             gone AS (DELETE FROM recovery_log AS r USING ends \
+                 WHERE r.lsn <= LEAST(ends.hi - $1, ends.lo + $2 - 1) AND r.commit_ts < $3 \
+                 RETURNING r.lsn, r.commit_ts, r.write_set), \
+             w AS (SELECT e.key::bigint AS account, e.value::bigint AS balance, g.lsn, g.commit_ts \
+                 FROM gone AS g, jsonb_each_text(g.write_set) AS e), \
+             net AS (SELECT DISTINCT ON (account) account, balance, commit_ts AS updated_at, \
+                     min(commit_ts) OVER (PARTITION BY account) AS created_at \
+                 FROM w ORDER BY account, lsn DESC), \
+             folded AS (INSERT INTO bank_balance_base (account_number, balance, created_at, updated_at) \
+                 SELECT account, balance, created_at, updated_at FROM net \
+                 ON CONFLICT (account_number) DO UPDATE SET balance = EXCLUDED.balance, updated_at = EXCLUDED.updated_at), \
+             based AS (INSERT INTO agent_log_base (id, lsn) SELECT 1, max(lsn) FROM gone HAVING count(*) > 0 \
+                 ON CONFLICT (id) DO UPDATE SET lsn = GREATEST(agent_log_base.lsn, EXCLUDED.lsn)) \
+             SELECT count(*) FROM gone",
         )
         .bind(keep.max(1))
         .bind(chunk.max(1))
         .bind(before)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(deleted.rows_affected())
+        Ok(deleted.max(0) as u64)
+    }
+
+    /// The accounts as they were right after `lsn`, from the base and the log after it, in
+    /// one snapshot. `Ok(None)` when the log no longer reaches `lsn` (it is below the base, or
+    /// its entry was trimmed); the caller makes sure the node has applied `lsn`.
+    pub async fn read_as_of(&self, accounts: &[Account], lsn: Lsn) -> Result<Option<Snapshot>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        let (base, entry): (i64, Option<(Timestamp, Term)>) = {
+            let row: (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT (SELECT lsn FROM agent_log_base WHERE id = 1), \
+                        (SELECT commit_ts FROM recovery_log WHERE lsn = $1), (SELECT term FROM recovery_log WHERE lsn = $1)",
+            )
+            .bind(lsn)
+            .fetch_one(&mut *tx)
+            .await?;
+            (row.0.unwrap_or(0), row.1.zip(row.2))
+        };
+        let (commit_ts, term) = match entry {
+            Some(at) if lsn >= base => at,
+            None if lsn == 0 && base == 0 => (0, 0),
+            _ => return Ok(None),
+        };
+        let base_rows: Vec<(i64, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT account_number, balance, created_at, updated_at FROM bank_balance_base WHERE account_number = ANY($1)",
+        )
+        .bind(accounts)
+        .fetch_all(&mut *tx)
+        .await?;
+        let keys: Vec<String> = accounts.iter().map(i64::to_string).collect();
+        let history: Vec<(i64, sqlx::types::Json<BTreeMap<Account, Balance>>)> = sqlx::query_as(
+            "SELECT commit_ts, write_set FROM recovery_log WHERE lsn > $1 AND lsn <= $2 AND write_set ?| $3 ORDER BY lsn",
+        )
+        .bind(base)
+        .bind(lsn)
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut rows: BTreeMap<Account, AccountRow> = base_rows
+            .into_iter()
+            .map(|(account_number, balance, created_at, updated_at)| {
+                (account_number, AccountRow { account_number, balance, created_at, updated_at })
+            })
+            .collect();
+        for (ts, writes) in &history {
+            for (&account, &balance) in writes.0.iter().filter(|(k, _)| accounts.contains(k)) {
+                let row = rows.entry(account).or_insert(AccountRow {
+                    account_number: account,
+                    balance,
+                    created_at: Some(*ts),
+                    updated_at: Some(*ts),
+                });
+                row.balance = balance;
+                row.updated_at = Some(*ts);
+            }
+        }
+        Ok(Some(Snapshot { rows: rows.into_values().collect(), lsn, commit_ts, term }))
     }
 
     /// How many entries this log holds.
@@ -453,6 +542,19 @@ impl Store {
             }
         }
         let loaded = copy.finish().await?;
+        // The snapshot is the state at its base LSN: the base reads at a past LSN start from.
+        sqlx::query("TRUNCATE bank_balance_base").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO bank_balance_base SELECT account_number, balance, created_at, updated_at FROM bank_balance",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO agent_log_base (id, lsn) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET lsn = EXCLUDED.lsn",
+        )
+        .bind(base.lsn)
+        .execute(&mut *tx)
+        .await?;
         let (log, _) = batch_json(std::slice::from_ref(base));
         sqlx::query(
             "INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set, aborted) \

@@ -63,6 +63,12 @@ pub struct ReadRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>, minimum = 0))]
     pub min_lsn: Option<Lsn>,
+    /// Read the accounts as they were right after this LSN (a past state, from the node's
+    /// snapshot base plus its log): 410 `log_trimmed` with the horizon when the node's log no
+    /// longer reaches it; a node that has not applied it yet waits for it like `min_lsn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>, minimum = 0))]
+    pub as_of_lsn: Option<Lsn>,
 }
 
 /// `POST /commit/`.
@@ -120,6 +126,7 @@ pub struct InvalidTransaction(pub String);
 pub struct ValidRead {
     pub accounts: BTreeSet<Account>,
     pub min_lsn: Option<Lsn>,
+    pub as_of_lsn: Option<Lsn>,
 }
 
 /// A commit request after validation.
@@ -180,7 +187,12 @@ impl ReadRequest {
                 return Err(InvalidTransaction(format!("min_lsn {lsn} is negative")));
             }
         }
-        Ok(ValidRead { accounts: t.read_set.into_iter().collect(), min_lsn: self.min_lsn })
+        if let Some(lsn) = self.as_of_lsn {
+            if lsn < 0 {
+                return Err(InvalidTransaction(format!("as_of_lsn {lsn} is negative")));
+            }
+        }
+        Ok(ValidRead { accounts: t.read_set.into_iter().collect(), min_lsn: self.min_lsn, as_of_lsn: self.as_of_lsn })
     }
 }
 
@@ -805,6 +817,16 @@ mod tests {
         assert_eq!(c.min_copies, None);
         let c = commit(r#"{"transaction": {"write_set": {"2": 22}}, "min_copies": 3}"#).unwrap();
         assert_eq!(c.min_copies, Some(3));
+    }
+
+    #[test]
+    fn a_read_at_a_past_lsn_is_checked_like_min_lsn() {
+        let read = |json: &str| serde_json::from_str::<ReadRequest>(json).map_err(|e| e.to_string());
+        let ok = read(r#"{"transaction": {"read_set": [1, 2]}, "as_of_lsn": 7}"#).unwrap().validate().unwrap();
+        assert_eq!((ok.as_of_lsn, ok.min_lsn), (Some(7), None));
+        let negative = read(r#"{"transaction": {"read_set": [1]}, "as_of_lsn": -1}"#).unwrap().validate();
+        assert_eq!(negative.unwrap_err().0, "as_of_lsn -1 is negative");
+        assert!(read(r#"{"transaction": {"read_set": [1]}, "as_of_lsn": "7"}"#).is_err());
     }
 
     #[test]

@@ -997,6 +997,23 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("read the bounds of node {node}'s recovery_log: {e}"))
     }
 
+    /// Node `i`'s log base (`--retain-log`): the LSN and the accounts as of it, which the log
+    /// after it applies to.
+    pub async fn log_base(&self, node: usize) -> (Lsn, Vec<BalanceRow>) {
+        let db = self.db(node).await;
+        let lsn: Option<Lsn> = sqlx::query_scalar("SELECT lsn FROM agent_log_base WHERE id = 1")
+            .fetch_optional(&db)
+            .await
+            .unwrap_or_else(|e| panic!("read agent_log_base of node {node}: {e}"));
+        let rows = sqlx::query_as::<_, BalanceRow>(
+            "SELECT account_number, balance, created_at, updated_at FROM bank_balance_base ORDER BY account_number",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap_or_else(|e| panic!("read bank_balance_base of node {node}: {e}"));
+        (lsn.unwrap_or(0), rows)
+    }
+
     /// `(bank_balance, recovery_log)` of every node, for "nothing changed" checks.
     pub async fn snapshot(&self) -> Vec<(Vec<BalanceRow>, Vec<LogRow>)> {
         let mut all = Vec::new();

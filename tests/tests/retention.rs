@@ -73,13 +73,31 @@ async fn a_node_the_log_no_longer_reaches_is_rebuilt_from_a_snapshot() {
     // Node 2 goes down; the others commit well past the bound and trim.
     // (The first commits wait until the leader reports it and the supervisor removes it.)
     c.kill_agent(2);
-    write_many(&c, 0, RETAIN + 1_500).await;
+    write_many(&c, 0, 3_000).await;
     c.wait_supervisor("it removed the dead node", Duration::from_secs(10), |s| {
         s["members"].as_array().is_some_and(|m| m.len() == 2)
     })
     .await;
+    let history = c.log(0).await;
+    let then = history.last().map_or(0, |e| e.lsn);
+    write_many(&c, 0, 3_000).await;
     wait_trimmed(&c, &[0, 1]).await;
     let (first, last, _) = c.log_bounds(0).await;
+    assert!(first > 1 && first <= then, "the test wants LSN {then} inside the trimmed log ({first}..{last})");
+
+    // A read at a past LSN the log still reaches: the base the trimmed entries were folded
+    // into, plus the log after it, give the accounts exactly as the whole log did then.
+    let accounts: Vec<i64> = (1..=ACCOUNTS).collect();
+    let expected: Vec<(i64, i64)> = e2e::replay(&history).iter().map(|r| (r.0, r.1)).collect();
+    let (code, body) = c.read_json(1, json!({"transaction": {"read_set": accounts}, "as_of_lsn": then})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let read: protocol::ReadResponse = serde_json::from_value(body).expect("a ReadResponse");
+    assert_eq!(read.lsn, then);
+    assert_eq!(read.timestamp, history.last().map_or(0, |e| e.commit_ts));
+    assert_eq!(read.values.into_iter().collect::<Vec<_>>(), expected, "as_of_lsn {then} on node 1");
+    // Below the horizon: 410 with it.
+    let (code, body) = c.read_json(0, json!({"transaction": {"read_set": [1]}, "as_of_lsn": first - 1})).await;
+    assert_eq!((code, body["horizon"].as_i64()), (StatusCode::GONE, Some(first - 1)), "{body}");
 
     // Paging below the horizon: 410 with the horizon.
     let (code, body) = c.get(0, "/replication_log/?after=0").await;
@@ -130,7 +148,12 @@ async fn a_node_the_log_no_longer_reaches_is_rebuilt_from_a_snapshot() {
     assert_eq!(converged.table.len() as i64, ACCOUNTS);
     let (first2, _, _) = c.log_bounds(2).await;
     assert!(first2 > 1, "node 2's log starts at the snapshot, not at LSN 1");
-    // A rebuilt node serves reads like the others.
+    // A rebuilt node serves reads like the others, at its snapshot's LSN too.
     let read = c.read(2, &[1, 2]).await;
     assert_eq!(read.values.len(), 2);
+    let at = report["snapshot_lsn"].clone();
+    let (code, on_2) = c.read_json(2, json!({"transaction": {"read_set": [1, 2, 3]}, "as_of_lsn": at})).await;
+    assert_eq!(code, StatusCode::OK, "{on_2}");
+    let (_, on_0) = c.read_json(0, json!({"transaction": {"read_set": [1, 2, 3]}, "as_of_lsn": at})).await;
+    assert_eq!((&on_2["values"], &on_2["data"]), (&on_0["values"], &on_0["data"]), "as_of_lsn {at}");
 }

@@ -318,7 +318,11 @@ impl Runner {
 }
 
 fn read_request(read_set: &[Account]) -> ReadRequest {
-    ReadRequest { transaction: TransactionBody { read_set: read_set.to_vec(), ..Default::default() }, min_lsn: None }
+    ReadRequest {
+        transaction: TransactionBody { read_set: read_set.to_vec(), ..Default::default() },
+        min_lsn: None,
+        as_of_lsn: None,
+    }
 }
 
 fn read_result(agent: &str, read_set: &[Account], code: StatusCode, bytes: &[u8]) -> Result<ReadResult, RunError> {

@@ -81,6 +81,13 @@ async fn the_readme_session() {
         assert_eq!((row2.created_at, row2.updated_at), (Some(ts1), Some(ts2)), "node {i}: {r:?}");
     }
 
+    // --- a read at a past LSN, on a replica: the accounts right after LSN 1 ---
+    let (status, past) =
+        c.read_json(1, json!({"transaction": {"read_set": [1, 2], "write_set": {}}, "as_of_lsn": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{past}");
+    assert_eq!((&past["values"], &past["lsn"]), (&json!({"1": 100, "2": 200}), &json!(1)), "{past}");
+    assert_eq!(int(&past["timestamp"], "timestamp"), ts1, "{past}");
+
     // --- a commit sent to a replica: 421 and where the leader is ---
     for i in 1..3 {
         let (status, body) = c.commit(i, json!({"transaction": {"read_set": [], "write_set": {"3": 33}}})).await;

@@ -212,7 +212,9 @@ impl Supervisor {
         if state.config != *config {
             return Err(RecoveryError::ConfigChanged);
         }
-        let wiped = self.agents.reset(node, config, BULK_RECOVERY_TIMEOUT).await?;
+        // Under the configuration's lock, like an operator's rebuild: kept short (emptying is a
+        // TRUNCATE); a node too slow for it is tried again by the next recovery.
+        let wiped = self.agents.reset(node, config, CONTROL_TIMEOUT).await?;
         let message = format!(
             "{node} was behind the leader's log horizon; its database was emptied ({wiped} log entries) to rebuild it from a snapshot"
         );

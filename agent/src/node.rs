@@ -468,12 +468,19 @@ impl Node {
         if let (Some(leader), None) = (self.leader(), read.as_of_lsn) {
             leader.wait_unlocked(&read.accounts, deadline).await?;
         }
-        if let Some(min_lsn) = read.min_lsn.max(read.as_of_lsn) {
+        // A read at a past LSN waits for it like one with `min_lsn`.
+        let wanted = match (read.min_lsn, read.as_of_lsn) {
+            (Some(min), Some(as_of)) if min > as_of => Some(("min_lsn", min)),
+            (_, Some(as_of)) => Some(("as_of_lsn", as_of)),
+            (Some(min), None) => Some(("min_lsn", min)),
+            (None, None) => None,
+        };
+        if let Some((what, lsn)) = wanted {
             let mut applied = self.applied.subscribe();
-            let reached = tokio::time::timeout_at(deadline, applied.wait_for(|end| end.lsn >= min_lsn)).await;
+            let reached = tokio::time::timeout_at(deadline, applied.wait_for(|end| end.lsn >= lsn)).await;
             if !matches!(reached, Ok(Ok(_))) {
                 return Err(ApiError::Unavailable(format!(
-                    "this node has applied LSN {} and did not reach min_lsn {min_lsn} within {} s",
+                    "this node has applied LSN {} and did not reach {what} {lsn} within {} s",
                     self.applied().0,
                     READ_WAIT.as_secs()
                 )));

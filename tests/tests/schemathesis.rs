@@ -276,7 +276,8 @@ async fn fuzz_and_check(c: &Cluster, name: &str, transport: &[&str], key: Option
                 _ => {}
             }
         }
-        // The 5xx the configuration lets through: a read that waited for `min_lsn` in vain, a
+        // The 5xx the configuration lets through: a read that waited for `min_lsn` (or
+        // `as_of_lsn`) in vain, a
         // commit that asked for more copies (`min_copies`) than the three nodes, and a role check
         // this node does not pass.
         if exchange.status >= 500 {
@@ -285,7 +286,9 @@ async fn fuzz_and_check(c: &Cluster, name: &str, transport: &[&str], key: Option
                 && matches!(body["error"].as_str(), Some("not_primary" | "not_replica" | "lagging"));
             let waited = exchange.path == "/read/"
                 && exchange.status == 503
-                && body["message"].as_str().is_some_and(|m| m.contains("did not reach min_lsn"));
+                && body["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("did not reach min_lsn") || m.contains("did not reach as_of_lsn"));
             let too_many_copies = exchange.path == "/commit/"
                 && exchange.status == 503
                 && body["reason"].as_str() == Some("not_enough_replicas");

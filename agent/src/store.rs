@@ -275,14 +275,7 @@ impl Store {
         // sqlx's transaction rolls back if this future is dropped half-way, so a connection
         // never returns to the pool inside a transaction.
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set, aborted) \
-             SELECT e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set, e.aborted \
-             FROM jsonb_to_recordset($1) AS e(lsn bigint, term bigint, txn_id uuid, commit_ts bigint, read_set jsonb, write_set jsonb, aborted jsonb)",
-        )
-        .bind(sqlx::types::Json(&log))
-        .execute(&mut *tx)
-        .await?;
+        insert_log(&mut tx, &log).await?;
         sqlx::query(
             "INSERT INTO bank_balance (account_number, balance, created_at, updated_at) \
              SELECT w.account_number, w.balance, w.created_at, w.updated_at \
@@ -556,14 +549,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let (log, _) = batch_json(std::slice::from_ref(base));
-        sqlx::query(
-            "INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set, aborted) \
-             SELECT e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set, e.aborted \
-             FROM jsonb_to_recordset($1) AS e(lsn bigint, term bigint, txn_id uuid, commit_ts bigint, read_set jsonb, write_set jsonb, aborted jsonb)",
-        )
-        .bind(sqlx::types::Json(&log))
-        .execute(&mut *tx)
-        .await?;
+        insert_log(&mut tx, &log).await?;
         tx.commit().await?;
         Ok(loaded)
     }
@@ -635,6 +621,19 @@ async fn upgrade_log(conn: &mut sqlx::PgConnection) -> Result<(), anyhow::Error>
              table (SELECT gid FROM pg_prepared_xacts), start the previous agent version once to resolve it"
         )
     })?;
+    Ok(())
+}
+
+/// Inserts log entries (`batch_json`'s first array) inside `tx`.
+async fn insert_log(tx: &mut sqlx::PgConnection, log: &serde_json::Value) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO recovery_log (lsn, term, txn_id, commit_ts, read_set, write_set, aborted) \
+         SELECT e.lsn, e.term, e.txn_id, e.commit_ts, e.read_set, e.write_set, e.aborted \
+         FROM jsonb_to_recordset($1) AS e(lsn bigint, term bigint, txn_id uuid, commit_ts bigint, read_set jsonb, write_set jsonb, aborted jsonb)",
+    )
+    .bind(sqlx::types::Json(log))
+    .execute(tx)
+    .await?;
     Ok(())
 }
 

@@ -76,6 +76,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))
+        .layer(axum::middleware::from_fn(service::close_when_body_unread))
         .with_state(node)
 }
 

@@ -17,6 +17,7 @@ mod auth;
 mod http_client;
 mod shutdown;
 mod tls;
+mod unread_body;
 
 pub use auth::{guard, require_token, unauthorized, UNAUTHORIZED_MESSAGE};
 pub use http_client::{client_builder, client_builder_tls, http_client, http_client_tls, ClientError};
@@ -26,3 +27,4 @@ pub use tls::{
     IssuedCert, LocalCa, LocalPki, PeerInfo, PkiError, PlainListener, ProgramFiles, Tls, TlsError, TlsListener,
     TlsOptions, Validity, CLIENT_CERT_REQUIRED_MESSAGE, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES_IN_FLIGHT,
 };
+pub use unread_body::close_when_body_unread;

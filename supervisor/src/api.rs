@@ -144,6 +144,7 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
         .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics_text))
         .merge(guarded)
+        .layer(axum::middleware::from_fn(service::close_when_body_unread))
         .with_state(sup)
 }
 

@@ -81,6 +81,7 @@ pub fn app(state: AppState) -> Router {
         .route("/static/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .layer(axum::middleware::from_fn(service::close_when_body_unread))
         .with_state(state)
 }
 

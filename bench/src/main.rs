@@ -1,13 +1,16 @@
 //! `./setup.sh bench`: our three-node cluster against (a) one plain PostgreSQL and (b) a primary
 //! with two synchronous standbys (`ANY 2`, `remote_apply`), on this machine, in one run; then
-//! failover and recovery times of our cluster. Prints a table, writes JSON, Markdown and an SVG
-//! plot to `bench/results/`, and ends with `vs synchronous replication at 32 clients: <ratio>x`.
+//! failover and recovery times of our cluster, and the rebuild of a wiped node from the leader's
+//! snapshot (on a cluster of its own, [`rebuild`]). Prints a table, writes JSON, Markdown and an
+//! SVG plot to `bench/results/`, and ends with `vs synchronous replication at 32 clients:
+//! <ratio>x`.
 
 mod control_plane;
 mod load;
 mod ours;
 mod pgbench;
 mod procs;
+mod rebuild;
 mod report;
 mod rounds;
 mod stats;
@@ -26,13 +29,15 @@ use serde::Serialize;
 use crate::load::{Limit, Live, Workload, ACCOUNTS};
 use crate::ours::Ours;
 use crate::procs::{wait_for, PgServer, Workspace};
+use crate::rebuild::RebuildSize;
 
 /// Our cluster against PostgreSQL's own replication on this machine.
 #[derive(Parser, Debug, Clone)]
 #[command(version)]
 struct Args {
-    /// 5 s per step instead of 20, and a recovery after 10,000 missed transactions instead of
-    /// 100,000.
+    /// 5 s per step instead of 20, a recovery after 10,000 missed transactions instead of
+    /// 100,000, and a rebuild of 100,000 accounts 10,000 entries behind instead of 1,000,000
+    /// and 100,000.
     #[arg(long)]
     quick: bool,
     /// Seconds per step (overrides --quick's and the default 20).
@@ -51,6 +56,21 @@ struct Args {
     /// --quick); 0 skips the recovery figure.
     #[arg(long)]
     missed: Option<u64>,
+    /// Accounts of the rebuild figure (default 1,000,000; 100,000 with --quick): a fresh
+    /// cluster of ours with `--retain-log 5000` loads them, a replica is killed and its
+    /// PostgreSQL wiped, and its restart is timed until it is a member again (rebuilt from the
+    /// leader's snapshot); 0 skips the figure.
+    #[arg(long)]
+    rebuild_accounts: Option<u64>,
+    /// Log entries the wiped node falls behind the leader's log horizon in the rebuild figure
+    /// (default 100,000; 10,000 with --quick): that many plus the 5,000 the leader keeps
+    /// commit while it is down.
+    #[arg(long)]
+    rebuild_behind: Option<u64>,
+    /// Skip the throughput and latency steps (and the idle CPU figure): with --failovers 0
+    /// --missed 0, a run measures the rebuild figure alone.
+    #[arg(long)]
+    no_steps: bool,
     /// Where the agent and supervisor binaries are (default: beside this program).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -128,6 +148,51 @@ pub struct Recovery {
     pub background_p99_ms: f64,
 }
 
+/// A replica wiped while down, then behind the leader's log horizon, rebuilt from the leader's
+/// snapshot under a background load.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rebuild {
+    /// Accounts in the table (loaded before the node was wiped).
+    pub accounts: u64,
+    /// Entries committed while the node was down beyond the ones the leader keeps.
+    pub behind: u64,
+    /// The agents' `--retain-log` (with `--retain-log-secs 0`).
+    pub retain_log: u64,
+    /// Seconds the accounts took to load (`MAX_SET_LEN` per commit, several in parallel).
+    pub load_s: f64,
+    /// Blind transfers committed while the node was down (`behind` + `retain_log`), per second.
+    pub down_tps: f64,
+    /// The node's applied LSN when it was killed, and the leader's log horizon (the last LSN
+    /// trimmed) when it was restarted.
+    pub node_lsn_before: i64,
+    pub horizon_lsn: i64,
+    /// Restart of the agent to its being in `members` again.
+    pub member_ms: f64,
+    /// Restart of the agent to its being a member with its applied LSN at the leader's (the
+    /// leader's as of when it became a member, both from the supervisor's polls).
+    pub rejoin_ms: f64,
+    /// The supervisor's report of the recovery that succeeded.
+    pub supervisor_duration_ms: Option<u64>,
+    pub commit_pause_ms: Option<u64>,
+    pub snapshot_lsn: i64,
+    pub entries_applied: Option<u64>,
+    /// Recoveries of the node that failed before (and their last message).
+    pub failed_attempts: usize,
+    pub last_failure: Option<String>,
+    /// From the node's agent log: how long its last snapshot load took ("loaded the leader's
+    /// snapshot"), and how many snapshots it loaded.
+    pub snapshot_load_ms: Option<u64>,
+    pub snapshots_loaded: usize,
+    /// The background load: clients, commits per second before the restart and from the
+    /// restart until the node rejoined, errors, and its slowest and p99 commit.
+    pub background_clients: usize,
+    pub background_tps_before: f64,
+    pub background_tps: f64,
+    pub background_errors: u64,
+    pub background_max_ms: f64,
+    pub background_p99_ms: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub started_at: String,
@@ -140,9 +205,11 @@ pub struct Report {
     pub failover: Option<Failover>,
     pub switchover: Option<Switchover>,
     pub recovery: Option<Recovery>,
+    pub rebuild: Option<Rebuild>,
     pub failover_error: Option<String>,
     pub switchover_error: Option<String>,
     pub recovery_error: Option<String>,
+    pub rebuild_error: Option<String>,
     /// Failover with the configuration in etcd and two supervisors (one host; across hosts).
     pub control_plane: Vec<control_plane::ControlPlaneFailover>,
     pub control_plane_errors: Vec<String>,
@@ -170,6 +237,9 @@ pub const SETUP_SYNC: &str = "sync";
 
 const WORKLOADS: [Workload; 2] = [Workload::Blind, Workload::ReadCommit];
 
+/// Commits in flight while a cluster of ours loads its accounts.
+const LOAD_PARALLEL: usize = 4;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
@@ -194,6 +264,13 @@ async fn real_main(args: Args) -> Result<()> {
     }
     let duration = Duration::from_secs(args.duration.unwrap_or(if args.quick { 5 } else { 20 }).max(1));
     let missed = args.missed.unwrap_or(if args.quick { 10_000 } else { 100_000 });
+    let rebuild_size = RebuildSize {
+        accounts: args.rebuild_accounts.unwrap_or(if args.quick { 100_000 } else { 1_000_000 }),
+        behind: args.rebuild_behind.unwrap_or(if args.quick { 10_000 } else { 100_000 }),
+    };
+    if rebuild_size.accounts > 0 && rebuild_size.behind == 0 {
+        bail!("--rebuild-behind: give at least 1 entry (or --rebuild-accounts 0 to skip the rebuild figure)");
+    }
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()?.parent().context("the benchmark's own folder")?.to_path_buf(),
@@ -225,9 +302,11 @@ async fn real_main(args: Args) -> Result<()> {
         failover: None,
         switchover: None,
         recovery: None,
+        rebuild: None,
         failover_error: None,
         switchover_error: None,
         recovery_error: None,
+        rebuild_error: None,
         control_plane: Vec::new(),
         control_plane_errors: Vec::new(),
         idle_cpu: None,
@@ -244,8 +323,8 @@ async fn real_main(args: Args) -> Result<()> {
         ws.root.display()
     );
 
-    let progress = Progress::new(&args, missed);
-    let run = run_all(&args, &mut ws, &bin_dir, duration, missed, &progress, &mut report);
+    let progress = Progress::new(&args, missed, rebuild_size);
+    let run = run_all(&args, &mut ws, &bin_dir, duration, missed, rebuild_size, &progress, &mut report);
     let outcome = tokio::select! {
         r = run => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -273,10 +352,14 @@ pub struct Progress {
 }
 
 impl Progress {
-    fn new(args: &Args, missed: u64) -> Progress {
-        let mut steps = args.setups.len() as u64 * WORKLOADS.len() as u64 * args.clients.len() as u64;
+    fn new(args: &Args, missed: u64, rebuild: RebuildSize) -> Progress {
+        let mut steps = if args.no_steps {
+            0
+        } else {
+            args.setups.len() as u64 * WORKLOADS.len() as u64 * args.clients.len() as u64
+        };
         if args.setups.iter().any(|s| s == SETUP_OURS) {
-            steps += 2 * args.failovers as u64 + u64::from(missed > 0);
+            steps += 2 * args.failovers as u64 + u64::from(missed > 0) + u64::from(rebuild.accounts > 0);
         }
         let multi = MultiProgress::new();
         let overall = multi.add(ProgressBar::new(steps));
@@ -322,12 +405,14 @@ impl Progress {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_all(
     args: &Args,
     ws: &mut Workspace,
     bin_dir: &std::path::Path,
     duration: Duration,
     missed: u64,
+    rebuild_size: RebuildSize,
     progress: &Progress,
     report: &mut Report,
 ) -> Result<()> {
@@ -338,6 +423,7 @@ async fn run_all(
 
     for setup in &args.setups {
         match setup.as_str() {
+            SETUP_OURS_TLS | SETUP_PLAIN | SETUP_SYNC if args.no_steps => {}
             SETUP_OURS_TLS => {
                 // Throughput and latency only: the failover figures are the plain cluster's.
                 let mut ours = start_ours(ws, bin_dir, true, progress).await?;
@@ -345,39 +431,18 @@ async fn run_all(
                 ours.stop();
             }
             SETUP_OURS => {
-                let mut ours = start_ours(ws, bin_dir, false, progress).await?;
-                progress.set_message("measuring the idle cluster's CPU for 3 s");
-                report.idle_cpu = Some(idle_cpu(&ours, Duration::from_secs(3)).await);
-                run_ours_steps(ws, &mut ours, SETUP_OURS, args, duration, progress, report).await?;
-                if args.failovers > 0 {
-                    match run_failovers(&mut ours, args.failovers, progress).await {
-                        Ok(f) => report.failover = Some(f),
-                        Err(e) => {
-                            progress.println(&format!("failover figure: {e:#}"));
-                            report.failover_error = Some(format!("{e:#}"));
-                        }
-                    }
-                    match run_switchovers(&mut ours, args.failovers, progress).await {
-                        Ok(s) => report.switchover = Some(s),
-                        Err(e) => {
-                            progress.println(&format!("switchover figure: {e:#}"));
-                            report.switchover_error = Some(format!("{e:#}"));
-                        }
-                    }
+                if !args.no_steps || args.failovers > 0 || missed > 0 {
+                    run_ours_figures(args, ws, bin_dir, duration, missed, progress, report).await?;
                 }
-                if missed > 0 {
-                    match run_recovery(&mut ours, missed, progress).await {
-                        Ok(r) => report.recovery = Some(r),
+                if rebuild_size.accounts > 0 {
+                    match rebuild::run(ws, bin_dir, rebuild_size, progress).await {
+                        Ok(r) => report.rebuild = Some(r),
                         Err(e) => {
-                            progress.println(&format!("recovery figure: {e:#}"));
-                            report.recovery_error = Some(format!("{e:#}"));
+                            progress.println(&format!("rebuild figure: {e:#}"));
+                            report.rebuild_error = Some(format!("{e:#}"));
                         }
                     }
                     progress.overall.inc(1);
-                }
-                ours.stop();
-                if args.failovers > 0 {
-                    run_control_plane(args, bin_dir, progress, report).await;
                 }
             }
             SETUP_PLAIN => {
@@ -398,6 +463,56 @@ async fn run_all(
             }
             _ => unreachable!("checked in real_main"),
         }
+    }
+    Ok(())
+}
+
+/// Our cluster's steps and its failover, switchover and recovery figures (then the failovers
+/// with etcd), on one cluster of 100,000 accounts.
+async fn run_ours_figures(
+    args: &Args,
+    ws: &mut Workspace,
+    bin_dir: &std::path::Path,
+    duration: Duration,
+    missed: u64,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    let mut ours = start_ours(ws, bin_dir, false, progress).await?;
+    if !args.no_steps {
+        progress.set_message("measuring the idle cluster's CPU for 3 s");
+        report.idle_cpu = Some(idle_cpu(&ours, Duration::from_secs(3)).await);
+        run_ours_steps(ws, &mut ours, SETUP_OURS, args, duration, progress, report).await?;
+    }
+    if args.failovers > 0 {
+        match run_failovers(&mut ours, args.failovers, progress).await {
+            Ok(f) => report.failover = Some(f),
+            Err(e) => {
+                progress.println(&format!("failover figure: {e:#}"));
+                report.failover_error = Some(format!("{e:#}"));
+            }
+        }
+        match run_switchovers(&mut ours, args.failovers, progress).await {
+            Ok(s) => report.switchover = Some(s),
+            Err(e) => {
+                progress.println(&format!("switchover figure: {e:#}"));
+                report.switchover_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+    if missed > 0 {
+        match run_recovery(&mut ours, missed, progress).await {
+            Ok(r) => report.recovery = Some(r),
+            Err(e) => {
+                progress.println(&format!("recovery figure: {e:#}"));
+                report.recovery_error = Some(format!("{e:#}"));
+            }
+        }
+        progress.overall.inc(1);
+    }
+    ours.stop();
+    if args.failovers > 0 {
+        run_control_plane(args, bin_dir, progress, report).await;
     }
     Ok(())
 }
@@ -564,9 +679,11 @@ async fn start_ours(ws: &mut Workspace, bin_dir: &std::path::Path, tls: bool, pr
     } else {
         "starting our cluster (3 PostgreSQL, 3 agents, supervisor)"
     });
-    let ours = Ours::start(ws, bin_dir, tls).await?;
+    let ours =
+        Ours::start(ws, bin_dir, &ours::Options { tls, prefix: if tls { "tls-" } else { "" }, ..Default::default() })
+            .await?;
     progress.set_message(&format!("loading {ACCOUNTS} accounts through the leader"));
-    ours.populate(ACCOUNTS).await?;
+    ours.populate(ACCOUNTS, LOAD_PARALLEL, Arc::default()).await?;
     for pg in &ours.pgs {
         pg.psql(ws, "VACUUM ANALYZE bank_balance")?;
     }

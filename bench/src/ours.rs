@@ -3,13 +3,32 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use protocol::supervisor_status::SupervisorStatus;
+use protocol::wire::MAX_SET_LEN;
 
 use crate::load::Endpoint;
 use crate::procs::{free_ports, wait_for, Daemon, PgServer, Workspace};
+
+/// What every server of ours gets on top of the common settings: the agents prepare their
+/// batches (`PREPARE TRANSACTION`).
+const PG_EXTRA: &str = "max_prepared_transactions = 64\n";
+
+/// How [`Ours::start`] starts a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Every connection over mutual TLS (`--setups ours-tls`).
+    pub tls: bool,
+    /// Prefix of its servers', agents' and supervisor's names (and logs) in the work folder:
+    /// each cluster of a run has its own.
+    pub prefix: &'static str,
+    /// Flags every agent gets on top of the usual ones (e.g. `--retain-log`).
+    pub agent_args: Vec<String>,
+}
 
 pub struct Ours {
     pub pgs: Vec<PgServer>,
@@ -24,17 +43,18 @@ pub struct Ours {
 }
 
 impl Ours {
-    /// Starts PostgreSQL, agents and the supervisor (over mutual TLS with `tls`), and waits
-    /// until the cluster takes commits.
-    pub async fn start(ws: &mut Workspace, bin_dir: &Path, tls: bool) -> Result<Ours> {
+    /// Starts PostgreSQL, agents and the supervisor as `options` say, and waits until the
+    /// cluster takes commits.
+    pub async fn start(ws: &mut Workspace, bin_dir: &Path, options: &Options) -> Result<Ours> {
+        let tls = options.tls;
         let ports = free_ports(7)?;
         let addresses: Vec<String> = ports[3..6].iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let supervisor_address = format!("127.0.0.1:{}", ports[6]);
-        // Names of their own for the cluster over TLS, which runs in the same work folder.
-        let prefix = if tls { "tls-" } else { "" };
+        // Names of its own for each cluster of the run, which all share one work folder.
+        let prefix = options.prefix;
         let mut pgs = Vec::new();
         for (i, &port) in ports[..3].iter().enumerate() {
-            let mut pg = ws.new_server(&format!("{prefix}ours-pg{i}"), port, "max_prepared_transactions = 64\n")?;
+            let mut pg = ws.new_server(&format!("{prefix}ours-pg{i}"), port, PG_EXTRA)?;
             pg.start(ws)?;
             pgs.push(pg);
         }
@@ -75,7 +95,7 @@ impl Ours {
                 "--supervisor".into(),
                 supervisor_address.clone(),
             ];
-            let args = [args, tls_args_of(&format!("agent{i}"))].concat();
+            let args = [args, options.agent_args.clone(), tls_args_of(&format!("agent{i}"))].concat();
             let mut agent = Daemon::new(ws, &format!("{prefix}agent{i}"), agent_bin.clone(), args);
             agent.spawn()?;
             agents.push(agent);
@@ -187,28 +207,66 @@ impl Ours {
         self.pgs.iter().filter_map(|p| p.postmaster_pid()).collect()
     }
 
-    /// Loads `accounts` accounts (1..=accounts) through the leader, 1,000 per commit.
-    pub async fn populate(&self, accounts: i64) -> Result<()> {
-        let leader = self.leader().await?;
-        let mut from = 1;
-        while from <= accounts {
-            let to = (from + 999).min(accounts);
-            let writes: Vec<String> = (from..=to).map(|k| format!("\"{k}\":1000")).collect();
-            let body = format!(r#"{{"transaction":{{"write_set":{{{}}}}}}}"#, writes.join(","));
-            let resp = self
-                .http
-                .post(format!("{}/commit/", self.url(&leader)))
-                .header("content-type", "application/json")
-                .body(body)
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await?;
-            let status = resp.status();
-            if !status.is_success() {
-                bail!("loading accounts {from}..={to}: {status}: {}", resp.text().await.unwrap_or_default());
+    /// Loads `accounts` accounts (1..=accounts) through the leader, [`MAX_SET_LEN`] per commit
+    /// (the most a write set may hold), `parallel` commits at a time; `loaded` counts the
+    /// accounts committed so far.
+    pub async fn populate(&self, accounts: i64, parallel: usize, loaded: Arc<AtomicU64>) -> Result<()> {
+        let leader = self.url(&self.leader().await?);
+        let chunk = MAX_SET_LEN as i64;
+        let next = Arc::new(AtomicI64::new(1));
+        let workers: Vec<_> = (0..parallel.max(1))
+            .map(|_| {
+                let (http, leader, next, loaded) = (self.http.clone(), leader.clone(), next.clone(), loaded.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let from = next.fetch_add(chunk, Ordering::Relaxed);
+                        if from > accounts {
+                            return Ok::<(), anyhow::Error>(());
+                        }
+                        let to = (from + chunk - 1).min(accounts);
+                        let writes: Vec<String> = (from..=to).map(|k| format!("\"{k}\":1000")).collect();
+                        let body = format!(r#"{{"transaction":{{"write_set":{{{}}}}}}}"#, writes.join(","));
+                        let resp = http
+                            .post(format!("{leader}/commit/"))
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .timeout(Duration::from_secs(30))
+                            .send()
+                            .await?;
+                        let status = resp.status();
+                        if !status.is_success() {
+                            bail!(
+                                "loading accounts {from}..={to}: {status}: {}",
+                                resp.text().await.unwrap_or_default()
+                            );
+                        }
+                        loaded.fetch_add((to - from + 1) as u64, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let mut first_error = None;
+        for w in workers {
+            let result = w.await.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = result {
+                // The others stop at the next chunk.
+                next.store(accounts + 1, Ordering::Relaxed);
+                first_error.get_or_insert(e);
             }
-            from = to + 1;
         }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Empties PostgreSQL of agent `i` (whose agent must be stopped): stops it, removes its
+    /// data folder and makes it again as the run made it (a copy of the run's `initdb`, the
+    /// same port and settings), and starts it.
+    pub fn wipe_postgres(&mut self, ws: &mut Workspace, i: usize) -> Result<()> {
+        let (name, port, dir) = (self.pgs[i].name.clone(), self.pgs[i].port, self.pgs[i].dir.clone());
+        self.pgs[i].stop();
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+        let mut pg = ws.new_server(&name, port, PG_EXTRA)?;
+        pg.start(ws)?;
+        self.pgs[i] = pg;
         Ok(())
     }
 

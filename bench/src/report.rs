@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::load::Workload;
-use crate::{Report, Step, SETUP_OURS, SETUP_OURS_TLS, SETUP_PLAIN, SETUP_SYNC};
+use crate::{Rebuild, Report, Step, SETUP_OURS, SETUP_OURS_TLS, SETUP_PLAIN, SETUP_SYNC};
 
 pub fn setup_label(setup: &str) -> &'static str {
     match setup {
@@ -175,6 +175,25 @@ pub fn targets(r: &Report, missed: u64) -> Vec<Target> {
         measured: r.recovery.as_ref().and_then(|x| x.commit_pause_ms).map_or_else(|| "-".into(), |p| format!("{p} ms")),
         met: r.recovery.as_ref().and_then(|x| x.commit_pause_ms).map(|p| p < 100),
     });
+    let rebuilt = r.rebuild.as_ref();
+    let scaled = match rebuilt {
+        Some(x) if (x.accounts, x.behind) != (1_000_000, 100_000) => {
+            format!(" ({} accounts, {} behind)", thousands(x.accounts), thousands(x.behind))
+        }
+        _ => String::new(),
+    };
+    out.push(Target {
+        target: format!(
+            "rebuild of a wiped node, 1,000,000 accounts, 100,000 entries behind: member again < 30 s{scaled}"
+        ),
+        measured: rebuilt.map_or_else(|| "-".into(), |x| format!("{:.1} s", x.rejoin_ms / 1000.0)),
+        met: rebuilt.map(|x| x.rejoin_ms < 30_000.0),
+    });
+    out.push(Target {
+        target: "commit pause during that rebuild < 100 ms".into(),
+        measured: rebuilt.and_then(|x| x.commit_pause_ms).map_or_else(|| "-".into(), |p| format!("{p} ms")),
+        met: rebuilt.map(|x| x.commit_pause_ms.is_some_and(|p| p < 100)),
+    });
     let rss: Vec<f64> = r
         .steps
         .iter()
@@ -312,6 +331,12 @@ fn figures(r: &Report, missed: u64) -> Vec<String> {
         (None, Some(e)) => out.push(format!("recovery: not measured: {e}")),
         (None, None) => {}
     }
+    match (&r.rebuild, &r.rebuild_error) {
+        (Some(x), _) => out.push(rebuild_line(x)),
+        (None, Some(e)) => out
+            .push(format!("rebuild of a wiped node (target: member again < 30 s, pause < 100 ms): not measured: {e}")),
+        (None, None) => {}
+    }
     for s in r.steps.iter().filter(|s| s.setup == SETUP_OURS && s.clients == 64) {
         if let Some(rss) = &s.agent_rss_mib {
             out.push(format!(
@@ -325,6 +350,46 @@ fn figures(r: &Report, missed: u64) -> Vec<String> {
         out.push(line);
     }
     out
+}
+
+/// The rebuild figure in one line, with its targets.
+fn rebuild_line(x: &Rebuild) -> String {
+    let quick = if (x.accounts, x.behind) == (1_000_000, 100_000) {
+        ""
+    } else {
+        " (not the target's 1,000,000 accounts and 100,000 entries: --quick or --rebuild-*)"
+    };
+    format!(
+        "rebuild of a wiped node (target: member again < 30 s, pause < 100 ms): a replica killed and its PostgreSQL \
+         wiped, {} accounts, {} log entries behind the leader's horizon{quick} (--retain-log {}, horizon at LSN {}; \
+         {:.0} tps without it) was a member again {:.0} ms after its restart, in sync {:.0} ms; the supervisor's \
+         record: {} ms, snapshot at LSN {}, {} entries applied after it, commit pause {} ms{}; the agent loaded the \
+         snapshot in {} ms{}; the {} background clients committed {:.0} tps meanwhile ({:.0} before the restart, {} \
+         errors; slowest commit {:.0} ms, p99 {:.1} ms)",
+        thousands(x.accounts),
+        thousands(x.behind),
+        thousands(x.retain_log),
+        x.horizon_lsn,
+        x.down_tps,
+        x.member_ms,
+        x.rejoin_ms,
+        opt_u64(x.supervisor_duration_ms),
+        x.snapshot_lsn,
+        x.entries_applied.map_or_else(|| "?".into(), thousands),
+        opt_u64(x.commit_pause_ms),
+        match (&x.last_failure, x.failed_attempts) {
+            (Some(last), n) if n > 0 => format!(" ({n} failed attempts before; the last: {last})"),
+            _ => String::new(),
+        },
+        opt_u64(x.snapshot_load_ms),
+        if x.snapshots_loaded > 1 { format!(" (the last of {} loads)", x.snapshots_loaded) } else { String::new() },
+        x.background_clients,
+        x.background_tps,
+        x.background_tps_before,
+        x.background_errors,
+        x.background_max_ms,
+        x.background_p99_ms,
+    )
 }
 
 /// What mutual TLS costs: each step over TLS against the same step of plain ours.
@@ -490,7 +555,9 @@ pub fn print(r: &Report, missed: u64, files: &[PathBuf]) {
     println!();
     println!("{}", header_line(r));
     println!();
-    print!("{}", text_table(&HEADERS, &rows, 2));
+    if !rows.is_empty() {
+        print!("{}", text_table(&HEADERS, &rows, 2));
+    }
     for f in figures(r, missed) {
         println!("{f}");
     }
@@ -513,8 +580,10 @@ pub fn print(r: &Report, missed: u64, files: &[PathBuf]) {
 pub fn markdown(r: &Report, missed: u64) -> String {
     let rows: Vec<Vec<String>> = rows(r).into_iter().map(|a| a.to_vec()).collect();
     let mut out = format!("{}\n\n", header_line(r));
-    out.push_str(&md_table(&HEADERS, &rows));
-    out.push('\n');
+    if !rows.is_empty() {
+        out.push_str(&md_table(&HEADERS, &rows));
+        out.push('\n');
+    }
     for f in figures(r, missed) {
         out.push_str(&format!("- {f}\n"));
     }
@@ -550,6 +619,10 @@ pub fn write_files(r: &Report, dir: &Path, stamp: &str) -> Vec<PathBuf> {
         Err(e) => eprintln!("bench: cannot write {}: {e}", md.display()),
     }
     let svg = dir.join(format!("{stamp}.svg"));
+    if r.steps.is_empty() {
+        // Nothing to draw: a run of figures only (--no-steps).
+        return written;
+    }
     match plot(r, &svg) {
         Ok(()) => written.push(svg),
         Err(e) => eprintln!("bench: cannot draw {}: {e}", svg.display()),
@@ -641,6 +714,88 @@ mod tests {
         assert_eq!(thousands(100_000), "100,000");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000), "1,000");
+    }
+
+    fn empty_report() -> Report {
+        Report {
+            started_at: "2026-12-07T00:00:00Z".into(),
+            quick: false,
+            duration_s: 20,
+            cores: 2,
+            loadavg_at_start: "0 0 0".into(),
+            postgres: "postgres 15".into(),
+            steps: Vec::new(),
+            failover: None,
+            switchover: None,
+            recovery: None,
+            rebuild: None,
+            failover_error: None,
+            switchover_error: None,
+            recovery_error: None,
+            rebuild_error: None,
+            control_plane: Vec::new(),
+            control_plane_errors: Vec::new(),
+            idle_cpu: None,
+            targets: Vec::new(),
+            vs_sync_at_32: None,
+        }
+    }
+
+    fn rebuild(rejoin_ms: f64, commit_pause_ms: Option<u64>) -> Rebuild {
+        Rebuild {
+            accounts: 1_000_000,
+            behind: 100_000,
+            retain_log: 5_000,
+            load_s: 60.0,
+            down_tps: 3000.0,
+            node_lsn_before: 1_000,
+            horizon_lsn: 101_000,
+            member_ms: rejoin_ms - 100.0,
+            rejoin_ms,
+            supervisor_duration_ms: Some(9_000),
+            commit_pause_ms,
+            snapshot_lsn: 106_500,
+            entries_applied: Some(4_321),
+            failed_attempts: 0,
+            last_failure: None,
+            snapshot_load_ms: Some(7_000),
+            snapshots_loaded: 1,
+            background_clients: 8,
+            background_tps_before: 1500.0,
+            background_tps: 900.0,
+            background_errors: 0,
+            background_max_ms: 80.0,
+            background_p99_ms: 20.0,
+        }
+    }
+
+    fn rebuild_targets(r: &Report) -> Vec<(String, Option<bool>)> {
+        targets(r, 100_000).into_iter().filter(|t| t.target.contains("rebuild")).map(|t| (t.measured, t.met)).collect()
+    }
+
+    #[test]
+    fn the_rebuild_figure_in_the_report() {
+        let mut r = empty_report();
+        assert_eq!(rebuild_targets(&r), vec![("-".into(), None), ("-".into(), None)], "not measured");
+        r.rebuild = Some(rebuild(12_345.0, Some(40)));
+        assert_eq!(rebuild_targets(&r), vec![("12.3 s".into(), Some(true)), ("40 ms".into(), Some(true))]);
+        let lines = figures(&r, 100_000);
+        let line = lines.iter().find(|l| l.starts_with("rebuild")).expect("a rebuild line");
+        assert!(line.contains("target: member again < 30 s, pause < 100 ms"), "{line}");
+        assert!(line.contains("1,000,000 accounts") && line.contains("snapshot at LSN 106500"), "{line}");
+        assert!(!line.contains("not the target's"), "{line}");
+
+        r.rebuild = Some(rebuild(31_000.0, None));
+        assert_eq!(rebuild_targets(&r), vec![("31.0 s".into(), Some(false)), ("-".into(), Some(false))]);
+
+        r.rebuild = None;
+        r.rebuild_error = Some("no snapshot_lsn".into());
+        let lines = figures(&r, 100_000);
+        assert!(
+            lines.iter().any(|l| l.starts_with("rebuild") && l.ends_with("not measured: no snapshot_lsn")),
+            "{lines:?}"
+        );
+        assert!(markdown(&r, 100_000).contains("not measured: no snapshot_lsn"));
     }
 
     #[test]

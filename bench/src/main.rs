@@ -964,6 +964,41 @@ async fn switchovers(ours: &mut Ours, http: &reqwest::Client, runs: usize, progr
     })
 }
 
+/// Commits `count` blind transfers at `leader` with `clients` clients while `victim` is down,
+/// the bar following them; fails unless all of them commit within 30 minutes. Returns the
+/// load's outcome and how long it took.
+pub async fn commit_while_down(
+    ours: &Ours,
+    leader: &str,
+    clients: usize,
+    count: u64,
+    bar: &ProgressBar,
+    victim: &str,
+) -> Result<(load::Outcome, Duration)> {
+    let live = Arc::new(Live::default());
+    let ticker = {
+        let (bar, live) = (bar.clone(), live.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(live.committed.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let limit = Limit { commits: Some(count), duration: Some(Duration::from_secs(1800)), stop: None };
+    let load = load::run(&ours.endpoint(leader), Workload::Blind, clients, limit, live).await;
+    ticker.abort();
+    if load.committed < count {
+        bail!(
+            "only {} of {count} transactions committed in 30 minutes without {victim} (first error: {:?})",
+            load.committed,
+            load.first_error
+        );
+    }
+    Ok((load, started.elapsed()))
+}
+
 /// SIGKILL a replica agent, commit `missed` blind transfers without it, restart it and time
 /// its way back into the member set (under a light background load).
 async fn run_recovery(ours: &mut Ours, missed: u64, progress: &Progress) -> Result<Recovery> {
@@ -977,35 +1012,7 @@ async fn run_recovery(ours: &mut Ours, missed: u64, progress: &Progress) -> Resu
     let bar = progress.step_bar(missed, &what);
     ours.agents[victim_i].kill();
 
-    let live = Arc::new(Live::default());
-    let ticker = {
-        let bar = bar.clone();
-        let live = live.clone();
-        tokio::spawn(async move {
-            loop {
-                bar.set_position(live.committed.load(Ordering::Relaxed));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
-    let started = Instant::now();
-    let load = load::run(
-        &ours.endpoint(&leader),
-        Workload::Blind,
-        32,
-        Limit { commits: Some(missed), duration: Some(Duration::from_secs(1800)), stop: None },
-        live,
-    )
-    .await;
-    ticker.abort();
-    let load_elapsed = started.elapsed();
-    if load.committed < missed {
-        bail!(
-            "only {} of {missed} transactions committed in 30 minutes without {victim} (first error: {:?})",
-            load.committed,
-            load.first_error
-        );
-    }
+    let (load, load_elapsed) = commit_while_down(ours, &leader, 32, missed, &bar, &victim).await?;
 
     // A light load goes on while the node comes back: the commit pause is felt by it.
     bar.set_message(format!("recovery: restarting {victim} under a background load of 8 clients"));

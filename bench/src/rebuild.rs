@@ -102,35 +102,8 @@ async fn measure(ws: &mut Workspace, ours: &mut Ours, size: RebuildSize, progres
     );
     progress.set_message(&what);
     let bar = progress.step_bar(down, &what);
-    let live = Arc::new(Live::default());
-    let ticker = {
-        let (bar, live) = (bar.clone(), live.clone());
-        tokio::spawn(async move {
-            loop {
-                bar.set_position(live.committed.load(Ordering::Relaxed));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
-    let started = Instant::now();
-    let load = crate::load::run(
-        &ours.endpoint(&leader),
-        Workload::Blind,
-        DOWN_CLIENTS,
-        Limit { commits: Some(down), duration: Some(Duration::from_secs(1800)), stop: None },
-        live,
-    )
-    .await;
-    ticker.abort();
+    let (load, down_elapsed) = crate::commit_while_down(ours, &leader, DOWN_CLIENTS, down, &bar, &victim).await?;
     bar.finish_and_clear();
-    let down_elapsed = started.elapsed();
-    if load.committed < down {
-        bail!(
-            "only {} of {down} transactions committed in 30 minutes without {victim} (first error: {:?})",
-            load.committed,
-            load.first_error
-        );
-    }
 
     // 4. The leader's log trimmed to its newest RETAIN_LOG entries (its retention runs every
     //    second): `behind` entries past the node's position.

@@ -110,7 +110,12 @@ impl Supervisor {
         match &result {
             Ok(()) => {
                 report.ok = true;
-                report.message = "in sync and back in the member set".into();
+                report.message = match report.snapshot_lsn {
+                    Some(lsn) => {
+                        format!("rebuilt from the leader's snapshot at LSN {lsn}; in sync and back in the member set")
+                    }
+                    None => "in sync and back in the member set".into(),
+                };
                 tracing::info!(%node, entries = report.entries_applied, duration_ms = report.duration_ms,
                     commit_pause_ms = ?report.commit_pause_ms, "recovery done");
             }

@@ -403,6 +403,10 @@ async fn replication_log(State(node): State<Arc<Node>>, ApiQuery(q): ApiQuery<Lo
 async fn snapshot(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let (base, rows) = node.store.export_snapshot().await.map_err(ApiError::unavailable)?;
     tracing::info!(base_lsn = ?base.as_ref().map(|b| b.lsn), "sending a snapshot");
+    // The rebuild replays the log after the base next: trimming keeps it until the node joins.
+    if let (Some(base), Ok(mut holds)) = (&base, node.log_holds.lock()) {
+        holds.hold(base.lsn, tokio::time::Instant::now());
+    }
     let mut header = serde_json::to_vec(&SnapshotHeader { base }).map_err(ApiError::internal)?;
     header.push(b'\n');
     let first = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(header)) });

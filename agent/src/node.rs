@@ -78,6 +78,8 @@ pub struct Node {
     leader: SyncMutex<Option<Arc<Leader>>>,
     /// Set while a promotion runs: a second one (a retry) is refused rather than run twice.
     pub(crate) promoting: AtomicBool,
+    /// The log entries rebuilds still replay (`--retain-log` keeps them).
+    pub(crate) log_holds: SyncMutex<crate::retention::Holds>,
     pub(crate) me: Weak<Node>,
 }
 
@@ -121,6 +123,7 @@ impl Node {
             applied,
             leader: SyncMutex::new(None),
             promoting: AtomicBool::new(false),
+            log_holds: SyncMutex::default(),
             me: me.clone(),
         });
         // Without a supervisor the leader is fixed and resumes at once. With one, a restarted

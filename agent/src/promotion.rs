@@ -304,6 +304,9 @@ impl Node {
             }
             self.configure(&req.config).await?;
         }
+        if let Ok(mut holds) = self.log_holds.lock() {
+            holds.joined(req.applied_lsn);
+        }
         tracing::info!(version = req.config.version, members = ?req.config.members, lsn = req.applied_lsn,
             "a caught-up node joined the members");
         Ok(self.status())

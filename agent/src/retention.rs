@@ -8,13 +8,18 @@
 //!   about (`/internal/batch_state`, an in-doubt resolution) in every member's log;
 //! - the last entry is never trimmed: a node learns from it where its log ends;
 //! - a node the log no longer reaches (down too long, or wiped) is rebuilt from a snapshot
-//!   (`GET /internal/snapshot`) plus the log after it;
+//!   (`GET /internal/snapshot`) plus the log after it; the leader that served the snapshot
+//!   keeps the entries after its base until the node joins ([`Holds`]), or a load slower than N
+//!   commits would find them trimmed and start over, again and again;
 //! - a retry of a `txn_id` whose entry was trimmed cannot be recognised: entries younger than
 //!   `min_age` are kept for retries, and a retry carrying a `time_stamp` from before the
 //!   log's first entry is refused (410) rather than run again.
 
 use std::sync::Weak;
 use std::time::Duration;
+
+use protocol::Lsn;
+use tokio::time::Instant;
 
 use crate::node::Node;
 
@@ -35,6 +40,45 @@ pub struct Retention {
     pub min_age: Duration,
 }
 
+/// The longest a hold lasts: a rebuild that has not joined by then has failed (it starts over
+/// with a new snapshot, and a new hold).
+pub const HOLD_TTL: Duration = Duration::from_secs(300);
+
+/// The log entries rebuilds still need. After serving a snapshot at LSN `base`, the leader
+/// keeps every entry after `base` until the rebuilt node joins (at or past `base`), the leader
+/// stops leading (the node then recovers from the next leader), or [`HOLD_TTL`] passes, however
+/// far `--retain-log` would trim. Without it a snapshot that takes longer to load than the
+/// cluster takes to commit N entries would find the log after it trimmed, and the rebuild would
+/// start over, again and again. Keeping entries longer is always safe. Other readers of the log
+/// (a monitor, the torture's archive) neither take nor refresh a hold.
+#[derive(Debug, Default)]
+pub struct Holds {
+    holds: Vec<(Lsn, Instant)>,
+}
+
+impl Holds {
+    /// A snapshot at `base` was served.
+    pub fn hold(&mut self, base: Lsn, now: Instant) {
+        self.holds.push((base, now));
+    }
+
+    /// A node joined at `applied`: the rebuilds it replayed past are done.
+    pub fn joined(&mut self, applied: Lsn) {
+        self.holds.retain(|(base, _)| *base > applied);
+    }
+
+    /// This node no longer leads: no rebuild reads its log now.
+    pub fn clear(&mut self) {
+        self.holds.clear();
+    }
+
+    /// The highest LSN trimming may remove now (None: no hold), dropping the lapsed holds.
+    pub fn bound(&mut self, now: Instant) -> Option<Lsn> {
+        self.holds.retain(|(_, at)| now.saturating_duration_since(*at) < HOLD_TTL);
+        self.holds.iter().map(|(base, _)| *base).min()
+    }
+}
+
 /// Trims `node`'s log as `retention` says until the node is gone.
 pub fn spawn(node: Weak<Node>, retention: Retention) {
     tokio::spawn(async move {
@@ -53,9 +97,20 @@ pub fn spawn(node: Weak<Node>, retention: Retention) {
 async fn trim(node: &Node, retention: Retention) {
     let before =
         crate::two_phase::now_ns().saturating_sub(i64::try_from(retention.min_age.as_nanos()).unwrap_or(i64::MAX));
+    let leading = node.leader().is_some();
+    let upto = node
+        .log_holds
+        .lock()
+        .map_or(None, |mut holds| {
+            if !leading {
+                holds.clear();
+            }
+            holds.bound(Instant::now())
+        })
+        .unwrap_or(Lsn::MAX);
     let mut trimmed = 0u64;
     loop {
-        match node.store.trim(retention.entries, before, CHUNK).await {
+        match node.store.trim(retention.entries, before, upto, CHUNK).await {
             Ok(n) => {
                 trimmed += n;
                 if n < CHUNK as u64 {
@@ -76,5 +131,26 @@ async fn trim(node: &Node, retention: Retention) {
         let horizon = start.map_or(0, |(first, _)| first - 1);
         metrics::gauge!("rmw_log_horizon").set(horizon as f64);
         metrics::gauge!("rmw_log_entries").set((node.applied().0 - horizon).max(0) as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuild_keeps_the_log_after_its_snapshot_until_it_joins() {
+        let start = Instant::now();
+        let mut holds = Holds::default();
+        assert_eq!(holds.bound(start), None, "no rebuild: trim as the bound says");
+        holds.hold(500, start);
+        holds.hold(800, start);
+        assert_eq!(holds.bound(start), Some(500), "the older snapshot's entries are needed longest");
+        holds.joined(600);
+        assert_eq!(holds.bound(start), Some(800), "the node rebuilt from 500 joined at 600");
+        assert_eq!(holds.bound(start + HOLD_TTL), None, "a rebuild that never joins lets go in the end");
+        holds.hold(900, start);
+        holds.clear();
+        assert_eq!(holds.bound(start), None, "a node that no longer leads holds nothing");
     }
 }

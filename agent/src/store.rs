@@ -367,19 +367,20 @@ impl Store {
         Ok(self.log_start().await?.map_or(0, |(first, _)| first - 1))
     }
 
-    /// Deletes the oldest entries, at most `chunk` of them, that are not among the last `keep`
-    /// and whose commit timestamp is below `before`; returns how many. One statement on the
+    /// Deletes the oldest entries, at most `chunk` of them, that are not among the last `keep`,
+    /// whose commit timestamp is below `before` and whose LSN is at most `upto`; returns how
+    /// many. One statement on the
     /// primary key's range: it never touches the last entry (`keep` >= 1), from which the node
     /// learns where its log ends.
     ///
     /// The same statement folds the entries it removes into `bank_balance_base` and moves the
     /// base LSN up to the last of them, so that the base plus the log is always the whole
     /// history (what reads at a past LSN need).
-    pub async fn trim(&self, keep: i64, before: Timestamp, chunk: i64) -> Result<u64, StoreError> {
+    pub async fn trim(&self, keep: i64, before: Timestamp, upto: Lsn, chunk: i64) -> Result<u64, StoreError> {
         let deleted: i64 = sqlx::query_scalar(
             "WITH ends AS (SELECT min(lsn) AS lo, max(lsn) AS hi FROM recovery_log), \
              gone AS (DELETE FROM recovery_log AS r USING ends \
-                 WHERE r.lsn <= LEAST(ends.hi - $1, ends.lo + $2 - 1) AND r.commit_ts < $3 \
+                 WHERE r.lsn <= LEAST(ends.hi - $1, ends.lo + $2 - 1, $4) AND r.commit_ts < $3 \
                  RETURNING r.lsn, r.commit_ts, r.write_set), \
              w AS (SELECT e.key::bigint AS account, e.value::bigint AS balance, g.lsn, g.commit_ts \
                  FROM gone AS g, jsonb_each_text(g.write_set) AS e), \
@@ -396,6 +397,7 @@ impl Store {
         .bind(keep.max(1))
         .bind(chunk.max(1))
         .bind(before)
+        .bind(upto)
         .fetch_one(&self.pool)
         .await?;
         Ok(deleted.max(0) as u64)

@@ -75,12 +75,12 @@ impl Node {
         let slots = self.begin_recovery(req).await?;
         let mut guard = Recovering { node: self, uncertain: false };
         let leader = &req.leader;
-        let unreachable = |e: PeerError| ApiError::Unavailable(format!("recovery could not reach the leader: {e}"));
 
         // 1. Our own prepared batches, first to last.
         let mut resolved_pending = None;
         for batch in slots {
-            let answer = self.peers.batch_state(leader, &batch.info()).await.map_err(unreachable)?;
+            let answer =
+                self.peers.batch_state(leader, &batch.info()).await.map_err(|e| refused(e, self.applied().0))?;
             let decision = match answer.state {
                 BatchState::Committed => Decision::Commit,
                 BatchState::Absent => Decision::Abort,

@@ -461,11 +461,6 @@ impl Store {
         Ok(Some(Snapshot { rows: rows.into_values().collect(), lsn, commit_ts, term }))
     }
 
-    /// How many entries this log holds.
-    pub async fn log_len(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM recovery_log").fetch_one(&self.pool).await?)
-    }
-
     /// A consistent snapshot of the accounts for a rebuild: the last committed log entry (the
     /// snapshot's base; None for an empty log) and the table as of it, in PostgreSQL's COPY text
     /// format, streamed. One REPEATABLE READ transaction reads both, so the rows are exactly
